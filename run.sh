@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# ./run.sh            install into .venv on first use, then run the job on configs/local.yaml
+# ./run.sh test [..]  run the test suite (extra args go to pytest)
+# ./run.sh ARGS       run the job with ARGS (e.g. --config configs/twelvelabs.yaml)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PY="$VENV/bin/python"
+
+stamp_of() { cat setup.py | sha1sum | cut -c1-16; }
+
+ensure_venv() {
+  local want="$1" stamp="$VENV/.installed-$1-$(stamp_of)"
+  [ -f "$stamp" ] && return 0
+  if [ ! -x "$PY" ]; then
+    echo "run.sh: creating $VENV" >&2
+    python3 -m venv "$VENV"
+  fi
+  echo "run.sh: installing the project into $VENV ($want)" >&2
+  "$PY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  if [ "$want" = test ]; then
+    "$PY" -m pip install -q -e ".[test]"
+  else
+    "$PY" -m pip install -q -e .
+  fi
+  touch "$stamp"
+}
+
+case "${1:-}" in
+  test)
+    shift
+    ensure_venv test
+    exec "$PY" -m pytest "$@"
+    ;;
+  *)
+    ensure_venv main
+    if [ $# -eq 0 ]; then
+      exec "$PY" -m pipeline --config configs/local.yaml
+    fi
+    exec "$PY" -m pipeline "$@"
+    ;;
+esac
