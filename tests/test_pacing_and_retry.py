@@ -1,0 +1,152 @@
+"""Token bucket pacing and the tenacity retry policy, on a fake clock (no timing assertions)."""
+import time
+
+import pytest
+
+from embed_client import errors
+from embed_client.ratelimit import TokenBucket
+from embed_client.retry import RetryPolicy, call_with_retries
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def _call_times(bucket, clock, n):
+    times = []
+    for _ in range(n):
+        bucket.acquire()
+        times.append(clock.now)
+    return times
+
+
+@pytest.mark.parametrize("rate,burst", [(600, 1), (60, 1), (1000, 5)])
+def test_bucket_never_exceeds_rate_over_any_window(rate, burst):
+    clock = FakeClock()
+    bucket = TokenBucket(rate, burst=burst, clock=clock, sleep=clock.sleep)
+    times = _call_times(bucket, clock, 3 * rate)
+    for window in (1.0, 10.0, 60.0):
+        allowed = rate / 60.0 * window + burst
+        worst = max(sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times))
+        assert worst <= allowed + 1e-9, (window, worst, allowed)
+    # ...and it uses the rate: 3 minutes of calls take 3 minutes (less the burst).
+    assert times[-1] - times[0] == pytest.approx(3 * 60 - burst * 60 / rate, rel=0.01)
+
+
+def test_429_pauses_everyone_and_slows_down_then_recovers():
+    clock = FakeClock()
+    bucket = TokenBucket(600, clock=clock, sleep=clock.sleep)
+    bucket.acquire()
+    bucket.on_rate_limited(retry_after_sec=5)
+    before = clock.now
+    bucket.acquire()
+    assert clock.now - before >= 5  # Retry-After obeyed by the next caller
+    assert bucket.current_rate_per_minute == pytest.approx(420)
+    for _ in range(100):
+        bucket.on_success()
+    assert bucket.current_rate_per_minute == pytest.approx(600)
+
+
+def test_repeated_429s_never_stop_the_bucket():
+    bucket = TokenBucket(600)
+    for _ in range(100):
+        bucket.on_rate_limited()
+    assert bucket.current_rate_per_minute == pytest.approx(30)
+
+
+def test_unlimited_bucket_does_not_wait():
+    clock = FakeClock()
+    bucket = TokenBucket(None, clock=clock, sleep=clock.sleep)
+    assert sum(bucket.acquire() for _ in range(1000)) == 0
+
+
+def test_bad_bucket_arguments_fail_fast():
+    with pytest.raises(ValueError):
+        TokenBucket(0)
+    with pytest.raises(ValueError):
+        TokenBucket(10, burst=0.5)
+
+
+def _failing(errors_then_value):
+    seq = list(errors_then_value)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        item = seq.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    return fn, calls
+
+
+def _rate_limited(wait):
+    return errors.RateLimitError("slow down", status=429, code="too_many_requests",
+                                 rate_limit=errors.RateLimitInfo(retry_after_sec=wait))
+
+
+def test_retries_transient_errors_then_succeeds():
+    fn, calls = _failing([errors.ServerError("x", status=500), errors.EmbedTimeoutError("t"),
+                          errors.ConnectionFailedError("c"), errors.MalformedResponseError("m"), "ok"])
+    slept, retried = [], []
+    result = call_with_retries(fn, RetryPolicy(max_attempts=6), on_retry=lambda e, s: retried.append(type(e)),
+                               sleep=slept.append)
+    assert result == "ok" and len(calls) == 5
+    assert retried == [errors.ServerError, errors.EmbedTimeoutError, errors.ConnectionFailedError,
+                       errors.MalformedResponseError]
+    assert all(0 <= s <= 30 for s in slept)
+
+
+def test_gives_up_after_max_attempts_and_reports_attempts():
+    fn, calls = _failing([errors.ServerError("x", status=503)] * 10)
+    with pytest.raises(errors.ServerError) as info:
+        call_with_retries(fn, RetryPolicy(max_attempts=3), sleep=lambda s: None)
+    assert len(calls) == 3 and info.value.attempts == 3
+
+
+def test_bad_request_and_auth_are_not_retried():
+    for exc in (errors.BadRequestError("bad", status=400), errors.AuthError("no", status=401)):
+        fn, calls = _failing([exc, "ok"])
+        with pytest.raises(type(exc)):
+            call_with_retries(fn, RetryPolicy(), sleep=lambda s: None)
+        assert len(calls) == 1
+
+
+def test_retry_after_is_obeyed():
+    fn, calls = _failing([_rate_limited(7), "ok"])
+    slept = []
+    assert call_with_retries(fn, RetryPolicy(), sleep=slept.append) == "ok"
+    assert 7 <= slept[0] <= 7.3
+
+
+def test_quota_reset_beyond_deadline_is_not_retried():
+    fn, calls = _failing([_rate_limited(3600), "ok"])
+    with pytest.raises(errors.RateLimitError) as info:
+        call_with_retries(fn, RetryPolicy(deadline_sec=120), sleep=lambda s: None)
+    assert len(calls) == 1 and info.value.is_quota_exhausted
+
+
+def test_backoff_grows_and_is_capped():
+    fn, calls = _failing([errors.ServerError("x", status=500)] * 8 + ["ok"])
+    slept = []
+    call_with_retries(fn, RetryPolicy(max_attempts=9, initial_backoff_sec=0.5, max_backoff_sec=4), sleep=slept.append)
+    assert len(slept) == 8
+    assert slept[0] <= 0.5 + 1 and max(slept) <= 4
+    assert sum(slept[4:]) > sum(slept[:2])
+
+
+def test_deadline_bounds_total_time():
+    fn, calls = _failing([errors.ServerError("x", status=500)] * 100)
+    start = time.monotonic()
+    with pytest.raises(errors.ServerError):
+        call_with_retries(fn, RetryPolicy(max_attempts=100, deadline_sec=0.3, initial_backoff_sec=0.05,
+                                          max_backoff_sec=0.1))
+    assert time.monotonic() - start < 2
