@@ -1,0 +1,21 @@
+"""python -m pipeline --config FILE [overrides] [Beam flags]"""
+import logging
+import sys
+
+from pipeline.config import parse_args
+from pipeline.run import run_job
+from pipeline.summary import format_summary
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config, _ = parse_args(sys.argv[1:] if argv is None else argv)
+    summary = run_job(config)
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

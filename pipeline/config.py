@@ -1,0 +1,140 @@
+"""The job's configuration: a YAML file, command-line overrides, and Beam's own flags passed through."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+__all__ = ["EMBEDDED", "JobConfig", "load_config", "parse_args"]
+
+# `api.base_url: embedded` starts the local emulator in-process: no key, no network.
+EMBEDDED = "embedded"
+_SECRET_FLAGS = ("--api-key", "--api_key", "--apikey", "--key", "--twelve-labs-api-key", "--x-api-key")
+
+
+@dataclasses.dataclass
+class JobConfig:
+    manifests: List[str]
+    output: str
+    model: str = "marengo3.0"
+    base_url: str = EMBEDDED
+    key_file: Optional[str] = None
+    requests_per_minute: Optional[float] = None
+    max_workers: int = 1
+    max_in_flight: int = 8
+    pack: bool = True
+    connect_timeout_sec: float = 10.0
+    read_timeout_sec: float = 120.0
+    max_attempts: int = 6
+    item_deadline_sec: float = 300.0
+    rows_per_piece: int = 4096
+    flush_sec: float = 5.0
+    emulator: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    samples: Optional[str] = None      # folder of generated sample media/manifests (local config)
+    beam_args: List[str] = dataclasses.field(default_factory=list)
+    config_path: Optional[str] = None
+
+
+def _resolve_path(value: Optional[str], base: str) -> Optional[str]:
+    if value is None or "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, value))
+
+
+def load_config(path: str) -> JobConfig:
+    """Reads a YAML config; relative paths in it are relative to the project root (the config's parent)."""
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the config must be a YAML mapping")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    api, calls, output, beam_cfg = (raw.get(k) or {} for k in ("api", "calls", "output", "beam"))
+    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {unknown}; known keys are {sorted(known)}")
+    if "api_key" in api or "key" in api:
+        raise ValueError(f"{path}: do not put the API key in a config; use TWELVE_LABS_API_KEY or api.key_file")
+    manifests = raw.get("manifests") or []
+    if isinstance(manifests, str):
+        manifests = [manifests]
+    config = JobConfig(
+        manifests=[_resolve_path(m, root) for m in manifests],
+        output=_resolve_path(output.get("path", "output"), root),
+        model=raw.get("model", "marengo3.0"),
+        base_url=api.get("base_url", EMBEDDED),
+        key_file=api.get("key_file"),
+        connect_timeout_sec=float(api.get("connect_timeout_sec", 10.0)),
+        read_timeout_sec=float(api.get("read_timeout_sec", 120.0)),
+        requests_per_minute=calls.get("requests_per_minute"),
+        max_workers=int(calls.get("max_workers", 1)),
+        max_in_flight=int(calls.get("max_in_flight", 8)),
+        pack=bool(calls.get("pack", True)),
+        max_attempts=int(calls.get("max_attempts", 6)),
+        item_deadline_sec=float(calls.get("item_deadline_sec", 300.0)),
+        rows_per_piece=int(output.get("rows_per_piece", 4096)),
+        flush_sec=float(output.get("flush_sec", 5.0)),
+        emulator=dict(raw.get("emulator") or {}),
+        samples=_resolve_path(raw.get("samples"), root),
+        beam_args=[str(a) for a in (beam_cfg.get("args") or [])],
+        config_path=os.path.abspath(path),
+    )
+    return config
+
+
+def _refuse_secret_flags(argv: Sequence[str]) -> None:
+    for arg in argv:
+        if arg.split("=", 1)[0].lower() in _SECRET_FLAGS:
+            raise SystemExit(
+                f"error: {arg.split('=', 1)[0]} is refused: a key on the command line lands in shell history, "
+                "process lists and logs. Set TWELVE_LABS_API_KEY in the environment, or name a file holding "
+                "the key in the config as `api.key_file`.")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Embed the texts, images and audio listed in manifests with the TwelveLabs embed API "
+                    "and write segment vectors to Parquet. Unknown flags go to Beam (--runner, ...).",
+        epilog="examples:\n"
+               "  python -m pipeline --config configs/local.yaml\n"
+               "  python -m pipeline --config configs/twelvelabs.yaml --manifest 'data/*.jsonl' --output out/\n"
+               "  python -m pipeline --config configs/local.yaml --no-pack --direct_num_workers=2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("--manifest", action="append", help="manifest path or glob; repeat for several "
+                        "(replaces the config's list)")
+    parser.add_argument("--output", help="output folder (local or any Beam FileSystems URL)")
+    parser.add_argument("--model", choices=["marengo3.0", "marengo2.7", "Marengo-retrieval-2.7"])
+    parser.add_argument("--base-url", help="API base URL, or 'embedded' for the in-process emulator")
+    parser.add_argument("--requests-per-minute", type=float, help="the account's limit, shared by all workers")
+    parser.add_argument("--max-in-flight", type=int, help="concurrent calls per worker process")
+    parser.add_argument("--no-pack", action="store_true", help="one item per call instead of packing")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
+    """Returns the config with overrides applied, and the flags left for Beam."""
+    _refuse_secret_flags(argv)
+    args, beam_args = build_arg_parser().parse_known_args(list(argv))
+    config = load_config(args.config)
+    if args.manifest:
+        config.manifests = list(args.manifest)
+    if args.output:
+        config.output = args.output
+    if args.model:
+        config.model = args.model
+    if args.base_url:
+        config.base_url = args.base_url
+    if args.requests_per_minute is not None:
+        config.requests_per_minute = args.requests_per_minute
+    if args.max_in_flight is not None:
+        config.max_in_flight = args.max_in_flight
+    if args.no_pack:
+        config.pack = False
+    config.beam_args = config.beam_args + beam_args
+    return config, beam_args

@@ -1,0 +1,91 @@
+"""Runs the job: resolves manifests, starts the embedded emulator if asked, runs Beam, writes the summary."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import uuid
+from typing import Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import summary as summary_mod
+from pipeline.config import EMBEDDED, JobConfig
+from pipeline.graph import build_pipeline
+from transforms.calling import CallSettings
+from transforms.manifests import expand_manifest_patterns
+
+__all__ = ["run_job", "embedded_backend"]
+
+_LOGGER = logging.getLogger(__name__)
+# The embedded emulator accepts any key; this one only marks calls as coming from a local run.
+EMULATOR_PLACEHOLDER_KEY = "local-emulator"
+# DirectRunner first tries Prism, a download that fails or hangs offline; FnApiRunner is the engine it
+# then falls back to for batch jobs, so the local runner is pinned to it.
+PINNED_LOCAL_RUNNER = "FnApiRunner"
+
+
+@contextlib.contextmanager
+def embedded_backend(config: JobConfig) -> Iterator[Optional[str]]:
+    """Yields the base URL of the in-process emulator when the config asks for it, else None."""
+    if config.base_url != EMBEDDED:
+        yield None
+        return
+    from embed_emulator import Emulator, EmulatorConfig
+
+    with Emulator(EmulatorConfig(**config.emulator)) as emulator:
+        _LOGGER.info("embedded emulator listening at %s", emulator.base_url)
+        yield emulator.base_url
+
+
+def beam_options(config: JobConfig) -> PipelineOptions:
+    args = []
+    runner = None
+    given = list(config.beam_args)
+    while given:
+        arg = given.pop(0)
+        if arg == "--runner" and given:
+            runner = given.pop(0)
+        elif arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+        else:
+            args.append(arg)
+    if runner is None or runner.lower() in ("direct", "directrunner", "switchingdirectrunner"):
+        runner = PINNED_LOCAL_RUNNER
+    return PipelineOptions([f"--runner={runner}"] + args)
+
+
+def new_run_id(now: datetime.datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_job(config: JobConfig, base_url: Optional[str] = None) -> dict:
+    """Runs one job to completion and returns its summary (also written as OUTPUT/summary.json)."""
+    if config.samples:
+        from pipeline.samples import ensure_samples
+
+        ensure_samples(config.samples)
+    manifest_paths = expand_manifest_patterns(config.manifests)
+    run_time = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    run_id = new_run_id(run_time)
+    with contextlib.ExitStack() as stack:
+        if base_url is None:
+            base_url = stack.enter_context(embedded_backend(config)) or config.base_url
+        settings = CallSettings(
+            base_url=base_url, model=config.model, requests_per_minute=config.requests_per_minute,
+            max_workers=config.max_workers, max_in_flight=config.max_in_flight,
+            connect_timeout_sec=config.connect_timeout_sec, read_timeout_sec=config.read_timeout_sec,
+            max_attempts=config.max_attempts, item_deadline_sec=config.item_deadline_sec,
+            key_file=config.key_file,
+            placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None,
+        )
+        started = datetime.datetime.now(datetime.timezone.utc)
+        p = beam.Pipeline(options=beam_options(config))
+        build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
+                       run_id=run_id, run_time=run_time, pack=config.pack,
+                       rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec)
+        result = p.run()
+        result.wait_until_finish()
+        finished = datetime.datetime.now(datetime.timezone.utc)
+    return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished)

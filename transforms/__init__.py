@@ -1,0 +1,1 @@
+"""Beam transforms of the embedding job, one concern a module."""

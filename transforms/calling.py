@@ -1,0 +1,326 @@
+"""CreateEmbeddings: concurrent, paced, retried API calls; one Outcome or DeadLetter per item."""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import threading
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from embed_client import API_KEY_ENV, EmbedClient, errors
+from embed_client.ratelimit import TokenBucket
+from embed_client.retry import RetryPolicy, call_with_retries
+from transforms.items import Call, DeadLetter, Item, Outcome
+from transforms.manifests import DEAD_LETTERS, NAMESPACE
+
+__all__ = ["CallSettings", "CreateEmbeddings", "ApiKeyRejected", "resolve_api_key"]
+
+_LOGGER = logging.getLogger(__name__)
+MODEL_DIMS = {"marengo3.0": 512, "marengo2.7": 1024, "Marengo-retrieval-2.7": 1024}
+
+
+class ApiKeyRejected(RuntimeError):
+    """401/403 from the API: every other call would fail the same way, so the job stops."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CallSettings:
+    base_url: str
+    model: str
+    requests_per_minute: Optional[float] = None
+    max_workers: int = 1                 # the per-process pace is requests_per_minute / max_workers
+    max_in_flight: int = 8
+    connect_timeout_sec: float = 10.0
+    read_timeout_sec: float = 120.0
+    max_attempts: int = 6
+    item_deadline_sec: float = 300.0
+    initial_backoff_sec: float = 0.5
+    max_backoff_sec: float = 30.0
+    key_file: Optional[str] = None
+    # Only for the embedded emulator, which accepts any key: not a secret.
+    placeholder_key: Optional[str] = None
+
+    def __post_init__(self):
+        if self.model not in MODEL_DIMS:
+            raise ValueError(f"unknown model {self.model!r}; use one of {sorted(MODEL_DIMS)}")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if self.max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        if self.requests_per_minute is not None and self.requests_per_minute <= 0:
+            raise ValueError("requests_per_minute must be positive")
+        self.retry_policy()  # validates the retry bounds
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_attempts, self.item_deadline_sec, self.initial_backoff_sec, self.max_backoff_sec)
+
+    @property
+    def worker_rate_per_minute(self) -> Optional[float]:
+        return None if self.requests_per_minute is None else self.requests_per_minute / self.max_workers
+
+
+def resolve_api_key(settings: CallSettings) -> str:
+    """The key from the environment, else the key file, else the emulator's placeholder."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key and settings.key_file:
+        with FileSystems.open(os.path.expanduser(settings.key_file)) as f:
+            key = f.read().decode("utf-8").strip()
+    if not key and settings.placeholder_key:
+        key = settings.placeholder_key
+    if not key:
+        raise ApiKeyRejected(f"No API key: set {API_KEY_ENV} on every worker or `api.key_file` in the config.")
+    return key
+
+
+_BUCKETS: Dict[Tuple, TokenBucket] = {}
+_BUCKETS_LOCK = threading.Lock()
+
+
+def _process_bucket(settings: CallSettings) -> TokenBucket:
+    """One bucket per process and endpoint, shared by every DoFn instance and thread in it."""
+    key = (settings.base_url, settings.worker_rate_per_minute)
+    with _BUCKETS_LOCK:
+        if key not in _BUCKETS:
+            _BUCKETS[key] = TokenBucket(settings.worker_rate_per_minute)
+        return _BUCKETS[key]
+
+
+@dataclasses.dataclass
+class _CallStats:
+    calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    throttled_sec: float = 0.0
+    items_per_call: List[int] = dataclasses.field(default_factory=list)
+    split_calls: int = 0
+
+
+def _read_file(path: str) -> Tuple[str, bytes, str]:
+    from embed_client.multipart import guess_content_type
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        data = f.read()
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return name, data, guess_content_type(name)
+
+
+def _error_code(exc: errors.EmbedError) -> str:
+    if exc.code:
+        return exc.code
+    return {errors.EmbedTimeoutError: "timeout", errors.ConnectionFailedError: "connection_failed",
+            errors.MalformedResponseError: "malformed_response", errors.ServerError: "server_error",
+            errors.RateLimitError: "too_many_requests"}.get(type(exc), "bad_request")
+
+
+class _Caller:
+    """Runs one call in a pool thread: build, pace, send with retries, split on 400, map results."""
+
+    def __init__(self, settings: CallSettings, client: EmbedClient, bucket: TokenBucket):
+        self.settings = settings
+        self.client = client
+        self.bucket = bucket
+        self.policy = settings.retry_policy()
+        self.dims = MODEL_DIMS[settings.model]
+
+    def run(self, call: Call) -> Tuple[List[Union[Outcome, DeadLetter]], _CallStats]:
+        stats = _CallStats()
+        return self._run(call.items, stats), stats
+
+    def _run(self, items: List[Item], stats: _CallStats) -> List[Union[Outcome, DeadLetter]]:
+        try:
+            fields, files = self._build(items)
+        except errors.BadRequestError as exc:
+            return [self._dead(item, exc, 0) for item in items]
+        except OSError as exc:
+            return [DeadLetter(i.id, i.source, i.row_number, i.modality, "call", "unreadable_file",
+                               f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
+                    for i in items]
+        attempts = 0
+
+        def attempt():
+            nonlocal attempts
+            attempts += 1
+            stats.throttled_sec += self.bucket.acquire()
+            stats.calls += 1
+            stats.items_per_call.append(len(items))
+            try:
+                response = self.client.send(fields, files)
+                self._check(items, response)
+            except errors.RateLimitError as exc:
+                stats.rate_limited += 1
+                self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds)
+                raise
+            self.bucket.on_success()
+            return response
+
+        def on_retry(exc, seconds):
+            stats.retries += 1
+            stats.throttled_sec += seconds
+
+        try:
+            response = call_with_retries(attempt, self.policy, on_retry=on_retry)
+        except errors.AuthError as exc:
+            raise ApiKeyRejected(f"The API refused the key ({exc}). Check {API_KEY_ENV} or the key file; "
+                                 "no further calls were made by this worker.") from None
+        except errors.BadRequestError as exc:
+            if len(items) > 1:
+                # One bad item must not sink its call-mates: retry each alone.
+                stats.split_calls += 1
+                return [r for item in items for r in self._run([item], stats)]
+            return [self._dead(items[0], exc, attempts)]
+        except errors.EmbedError as exc:
+            return [self._dead(item, exc, attempts) for item in items]
+        return self._map(items, response, attempts)
+
+    def _build(self, items: List[Item]):
+        kwargs = {}
+        for item in items:
+            if item.modality == "text":
+                kwargs.update(text=item.text, text_truncate=item.text_truncate)
+            elif item.url is not None:
+                kwargs[f"{item.modality}_url"] = item.url
+            else:
+                kwargs[f"{item.modality}_file"] = _read_file(item.file_path)
+            if item.modality == "audio" and item.audio_start_offset_sec is not None:
+                kwargs["audio_start_offset_sec"] = item.audio_start_offset_sec
+        return self.client.build_request(self.settings.model, **kwargs)
+
+    def _check(self, items: List[Item], response) -> None:
+        """A response that does not answer what was asked is treated as malformed (and retried)."""
+        for item in items:
+            result = getattr(response, f"{item.modality}_embedding")
+            if result is None:
+                raise errors.MalformedResponseError(f"no {item.modality}_embedding in the response", status=200)
+            if result.error_message is not None:
+                continue
+            if not result.segments:
+                raise errors.MalformedResponseError(f"{item.modality}_embedding has no segments", status=200)
+            for segment in result.segments:
+                if segment.float_ is None or len(segment.float_) != self.dims:
+                    raise errors.MalformedResponseError(
+                        f"{item.modality} vector has {len(segment.float_ or [])} values, expected {self.dims}",
+                        status=200)
+            meta = getattr(result, "metadata", None)
+            if meta is not None and item.url is not None and meta.input_url not in (None, item.url):
+                raise errors.MalformedResponseError(f"{item.modality} result is for another input", status=200)
+
+    def _map(self, items, response, attempts) -> List[Union[Outcome, DeadLetter]]:
+        out: List[Union[Outcome, DeadLetter]] = []
+        for item in items:
+            result = getattr(response, f"{item.modality}_embedding")
+            if result.error_message is not None:
+                out.append(DeadLetter(item.id, item.source, item.row_number, item.modality, "call",
+                                      "embedding_failed", f"{item.source} row {item.row_number}: "
+                                      f"the API could not embed the {item.modality}: {result.error_message}",
+                                      200, attempts))
+                continue
+            segments = [(getattr(s, "start_offset_sec", None), getattr(s, "end_offset_sec", None), s.float_)
+                        for s in result.segments]
+            out.append(Outcome(item, response.model_name, segments, attempts))
+        return out
+
+    @staticmethod
+    def _dead(item: Item, exc: errors.EmbedError, attempts: int) -> DeadLetter:
+        code = _error_code(exc)
+        if isinstance(exc, errors.RateLimitError) and exc.is_quota_exhausted:
+            code = "quota_exhausted"
+        return DeadLetter(item.id, item.source, item.row_number, item.modality, "call", code,
+                          f"{item.source} row {item.row_number}: {exc.message}", exc.status,
+                          getattr(exc, "attempts", attempts) or attempts)
+
+
+class _CreateEmbeddingsFn(beam.DoFn):
+    def __init__(self, settings: CallSettings):
+        self._settings = settings
+        self._calls = Metrics.counter(NAMESPACE, "calls")
+        self._retries = Metrics.counter(NAMESPACE, "retries")
+        self._rate_limited = Metrics.counter(NAMESPACE, "http_429")
+        self._split = Metrics.counter(NAMESPACE, "split_calls")
+        self._throttled_ms = Metrics.counter(NAMESPACE, "throttled_msecs")
+        # Read by Dataflow's autoscaler: seconds this step waited on the API's limits, not on work.
+        self._throttled_sec = Metrics.counter(NAMESPACE, "cumulativeThrottlingSeconds")
+        self._items_per_call = Metrics.distribution(NAMESPACE, "items_per_call")
+        self._embedded = Metrics.counter(NAMESPACE, "items_embedded")
+
+    def setup(self):
+        s = self._settings
+        self._client = EmbedClient(api_key=resolve_api_key(s), base_url=s.base_url,
+                                   timeout=(s.connect_timeout_sec, s.read_timeout_sec),
+                                   max_connections=s.max_in_flight)
+        self._caller = _Caller(s, self._client, _process_bucket(s))
+        self._pool = concurrent.futures.ThreadPoolExecutor(s.max_in_flight, thread_name_prefix="embed-call")
+        self._throttled_remainder = 0.0
+
+    def start_bundle(self):
+        self._pending: collections.deque = collections.deque()
+
+    def process(self, call: Call) -> Iterable:
+        self._pending.append(self._pool.submit(self._caller.run, call))
+        yield from self._drain(self._settings.max_in_flight)
+
+    def finish_bundle(self):
+        for output in self._drain(0):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            else:
+                yield GlobalWindows.windowed_value(output)
+
+    def _drain(self, keep: int) -> Iterable:
+        """Yields finished calls' records; blocks while more than `keep` calls are in flight."""
+        while self._pending:
+            if len(self._pending) > keep:
+                concurrent.futures.wait(self._pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            done = [f for f in self._pending if f.done()]
+            if not done:
+                return
+            for future in done:
+                self._pending.remove(future)
+                records, stats = future.result()  # ApiKeyRejected propagates and fails the job
+                self._record(stats)
+                for record in records:
+                    if isinstance(record, DeadLetter):
+                        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
+                    else:
+                        self._embedded.inc()
+                        yield record
+
+    def _record(self, stats: _CallStats) -> None:
+        self._calls.inc(stats.calls)
+        self._retries.inc(stats.retries)
+        self._rate_limited.inc(stats.rate_limited)
+        self._split.inc(stats.split_calls)
+        for n in stats.items_per_call:
+            self._items_per_call.update(n)
+        self._throttled_ms.inc(int(stats.throttled_sec * 1000))
+        self._throttled_remainder += stats.throttled_sec
+        whole = int(self._throttled_remainder)
+        if whole:
+            self._throttled_sec.inc(whole)
+            self._throttled_remainder -= whole
+
+    def teardown(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+
+class CreateEmbeddings(beam.PTransform):
+    """Call -> Outcome, with a `dead_letters` output."""
+
+    def __init__(self, settings: CallSettings):
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, calls):
+        return calls | "Call" >> beam.ParDo(_CreateEmbeddingsFn(self._settings)).with_outputs(
+            DEAD_LETTERS, main="outcomes")

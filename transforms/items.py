@@ -1,0 +1,87 @@
+"""The records that flow between the pipeline's steps: manifest rows, items, calls, outcomes, dead letters."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["MODALITIES", "Call", "DeadLetter", "Item", "ManifestRow", "Outcome", "content_hash"]
+
+MODALITIES = ("text", "image", "audio")
+# Manifest columns the pipeline understands; every other column is carried through as attributes.
+INPUT_FIELDS = ("id", "text", "text_truncate", "image_url", "image_file", "audio_url", "audio_file",
+                "audio_start_offset_sec")
+
+
+@dataclasses.dataclass
+class ManifestRow:
+    source: str        # the manifest's path
+    row_number: int    # 1-based data row number within the manifest
+    fields: Dict[str, Any]
+
+
+@dataclasses.dataclass
+class Item:
+    """One modality of one manifest row: what a single slot of an API call embeds."""
+
+    id: str
+    modality: str
+    source: str
+    row_number: int
+    content_hash: str
+    attributes: str = "{}"           # JSON of the row's other columns
+    text: Optional[str] = None
+    text_truncate: Optional[str] = None
+    url: Optional[str] = None
+    file_path: Optional[str] = None  # resolved path, read through Beam FileSystems at call time
+    audio_start_offset_sec: Optional[float] = None
+
+    @property
+    def input_file_name(self) -> Optional[str]:
+        return None if self.file_path is None else self.file_path.replace("\\", "/").rsplit("/", 1)[-1]
+
+    def key(self) -> Tuple[str, str]:
+        return self.id, self.modality
+
+
+@dataclasses.dataclass
+class Call:
+    """Up to one item per modality, sent as one API call."""
+
+    items: List[Item]
+
+
+@dataclasses.dataclass
+class DeadLetter:
+    id: Optional[str]
+    source: str
+    row_number: Optional[int]
+    modality: Optional[str]
+    stage: str          # read | validate | call
+    code: str
+    message: str
+    http_status: Optional[int] = None
+    attempts: int = 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """A successful item: its segments as (start, end, vector) with offsets None for non-audio."""
+
+    item: Item
+    model_name: str
+    segments: List[Tuple[Optional[float], Optional[float], List[float]]]
+    attempts: int = 1
+
+
+def content_hash(*parts: Any) -> str:
+    """sha256 over the parts; bytes are hashed as they are, everything else by its repr."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, (bytes, bytearray)) else repr(part).encode("utf-8")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()

@@ -1,0 +1,184 @@
+"""ReadManifests: stream JSONL, CSV and Parquet manifests row by row; unparsable rows become dead letters."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Union
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.items import DeadLetter, ManifestRow
+
+__all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
+
+_LOGGER = logging.getLogger(__name__)
+DEAD_LETTERS = "dead_letters"
+NAMESPACE = "tl_embed"
+# Parquet manifests are read this many rows at a time, so a large file never sits in memory.
+_PARQUET_BATCH_ROWS = 1024
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+_COMPRESSED = (".gz", ".bz2", ".zst", ".deflate", ".xz")
+
+
+def manifest_format(path: str) -> str:
+    name = path.lower()
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for suffix, fmt in _FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    raise ValueError(f"manifest {path}: unknown format (use .jsonl, .csv or .parquet, optionally compressed)")
+
+
+def expand_manifest_patterns(patterns: Sequence[str]) -> List[str]:
+    """Resolves paths and globs through Beam FileSystems; fails fast on a pattern with no match."""
+    if not patterns:
+        raise ValueError("no manifests given: set `manifests` in the config or pass --manifest")
+    paths: List[str] = []
+    for pattern in patterns:
+        matches = FileSystems.match([pattern])[0].metadata_list
+        if not matches:
+            raise ValueError(f"manifest pattern {pattern!r} matched no files")
+        for meta in sorted(matches, key=lambda m: m.path):
+            manifest_format(meta.path)
+            if meta.path not in paths:
+                paths.append(meta.path)
+    return paths
+
+
+def _dead(source: str, row_number: int, code: str, message: str) -> DeadLetter:
+    return DeadLetter(id=None, source=source, row_number=row_number, modality=None, stage="read",
+                      code=code, message=f"{source} row {row_number}: {message}")
+
+
+def _clean_value(value: Any) -> Any:
+    # Parquet and pandas use NaN for missing numbers; treat it like an absent value.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _jsonl_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
+    for row_number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield _dead(source, row_number, "invalid_encoding", f"line is not valid UTF-8 (byte {exc.start})")
+            continue
+        if not line.strip():
+            yield _dead(source, row_number, "empty_row", "line is empty")
+            continue
+        try:
+            fields = json.loads(line)
+        except ValueError as exc:
+            yield _dead(source, row_number, "malformed_row", f"line is not valid JSON ({exc})")
+            continue
+        if not isinstance(fields, dict):
+            yield _dead(source, row_number, "malformed_row",
+                        f"line is a JSON {type(fields).__name__}, not an object")
+            continue
+        yield ManifestRow(source, row_number, fields)
+
+
+def _csv_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
+    # surrogateescape keeps a bad byte from ending the file: the row that holds it is rejected alone.
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield _dead(source, 0, "malformed_row", f"header cannot be parsed ({exc})")
+        return
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    row_number = 0
+    while True:
+        row_number += 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield _dead(source, row_number, "malformed_row", f"row cannot be parsed as CSV ({exc})")
+            continue
+        if not values or all(not v.strip() for v in values):
+            yield _dead(source, row_number, "empty_row", "row is empty")
+            continue
+        if len(values) != len(header):
+            yield _dead(source, row_number, "malformed_row",
+                        f"row has {len(values)} columns, the header has {len(header)}")
+            continue
+        try:
+            "".join(values).encode("utf-8")
+        except UnicodeEncodeError:
+            yield _dead(source, row_number, "invalid_encoding", "row is not valid UTF-8")
+            continue
+        # An empty CSV cell is an absent value.
+        yield ManifestRow(source, row_number, {k: v for k, v in zip(header, values) if v != ""})
+
+
+def _parquet_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(stream).iter_batches(batch_size=_PARQUET_BATCH_ROWS)
+        row_number = 0
+        for batch in batches:
+            for fields in batch.to_pylist():
+                row_number += 1
+                yield ManifestRow(source, row_number, {k: _clean_value(v) for k, v in fields.items()
+                                                      if _clean_value(v) is not None})
+    except Exception as exc:  # pyarrow raises many types for a damaged file
+        yield _dead(source, 0, "unreadable_manifest", f"Parquet file cannot be read ({exc})")
+
+
+_READERS = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}
+
+
+def parse_manifest(source: str) -> Iterator[Union[ManifestRow, DeadLetter]]:
+    """Streams one manifest's rows (ManifestRow) and unparsable rows (DeadLetter)."""
+    fmt = manifest_format(source)
+    compression = CompressionTypes.AUTO
+    with FileSystems.open(source, compression_type=compression) as stream:
+        if fmt == "parquet" and not stream.seekable():
+            stream = io.BytesIO(stream.read())
+        yield from _READERS[fmt](source, stream)
+
+
+class _ParseManifest(beam.DoFn):
+    def __init__(self):
+        self._rows = Metrics.counter(NAMESPACE, "rows_read")
+
+    def process(self, source: str) -> Iterable:
+        for record in parse_manifest(source):
+            self._rows.inc()
+            if isinstance(record, DeadLetter):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
+            else:
+                yield record
+
+
+class ReadManifests(beam.PTransform):
+    """Manifest paths (already expanded) -> ManifestRow, with a `dead_letters` output."""
+
+    def __init__(self, paths: Sequence[str]):
+        super().__init__()
+        if not paths:
+            raise ValueError("ReadManifests needs at least one manifest path")
+        self._paths = list(paths)
+
+    def expand(self, pbegin):
+        parsed = (
+            pbegin
+            | "ManifestPaths" >> beam.Create(self._paths)
+            | "ParseRows" >> beam.ParDo(_ParseManifest()).with_outputs(DEAD_LETTERS, main="rows")
+        )
+        return {"rows": parsed.rows | "SpreadRows" >> beam.Reshuffle(), DEAD_LETTERS: parsed[DEAD_LETTERS]}

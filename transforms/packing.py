@@ -1,0 +1,71 @@
+"""PackCalls: put up to one text, one image and one audio, from any rows, into each API call."""
+from __future__ import annotations
+
+import collections
+from typing import Deque, Dict, Iterable, List
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms.items import MODALITIES, Call, Item
+
+__all__ = ["CallPacker", "PackCalls"]
+
+# Items of one modality waiting for partners; past this, a call goes out part-filled so memory stays flat.
+DEFAULT_MAX_WAITING = 32
+
+
+class CallPacker:
+    """Packs items into calls as they arrive; `flush()` packs what is left."""
+
+    def __init__(self, pack: bool = True, max_waiting: int = DEFAULT_MAX_WAITING):
+        if max_waiting < 1:
+            raise ValueError("max_waiting must be at least 1")
+        self.pack = pack
+        self.max_waiting = max_waiting
+        self._waiting: Dict[str, Deque[Item]] = {m: collections.deque() for m in MODALITIES}
+
+    def _take(self) -> Call:
+        return Call([queue.popleft() for queue in self._waiting.values() if queue])
+
+    def add(self, item: Item) -> List[Call]:
+        if not self.pack:
+            return [Call([item])]
+        self._waiting[item.modality].append(item)
+        if all(self._waiting.values()) or len(self._waiting[item.modality]) > self.max_waiting:
+            return [self._take()]
+        return []
+
+    def flush(self) -> List[Call]:
+        calls = []
+        while any(self._waiting.values()):
+            calls.append(self._take())
+        return calls
+
+
+class _PackCallsFn(beam.DoFn):
+    def __init__(self, pack: bool, max_waiting: int):
+        self._pack = pack
+        self._max_waiting = max_waiting
+
+    def start_bundle(self):
+        self._packer = CallPacker(self._pack, self._max_waiting)
+
+    def process(self, item: Item) -> Iterable[Call]:
+        yield from self._packer.add(item)
+
+    def finish_bundle(self):
+        for call in self._packer.flush():
+            yield GlobalWindows.windowed_value(call)
+
+
+class PackCalls(beam.PTransform):
+    """Item -> Call. With `pack=False` every item is its own call."""
+
+    def __init__(self, pack: bool = True, max_waiting: int = DEFAULT_MAX_WAITING):
+        super().__init__()
+        CallPacker(pack, max_waiting)  # fail fast on bad arguments
+        self._pack, self._max_waiting = pack, max_waiting
+
+    def expand(self, items):
+        return items | "Pack" >> beam.ParDo(_PackCallsFn(self._pack, self._max_waiting))

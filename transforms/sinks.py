@@ -1,0 +1,195 @@
+"""Sinks that commit as they go: small Parquet (segments) and JSONL (dead letters) pieces, each written
+under a temporary name and renamed, so a killed job keeps everything written up to its last piece."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+import uuid
+from typing import Iterable, List, Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms.calling import MODEL_DIMS
+from transforms.items import DeadLetter, Outcome
+
+__all__ = ["DEAD_LETTER_DIR", "SEGMENT_DIR", "WriteDeadLetters", "WriteSegments", "segment_schema",
+           "segments_table"]
+
+_LOGGER = logging.getLogger(__name__)
+SEGMENT_DIR = "segments"
+DEAD_LETTER_DIR = "dead_letters"
+# A piece is written when it holds this many rows or is this old: small enough to lose little on a
+# kill, large enough for sensible Parquet row groups (4096 x 512 float32 is 8 MiB).
+DEFAULT_ROWS_PER_PIECE = 4096
+DEFAULT_FLUSH_SEC = 5.0
+_TMP_SUFFIX = ".tmp"
+
+
+def segment_schema(dims: int) -> pa.Schema:
+    return pa.schema([
+        ("id", pa.string()),
+        ("modality", pa.string()),
+        ("model_name", pa.string()),
+        ("segment_index", pa.int32()),
+        ("start_offset_sec", pa.float64()),
+        ("end_offset_sec", pa.float64()),
+        ("embedding", pa.list_(pa.float32(), dims)),
+        ("input_url", pa.string()),
+        ("input_file", pa.string()),
+        ("input_text", pa.string()),
+        ("content_hash", pa.string()),
+        ("attributes", pa.string()),
+        ("source", pa.string()),
+        ("row_number", pa.int64()),
+        ("run_id", pa.string()),
+        ("run_time", pa.timestamp("ms", tz="UTC")),
+    ])
+
+
+def segments_table(outcomes: List[Outcome], dims: int, run_id: str, run_time: datetime.datetime) -> pa.Table:
+    """One row per returned segment, built column by column."""
+    cols = {name: [] for name in segment_schema(dims).names if name not in ("embedding", "run_id", "run_time")}
+    vectors = []
+    for outcome in outcomes:
+        item = outcome.item
+        for index, (start, end, vector) in enumerate(outcome.segments):
+            cols["id"].append(item.id)
+            cols["modality"].append(item.modality)
+            cols["model_name"].append(outcome.model_name)
+            cols["segment_index"].append(index)
+            cols["start_offset_sec"].append(start)
+            cols["end_offset_sec"].append(end)
+            cols["input_url"].append(item.url)
+            cols["input_file"].append(item.input_file_name)
+            cols["input_text"].append(item.text)
+            cols["content_hash"].append(item.content_hash)
+            cols["attributes"].append(item.attributes)
+            cols["source"].append(item.source)
+            cols["row_number"].append(item.row_number)
+            vectors.append(vector)
+    n = len(cols["id"])
+    flat = np.asarray(vectors, dtype=np.float32).reshape(-1) if n else np.zeros(0, dtype=np.float32)
+    schema = segment_schema(dims)
+    arrays = {name: pa.array(values, type=schema.field(name).type) for name, values in cols.items()}
+    arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dims)
+    arrays["run_id"] = pa.array([run_id] * n, type=pa.string())
+    arrays["run_time"] = pa.array([run_time] * n, type=schema.field("run_time").type)
+    return pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
+
+
+def _mkdirs(path: str) -> None:
+    try:
+        FileSystems.mkdirs(path)
+    except IOError:
+        pass  # already there, or an object store without folders
+
+
+def _commit(directory: str, name: str, write) -> str:
+    """Writes through `write(stream)` to a temporary name, then renames: a piece is whole or absent."""
+    final = FileSystems.join(directory, name)
+    temp = final + _TMP_SUFFIX
+    with FileSystems.create(temp, compression_type="uncompressed") as stream:
+        write(stream)
+    FileSystems.rename([temp], [final])
+    return final
+
+
+class _PieceWriterFn(beam.DoFn):
+    """Buffers records and commits a piece every `rows_per_piece` records or `flush_sec` seconds."""
+
+    suffix = ""
+
+    def __init__(self, output_dir: str, run_id: str, rows_per_piece: int, flush_sec: float):
+        if rows_per_piece < 1 or flush_sec <= 0:
+            raise ValueError("rows_per_piece must be >= 1 and flush_sec > 0")
+        self._dir = output_dir
+        self._run_id = run_id
+        self._rows_per_piece = rows_per_piece
+        self._flush_sec = flush_sec
+
+    def setup(self):
+        _mkdirs(self._dir)
+        self._worker = uuid.uuid4().hex[:8]
+        self._sequence = 0
+
+    def start_bundle(self):
+        self._buffer = []
+        self._oldest = None
+
+    def process(self, record) -> Iterable[str]:
+        self._buffer.append(record)
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        if len(self._buffer) >= self._rows_per_piece or time.monotonic() - self._oldest >= self._flush_sec:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._buffer:
+            yield GlobalWindows.windowed_value(self._flush())
+
+    def _flush(self) -> str:
+        self._sequence += 1
+        name = f"part-{self._run_id}-{self._worker}-{self._sequence:05d}{self.suffix}"
+        path = _commit(self._dir, name, lambda stream: self.write(self._buffer, stream))
+        self._buffer, self._oldest = [], None
+        return path
+
+    def write(self, records, stream) -> None:
+        raise NotImplementedError
+
+
+class _SegmentPieceFn(_PieceWriterFn):
+    suffix = ".parquet"
+
+    def __init__(self, output_dir, run_id, run_time, model, rows_per_piece, flush_sec):
+        super().__init__(output_dir, run_id, rows_per_piece, flush_sec)
+        self._run_time = run_time
+        self._dims = MODEL_DIMS[model]
+
+    def write(self, outcomes, stream) -> None:
+        table = segments_table(outcomes, self._dims, self._run_id, self._run_time)
+        pq.write_table(table, stream, row_group_size=DEFAULT_ROWS_PER_PIECE * 4, compression="zstd")
+
+
+class _DeadLetterPieceFn(_PieceWriterFn):
+    suffix = ".jsonl"
+
+    def write(self, letters: List[DeadLetter], stream) -> None:
+        lines = []
+        for letter in letters:
+            record = letter.as_dict()
+            record["run_id"] = self._run_id
+            lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True))
+        stream.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
+class WriteSegments(beam.PTransform):
+    """Outcome -> committed Parquet pieces under OUTPUT/segments/ (emits their paths)."""
+
+    def __init__(self, output: str, run_id: str, run_time: datetime.datetime, model: str,
+                 rows_per_piece: int = DEFAULT_ROWS_PER_PIECE, flush_sec: float = DEFAULT_FLUSH_SEC):
+        super().__init__()
+        self._fn = _SegmentPieceFn(FileSystems.join(output, SEGMENT_DIR), run_id, run_time, model,
+                                   rows_per_piece, flush_sec)
+
+    def expand(self, outcomes):
+        return outcomes | "WritePieces" >> beam.ParDo(self._fn)
+
+
+class WriteDeadLetters(beam.PTransform):
+    """DeadLetter -> committed JSONL pieces under OUTPUT/dead_letters/ (emits their paths)."""
+
+    def __init__(self, output: str, run_id: str, rows_per_piece: int = DEFAULT_ROWS_PER_PIECE,
+                 flush_sec: float = DEFAULT_FLUSH_SEC):
+        super().__init__()
+        self._fn = _DeadLetterPieceFn(FileSystems.join(output, DEAD_LETTER_DIR), run_id, rows_per_piece, flush_sec)
+
+    def expand(self, letters):
+        return letters | "WritePieces" >> beam.ParDo(self._fn)

@@ -1,0 +1,300 @@
+"""ValidateRows: turn manifest rows into items, rejecting before any call what the API would reject."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import posixpath
+import re
+import urllib.parse
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.items import INPUT_FIELDS, DeadLetter, Item, ManifestRow, content_hash
+from transforms.manifests import DEAD_LETTERS, NAMESPACE
+
+__all__ = ["MEDIA_RULES", "RejectDuplicateIds", "ValidateRows", "row_to_items"]
+
+TEXT_TRUNCATE_VALUES = ("none", "start", "end")
+# Longer texts are truncated by the API anyway; refusing them keeps one row from eating a worker's memory.
+MAX_TEXT_CHARS = 100_000
+MAX_ID_CHARS = 256
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_MB = 1024 * 1024
+# Per model: the largest file of each kind the API takes (API-FACTS.md).
+MEDIA_RULES = {
+    "marengo3.0": {"image": 5 * _MB, "audio": 36 * _MB},
+    "marengo2.7": {"image": 5 * _MB, "audio": 10 * _MB},
+    "Marengo-retrieval-2.7": {"image": 5 * _MB, "audio": 10 * _MB},
+}
+MIN_IMAGE_SIDE = 128
+_HASH_CHUNK = 1024 * 1024
+
+
+class _Invalid(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _sniff(head: bytes) -> Optional[str]:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0):
+        return "mp3"
+    return None
+
+
+_KINDS = {"image": ("png", "jpeg"), "audio": ("wav", "mp3", "flac")}
+
+
+def _resolve(manifest: str, path: str) -> str:
+    """Relative media paths are relative to the manifest's folder."""
+    if "://" in path or path.startswith("/"):
+        return path
+    folder = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
+    return posixpath.normpath(posixpath.join(folder, path)) if "://" not in folder else FileSystems.join(folder, path)
+
+
+def _check_media_file(path: str, field: str, modality: str, model: str,
+                      offset: Optional[float]) -> Tuple[str, float]:
+    """Checks a media file the way the API would; returns (sha256 of the bytes, duration or 0)."""
+    try:
+        matches = FileSystems.match([path])[0].metadata_list
+    except Exception as exc:
+        raise _Invalid("missing_file", f"`{field}` {path} cannot be listed ({type(exc).__name__})")
+    exact = [m for m in matches if m.path.rstrip("/") == path.rstrip("/")]
+    if not exact:
+        if FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list:
+            raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
+        raise _Invalid("missing_file", f"`{field}` {path} does not exist")
+    size = exact[0].size_in_bytes
+    limit = MEDIA_RULES[model][modality]
+    if size == 0:
+        raise _Invalid("empty_file", f"`{field}` {path} is empty")
+    if size > limit:
+        raise _Invalid("file_too_large",
+                       f"`{field}` {path} is {size} bytes; {model} takes {modality} files up to {limit} bytes")
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as stream:
+            data = stream.read(limit + 1)
+    except IsADirectoryError:
+        raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
+    kind = _sniff(data[:16])
+    if kind not in _KINDS[modality]:
+        wanted = "/".join(k.upper() for k in _KINDS[modality])
+        raise _Invalid("unsupported_format",
+                       f"`{field}` {path} is not {wanted} (its bytes are {'unknown' if kind is None else kind.upper()})")
+    duration = _check_decodes(data, kind, field, path)
+    if modality == "audio" and offset is not None and offset >= duration:
+        raise _Invalid("invalid_offset",
+                       f"`audio_start_offset_sec` {offset} is not before the end of {path} ({duration:.2f} s)")
+    return hashlib.sha256(data).hexdigest(), duration
+
+
+def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
+    if kind in ("png", "jpeg"):
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                image.verify()
+        except Exception as exc:
+            raise _Invalid("corrupt_file", f"`{field}` {path} is not a readable {kind.upper()} image ({exc})")
+        if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+            raise _Invalid("image_too_small",
+                           f"`{field}` {path} is {width}x{height}; images must be at least "
+                           f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+        return 0.0
+    import soundfile
+
+    try:
+        info = soundfile.info(io.BytesIO(data))
+        duration = info.frames / float(info.samplerate)
+    except Exception as exc:
+        raise _Invalid("corrupt_file", f"`{field}` {path} is not readable {kind.upper()} audio ({exc})")
+    if duration <= 0:
+        raise _Invalid("corrupt_file", f"`{field}` {path} holds no audio")
+    return duration
+
+
+def _check_url(url: Any, field: str) -> str:
+    if not isinstance(url, str):
+        raise _Invalid("invalid_type", f"`{field}` must be a string, got {type(url).__name__}")
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        hint = f"; use `{field.replace('_url', '_file')}` for local files" if parsed.scheme in ("", "file") else ""
+        raise _Invalid("invalid_url", f"`{field}` must be an http(s) URL, got {url[:200]!r}{hint}")
+    return url.strip()
+
+
+def _parse_offset(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        offset = float(value)
+    except (TypeError, ValueError):
+        raise _Invalid("invalid_offset", f"`audio_start_offset_sec` must be a number, got {value!r}")
+    if math.isnan(offset) or math.isinf(offset) or offset < 0:
+        raise _Invalid("invalid_offset", f"`audio_start_offset_sec` must be a number >= 0, got {value!r}")
+    return offset
+
+
+def _row_id(row: ManifestRow) -> str:
+    raw = row.fields.get("id")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        # A stable id: the manifest's name and the row's content, so a rerun derives the same one.
+        name = row.source.rsplit("/", 1)[-1]
+        stem = name.split(".", 1)[0]
+        digest = content_hash(name, json.dumps(row.fields, sort_keys=True, default=str))[:16]
+        return f"{stem}-{digest}"
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise _Invalid("invalid_id", f"`id` must be a string or an integer, got {type(raw).__name__}")
+    value = str(raw).strip()
+    if len(value) > MAX_ID_CHARS or _CONTROL_CHARS.search(value):
+        raise _Invalid("invalid_id", f"`id` must be at most {MAX_ID_CHARS} characters without control characters")
+    return value
+
+
+def row_to_items(row: ManifestRow, model: str) -> List[Union[Item, DeadLetter]]:
+    """One Item per modality the row carries, or a DeadLetter per modality that is invalid."""
+    where = f"{row.source} row {row.row_number}"
+    try:
+        item_id = _row_id(row)
+    except _Invalid as exc:
+        return [DeadLetter(None, row.source, row.row_number, None, "validate", exc.code, f"{where}: {exc}")]
+    fields = row.fields
+    attributes = json.dumps({k: v for k, v in fields.items() if k not in INPUT_FIELDS},
+                            sort_keys=True, default=str, ensure_ascii=False)
+    base = dict(id=item_id, source=row.source, row_number=row.row_number, attributes=attributes)
+    out: List[Union[Item, DeadLetter]] = []
+
+    def reject(modality: Optional[str], exc: _Invalid) -> None:
+        out.append(DeadLetter(item_id, row.source, row.row_number, modality, "validate", exc.code, f"{where}: {exc}"))
+
+    text = fields.get("text")
+    if text is not None:
+        try:
+            if not isinstance(text, str):
+                raise _Invalid("invalid_type", f"`text` must be a string, got {type(text).__name__}")
+            if len(text) > MAX_TEXT_CHARS:
+                raise _Invalid("text_too_long", f"`text` is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+            truncate = fields.get("text_truncate")
+            if truncate is not None and truncate not in TEXT_TRUNCATE_VALUES:
+                raise _Invalid("invalid_text_truncate",
+                               "The `text_truncate` parameter is invalid. You should use one of the following "
+                               f"values: `none`, `start`, `end` (got {str(truncate)[:50]!r}).")
+            if text.strip():
+                out.append(Item(modality="text", text=text, text_truncate=truncate,
+                                content_hash=content_hash("text", text, truncate), **base))
+        except _Invalid as exc:
+            reject("text", exc)
+
+    offset_error = None
+    try:
+        offset = _parse_offset(fields.get("audio_start_offset_sec"))
+    except _Invalid as exc:
+        offset, offset_error = None, exc
+    for modality in ("image", "audio"):
+        url, path = fields.get(f"{modality}_url"), fields.get(f"{modality}_file")
+        if url is None and path is None:
+            continue
+        try:
+            if modality == "audio" and offset_error is not None:
+                raise offset_error
+            media_offset = offset if modality == "audio" else None
+            if url is not None:  # the URL wins over a file, as in the API
+                url = _check_url(url, f"{modality}_url")
+                out.append(Item(modality=modality, url=url, audio_start_offset_sec=media_offset,
+                                content_hash=content_hash(modality, "url", url, media_offset), **base))
+            else:
+                if not isinstance(path, str) or not path.strip():
+                    raise _Invalid("invalid_type", f"`{modality}_file` must be a non-empty path")
+                resolved = _resolve(row.source, path.strip())
+                digest, _ = _check_media_file(resolved, f"{modality}_file", modality, model, media_offset)
+                out.append(Item(modality=modality, file_path=resolved, audio_start_offset_sec=media_offset,
+                                content_hash=content_hash(modality, "bytes", digest, media_offset), **base))
+        except _Invalid as exc:
+            reject(modality, exc)
+    if not out:
+        out.append(DeadLetter(item_id, row.source, row.row_number, None, "validate", "no_input",
+                              f"{where}: none of `text`, `image_url`, `image_file`, `audio_url`, `audio_file` "
+                              "is given"))
+    return out
+
+
+class _ToItems(beam.DoFn):
+    def __init__(self, model: str):
+        self._model = model
+        self._items = {m: Metrics.counter(NAMESPACE, f"items_{m}") for m in ("text", "image", "audio")}
+
+    def process(self, row: ManifestRow) -> Iterable:
+        for record in row_to_items(row, self._model):
+            if isinstance(record, DeadLetter):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
+            else:
+                self._items[record.modality].inc()
+                yield record
+
+
+def _keep_first(keyed: Tuple[str, Iterable[Tuple[ManifestRow, str]]]) -> Iterable:
+    _, rows = keyed
+    ordered = sorted(rows, key=lambda pair: (pair[0].source, pair[0].row_number))
+    first = ordered[0][0]
+    yield first
+    for row, item_id in ordered[1:]:
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
+            item_id, row.source, row.row_number, None, "validate", "duplicate_id",
+            f"{row.source} row {row.row_number}: `id` {item_id!r} is already used by "
+            f"{first.source} row {first.row_number}"))
+
+
+def _key_by_id(row: ManifestRow):
+    try:
+        item_id = _row_id(row)
+    except _Invalid:
+        item_id = None
+    # Rows with a bad id are not grouped: each is rejected on its own later.
+    key = item_id if item_id is not None else f"\x00{row.source}\x00{row.row_number}"
+    return key, (row, item_id)
+
+
+class RejectDuplicateIds(beam.PTransform):
+    """Keeps the first row (by manifest and row number) of each id; later ones become dead letters."""
+
+    def expand(self, rows):
+        return (
+            rows
+            | "KeyById" >> beam.Map(_key_by_id)
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepFirst" >> beam.FlatMap(_keep_first).with_outputs(DEAD_LETTERS, main="rows")
+        )
+
+
+class ValidateRows(beam.PTransform):
+    """ManifestRow -> Item (one per modality), with a `dead_letters` output for what the API would reject."""
+
+    def __init__(self, model: str):
+        super().__init__()
+        if model not in MEDIA_RULES:
+            raise ValueError(f"unknown model {model!r}; use one of {sorted(MEDIA_RULES)}")
+        self._model = model
+
+    def expand(self, rows):
+        unique = rows | "RejectDuplicateIds" >> RejectDuplicateIds()
+        items = unique.rows | "ToItems" >> beam.ParDo(_ToItems(self._model)).with_outputs(DEAD_LETTERS, main="items")
+        return {"items": items.items, DEAD_LETTERS: (unique[DEAD_LETTERS], items[DEAD_LETTERS])
+                | "MergeValidationDeadLetters" >> beam.Flatten()}
