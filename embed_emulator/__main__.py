@@ -1,0 +1,76 @@
+"""python -m embed_emulator --port 0 ...: run the emulator until SIGTERM/SIGINT.
+
+Prints one line, EMULATOR_URL=http://HOST:PORT/v1.3, once listening.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import List, Optional
+
+from .config import EmulatorConfig
+from .server import Emulator
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m embed_emulator", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--rpm", type=int, help="requests per minute (default unlimited)")
+    p.add_argument("--rpd", type=int, help="requests per day (default unlimited)")
+    p.add_argument("--day-length-sec", type=float, default=86400.0)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--fault-5xx", type=float, default=0.0)
+    p.add_argument("--fault-429-burst", type=float, default=0.0)
+    p.add_argument("--burst-sec", type=float, default=1.0)
+    p.add_argument("--fault-hang", type=float, default=0.0)
+    p.add_argument("--hang-sec", type=float, default=30.0)
+    p.add_argument("--fault-drop", type=float, default=0.0)
+    p.add_argument("--fault-malformed", type=float, default=0.0)
+    p.add_argument("--fault-modality-error", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--api-key", action="append", default=[],
+                   help="accepted key (repeatable; also EMULATOR_API_KEYS=a,b). Default: any key")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    keys = list(args.api_key)
+    keys += [k.strip() for k in os.environ.get("EMULATOR_API_KEYS", "").split(",") if k.strip()]
+    return EmulatorConfig(
+        api_keys=keys or None, requests_per_minute=args.rpm, requests_per_day=args.rpd,
+        day_length_sec=args.day_length_sec, latency_ms=args.latency_ms,
+        latency_jitter_ms=args.jitter_ms, fault_5xx_rate=args.fault_5xx,
+        fault_429_burst_rate=args.fault_429_burst, fault_429_burst_sec=args.burst_sec,
+        fault_hang_rate=args.fault_hang, fault_hang_sec=args.hang_sec,
+        fault_drop_rate=args.fault_drop, fault_malformed_rate=args.fault_malformed,
+        fault_modality_error_rate=args.fault_modality_error, seed=args.seed)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"embed_emulator: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with Emulator(config, args.host, args.port) as emulator:
+        print(f"EMULATOR_URL={emulator.base_url}", flush=True)
+        while not stop.wait(0.5):  # a timed wait lets the signal handler run
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

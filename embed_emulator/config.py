@@ -1,0 +1,69 @@
+"""Every knob of the emulator in one dataclass, with its default."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Collection, Optional
+
+__all__ = ["EmulatorConfig"]
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Emulator settings. Frozen: the running server swaps whole configs, so a
+    request always sees one consistent snapshot."""
+
+    # Auth: None accepts any non-empty x-api-key; otherwise the key must be listed.
+    api_keys: Optional[Collection[str]] = None
+    # Quotas (None = unlimited). The minute window slides; the day window is fixed.
+    requests_per_minute: Optional[int] = None
+    requests_per_day: Optional[int] = None
+    # 86400 resets at UTC midnight; any other length counts from emulator start.
+    day_length_sec: float = 86400.0
+    # Added before answering every request that gets past the rate limits.
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    # Fault injection (probabilities per request, except modality errors: per item).
+    fault_5xx_rate: float = 0.0
+    fault_429_burst_rate: float = 0.0
+    fault_429_burst_sec: float = 1.0
+    fault_hang_rate: float = 0.0
+    fault_hang_sec: float = 30.0
+    fault_drop_rate: float = 0.0
+    fault_malformed_rate: float = 0.0
+    fault_modality_error_rate: float = 0.0
+    seed: Optional[int] = None
+    # Model behaviour the docs leave open (see rules.py).
+    audio_segment_sec: float = 6.0
+    max_audio_sec_30: float = 600.0
+    fetch_timeout_sec: float = 10.0
+    # Count embedded items by content key, so tests can spot double work.
+    record_keys: bool = True
+
+    def __post_init__(self) -> None:
+        if self.api_keys is not None:
+            keys = [self.api_keys] if isinstance(self.api_keys, str) else list(self.api_keys)
+            object.__setattr__(self, "api_keys", frozenset(keys))
+        for name in ("requests_per_minute", "requests_per_day"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_rate") and not 0.0 <= float(getattr(self, f.name)) <= 1.0:
+                raise ValueError(f"{f.name} must be between 0 and 1, got {getattr(self, f.name)!r}")
+        if self.day_length_sec <= 0 or self.audio_segment_sec <= 0:
+            raise ValueError("day_length_sec and audio_segment_sec must be positive")
+
+    def with_changes(self, **changes: Any) -> "EmulatorConfig":
+        """A copy with some knobs changed; unknown names raise ValueError."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def public_dict(self) -> dict:
+        """The config as JSON-able data, with API keys reduced to a count."""
+        data = dataclasses.asdict(self)
+        data["api_keys"] = None if self.api_keys is None else len(self.api_keys)
+        return data

@@ -1,0 +1,334 @@
+"""HTTP plumbing (stdlib ThreadingHTTPServer, keep-alive) and the Emulator that runs it.
+
+Every response goes out in one write with TCP_NODELAY set: otherwise Nagle plus the
+client's delayed ACK add ~40 ms to each keep-alive call.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import socketserver
+import threading
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator, Optional
+from urllib.parse import parse_qs, urlsplit
+
+from .config import EmulatorConfig
+from .faults import FaultInjector
+from .limits import RateLimiter
+from .service import EmbedService, Reply, json_reply
+from .stats import Stats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Emulator", "serve", "EMBED_PATH"]
+
+API_PREFIX = "/v1.3"
+EMBED_PATH = API_PREFIX + "/embed"
+MAX_BODY_BYTES = 100 * 1024 * 1024  # emulator choice: above the 36 MB audio limit plus form overhead
+
+
+class _BodyError(Exception):
+    """The request body could not be read; the connection must close."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "embed-emulator/1.0"
+    disable_nagle_algorithm = True  # StreamRequestHandler.setup sets TCP_NODELAY
+    server: "_HTTPServer"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.emulator._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.emulator._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib name)
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    # ---- routing --------------------------------------------------------------------
+
+    def _route(self) -> tuple:
+        parts = urlsplit(self.path)
+        return parts.path.rstrip("/") or "/", parse_qs(parts.query)
+
+    def do_POST(self) -> None:
+        path, _ = self._route()
+        if path == EMBED_PATH:
+            return self._embed()
+        body = self._read_body_or_close()
+        if body is None:
+            return
+        emulator = self.server.emulator
+        if path == "/emulator/reset":
+            emulator.reset_stats()
+            return self._send(json_reply(200, {"reset": True}))
+        if path == "/emulator/config":
+            try:
+                changes = json.loads(body or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("the body must be a JSON object")
+                config = emulator.configure(**changes)
+            except (ValueError, TypeError) as exc:
+                return self._send(json_reply(400, {"code": "parameter_invalid", "message": str(exc)}))
+            return self._send(json_reply(200, config.public_dict()))
+        self._not_found(path)
+
+    def do_GET(self) -> None:
+        path, query = self._route()
+        emulator = self.server.emulator
+        if path == "/emulator/stats":
+            detail = query.get("detail", ["0"])[-1].lower() in ("1", "true", "yes")
+            return self._send(json_reply(200, emulator._stats.snapshot(detail=detail)))
+        if path == "/emulator/config":
+            return self._send(json_reply(200, emulator.config.public_dict()))
+        self._other_method()
+
+    def _other_method(self) -> None:
+        path, _ = self._route()
+        if self._read_body_or_close() is None:
+            return
+        if path == EMBED_PATH:
+            return self._send(json_reply(405, {  # code: emulator choice, none is documented
+                "code": "method_not_allowed",
+                "message": f"The {self.command} method is not allowed on {EMBED_PATH}; use POST."},
+                {"Allow": "POST"}))
+        self._not_found(path)
+
+    do_PUT = do_DELETE = do_PATCH = _other_method
+
+    def _not_found(self, path: str) -> None:
+        self._send(json_reply(404, {"code": "resource_not_exist",
+                                    "message": f"The requested resource `{path}` does not exist."}))
+
+    # ---- the embed call -------------------------------------------------------------
+
+    def _embed(self) -> None:
+        emulator = self.server.emulator
+        emulator._stats.begin()
+        try:
+            body = self._read_body_or_close()
+            if body is None:
+                return
+            try:
+                reply = emulator._service.handle(self.headers.get("x-api-key"),
+                                                 self.headers.get("Content-Type"), body)
+            except Exception:  # a bug in the emulator must still answer like a server would
+                logger.exception("embed call failed inside the emulator")
+                emulator._stats.status(500)
+                reply = json_reply(500, {"code": "internal_error",
+                                         "message": "The emulator failed to handle the request."})
+            if reply.action == "drop":
+                return self._drop()
+            if reply.action == "hang":
+                emulator._stopping.wait(reply.hang_sec)
+                return self._drop()
+            self._send(reply)
+        finally:
+            emulator._stats.end()
+
+    # ---- I/O ------------------------------------------------------------------------
+
+    def _read_body_or_close(self) -> Optional[bytes]:
+        try:
+            return self._read_body()
+        except _BodyError as exc:
+            logger.debug("closing connection: %s", exc)
+            if str(exc) == "too large":
+                self._send(json_reply(413, {"code": "parameter_invalid",
+                                            "message": "The request body is too large."}),
+                           close=True)
+            self.close_connection = True
+            return None
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise _BodyError("bad Content-Length")
+        if length > MAX_BODY_BYTES:
+            raise _BodyError("too large")
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            raise _BodyError("client closed mid-body")
+        return body
+
+    def _read_chunked(self) -> bytes:
+        chunks, total = [], 0
+        while True:
+            line = self.rfile.readline(65537)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise _BodyError("bad chunk size")
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise _BodyError("too large")
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                raise _BodyError("client closed mid-body")
+            chunks.append(chunk)
+            self.rfile.readline()  # CRLF after the chunk
+
+    def _send(self, reply: Reply, close: bool = False) -> None:
+        """Status line, headers and body in a single write."""
+        if close:
+            self.close_connection = True
+        lines = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
+                 f"Server: {self.server_version}",
+                 f"Date: {self.date_time_string()}",
+                 f"Content-Type: {reply.content_type}",
+                 f"Content-Length: {len(reply.body)}"]
+        lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            self.wfile.write(head + reply.body)
+        except OSError:
+            self.close_connection = True  # the client went away; nothing to tell it
+        self.log_request(reply.status, len(reply.body))
+
+    def _drop(self) -> None:
+        """Close without any response."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True     # a hung request never blocks exit
+    block_on_close = False    # server_close must not join handler threads
+    request_queue_size = 128  # the stdlib's 5 drops connects under a burst of clients
+
+    def __init__(self, address, emulator: "Emulator"):
+        self.emulator = emulator
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # Skip HTTPServer.server_bind's getfqdn(): a reverse DNS lookup can stall startup.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class Emulator:
+    """The emulator in a background thread. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, config: Optional[EmulatorConfig] = None, host: str = "127.0.0.1",
+                 port: int = 0):
+        self._config = config or EmulatorConfig()
+        self._config_lock = threading.Lock()
+        self.host = host
+        self._requested_port = port
+        self._stats = Stats()
+        self._limiter = RateLimiter()
+        self._faults = FaultInjector(self._config.seed)
+        self._stopping = threading.Event()
+        self._service = EmbedService(lambda: self._config, self._stats, self._limiter,
+                                     self._faults, lambda: self._stopping)
+        self._server: Optional[_HTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self._connections: set = set()
+        self._connections_lock = threading.Lock()
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> "Emulator":
+        if self._server is not None:
+            return self
+        self._stopping = threading.Event()
+        self._server = _HTTPServer((self.host, self._requested_port), self)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
+                                        name=f"embed-emulator:{self.port}", daemon=True)
+        self._thread.start()
+        logger.info("embed emulator listening on %s", self.base_url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()  # wakes hung requests and latency sleeps
+        server.shutdown()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:  # idle keep-alive and hung connections
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        logger.info("embed emulator stopped")
+
+    def __enter__(self) -> "Emulator":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _track(self, connection, add: bool) -> None:
+        with self._connections_lock:
+            (self._connections.add if add else self._connections.discard)(connection)
+
+    # ---- public surface ---------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the emulator is not running")
+        return self._server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}{API_PREFIX}"
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self._config
+
+    def stats(self) -> dict:
+        """Same as GET /emulator/stats?detail=1."""
+        return self._stats.snapshot(detail=True)
+
+    def reset_stats(self) -> None:
+        """Zero the counters and also start fresh rate-limit windows, 429 burst and fault
+        RNG, so a test can reuse one emulator as if it had just started."""
+        self._stats.reset()
+        self._limiter.reset()
+        self._faults.reseed(self._config.seed)
+
+    def configure(self, **changes) -> EmulatorConfig:
+        """Change knobs at runtime; requests already running keep their snapshot."""
+        with self._config_lock:
+            self._config = self._config.with_changes(**changes)
+            if "seed" in changes:
+                self._faults.reseed(self._config.seed)
+            return self._config
+
+
+@contextmanager
+def serve(config: Optional[EmulatorConfig] = None, host: str = "127.0.0.1",
+          port: int = 0) -> Iterator[Emulator]:
+    """with serve(config) as emulator: ... (a started Emulator, stopped on exit)."""
+    with Emulator(config, host, port) as emulator:
+        yield emulator
