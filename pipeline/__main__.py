@@ -1,5 +1,6 @@
 """python -m pipeline --config FILE [overrides] [Beam flags]"""
 import logging
+import os
 import sys
 
 from pipeline.config import parse_args
@@ -18,4 +19,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    # The job is done and its files are committed. Skip interpreter teardown: native threads left by
+    # Beam's gRPC/Arrow can abort the process there ("terminate called...") and turn success into a crash.
+    os._exit(code)

@@ -1,0 +1,97 @@
+"""Shared test helpers: run the job against an emulator, read what it wrote, check the invariant."""
+from __future__ import annotations
+
+import glob
+import http.server
+import json
+import os
+import threading
+from typing import Dict, List, Optional, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import JobConfig
+from pipeline.run import run_job
+
+TEST_KEY = "tlk_TEST_KEY_do_not_leak_7f3a9c"
+
+
+def make_config(output: str, manifests: List[str], **overrides) -> JobConfig:
+    config = JobConfig(manifests=manifests, output=output, base_url="http://unused", requests_per_minute=None,
+                       max_in_flight=4, flush_sec=1.0, item_deadline_sec=60.0,
+                       beam_args=["--runner=DirectRunner"])
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def run(config: JobConfig, base_url: str) -> dict:
+    config.base_url = base_url
+    return run_job(config, base_url=base_url)
+
+
+def read_segments(output: str) -> pa.Table:
+    files = sorted(glob.glob(os.path.join(output, "segments", "*.parquet")))
+    if not files:
+        return pa.table({})
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def read_dead_letters(output: str) -> List[dict]:
+    letters = []
+    for path in sorted(glob.glob(os.path.join(output, "dead_letters", "*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            letters += [json.loads(line) for line in f if line.strip()]
+    return letters
+
+
+def placements(output: str) -> Tuple[Dict[Tuple[str, int, str], int], Dict[Tuple[str, int, Optional[str]], int]]:
+    """How many times each (source, row, modality) landed in the output and in the dead letters."""
+    table = read_segments(output)
+    embedded: Dict = {}
+    if table.num_rows:
+        for source, row, modality, index in zip(*(table.column(c).to_pylist()
+                                                  for c in ("source", "row_number", "modality", "segment_index"))):
+            if index == 0:
+                key = (source, row, modality)
+                embedded[key] = embedded.get(key, 0) + 1
+    dead: Dict = {}
+    for letter in read_dead_letters(output):
+        key = (letter["source"], letter["row_number"], letter["modality"])
+        dead[key] = dead.get(key, 0) + 1
+    return embedded, dead
+
+
+def assert_exactly_once(output: str, expected_rows: int) -> None:
+    """Every manifest row and modality is in exactly one place: the output or the dead letters."""
+    embedded, dead = placements(output)
+    doubles = {k: n for k, n in {**embedded, **dead}.items() if n != 1}
+    assert not doubles, f"landed more than once: {doubles}"
+    both = set(embedded) & set(dead)
+    assert not both, f"both embedded and dead-lettered: {both}"
+    rows = {(s, r) for s, r, _ in embedded} | {(s, r) for s, r, _ in dead}
+    assert len(rows) == expected_rows, (len(rows), expected_rows)
+
+
+class StaticFiles:
+    """Serves a folder over HTTP on 127.0.0.1, for image_url/audio_url inputs."""
+
+    def __init__(self, folder: str):
+        handler = lambda *a, **kw: _QuietHandler(*a, directory=folder, **kw)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass

@@ -1,0 +1,68 @@
+"""Configs and command-line parsing: every shipped config loads, overrides apply, secrets are refused."""
+import os
+
+import pytest
+from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
+
+from pipeline.config import EMBEDDED, load_config, parse_args
+from pipeline.run import beam_options
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+
+@pytest.mark.parametrize("name,runner", [("local.yaml", "FnApiRunner"), ("twelvelabs.yaml", "FnApiRunner"),
+                                         ("dataflow.yaml", "DataflowRunner"), ("flink.yaml", "FlinkRunner")])
+def test_shipped_configs_load_and_give_beam_options(name, runner):
+    config = load_config(os.path.join(CONFIGS, name))
+    options = beam_options(config)
+    assert options.view_as(StandardOptions).runner == runner
+    if name in ("dataflow.yaml", "flink.yaml"):
+        assert options.view_as(SetupOptions).setup_file == "./setup.py"
+        assert config.max_workers == 4 and config.key_file != ""
+    assert config.model == "marengo3.0"
+    assert "api_key" not in str(options.get_all_options())
+
+
+def test_local_config_is_the_embedded_default():
+    config = load_config(os.path.join(CONFIGS, "local.yaml"))
+    assert config.base_url == EMBEDDED
+    assert config.output == os.path.join(ROOT, "output", "local")
+    assert all(m.startswith(os.path.join(ROOT, "samples")) for m in config.manifests)
+
+
+def test_overrides_and_unknown_flags_go_to_beam():
+    config, beam_args = parse_args(["--config", os.path.join(CONFIGS, "local.yaml"), "--manifest", "a.jsonl",
+                                    "--manifest", "b/*.csv", "--output", "/tmp/x", "--model", "marengo2.7",
+                                    "--base-url", "http://127.0.0.1:9/v1.3", "--requests-per-minute", "120",
+                                    "--max-in-flight", "3", "--no-pack", "--direct_num_workers=2"])
+    assert config.manifests == ["a.jsonl", "b/*.csv"] and config.output == "/tmp/x"
+    assert (config.model, config.base_url, config.requests_per_minute, config.max_in_flight, config.pack) == (
+        "marengo2.7", "http://127.0.0.1:9/v1.3", 120.0, 3, False)
+    assert beam_args == ["--direct_num_workers=2"]
+    assert "--direct_num_workers=2" in config.beam_args
+
+
+def test_runner_given_as_two_words_is_honoured(tmp_path):
+    config, _ = parse_args(["--config", os.path.join(CONFIGS, "local.yaml"), "--runner", "PortableRunner"])
+    assert beam_options(config).view_as(StandardOptions).runner == "PortableRunner"
+
+
+@pytest.mark.parametrize("flag", ["--api-key=abc", "--api_key", "--key=zzz", "--x-api-key=1"])
+def test_key_on_the_command_line_is_refused(flag):
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--config", os.path.join(CONFIGS, "local.yaml"), flag, "value"])
+    message = str(info.value)
+    assert "TWELVE_LABS_API_KEY" in message and "api.key_file" in message
+    assert "abc" not in message and "zzz" not in message
+
+
+def test_bad_configs_fail_with_the_reason(tmp_path):
+    bad = tmp_path / "configs" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_text("manifests: [a]\nmodle: marengo3.0\n")
+    with pytest.raises(ValueError, match="unknown config keys \\['modle'\\]"):
+        load_config(str(bad))
+    bad.write_text("api:\n  api_key: secret\n")
+    with pytest.raises(ValueError, match="do not put the API key in a config"):
+        load_config(str(bad))
