@@ -17,11 +17,12 @@ ensure_venv() {
     python3 -m venv "$VENV"
   fi
   echo "run.sh: installing the project into $VENV ($want)" >&2
-  "$PY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  if [ "$want" = test ]; then
-    "$PY" -m pip install -q -e ".[test]"
-  else
-    "$PY" -m pip install -q -e .
+  local spec="."
+  [ "$want" = test ] && spec=".[test]"
+  if ! "$PY" -m pip install -q -e "$spec" >"$VENV/install.log" 2>&1; then
+    cat "$VENV/install.log" >&2
+    echo "run.sh: install failed (log above, also in $VENV/install.log)" >&2
+    exit 1
   fi
   touch "$stamp"
 }
