@@ -23,6 +23,9 @@ class JobConfig:
     base_url: str = EMBEDDED
     key_file: Optional[str] = None
     requests_per_minute: Optional[float] = None
+    requests_per_day: Optional[int] = None   # the account's daily quota, for --dry-run's estimate
+    max_calls: Optional[int] = None          # a budget of calls for this run; the rest is deferred
+    dry_run: bool = False
     max_workers: int = 1
     max_in_flight: int = 8
     pack: bool = True
@@ -70,6 +73,8 @@ def load_config(path: str) -> JobConfig:
         connect_timeout_sec=float(api.get("connect_timeout_sec", 10.0)),
         read_timeout_sec=float(api.get("read_timeout_sec", 120.0)),
         requests_per_minute=calls.get("requests_per_minute"),
+        requests_per_day=calls.get("requests_per_day"),
+        max_calls=calls.get("max_calls"),
         max_workers=int(calls.get("max_workers", 1)),
         max_in_flight=int(calls.get("max_in_flight", 8)),
         pack=bool(calls.get("pack", True)),
@@ -102,6 +107,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python -m pipeline --config configs/local.yaml\n"
                "  python -m pipeline --config configs/twelvelabs.yaml --manifest 'data/*.jsonl' --output out/\n"
+               "  python -m pipeline --config configs/twelvelabs.yaml --manifest big.csv --dry-run\n"
                "  python -m pipeline --config configs/local.yaml --no-pack --direct_num_workers=2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -114,6 +120,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests-per-minute", type=float, help="the account's limit, shared by all workers")
     parser.add_argument("--max-in-flight", type=int, help="concurrent calls per worker process")
     parser.add_argument("--no-pack", action="store_true", help="one item per call instead of packing")
+    parser.add_argument("--max-calls", type=int, help="make at most this many calls, defer the rest to the next run")
+    parser.add_argument("--dry-run", action="store_true", help="read, validate, skip, dedup and pack; print the "
+                        "plan (calls needed, time at the rate and daily quota) and call nothing")
     return parser
 
 
@@ -136,5 +145,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
         config.max_in_flight = args.max_in_flight
     if args.no_pack:
         config.pack = False
+    if args.max_calls is not None:
+        config.max_calls = args.max_calls
+    if args.dry_run:
+        config.dry_run = True
     config.beam_args = config.beam_args + beam_args
     return config, beam_args

@@ -8,13 +8,17 @@ import uuid
 from typing import Iterator, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import summary as summary_mod
 from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
+from pipeline.finalize import finalize_output
 from transforms.calling import CallSettings
 from transforms.manifests import expand_manifest_patterns
+from transforms.resume import list_segment_pieces
+from transforms.sinks import SEGMENT_DIR
 
 __all__ = ["run_job", "embedded_backend"]
 
@@ -77,15 +81,20 @@ def run_job(config: JobConfig, base_url: Optional[str] = None) -> dict:
             max_workers=config.max_workers, max_in_flight=config.max_in_flight,
             connect_timeout_sec=config.connect_timeout_sec, read_timeout_sec=config.read_timeout_sec,
             max_attempts=config.max_attempts, item_deadline_sec=config.item_deadline_sec,
-            key_file=config.key_file,
+            key_file=config.key_file, max_calls=config.max_calls, run_id=run_id,
             placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None,
         )
         started = datetime.datetime.now(datetime.timezone.utc)
+        # What earlier runs (finished or killed) committed: those items are not paid for again.
+        saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))
         p = beam.Pipeline(options=beam_options(config))
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
-                       run_id=run_id, run_time=run_time, pack=config.pack,
-                       rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec)
+                       run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
+                       rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run)
         result = p.run()
         result.wait_until_finish()
-        finished = datetime.datetime.now(datetime.timezone.utc)
-    return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished)
+    if config.dry_run:
+        return summary_mod.plan_summary(config, result, run_id, manifest_paths)
+    finalized = finalize_output(config.output, run_id, manifest_paths)
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized)

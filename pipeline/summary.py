@@ -12,9 +12,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.manifests import NAMESPACE
-from transforms.sinks import DEAD_LETTER_DIR, SEGMENT_DIR
+from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
 
-__all__ = ["collect_metrics", "format_summary", "write_summary"]
+__all__ = ["collect_metrics", "format_summary", "plan_summary", "write_summary"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,8 +46,73 @@ def _run_files(folder: str, run_id: str, suffix: str) -> List[str]:
         return []
 
 
+def _read_jsonl(paths: List[str]) -> List[dict]:
+    records = []
+    for path in paths:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            records += [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
+    return records
+
+
+def _utc(epoch) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat() if epoch else None
+
+
+def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
+    """--dry-run: what a real run would do, and how long it would take."""
+    metrics = collect_metrics(result)
+    calls = metrics.get("planned_calls", 0)
+    dead = {name.split(".", 1)[1]: n for name, n in metrics.items() if name.startswith("planned_dead_letters.")}
+    rpm, rpd = config.requests_per_minute, config.requests_per_day
+    minutes = calls / rpm if rpm else None
+    days = None
+    if rpd:
+        days = -(-calls // rpd) if calls else 0
+        if config.max_calls is not None:
+            days = max(days, -(-calls // max(1, config.max_calls)) if calls else 0)
+    plan = {
+        "run_id": run_id,
+        "dry_run": True,
+        "model": config.model,
+        "manifests": manifests,
+        "rows_read": metrics.get("rows_read", 0),
+        "items": {m: metrics.get(f"items_{m}", 0) for m in ("text", "image", "audio")},
+        "items_already_done": metrics.get("items_already_done", 0),
+        "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
+        "calls_needed": calls,
+        "items_per_call": round((metrics.get("planned_items_per_call") or {}).get("mean", 0.0), 3),
+        "dead_letters_by_reason": dict(sorted(dead.items())),
+        "requests_per_minute": rpm,
+        "requests_per_day": rpd,
+        "minutes_at_rate": None if minutes is None else round(minutes, 1),
+        "days_at_daily_quota": days,
+    }
+    return plan
+
+
+def format_plan(plan: dict) -> str:
+    items = plan["items"]
+    timing = []
+    if plan["minutes_at_rate"] is not None:
+        timing.append(f"{plan['minutes_at_rate']} min at {plan['requests_per_minute']:g} calls/min")
+    if plan["days_at_daily_quota"] is not None:
+        timing.append(f"{plan['days_at_daily_quota']} day(s) at {plan['requests_per_day']} calls/day")
+    return "\n".join([
+        f"dry run ({plan['model']}): nothing was called",
+        f"  rows read        {plan['rows_read']}",
+        f"  items            text {items['text']}, image {items['image']}, audio {items['audio']}",
+        f"  already done     {plan['items_already_done']} items (skipped)",
+        f"  deduplicated     {plan['items_deduplicated']} items reuse another item's vectors",
+        f"  calls needed     {plan['calls_needed']} ({plan['items_per_call']} items per call)",
+        f"  time             {'; '.join(timing) or 'set calls.requests_per_minute / requests_per_day to estimate'}",
+        f"  rejected rows    {sum(plan['dead_letters_by_reason'].values())}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in plan["dead_letters_by_reason"].items()) + ")"
+           if plan["dead_letters_by_reason"] else ""),
+    ])
+
+
 def write_summary(config, result, run_id: str, manifests: List[str], started: datetime.datetime,
-                  finished: datetime.datetime) -> dict:
+                  finished: datetime.datetime, finalized: dict = None) -> dict:
     metrics = collect_metrics(result)
     segment_files = _run_files(FileSystems.join(config.output, SEGMENT_DIR), run_id, ".parquet")
     dead_files = _run_files(FileSystems.join(config.output, DEAD_LETTER_DIR), run_id, ".jsonl")
@@ -60,12 +125,10 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         for modality, index in zip(table.column("modality").to_pylist(), table.column("segment_index").to_pylist()):
             if index == 0:
                 embedded[modality] += 1
-    dead_by_code = collections.Counter()
-    for path in dead_files:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            for line in f.read().decode("utf-8").splitlines():
-                if line.strip():
-                    dead_by_code[json.loads(line)["code"]] += 1
+    dead_by_code = collections.Counter(r["code"] for r in _read_jsonl(dead_files))
+    deferred_files = _run_files(FileSystems.join(config.output, DEFERRED_DIR), run_id, ".jsonl")
+    deferred = _read_jsonl(deferred_files)
+    resets = [r["resets_at"] for r in deferred if r.get("resets_at")]
     items_per_call = metrics.get("items_per_call") or {}
     summary = {
         "run_id": run_id,
@@ -84,11 +147,18 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "http_429": metrics.get("http_429", 0),
         "split_calls": metrics.get("split_calls", 0),
         "seconds_throttled": round(metrics.get("throttled_msecs", 0) / 1000.0, 3),
+        "items_already_done": metrics.get("items_already_done", 0),
+        "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
+        "deferred": len(deferred),
+        "deferred_by_reason": dict(sorted(collections.Counter(r["reason"] for r in deferred).items())),
+        "quota_resets_at": _utc(max(resets)) if resets else None,
+        "segment_rows_dropped": (finalized or {}).get("segment_rows_dropped", 0),
         "dead_letters": sum(dead_by_code.values()),
         "dead_letters_by_reason": dict(sorted(dead_by_code.items())),
         "output": config.output,
         "segment_files": segment_files,
         "dead_letter_files": dead_files,
+        "deferred_files": deferred_files,
     }
     _LOGGER.info("run %s finished", run_id)
     path = FileSystems.join(config.output, "summary.json")
@@ -99,6 +169,8 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
 
 
 def format_summary(summary: dict) -> str:
+    if summary.get("dry_run"):
+        return format_plan(summary)
     items = summary["items"]
     lines = [
         f"run {summary['run_id']} ({summary['model']}) finished in {summary['seconds']:.1f} s",
@@ -108,6 +180,11 @@ def format_summary(summary: dict) -> str:
         f"{summary['segments_written']} segment rows",
         f"  calls            {summary['calls']} ({summary['items_per_call']} items per call), "
         f"{summary['retries']} retries, {summary['http_429']} x 429, {summary['seconds_throttled']} s throttled",
+        f"  skipped          {summary['items_already_done']} already done, {summary['items_deduplicated']} "
+        f"deduplicated (reused vectors instead of calls)",
+        f"  deferred         {summary['deferred']}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in summary['deferred_by_reason'].items())}; quota resets at "
+           f"{summary['quota_resets_at'] or 'unknown'}; run again to finish)" if summary["deferred"] else ""),
         f"  dead letters     {summary['dead_letters']}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in summary["dead_letters_by_reason"].items()) + ")"
            if summary["dead_letters"] else ""),

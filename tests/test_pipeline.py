@@ -121,11 +121,12 @@ def test_sample_run_on_direct_runner(tmp_path, emulator, samples):
     assert summary["dead_letters_by_reason"] == EXPECTED["dead_letters_by_reason"]
     assert_exactly_once(output, EXPECTED["rows"])
 
-    # Packing: 6 texts, 4 images and 4 audios fit in 6 calls; the emulator saw exactly those.
+    # Packing: 6 texts, 3 distinct images (red.png is in two rows) and 4 audios fit in 6 calls.
     stats = emulator.stats()
     assert summary["calls"] == stats["requests"] == 6
-    assert stats["items"] == {"text": 6, "image": 4, "audio": 4}
-    assert summary["items_per_call"] == pytest.approx(14 / 6, abs=0.01)
+    assert stats["items"] == {"text": 6, "image": 3, "audio": 4}
+    assert summary["items_per_call"] == pytest.approx(13 / 6, abs=0.01)
+    assert summary["items_deduplicated"] == 1
 
     table = read_segments(output)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 512)
@@ -175,8 +176,8 @@ def test_portable_runner_gives_the_same_output(tmp_path, emulator, samples):
 def test_no_pack_makes_one_call_per_item(tmp_path, emulator, samples):
     emulator.reset_stats()
     summary = run(make_config(str(tmp_path / "out"), samples, pack=False), emulator.base_url)
-    assert summary["calls"] == emulator.stats()["requests"] == 14
-    assert emulator.stats()["items_per_call"] == {"1": 14, "2": 0, "3": 0}
+    assert summary["calls"] == emulator.stats()["requests"] == 13
+    assert emulator.stats()["items_per_call"] == {"1": 13, "2": 0, "3": 0}
 
 
 def _mixed_manifest(folder, rows, seed=7):
@@ -306,7 +307,7 @@ def test_cli_runs_local_config_with_overrides(tmp_path):
                           "--no-pack", "--max-in-flight", "3", "--direct_num_workers=1"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "rows read        17" in out.stdout and "calls            14 (1.0 items per call)" in out.stdout
+    assert "rows read        17" in out.stdout and "calls            13 (1.0 items per call)" in out.stdout
     with open(os.path.join(output, "summary.json")) as f:
         summary = json.load(f)
     assert summary["dead_letters_by_reason"] == EXPECTED["dead_letters_by_reason"]

@@ -17,10 +17,12 @@ from apache_beam.transforms.window import GlobalWindows
 from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.ratelimit import TokenBucket
 from embed_client.retry import RetryPolicy, call_with_retries
-from transforms.items import Call, DeadLetter, Item, Outcome
+from transforms.items import Call, DeadLetter, Deferred, Item, Outcome
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
 
-__all__ = ["CallSettings", "CreateEmbeddings", "ApiKeyRejected", "resolve_api_key"]
+__all__ = ["DEFERRED", "CallSettings", "CreateEmbeddings", "ApiKeyRejected", "resolve_api_key"]
+
+DEFERRED = "deferred"
 
 _LOGGER = logging.getLogger(__name__)
 MODEL_DIMS = {"marengo3.0": 512, "marengo2.7": 1024, "Marengo-retrieval-2.7": 1024}
@@ -44,6 +46,10 @@ class CallSettings:
     initial_backoff_sec: float = 0.5
     max_backoff_sec: float = 30.0
     key_file: Optional[str] = None
+    # A budget of calls for the whole run (shared as max_calls / max_workers per process); None: no budget.
+    max_calls: Optional[int] = None
+    # Scopes the process-wide quota state to one run.
+    run_id: str = ""
     # Only for the embedded emulator, which accepts any key: not a secret.
     placeholder_key: Optional[str] = None
 
@@ -56,6 +62,8 @@ class CallSettings:
             raise ValueError("max_workers must be at least 1")
         if self.requests_per_minute is not None and self.requests_per_minute <= 0:
             raise ValueError("requests_per_minute must be positive")
+        if self.max_calls is not None and self.max_calls < 0:
+            raise ValueError("max_calls must be >= 0")
         self.retry_policy()  # validates the retry bounds
 
     def retry_policy(self) -> RetryPolicy:
@@ -92,6 +100,53 @@ def _process_bucket(settings: CallSettings) -> TokenBucket:
         return _BUCKETS[key]
 
 
+class _QuotaState:
+    """Per process and run: once the quota or the call budget is spent, nothing more is called."""
+
+    def __init__(self, max_calls: Optional[int]):
+        self._lock = threading.Lock()
+        self.max_calls = max_calls
+        self.calls = 0
+        self.stopped: Optional[str] = None
+        self.resets_at: Optional[float] = None
+
+    def take_call(self) -> bool:
+        """Counts a call against the budget; False when it may not be made."""
+        with self._lock:
+            if self.stopped:
+                return False
+            if self.max_calls is not None and self.calls >= self.max_calls:
+                self.stopped = "max_calls"
+                _LOGGER.warning("the run's budget of %d calls is spent; the rest is deferred to the next run",
+                                self.max_calls)
+                return False
+            self.calls += 1
+            return True
+
+    def stop(self, reason: str, resets_at: Optional[float]) -> None:
+        with self._lock:
+            if not self.stopped:
+                _LOGGER.warning("the API quota is spent (resets at %s); the rest is deferred to the next run",
+                                resets_at)
+                self.stopped, self.resets_at = reason, resets_at
+
+
+_QUOTAS: Dict[Tuple, _QuotaState] = {}
+
+
+def _process_quota(settings: CallSettings) -> _QuotaState:
+    key = (settings.run_id, settings.base_url)
+    with _BUCKETS_LOCK:
+        if key not in _QUOTAS:
+            budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
+            _QUOTAS[key] = _QuotaState(budget)
+        return _QUOTAS[key]
+
+
+class _NotCalled(Exception):
+    """The quota or budget stopped this call before it was made."""
+
+
 @dataclasses.dataclass
 class _CallStats:
     calls: int = 0
@@ -122,10 +177,12 @@ def _error_code(exc: errors.EmbedError) -> str:
 class _Caller:
     """Runs one call in a pool thread: build, pace, send with retries, split on 400, map results."""
 
-    def __init__(self, settings: CallSettings, client: EmbedClient, bucket: TokenBucket):
+    def __init__(self, settings: CallSettings, client: EmbedClient, bucket: TokenBucket,
+                 quota: Optional[_QuotaState] = None):
         self.settings = settings
         self.client = client
         self.bucket = bucket
+        self.quota = quota or _QuotaState(settings.max_calls)
         self.policy = settings.retry_policy()
         self.dims = MODEL_DIMS[settings.model]
 
@@ -133,21 +190,30 @@ class _Caller:
         stats = _CallStats()
         return self._run(call.items, stats), stats
 
-    def _run(self, items: List[Item], stats: _CallStats) -> List[Union[Outcome, DeadLetter]]:
+    def _deferred(self, items: List[Item]) -> List[Deferred]:
+        reason, resets_at = self.quota.stopped or "quota_exhausted", self.quota.resets_at
+        return [Deferred(i.id, i.source, i.row_number, i.modality, reason, resets_at)
+                for item in items for i in item.with_copies()]
+
+    def _run(self, items: List[Item], stats: _CallStats) -> List[Union[Outcome, DeadLetter, Deferred]]:
+        if self.quota.stopped:
+            return self._deferred(items)
         try:
             fields, files = self._build(items)
         except errors.BadRequestError as exc:
-            return [self._dead(item, exc, 0) for item in items]
+            return [d for item in items for d in self._dead(item, exc, 0)]
         except OSError as exc:
             return [DeadLetter(i.id, i.source, i.row_number, i.modality, "call", "unreadable_file",
                                f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
-                    for i in items]
+                    for item in items for i in item.with_copies()]
         attempts = 0
 
         def attempt():
             nonlocal attempts
-            attempts += 1
             stats.throttled_sec += self.bucket.acquire()
+            if not self.quota.take_call():
+                raise _NotCalled()
+            attempts += 1
             stats.calls += 1
             stats.items_per_call.append(len(items))
             try:
@@ -166,6 +232,16 @@ class _Caller:
 
         try:
             response = call_with_retries(attempt, self.policy, on_retry=on_retry)
+        except _NotCalled:
+            return self._deferred(items)
+        except errors.RateLimitError as exc:
+            if not exc.is_retryable or exc.wait_seconds is None or exc.wait_seconds > self.policy.deadline_sec:
+                # The reset lies beyond what this run may wait: the quota is spent, not the items.
+                wait = exc.wait_seconds
+                resets_at = exc.rate_limit.reset_at or (None if wait is None else exc.rate_limit.received_at + wait)
+                self.quota.stop("quota_exhausted", resets_at)
+                return self._deferred(items)
+            return [d for item in items for d in self._dead(item, exc, attempts)]
         except errors.AuthError as exc:
             raise ApiKeyRejected(f"The API refused the key ({exc}). Check {API_KEY_ENV} or the key file; "
                                  "no further calls were made by this worker.") from None
@@ -174,9 +250,9 @@ class _Caller:
                 # One bad item must not sink its call-mates: retry each alone.
                 stats.split_calls += 1
                 return [r for item in items for r in self._run([item], stats)]
-            return [self._dead(items[0], exc, attempts)]
+            return self._dead(items[0], exc, attempts)
         except errors.EmbedError as exc:
-            return [self._dead(item, exc, attempts) for item in items]
+            return [d for item in items for d in self._dead(item, exc, attempts)]
         return self._map(items, response, attempts)
 
     def _build(self, items: List[Item]):
@@ -215,25 +291,25 @@ class _Caller:
         out: List[Union[Outcome, DeadLetter]] = []
         for item in items:
             result = getattr(response, f"{item.modality}_embedding")
-            if result.error_message is not None:
-                out.append(DeadLetter(item.id, item.source, item.row_number, item.modality, "call",
-                                      "embedding_failed", f"{item.source} row {item.row_number}: "
-                                      f"the API could not embed the {item.modality}: {result.error_message}",
-                                      200, attempts))
-                continue
-            segments = [(getattr(s, "start_offset_sec", None), getattr(s, "end_offset_sec", None), s.float_)
-                        for s in result.segments]
-            out.append(Outcome(item, response.model_name, segments, attempts))
+            for each in item.with_copies():
+                if result.error_message is not None:
+                    out.append(DeadLetter(each.id, each.source, each.row_number, each.modality, "call",
+                                          "embedding_failed", f"{each.source} row {each.row_number}: "
+                                          f"the API could not embed the {each.modality}: {result.error_message}",
+                                          200, attempts))
+                    continue
+                segments = [(getattr(s, "start_offset_sec", None), getattr(s, "end_offset_sec", None), s.float_)
+                            for s in result.segments]
+                out.append(Outcome(each, response.model_name, segments, attempts))
         return out
 
     @staticmethod
-    def _dead(item: Item, exc: errors.EmbedError, attempts: int) -> DeadLetter:
+    def _dead(item: Item, exc: errors.EmbedError, attempts: int) -> List[DeadLetter]:
         code = _error_code(exc)
-        if isinstance(exc, errors.RateLimitError) and exc.is_quota_exhausted:
-            code = "quota_exhausted"
-        return DeadLetter(item.id, item.source, item.row_number, item.modality, "call", code,
-                          f"{item.source} row {item.row_number}: {exc.message}", exc.status,
-                          getattr(exc, "attempts", attempts) or attempts)
+        return [DeadLetter(each.id, each.source, each.row_number, each.modality, "call", code,
+                           f"{each.source} row {each.row_number}: {exc.message}", exc.status,
+                           getattr(exc, "attempts", attempts) or attempts)
+                for each in item.with_copies()]
 
 
 class _CreateEmbeddingsFn(beam.DoFn):
@@ -248,13 +324,14 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._throttled_sec = Metrics.counter(NAMESPACE, "cumulativeThrottlingSeconds")
         self._items_per_call = Metrics.distribution(NAMESPACE, "items_per_call")
         self._embedded = Metrics.counter(NAMESPACE, "items_embedded")
+        self._deferred = Metrics.counter(NAMESPACE, "items_deferred")
 
     def setup(self):
         s = self._settings
         self._client = EmbedClient(api_key=resolve_api_key(s), base_url=s.base_url,
                                    timeout=(s.connect_timeout_sec, s.read_timeout_sec),
                                    max_connections=s.max_in_flight)
-        self._caller = _Caller(s, self._client, _process_bucket(s))
+        self._caller = _Caller(s, self._client, _process_bucket(s), _process_quota(s))
         self._pool = concurrent.futures.ThreadPoolExecutor(s.max_in_flight, thread_name_prefix="embed-call")
         self._throttled_remainder = 0.0
 
@@ -287,6 +364,9 @@ class _CreateEmbeddingsFn(beam.DoFn):
                 for record in records:
                     if isinstance(record, DeadLetter):
                         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
+                    elif isinstance(record, Deferred):
+                        self._deferred.inc()
+                        yield beam.pvalue.TaggedOutput(DEFERRED, record)
                     else:
                         self._embedded.inc()
                         yield record
@@ -323,4 +403,4 @@ class CreateEmbeddings(beam.PTransform):
 
     def expand(self, calls):
         return calls | "Call" >> beam.ParDo(_CreateEmbeddingsFn(self._settings)).with_outputs(
-            DEAD_LETTERS, main="outcomes")
+            DEAD_LETTERS, DEFERRED, main="outcomes")

@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["MODALITIES", "Call", "DeadLetter", "Item", "ManifestRow", "Outcome", "content_hash"]
+__all__ = ["MODALITIES", "Call", "DeadLetter", "Deferred", "Item", "ManifestRow", "Outcome", "content_hash"]
 
 MODALITIES = ("text", "image", "audio")
 # Manifest columns the pipeline understands; every other column is carried through as attributes.
@@ -35,6 +35,11 @@ class Item:
     url: Optional[str] = None
     file_path: Optional[str] = None  # resolved path, read through Beam FileSystems at call time
     audio_start_offset_sec: Optional[float] = None
+    # Other items with the same content, model and options: they get this item's result, for free.
+    copies: List["Item"] = dataclasses.field(default_factory=list)
+
+    def with_copies(self) -> List["Item"]:
+        return [self] + self.copies
 
     @property
     def input_file_name(self) -> Optional[str]:
@@ -62,6 +67,21 @@ class DeadLetter:
     message: str
     http_status: Optional[int] = None
     attempts: int = 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Deferred:
+    """An item not called because the quota (or the run's call budget) is spent: the next run takes it."""
+
+    id: str
+    source: str
+    row_number: int
+    modality: str
+    reason: str                        # quota_exhausted | max_calls
+    resets_at: Optional[float] = None  # UTC epoch seconds, when the API said
 
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

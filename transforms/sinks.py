@@ -19,12 +19,13 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms.calling import MODEL_DIMS
 from transforms.items import DeadLetter, Outcome
 
-__all__ = ["DEAD_LETTER_DIR", "SEGMENT_DIR", "WriteDeadLetters", "WriteSegments", "segment_schema",
-           "segments_table"]
+__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "SEGMENT_DIR", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
+           "segment_schema", "segments_table"]
 
 _LOGGER = logging.getLogger(__name__)
 SEGMENT_DIR = "segments"
 DEAD_LETTER_DIR = "dead_letters"
+DEFERRED_DIR = "deferred"
 # A piece is written when it holds this many rows or is this old: small enough to lose little on a
 # kill, large enough for sensible Parquet row groups (4096 x 512 float32 is 8 MiB).
 DEFAULT_ROWS_PER_PIECE = 4096
@@ -107,8 +108,8 @@ class _PieceWriterFn(beam.DoFn):
     suffix = ""
 
     def __init__(self, output_dir: str, run_id: str, rows_per_piece: int, flush_sec: float):
-        if rows_per_piece < 1 or flush_sec <= 0:
-            raise ValueError("rows_per_piece must be >= 1 and flush_sec > 0")
+        if rows_per_piece < 1 or flush_sec < 0:
+            raise ValueError("rows_per_piece must be >= 1 and flush_sec >= 0 (0: a piece per call's results)")
         self._dir = output_dir
         self._run_id = run_id
         self._rows_per_piece = rows_per_piece
@@ -158,12 +159,14 @@ class _SegmentPieceFn(_PieceWriterFn):
         pq.write_table(table, stream, row_group_size=DEFAULT_ROWS_PER_PIECE * 4, compression="zstd")
 
 
-class _DeadLetterPieceFn(_PieceWriterFn):
+class _JsonlPieceFn(_PieceWriterFn):
+    """One JSON object a line: dead letters and deferred items, readable with any tool."""
+
     suffix = ".jsonl"
 
-    def write(self, letters: List[DeadLetter], stream) -> None:
+    def write(self, records, stream) -> None:
         lines = []
-        for letter in letters:
+        for letter in records:
             record = letter.as_dict()
             record["run_id"] = self._run_id
             lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True))
@@ -189,7 +192,19 @@ class WriteDeadLetters(beam.PTransform):
     def __init__(self, output: str, run_id: str, rows_per_piece: int = DEFAULT_ROWS_PER_PIECE,
                  flush_sec: float = DEFAULT_FLUSH_SEC):
         super().__init__()
-        self._fn = _DeadLetterPieceFn(FileSystems.join(output, DEAD_LETTER_DIR), run_id, rows_per_piece, flush_sec)
+        self._fn = _JsonlPieceFn(FileSystems.join(output, DEAD_LETTER_DIR), run_id, rows_per_piece, flush_sec)
 
     def expand(self, letters):
         return letters | "WritePieces" >> beam.ParDo(self._fn)
+
+
+class WriteDeferred(beam.PTransform):
+    """Deferred -> committed JSONL pieces under OUTPUT/deferred/ (emits their paths)."""
+
+    def __init__(self, output: str, run_id: str, rows_per_piece: int = DEFAULT_ROWS_PER_PIECE,
+                 flush_sec: float = DEFAULT_FLUSH_SEC):
+        super().__init__()
+        self._fn = _JsonlPieceFn(FileSystems.join(output, DEFERRED_DIR), run_id, rows_per_piece, flush_sec)
+
+    def expand(self, deferred):
+        return deferred | "WritePieces" >> beam.ParDo(self._fn)

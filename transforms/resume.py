@@ -1,0 +1,137 @@
+"""SkipDone and Dedup: never pay twice. Items whose embedding an earlier run saved are skipped, identical
+inputs are embedded once, and content embedded before under another id reuses the saved vectors."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.items import Item, Outcome
+from transforms.manifests import NAMESPACE
+
+__all__ = ["DoneRecord", "SkipDoneAndDedup", "canonical_model", "list_segment_pieces", "read_done_records"]
+
+_LOGGER = logging.getLogger(__name__)
+_KEY_COLUMNS = ["id", "modality", "model_name", "content_hash", "segment_index"]
+
+
+def canonical_model(name: str) -> str:
+    """The API answers with either spelling of Marengo 2.7; both mean one model."""
+    lowered = name.lower()
+    return "marengo2.7" if lowered in ("marengo2.7", "marengo-retrieval-2.7") else lowered
+
+
+@dataclasses.dataclass
+class DoneRecord:
+    """An (id, modality, content) whose segments an earlier run committed, and where they are."""
+
+    id: str
+    modality: str
+    content_hash: str
+    path: str
+    rows: List[int]  # row positions of its segments in the piece, in segment order
+
+
+def list_segment_pieces(segment_dir: str) -> List[str]:
+    """Committed pieces (temporary files of unfinished writes end in .tmp and are not matched)."""
+    try:
+        return sorted(m.path for m in FileSystems.match([FileSystems.join(segment_dir, "*.parquet")])[0].metadata_list)
+    except Exception:
+        return []
+
+
+def read_done_records(path: str, model: str) -> Iterable[Tuple[str, DoneRecord]]:
+    """(content_hash, DoneRecord) for every item of `model` in one piece; reads the key columns only."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        table = pq.read_table(f, columns=_KEY_COLUMNS)
+    wanted = canonical_model(model)
+    grouped: Dict[Tuple[str, str, str], List[Tuple[int, int]]] = collections.OrderedDict()
+    columns = [table.column(c).to_pylist() for c in _KEY_COLUMNS]
+    for row, (item_id, modality, model_name, digest, index) in enumerate(zip(*columns)):
+        if canonical_model(model_name) == wanted:
+            grouped.setdefault((item_id, modality, digest), []).append((index, row))
+    for (item_id, modality, digest), segments in grouped.items():
+        yield digest, DoneRecord(item_id, modality, digest, path, [row for _, row in sorted(segments)])
+
+
+class _SkipAndDedupFn(beam.DoFn):
+    """Per content key: drop items already done, reuse earlier vectors, or elect one item to call."""
+
+    REUSE = "reuse"
+
+    def __init__(self):
+        self._done = Metrics.counter(NAMESPACE, "items_already_done")
+        self._deduped = Metrics.counter(NAMESPACE, "calls_saved_by_dedup")
+
+    def process(self, keyed) -> Iterable:
+        _, groups = keyed
+        items: List[Item] = sorted(groups["items"], key=lambda i: (i.id, i.modality, i.source, i.row_number))
+        done: List[DoneRecord] = list(groups["done"])
+        done_keys = {(r.id, r.modality) for r in done}
+        remaining = [i for i in items if (i.id, i.modality) not in done_keys]
+        self._done.inc(len(items) - len(remaining))
+        if not remaining:
+            return
+        if done:
+            # Embedded before under another id: copy the saved vectors instead of calling again.
+            self._deduped.inc(len(remaining))
+            for item in remaining:
+                yield beam.pvalue.TaggedOutput(self.REUSE, (item, done[0]))
+            return
+        elected = remaining[0]
+        elected.copies = remaining[1:]
+        self._deduped.inc(len(elected.copies))
+        yield elected
+
+
+class _ReuseSavedFn(beam.DoFn):
+    """Builds an Outcome for an item from segments an earlier run saved."""
+
+    def setup(self):
+        self._cached_path: Optional[str] = None
+        self._cached = None
+
+    def process(self, pair) -> Iterable[Outcome]:
+        item, record = pair
+        if record.path != self._cached_path:
+            with FileSystems.open(record.path, compression_type="uncompressed") as f:
+                self._cached = pq.read_table(f, columns=["model_name", "start_offset_sec", "end_offset_sec",
+                                                        "embedding"])
+            self._cached_path = record.path
+        rows = self._cached.take(record.rows).to_pylist()
+        segments = [(r["start_offset_sec"], r["end_offset_sec"], r["embedding"]) for r in rows]
+        yield Outcome(item, rows[0]["model_name"], segments, attempts=0)
+
+
+class SkipDoneAndDedup(beam.PTransform):
+    """Item -> Item to call (with `copies`), plus a `reused` output of Outcomes built from saved vectors.
+
+    `pieces` are the segment pieces already in the output when the job was built.
+    """
+
+    def __init__(self, pieces: Sequence[str], model: str):
+        super().__init__()
+        self._pieces = list(pieces)
+        self._model = model
+
+    def expand(self, items):
+        model = self._model
+        done = (
+            items.pipeline
+            | "SavedPieces" >> beam.Create(self._pieces or [None])
+            | "ReadSavedKeys" >> beam.FlatMap(lambda path: read_done_records(path, model) if path else [])
+        )
+        keyed_items = items | "KeyByContent" >> beam.Map(lambda item: (item.content_hash, item))
+        grouped = (
+            {"items": keyed_items, "done": done}
+            | "GroupByContent" >> beam.CoGroupByKey()
+            | "SkipAndDedup" >> beam.ParDo(_SkipAndDedupFn()).with_outputs(_SkipAndDedupFn.REUSE, main="to_call")
+        )
+        reused = grouped[_SkipAndDedupFn.REUSE] | "ReuseSaved" >> beam.ParDo(_ReuseSavedFn())
+        return {"to_call": grouped.to_call, "reused": reused}
