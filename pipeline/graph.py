@@ -54,11 +54,12 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
          | "CountDeadLetters" >> beam.ParDo(_CountDeadLetters()))
         return {}
     called = calls | "CreateEmbeddings" >> CreateEmbeddings(settings)
-    segments = (
-        (called.outcomes, todo["reused"])
-        | "MergeOutcomes" >> beam.Flatten()
-        | "WriteSegments" >> WriteSegments(output, run_id, run_time, settings.model, rows_per_piece, flush_sec)
-    )
+    # The writer follows the caller with nothing in between so the runner fuses them: each result is
+    # committed as soon as its call returns (a Flatten here made FnApiRunner hold all results to the end).
+    segments = called.outcomes | "WriteSegments" >> WriteSegments(
+        output, run_id, run_time, settings.model, rows_per_piece, flush_sec)
+    todo["reused"] | "WriteReusedSegments" >> WriteSegments(
+        output, run_id, run_time, settings.model, rows_per_piece, flush_sec)
     dead = (
         (read[DEAD_LETTERS], valid[DEAD_LETTERS], called[DEAD_LETTERS])
         | "MergeDeadLetters" >> beam.Flatten()
