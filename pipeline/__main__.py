@@ -15,11 +15,16 @@ def main(argv=None) -> int:
         handler.addFilter(_quiet_known_noise)
     for noisy in ("apache_beam", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["search"]:
+        from pipeline.search import search_main
+
+        return search_main(argv[1:])
     from pipeline.config import parse_args
     from pipeline.run import run_job
     from pipeline.summary import format_summary
 
-    config, _ = parse_args(sys.argv[1:] if argv is None else argv)
+    config, _ = parse_args(argv)
     summary = run_job(config)
     print(format_summary(summary))
     return 0

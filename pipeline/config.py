@@ -108,7 +108,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                "  python -m pipeline --config configs/local.yaml\n"
                "  python -m pipeline --config configs/twelvelabs.yaml --manifest 'data/*.jsonl' --output out/\n"
                "  python -m pipeline --config configs/twelvelabs.yaml --manifest big.csv --dry-run\n"
-               "  python -m pipeline --config configs/local.yaml --no-pack --direct_num_workers=2",
+               "  python -m pipeline --config configs/local.yaml --no-pack --direct_num_workers=2\n"
+               "  python -m pipeline search --text 'a dog in a park' -k 5   (nearest rows of an output)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
