@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     from pipeline.summary import format_summary
 
     config, _ = parse_args(argv)
-    summary = run_job(config)
+    summary = run_job(config, progress=True)
     print(format_summary(summary))
     return 0
 

@@ -14,6 +14,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import summary as summary_mod
 from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
+from pipeline.progress_line import ProgressPrinter, count_manifest_rows
+from pipeline.summary import RUNS_DIR
 from pipeline.finalize import finalize_output
 from transforms.calling import CallSettings
 from transforms.manifests import expand_manifest_patterns
@@ -64,8 +66,24 @@ def new_run_id(now: datetime.datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_job(config: JobConfig, base_url: Optional[str] = None) -> dict:
-    """Runs one job to completion and returns its summary (also written as OUTPUT/summary.json)."""
+# Runners whose workers live in this process, so the progress line can read them.
+_IN_PROCESS_RUNNERS = ("fnapirunner",)
+
+
+def _runs_in_process(options: PipelineOptions) -> bool:
+    from apache_beam.options.pipeline_options import DirectOptions, PortableOptions, StandardOptions
+
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if runner in _IN_PROCESS_RUNNERS:
+        return options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+    return runner == "portablerunner" and options.view_as(PortableOptions).environment_type == "LOOPBACK"
+
+
+def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = False) -> dict:
+    """Runs one job to completion and returns its summary (also written as OUTPUT/summary.json).
+
+    With `progress`, a progress line is printed to stderr while the job runs in this process.
+    """
     if config.samples:
         from pipeline.samples import ensure_samples
 
@@ -82,15 +100,19 @@ def run_job(config: JobConfig, base_url: Optional[str] = None) -> dict:
             connect_timeout_sec=config.connect_timeout_sec, read_timeout_sec=config.read_timeout_sec,
             max_attempts=config.max_attempts, item_deadline_sec=config.item_deadline_sec,
             key_file=config.key_file, max_calls=config.max_calls, run_id=run_id,
+            timeline_dir=None if config.dry_run else FileSystems.join(config.output, RUNS_DIR, run_id),
             placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None,
         )
         started = datetime.datetime.now(datetime.timezone.utc)
         # What earlier runs (finished or killed) committed: those items are not paid for again.
         saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))
-        p = beam.Pipeline(options=beam_options(config))
+        options = beam_options(config)
+        p = beam.Pipeline(options=options)
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
                        run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
                        rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run)
+        if progress and _runs_in_process(options):
+            stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()
         result.wait_until_finish()
     if config.dry_run:

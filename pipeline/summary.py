@@ -14,7 +14,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from transforms.manifests import NAMESPACE
 from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
 
-__all__ = ["collect_metrics", "format_summary", "plan_summary", "write_summary"]
+__all__ = ["RUNS_DIR", "collect_metrics", "format_summary", "plan_summary", "write_summary"]
+
+# OUTPUT/runs/RUN_ID/ keeps each run's summary and call timeline; OUTPUT/summary.json is the latest.
+RUNS_DIR = "runs"
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -161,10 +164,19 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "deferred_files": deferred_files,
     }
     _LOGGER.info("run %s finished", run_id)
-    path = FileSystems.join(config.output, "summary.json")
-    with FileSystems.create(path, compression_type="uncompressed") as f:
-        f.write(json.dumps(summary, indent=2).encode("utf-8"))
-    summary["summary_file"] = path
+    from pipeline.report import write_report
+
+    run_dir = FileSystems.join(config.output, RUNS_DIR, run_id)
+    summary["report_file"] = write_report(config.output, summary, run_dir, config.requests_per_minute)
+    text = json.dumps(summary, indent=2).encode("utf-8")
+    for folder in (run_dir, config.output):
+        try:
+            FileSystems.mkdirs(folder)
+        except IOError:
+            pass
+        with FileSystems.create(FileSystems.join(folder, "summary.json"), compression_type="uncompressed") as f:
+            f.write(text)
+    summary["summary_file"] = FileSystems.join(config.output, "summary.json")
     return summary
 
 
@@ -190,5 +202,6 @@ def format_summary(summary: dict) -> str:
            if summary["dead_letters"] else ""),
         f"  output           {summary['output']}",
         f"  summary          {summary.get('summary_file', '')}",
+        f"  report           {summary.get('report_file', '')}",
     ]
     return "\n".join(lines)

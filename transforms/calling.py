@@ -5,8 +5,11 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import json
 import os
 import threading
+import time
+import uuid
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import apache_beam as beam
@@ -19,6 +22,7 @@ from embed_client.ratelimit import TokenBucket
 from embed_client.retry import RetryPolicy, call_with_retries
 from transforms.items import Call, DeadLetter, Deferred, Item, Outcome
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
+from transforms.progress import PROGRESS
 
 __all__ = ["DEFERRED", "CallSettings", "CreateEmbeddings", "ApiKeyRejected", "resolve_api_key"]
 
@@ -50,6 +54,8 @@ class CallSettings:
     max_calls: Optional[int] = None
     # Scopes the process-wide quota state to one run.
     run_id: str = ""
+    # Where per-second call counts go for the run report (None: nowhere).
+    timeline_dir: Optional[str] = None
     # Only for the embedded emulator, which accepts any key: not a secret.
     placeholder_key: Optional[str] = None
 
@@ -155,6 +161,13 @@ class _CallStats:
     throttled_sec: float = 0.0
     items_per_call: List[int] = dataclasses.field(default_factory=list)
     split_calls: int = 0
+    # Whole UTC second -> [calls answered, of which 429], for the run report's chart.
+    timeline: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
+
+    def mark(self, rate_limited: bool) -> None:
+        bucket = self.timeline.setdefault(int(time.time()), [0, 0])
+        bucket[0] += 1
+        bucket[1] += int(rate_limited)
 
 
 def _read_file(path: str) -> Tuple[str, bytes, str]:
@@ -218,8 +231,10 @@ class _Caller:
             stats.items_per_call.append(len(items))
             try:
                 response = self.client.send(fields, files)
+                stats.mark(False)
                 self._check(items, response)
             except errors.RateLimitError as exc:
+                stats.mark(True)
                 stats.rate_limited += 1
                 self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds)
                 raise
@@ -334,6 +349,9 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._caller = _Caller(s, self._client, _process_bucket(s), _process_quota(s))
         self._pool = concurrent.futures.ThreadPoolExecutor(s.max_in_flight, thread_name_prefix="embed-call")
         self._throttled_remainder = 0.0
+        self._timeline: Dict[int, List[int]] = {}
+        self._worker = uuid.uuid4().hex[:8]
+        self._timeline_pieces = 0
 
     def start_bundle(self):
         self._pending: collections.deque = collections.deque()
@@ -348,6 +366,23 @@ class _CreateEmbeddingsFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
             else:
                 yield GlobalWindows.windowed_value(output)
+        self._write_timeline()
+
+    def _write_timeline(self) -> None:
+        """Per-second call counts of this bundle, for the run report (works on every runner)."""
+        if not self._timeline or not self._settings.timeline_dir:
+            return
+        self._timeline_pieces += 1
+        path = FileSystems.join(self._settings.timeline_dir,
+                                f"calls-{self._worker}-{self._timeline_pieces:05d}.jsonl")
+        lines = "".join(json.dumps({"t": t, "calls": c, "http_429": r}) + "\n"
+                        for t, (c, r) in sorted(self._timeline.items()))
+        try:
+            with FileSystems.create(path, compression_type="uncompressed") as f:
+                f.write(lines.encode("utf-8"))
+        except Exception as exc:  # the chart is a nicety; never fail the job for it
+            _LOGGER.warning("could not write the call timeline %s: %s", path, exc)
+        self._timeline = {}
 
     def _drain(self, keep: int) -> Iterable:
         """Yields finished calls' records; blocks while more than `keep` calls are in flight."""
@@ -363,15 +398,23 @@ class _CreateEmbeddingsFn(beam.DoFn):
                 self._record(stats)
                 for record in records:
                     if isinstance(record, DeadLetter):
+                        PROGRESS.add(done=1, dead_letters=1)
                         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
                     elif isinstance(record, Deferred):
                         self._deferred.inc()
+                        PROGRESS.add(done=1, deferred=1)
                         yield beam.pvalue.TaggedOutput(DEFERRED, record)
                     else:
                         self._embedded.inc()
+                        PROGRESS.add(done=1, embedded=1)
                         yield record
 
     def _record(self, stats: _CallStats) -> None:
+        PROGRESS.add(calls=stats.calls, http_429=stats.rate_limited)
+        for second, (calls, limited) in stats.timeline.items():
+            bucket = self._timeline.setdefault(second, [0, 0])
+            bucket[0] += calls
+            bucket[1] += limited
         self._calls.inc(stats.calls)
         self._retries.inc(stats.retries)
         self._rate_limited.inc(stats.rate_limited)

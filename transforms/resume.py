@@ -14,6 +14,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.items import Item, Outcome
 from transforms.manifests import NAMESPACE
+from transforms.progress import PROGRESS
 
 __all__ = ["DoneRecord", "SkipDoneAndDedup", "canonical_model", "list_segment_pieces", "read_done_records"]
 
@@ -76,6 +77,7 @@ class _SkipAndDedupFn(beam.DoFn):
         done_keys = {(r.id, r.modality) for r in done}
         remaining = [i for i in items if (i.id, i.modality) not in done_keys]
         self._done.inc(len(items) - len(remaining))
+        PROGRESS.add(done=len(items) - len(remaining), skipped=len(items) - len(remaining))
         if not remaining:
             return
         if done:
@@ -106,6 +108,7 @@ class _ReuseSavedFn(beam.DoFn):
             self._cached_path = record.path
         rows = self._cached.take(record.rows).to_pylist()
         segments = [(r["start_offset_sec"], r["end_offset_sec"], r["embedding"]) for r in rows]
+        PROGRESS.add(done=1, skipped=1)
         yield Outcome(item, rows[0]["model_name"], segments, attempts=0)
 
 

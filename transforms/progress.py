@@ -1,0 +1,40 @@
+"""Live progress of the job in this process, for the progress line of local runs.
+
+DoFns add to `PROGRESS` beside their Beam metrics; a driver thread renders it. On runners whose
+workers are other processes (Dataflow, Flink) the driver sees nothing here: the same numbers are
+Beam metrics in the `tl_embed` namespace, shown in the runner's UI.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict
+
+__all__ = ["PROGRESS", "RunProgress"]
+
+FIELDS = ("rows_read", "items", "done", "embedded", "dead_letters", "deferred", "skipped", "calls", "http_429")
+
+
+class RunProgress:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts: Dict[str, int] = dict.fromkeys(FIELDS, 0)
+            self.started = time.monotonic()
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                self._counts[name] += n
+
+    def snapshot(self) -> Dict[str, float]:
+        with self._lock:
+            snap = dict(self._counts)
+        snap["elapsed"] = time.monotonic() - self.started
+        return snap
+
+
+PROGRESS = RunProgress()
