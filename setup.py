@@ -7,7 +7,8 @@ setuptools.setup(
     description="Batch multimodal embeddings with Apache Beam and the TwelveLabs embed API",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["embed_client*", "embed_emulator*", "pipeline*", "transforms*"]),
-    package_data={"pipeline": ["configs/*.yaml"]},
+    # The default configs live in configs/ at the top level, not inside a package, so package_data
+    # cannot name them: MANIFEST.in puts them (and only them, besides the packages) into the sdist.
     install_requires=[
         "apache-beam>=2.77.0,<3",
         "pyarrow>=14,<26",
@@ -19,8 +20,13 @@ setuptools.setup(
         "Pillow>=10",
         "soundfile>=0.12",
         "numpy>=1.24",
+        # One rate limit shared by every worker (embed_client.redis_bucket): an atomic Lua script on a
+        # Redis server. redis-py is the maintained client; without a reachable server the job falls back
+        # to a per-worker share of the limit, so the dependency is needed only to try.
+        "redis>=5",
     ],
+    # Tests also read the output with DuckDB, Polars and pandas, as users do.
     extras_require={
-        "test": ["pytest>=8", "twelvelabs==1.3.6"],
+        "test": ["pytest>=8", "twelvelabs==1.3.6", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100"],
     },
 )

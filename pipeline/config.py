@@ -27,6 +27,9 @@ class JobConfig:
     max_calls: Optional[int] = None          # a budget of calls for this run; the rest is deferred
     dry_run: bool = False
     max_workers: int = 1
+    rate_limit_backend: str = "local"
+    redis_url: Optional[str] = None
+    rate_limit_key: str = "tl-embed:ratelimit"
     max_in_flight: int = 8
     pack: bool = True
     connect_timeout_sec: float = 10.0
@@ -54,8 +57,9 @@ def load_config(path: str) -> JobConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the config must be a YAML mapping")
     root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    api, calls, output, beam_cfg = (raw.get(k) or {} for k in ("api", "calls", "output", "beam"))
-    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples"}
+    api, calls, output, beam_cfg, rate_limit = (raw.get(k) or {} for k in ("api", "calls", "output", "beam",
+                                                                              "rate_limit"))
+    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples", "rate_limit"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{path}: unknown config keys {unknown}; known keys are {sorted(known)}")
@@ -76,6 +80,9 @@ def load_config(path: str) -> JobConfig:
         requests_per_day=calls.get("requests_per_day"),
         max_calls=calls.get("max_calls"),
         max_workers=int(calls.get("max_workers", 1)),
+        rate_limit_backend=rate_limit.get("backend", "local"),
+        redis_url=rate_limit.get("redis_url"),
+        rate_limit_key=rate_limit.get("key", "tl-embed:ratelimit"),
         max_in_flight=int(calls.get("max_in_flight", 8)),
         pack=bool(calls.get("pack", True)),
         max_attempts=int(calls.get("max_attempts", 6)),

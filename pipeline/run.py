@@ -97,6 +97,8 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
         settings = CallSettings(
             base_url=base_url, model=config.model, requests_per_minute=config.requests_per_minute,
             max_workers=config.max_workers, max_in_flight=config.max_in_flight,
+            rate_limit_backend=config.rate_limit_backend, redis_url=config.redis_url,
+            rate_limit_key=config.rate_limit_key,
             connect_timeout_sec=config.connect_timeout_sec, read_timeout_sec=config.read_timeout_sec,
             max_attempts=config.max_attempts, item_deadline_sec=config.item_deadline_sec,
             key_file=config.key_file, max_calls=config.max_calls, run_id=run_id,

@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from embed_client import API_KEY_ENV, EmbedClient, errors
-from embed_client.ratelimit import TokenBucket
+from embed_client.ratelimit import TokenBucket, make_bucket
 from embed_client.retry import RetryPolicy, call_with_retries
 from transforms.items import Call, DeadLetter, Deferred, Item, Outcome
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
@@ -54,6 +54,11 @@ class CallSettings:
     max_calls: Optional[int] = None
     # Scopes the process-wide quota state to one run.
     run_id: str = ""
+    # "local": each process paces to requests_per_minute / max_workers; "redis": one limit shared by
+    # every worker through the Redis server at redis_url (falls back to "local" if unreachable).
+    rate_limit_backend: str = "local"
+    redis_url: Optional[str] = None
+    rate_limit_key: str = "tl-embed:ratelimit"
     # Where per-second call counts go for the run report (None: nowhere).
     timeline_dir: Optional[str] = None
     # Only for the embedded emulator, which accepts any key: not a secret.
@@ -68,6 +73,10 @@ class CallSettings:
             raise ValueError("max_workers must be at least 1")
         if self.requests_per_minute is not None and self.requests_per_minute <= 0:
             raise ValueError("requests_per_minute must be positive")
+        if self.rate_limit_backend not in ("local", "redis"):
+            raise ValueError(f"rate_limit.backend must be 'local' or 'redis', got {self.rate_limit_backend!r}")
+        if self.rate_limit_backend == "redis" and not self.redis_url:
+            raise ValueError("rate_limit.backend 'redis' needs rate_limit.redis_url")
         if self.max_calls is not None and self.max_calls < 0:
             raise ValueError("max_calls must be >= 0")
         self.retry_policy()  # validates the retry bounds
@@ -99,10 +108,13 @@ _BUCKETS_LOCK = threading.Lock()
 
 def _process_bucket(settings: CallSettings) -> TokenBucket:
     """One bucket per process and endpoint, shared by every DoFn instance and thread in it."""
-    key = (settings.base_url, settings.worker_rate_per_minute)
+    key = (settings.base_url, settings.requests_per_minute, settings.max_workers, settings.rate_limit_backend,
+           settings.redis_url, settings.rate_limit_key)
     with _BUCKETS_LOCK:
         if key not in _BUCKETS:
-            _BUCKETS[key] = TokenBucket(settings.worker_rate_per_minute)
+            _BUCKETS[key] = make_bucket(settings.requests_per_minute, backend=settings.rate_limit_backend,
+                                        redis_url=settings.redis_url, max_workers=settings.max_workers,
+                                        key=settings.rate_limit_key)
         return _BUCKETS[key]
 
 

@@ -1,0 +1,305 @@
+"""One rate limit for every worker: a GCRA token bucket kept in Redis and run as atomic Lua scripts.
+
+`RedisTokenBucket` has the interface of `embed_client.ratelimit.TokenBucket` (`acquire()`,
+`on_rate_limited()`, `on_success()`, `current_rate_per_minute`), but its state lives in Redis under
+one key, so every thread of every process (on any machine) that uses the same URL and key shares one
+pace of `rate_per_minute`, one 429 slowdown (AIMD fraction) and one Retry-After pause.
+
+The algorithm is GCRA (the "generic cell rate algorithm", a token bucket written as one timestamp):
+the key holds the theoretical arrival time `tat` of the next call. A caller is given the slot
+`max(now, tat - (burst - 1) * interval, paused_until)` and `tat` moves to `max(tat, slot) + interval`,
+where `interval = 60 / (rate * fraction)`. The caller sleeps until its slot. So over any window of
+`w` seconds at most `burst + w / interval` calls start, whichever process they come from. Slots are
+reserved (a caller waiting for a later slot does not block others from reserving the ones after), the
+same "go into debt" behaviour as the local TokenBucket.
+
+Every decision runs inside one Lua script on the server, with the server's clock (`TIME`), so
+there is no read-modify-write race between workers and no dependency on workers' clocks agreeing.
+
+If Redis becomes unreachable mid-run, the bucket logs one warning and paces with a local bucket at
+`rate_per_minute / max_workers` (this process's share) until Redis answers again; it never stops the
+job and never runs unthrottled. `make_bucket` in `embed_client.ratelimit` does the same when Redis is
+unreachable from the start.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.parse
+from typing import Callable, Optional, Tuple
+
+from embed_client.ratelimit import BACKOFF_FACTOR, MIN_RATE_FRACTION, RECOVERY_STEP, TokenBucket
+
+__all__ = ["RedisTokenBucket", "connect", "redacted_url"]
+
+_LOGGER = logging.getLogger(__name__)
+
+# State left by a finished job expires this long after its last use (and never before a reserved slot).
+STATE_TTL_SEC = 3600
+# How long a bucket that lost Redis paces locally before it asks Redis again.
+RECONNECT_AFTER_SEC = 30.0
+# Several workers see the same 429 incident at once; without this each of them would cut the shared
+# pace again (N workers -> 0.7 ** N). Within this many seconds of a cut, further 429s only extend the
+# pause; a limit that is really lower keeps producing 429s after it and is cut again.
+CUT_COOLDOWN_SEC = 1.0
+
+# KEYS: tat, fraction, paused_until. ARGV: rate per minute (0 = unlimited), burst, ttl.
+# Returns {slot, now, fraction} as strings (a Lua number would be truncated to an integer reply).
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local fraction = tonumber(redis.call('GET', KEYS[2]) or '1') or 1
+local paused = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+local slot = math.max(now, paused)
+if rate > 0 then
+  local interval = 60.0 / (rate * fraction)
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  slot = math.max(slot, tat - (burst - 1) * interval)
+  local new_tat = math.max(tat, slot) + interval
+  redis.call('SET', KEYS[1], string.format('%.6f', new_tat),
+             'EX', string.format('%d', math.ceil(new_tat - now + ttl)))
+end
+return {string.format('%.6f', slot), string.format('%.6f', now), string.format('%.6f', fraction)}
+"""
+
+# KEYS: fraction, paused_until, last cut. ARGV: backoff factor, min fraction, retry-after seconds
+# (0 = none), cooldown, ttl. Returns the fraction after the call.
+_RATE_LIMITED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local backoff = tonumber(ARGV[1])
+local min_fraction = tonumber(ARGV[2])
+local retry_after = tonumber(ARGV[3])
+local cooldown = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local fraction = tonumber(redis.call('GET', KEYS[1]) or '1') or 1
+local cut_at = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if now - cut_at >= cooldown then
+  fraction = math.max(min_fraction, fraction * backoff)
+  redis.call('SET', KEYS[1], string.format('%.6f', fraction), 'EX', ttl)
+  redis.call('SET', KEYS[3], string.format('%.6f', now), 'EX', ttl)
+end
+if retry_after > 0 then
+  local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  local paused_until = math.max(paused, now + retry_after)
+  redis.call('SET', KEYS[2], string.format('%.6f', paused_until),
+             'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
+end
+return string.format('%.6f', fraction)
+"""
+
+# KEYS: fraction. ARGV: recovery step, ttl. Returns the fraction after the call.
+_SUCCESS = """
+local fraction = tonumber(redis.call('GET', KEYS[1]) or '1') or 1
+if fraction < 1 then
+  fraction = math.min(1, fraction + tonumber(ARGV[1]))
+  if fraction >= 1 then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], string.format('%.6f', fraction), 'EX', tonumber(ARGV[2]))
+  end
+end
+return string.format('%.6f', fraction)
+"""
+
+
+def connect(redis_url: str):
+    """A `redis.Redis` for the bucket: short timeouts and one immediate retry (a pooled connection
+    may be stale after a Redis restart), never redis-py's multi-second backoff: a worker that cannot
+    reach Redis soon paces locally instead."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0,
+                                retry=Retry(NoBackoff(), 1), health_check_interval=30)
+
+
+def redacted_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and errors."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable redis url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class RedisTokenBucket:
+    """A token bucket whose state is shared through Redis by every worker using the same key.
+
+    `rate_per_minute` is the limit for all workers together (None: no pace, but 429 pauses are
+    still shared). `max_workers` only sizes the local fallback used while Redis is unreachable.
+    `client` is a `redis.Redis`; by default one is made from `redis_url`.
+    """
+
+    def __init__(self, rate_per_minute: Optional[float], redis_url: Optional[str] = None, *,
+                 key: str = "tl-embed:ratelimit", burst: float = 1.0, max_workers: int = 1,
+                 client=None, cut_cooldown_sec: float = CUT_COOLDOWN_SEC,
+                 sleep: Callable[[float], None] = time.sleep):
+        if rate_per_minute is not None and rate_per_minute <= 0:
+            raise ValueError(f"rate_per_minute must be positive, got {rate_per_minute}")
+        if burst < 1:
+            raise ValueError(f"burst must be at least 1, got {burst}")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if client is None:
+            if not redis_url:
+                raise ValueError("RedisTokenBucket needs redis_url or client")
+            client = connect(redis_url)
+        self.configured_rate = rate_per_minute
+        self.burst = float(burst)
+        self.max_workers = max_workers
+        self.key = key
+        self.url = redacted_url(redis_url) if redis_url else repr(client)
+        self._client = client
+        self._sleep = sleep
+        self._cut_cooldown = float(cut_cooldown_sec)
+        # A hash tag keeps all keys of one bucket in one Redis Cluster slot (a script may only touch those).
+        self._keys = {name: f"{{{key}}}:{name}" for name in ("tat", "fraction", "paused", "cut")}
+        self._reserve_script = client.register_script(_RESERVE)
+        self._rate_limited_script = client.register_script(_RATE_LIMITED)
+        self._success_script = client.register_script(_SUCCESS)
+        self._fraction = 1.0  # last fraction seen; on_success skips the round trip at full pace
+        self._lock = threading.Lock()
+        self._fallback: Optional[TokenBucket] = None
+        self._retry_redis_at = 0.0
+
+    # ---- Redis, with the local fallback ---------------------------------------------------
+
+    def _redis_errors(self) -> Tuple[type, ...]:
+        import redis
+
+        return (redis.exceptions.RedisError, OSError)
+
+    def _local(self) -> Optional[TokenBucket]:
+        """The local fallback while Redis is out, else None (time to use or retry Redis)."""
+        with self._lock:
+            if self._fallback is not None and time.monotonic() < self._retry_redis_at:
+                return self._fallback
+            return None
+
+    def _lost_redis(self, exc: BaseException) -> TokenBucket:
+        with self._lock:
+            if self._fallback is None:
+                share = None if self.configured_rate is None else self.configured_rate / self.max_workers
+                _LOGGER.warning(
+                    "Redis at %s unreachable: %s; falling back to a per-worker share of the limit: %s per minute "
+                    "(retrying Redis every %.0f s)", self.url, exc,
+                    "unlimited" if share is None else f"{self.configured_rate:g}/{self.max_workers} = {share:g}",
+                    RECONNECT_AFTER_SEC)
+                self._fallback = TokenBucket(share)
+                self._fallback._fraction = self._fraction
+            self._retry_redis_at = time.monotonic() + RECONNECT_AFTER_SEC
+            return self._fallback
+
+    def _redis_back(self) -> None:
+        if self._fallback is not None:
+            with self._lock:
+                if self._fallback is not None:
+                    _LOGGER.info("Redis at %s answers again; the shared limit is back in force", self.url)
+                    self._fallback = None
+
+    def _run(self, script, keys, args) -> Tuple[Optional[object], Optional[TokenBucket]]:
+        """Runs a script: (its result, None), or (None, the local fallback) while Redis is out."""
+        local = self._local()
+        if local is not None:
+            return None, local
+        try:
+            result = script(keys=keys, args=args)
+        except self._redis_errors() as exc:
+            return None, self._lost_redis(exc)
+        self._redis_back()
+        return result, None
+
+    # ---- the TokenBucket interface --------------------------------------------------------
+
+    @property
+    def current_rate_per_minute(self) -> Optional[float]:
+        """The shared pace now (the configured rate times the shared 429 slowdown); while Redis is
+        out, the pace of this process's local fallback."""
+        local = self._local()
+        if local is not None:
+            return local.current_rate_per_minute
+        if self.configured_rate is None:
+            return None
+        try:
+            value = self._client.get(self._keys["fraction"])
+            self._fraction = 1.0 if value is None else float(value)
+        except self._redis_errors():
+            pass  # report the last fraction seen
+        return self.configured_rate * self._fraction
+
+    def _take(self) -> Tuple[Optional[Tuple[float, float]], Optional[TokenBucket]]:
+        k = self._keys
+        result, local = self._run(self._reserve_script, [k["tat"], k["fraction"], k["paused"]],
+                                  [self.configured_rate or 0, self.burst, STATE_TTL_SEC])
+        if local is not None:
+            return None, local
+        slot, now, fraction = (float(v) for v in result)
+        self._fraction = fraction
+        return (slot, now), None
+
+    def reserve_slot(self) -> Optional[Tuple[float, float]]:
+        """Takes the next slot without waiting for it: returns (slot, now) in the Redis server's
+        epoch seconds, or None when Redis is unreachable (`acquire` then paces locally)."""
+        return self._take()[0]
+
+    def _reserve(self) -> float:
+        """Takes a slot and returns how long the caller must wait for it (without sleeping)."""
+        taken, local = self._take()
+        if local is not None:
+            return local._reserve()
+        slot, now = taken
+        return max(0.0, slot - now)
+
+    def acquire(self) -> float:
+        """Blocks until a call may start; returns the seconds waited."""
+        wait = self._reserve()
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def on_rate_limited(self, retry_after_sec: Optional[float] = None) -> None:
+        """A 429: lowers the shared pace (at most once per cooldown) and pauses every worker for
+        `retry_after_sec`."""
+        k = self._keys
+        result, local = self._run(self._rate_limited_script, [k["fraction"], k["paused"], k["cut"]],
+                                  [BACKOFF_FACTOR, MIN_RATE_FRACTION, float(retry_after_sec or 0),
+                                   self._cut_cooldown, STATE_TTL_SEC])
+        if local is not None:
+            local.on_rate_limited(retry_after_sec)
+            return
+        self._fraction = float(result)
+
+    def on_success(self) -> None:
+        """A call went through: raises the shared pace back toward the configured rate."""
+        local = self._local()
+        if local is not None:
+            local.on_success()
+            return
+        if self._fraction >= 1.0:
+            return  # nothing to recover: no round trip
+        result, local = self._run(self._success_script, [self._keys["fraction"]], [RECOVERY_STEP, STATE_TTL_SEC])
+        if local is not None:
+            local.on_success()
+            return
+        self._fraction = float(result)
+
+    def reset(self) -> None:
+        """Deletes the shared state (for tests and for a fresh job under a reused key)."""
+        self._client.delete(*self._keys.values())
+        self._fraction = 1.0
+
+    def __repr__(self) -> str:
+        return (f"RedisTokenBucket(rate_per_minute={self.configured_rate}, url={self.url!r}, "
+                f"key={self.key!r}, burst={self.burst:g})")
