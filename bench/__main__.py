@@ -1,0 +1,174 @@
+"""python -m bench [--scenario NAME ...] [--full] [--json PATH] [--workdir DIR]
+
+Throughput of this pipeline against the peers a user would otherwise write, measured in one run
+against one emulator (`python -m embed_emulator`, its own process, reset between arms).
+
+Arms (each in its own subprocess, `python -m bench.arm`, so peak RSS is that arm's alone):
+  pipeline      `pipeline.run.run_job` on the DirectRunner (pinned to FnApiRunner), packing on,
+                max_in_flight 8; told the limit (`requests_per_minute`) or not.
+  sdk           a loop over the official `twelvelabs` SDK 1.3.6, one item per call.
+  runinference  Beam `RunInference` + a `RemoteModelHandler` posting with `requests`, one item per call.
+  threads       8 threads posting with `requests`, one item per call, token bucket at the limit.
+
+Scenarios:
+  rate-limited  limit 600 calls/min, latency 200 +- 50 ms, mixed manifest (text, JPEG, WAV; rows
+                carry 1-3 modalities so the pipeline packs). Default 360 items, --full 3000.
+  overhead      no limit, no latency: a text-only manifest (5000, --full 20000) and a mixed one
+                (900, --full 3000): the client's own cost per item.
+  memory        the pipeline's peak RSS on a 20,000-row (--full 100,000) vs a 3000-row text manifest.
+
+Columns: items/s and calls/s over the arm's wall time (Beam start-up included); calls are the
+emulator's answered requests (429s excluded); "of limit" is calls/s over limit/60; 429s come from
+the emulator (rate limited + injected bursts); CPU is user+system of the arm's process after its
+imports, per 1000 items; RSS is the process's peak. Then the pipeline's ratios to each peer.
+
+What bounds each number: under a limit, calls/s can at best equal limit/60, so a packing arm
+wins by items per call and a sequential arm loses by latency (1 / 0.2 s = 5 calls/s). A run
+shorter than the emulator's sliding 60 s window never fills it, so a job that does not know the
+limit can show "of limit" above 1 without a 429: only --full runs measure discovery. With no
+latency, items/s is bounded by client CPU plus the emulator's, which share the machine's cores.
+The slow peers (sdk and runinference, and threads under the limit) run over the first rows of the
+manifest only (--peer-cap): their rates are steady, so the ratios hold, but "items" differs.
+Numbers are ratios to judge, never pass/fail: other load on the machine moves them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+from bench import report
+from bench.arm import ARMS
+from bench.emulator import ROOT, EmulatorProcess
+from bench.manifests import head_manifest, mixed_manifest, text_manifest
+
+SCENARIOS = ("rate-limited", "overhead", "memory")
+# (default, --full); None means no cap.
+SIZES = {"rate_items": (360, 3000), "rate_peer_items": (40, 600),
+         "text_items": (5000, 20000), "mixed_items": (900, 3000), "overhead_peer_items": (1000, None),
+         "memory_rows": (20000, 100000), "memory_base_rows": (3000, 3000)}
+RPM, LATENCY_MS, JITTER_MS, THREADS = 600, 200.0, 50.0, 8
+LABELS = {"sdk": "twelvelabs SDK loop", "runinference": "RunInference remote",
+          "threads": f"requests x{THREADS} threads"}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: str):
+        self.full, self.arms, self.peer_cap, self.workdir = args.full, args.arms, args.peer_cap, workdir
+        self.results: Dict[str, list] = {}
+
+    def size(self, name: str) -> Optional[int]:
+        if name.endswith("peer_items") and self.peer_cap is not None:
+            return self.peer_cap or None
+        return SIZES[name][1 if self.full else 0]
+
+    def run_arm(self, emu: EmulatorProcess, arm: str, manifest: str, label: str,
+                rpm: Optional[float] = None, emu_rpm: Optional[float] = None) -> Optional[dict]:
+        if arm not in self.arms:
+            return None
+        emu.reset()
+        out = os.path.join(self.workdir, "arm.json")
+        output = os.path.join(self.workdir, "pipeline-output")
+        cmd = [sys.executable, "-m", "bench.arm", arm, "--manifest", manifest, "--base-url", emu.base_url,
+               "--out", out, "--output", output, "--threads", str(THREADS)] + (["--rpm", str(rpm)] if rpm else [])
+        env = dict(os.environ, TWELVE_LABS_API_KEY=os.environ.get("TWELVE_LABS_API_KEY", "bench-key"))
+        cpu0 = emu.cpu_sec()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        shutil.rmtree(output, ignore_errors=True)
+        if proc.returncode:
+            raise SystemExit(f"arm {label} failed:\n{proc.stderr[-3000:]}")
+        with open(out, encoding="utf-8") as f:
+            result = json.load(f)
+        result.update(arm=arm, label=label, manifest=os.path.basename(manifest), told_rpm=rpm,
+                      emulator=emu.stats(), emulator_cpu_sec=emu.cpu_sec() - cpu0)
+        return report.derive(result, emu_rpm)
+
+    def emit(self, scenario: str, title: str, rows: List[Optional[dict]], note: str = "") -> None:
+        rows = [r for r in rows if r]
+        self.results.setdefault(scenario, []).extend(rows)
+        print(report.table(title, rows))
+        ours, peers = [r for r in rows if r["arm"] == "pipeline"], [r for r in rows if r["arm"] != "pipeline"]
+        if ours and peers:
+            print(report.ratios(ours[0], peers))
+        if note:
+            print(note)
+        print(flush=True)
+
+    def rate_limited(self) -> None:
+        manifest = mixed_manifest(self.workdir, self.size("rate_items"))
+        cap = self.size("rate_peer_items")
+        peer_manifest = head_manifest(manifest, cap) if cap else manifest
+        with EmulatorProcess(RPM, LATENCY_MS, JITTER_MS) as emu:
+            rows = [self.run_arm(emu, "pipeline", manifest, f"pipeline (rpm={RPM} given)", RPM, RPM),
+                    self.run_arm(emu, "pipeline", manifest, "pipeline (rpm unknown)", None, RPM)]
+            rows += [self.run_arm(emu, arm, peer_manifest, LABELS[arm], RPM if arm == "threads" else None, RPM)
+                     for arm in ("sdk", "runinference", "threads")]
+        note = "" if self.full else (
+            "  note: a short run is weighed down by start-up and the last call's latency, and never\n"
+            "  fills the sliding minute window ('rpm unknown' can exceed 1 without a 429): use --full")
+        self.emit("rate-limited", f"== rate-limited: {RPM} calls/min, {LATENCY_MS:.0f} +- {JITTER_MS:.0f} ms, "
+                  f"mixed manifest of {self.size('rate_items')} items (peers: first {cap or 'all'})", rows, note)
+
+    def overhead(self) -> None:
+        cap = self.size("overhead_peer_items")
+        with EmulatorProcess() as emu:
+            for kind, manifest in (("text", text_manifest(self.workdir, self.size("text_items"))),
+                                   ("mixed", mixed_manifest(self.workdir, self.size("mixed_items")))):
+                peer_manifest = head_manifest(manifest, cap) if cap else manifest
+                rows = [self.run_arm(emu, "pipeline", manifest, "pipeline")]
+                rows += [self.run_arm(emu, arm, manifest if arm == "threads" else peer_manifest, LABELS[arm])
+                         for arm in ("sdk", "runinference", "threads")]
+                self.emit("overhead", f"== overhead ({kind}): no limit, no latency, "
+                          f"{self.size(kind + '_items')} items (sequential peers: first {cap or 'all'})", rows)
+
+    def memory(self) -> None:
+        rows = []
+        with EmulatorProcess() as emu:
+            for n in (self.size("memory_base_rows"), self.size("memory_rows")):
+                result = self.run_arm(emu, "pipeline", text_manifest(self.workdir, n), f"pipeline, {n} rows")
+                if result:
+                    rows.append(dict(result, rows=n))
+        self.results["memory"] = rows
+        print("== memory: the pipeline's peak RSS by manifest size (text, no limit, no latency)")
+        print(report.memory_table(rows), end="\n\n", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS,
+                        help="run only this scenario (repeatable; default all)")
+    parser.add_argument("--full", action="store_true", help="the full sizes (several minutes)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    parser.add_argument("--peer-cap", type=int, help="items the slow peers run over (0: the whole manifest); "
+                        "default 40 under the limit (--full 600) and 1000 for the sequential ones without")
+    parser.add_argument("--json", help="also save the raw numbers here")
+    parser.add_argument("--workdir", help="where generated manifests and media go (kept, and reused); "
+                                          "default a temp folder removed at the end")
+    args = parser.parse_args(argv)
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = set(args.arms) - set(ARMS)
+    if unknown:
+        parser.error(f"unknown arms {sorted(unknown)}")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = os.path.abspath(args.workdir) if args.workdir else tmp
+        os.makedirs(workdir, exist_ok=True)
+        bench = Bench(args, workdir)
+        for scenario in args.scenario or SCENARIOS:
+            getattr(bench, scenario.replace("-", "_"))()
+    print(f"done in {time.perf_counter() - started:.0f} s on {os.cpu_count()} cores")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"full": args.full, "sizes": SIZES, "results": bench.results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""`python -m bench.arm NAME --manifest M --base-url U --out FILE [...]`: one arm in its own process.
+
+Its own process so that peak RSS (`ru_maxrss`) belongs to that arm alone. CPU and wall time are
+measured around the work only (after imports), and include any child processes it waited for.
+Writes {"items", "wall_sec", "cpu_sec", "peak_rss_mb", "start_rss_mb"} as JSON to FILE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+
+ARMS = ("pipeline", "sdk", "runinference", "threads")
+
+
+def _cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _rss_mb() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return max(own.ru_maxrss, children.ru_maxrss) / 1024.0  # kB on Linux
+
+
+def run_pipeline(manifest: str, base_url: str, rpm, output: str, max_in_flight: int) -> int:
+    from pipeline.config import JobConfig
+    from pipeline.run import run_job
+
+    config = JobConfig(manifests=[manifest], output=output, base_url=base_url, requests_per_minute=rpm,
+                       max_in_flight=max_in_flight, pack=True, beam_args=["--runner=DirectRunner"])
+    embedded = run_job(config, base_url=base_url)["items_embedded"]
+    return sum(embedded.values()) if isinstance(embedded, dict) else int(embedded)
+
+
+def _profiled(work, path: str):
+    """cProfile of every thread the work starts (the calls run in pool threads), merged into one file."""
+    import cProfile
+    import pstats
+
+    profiles = [cProfile.Profile()]
+
+    def start_in_new_thread(*_):
+        sys.setprofile(None)
+        profiles.append(cProfile.Profile())
+        profiles[-1].enable()
+
+    threading.setprofile(start_in_new_thread)
+    profiles[0].enable()
+    try:
+        return work()
+    finally:
+        profiles[0].disable()
+        threading.setprofile(None)
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            stats.add(profile)  # threads still alive are cut where they stand
+        stats.dump_stats(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.arm")
+    parser.add_argument("arm", choices=ARMS)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--out", required=True, help="JSON result file")
+    parser.add_argument("--output", help="the pipeline's output folder (default: a new temp folder)")
+    parser.add_argument("--rpm", type=float, help="the limit the arm is told about (pipeline, threads)")
+    parser.add_argument("--threads", type=int, default=8, help="pipeline max_in_flight / thread-pool size")
+    parser.add_argument("--profile", help="write a cProfile of the work (all its threads, merged) here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TWELVE_LABS_API_KEY", "bench-key")
+
+    # Each arm imports only what it needs, before the clock starts: an SDK loop carries no Beam.
+    if args.arm == "pipeline":
+        import pipeline.run  # noqa: F401
+    elif args.arm == "runinference":
+        import apache_beam.ml.inference.base  # noqa: F401
+    elif args.arm == "sdk":
+        import twelvelabs  # noqa: F401
+    from bench import peers
+
+    runners = {
+        "pipeline": lambda: run_pipeline(args.manifest, args.base_url, args.rpm,
+                                         args.output or tempfile.mkdtemp(prefix="bench-out-"), args.threads),
+        "sdk": lambda: peers.run_sdk(args.manifest, args.base_url),
+        "runinference": lambda: peers.run_runinference(args.manifest, args.base_url),
+        "threads": lambda: peers.run_threads(args.manifest, args.base_url, args.rpm, args.threads),
+    }
+    start_rss, cpu0, t0 = _rss_mb(), _cpu(), time.perf_counter()
+    items = _profiled(runners[args.arm], args.profile) if args.profile else runners[args.arm]()
+    wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"items": items, "wall_sec": wall, "cpu_sec": cpu, "peak_rss_mb": _rss_mb(),
+                   "start_rss_mb": start_rss}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

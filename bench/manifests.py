@@ -1,0 +1,110 @@
+"""Generated manifests and media for the benchmark.
+
+Every text, image and audio is unique, so no arm can win by deduplication or caching, and every
+row is valid, so every arm does the same work. Peers expand rows into items with `row_items`,
+the same rule the pipeline applies (one item per modality, paths relative to the manifest).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Iterator, List, Optional
+
+# Mixed rows cycle through these modality sets: 4 texts, 4 images and 4 audios per 7 rows, so
+# calls can be packed full (one of each) from different rows.
+PATTERNS = ("t", "ti", "tia", "ia", "ta", "i", "a")
+_WORDS = ("red", "quiet", "harbor", "goal", "storm", "violin", "market", "desert", "engine", "garden",
+          "night", "river", "crowd", "glass", "signal", "forest")
+
+
+def _text(i: int) -> str:
+    words = [_WORDS[(i * 7 + k * 3) % len(_WORDS)] for k in range(8)]
+    return f"item {i}: " + " ".join(words)
+
+
+def text_manifest(folder: str, rows: int) -> str:
+    """`rows` text-only rows (one item each). Reused when already written."""
+    path = os.path.join(folder, f"text-{rows}.jsonl")
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for i in range(rows):
+                f.write(json.dumps({"id": f"t{i}", "text": _text(i)}) + "\n")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def mixed_manifest(folder: str, items: int) -> str:
+    """Rows of text / JPEG 128x128 / 1 s WAV until `items` items; each medium its own file."""
+    path = os.path.join(folder, f"mixed-{items}.jsonl")
+    if os.path.exists(path):
+        return path
+    from embed_emulator import synth  # numpy/PIL stay out of the peers' processes
+
+    media = os.path.join(folder, "media")
+    os.makedirs(media, exist_ok=True)
+    count, row = 0, 0
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        while count < items:
+            pattern = PATTERNS[row % len(PATTERNS)][: items - count]
+            record: Dict[str, object] = {"id": f"m{row}", "batch": row // 100}
+            if "t" in pattern:
+                record["text"] = _text(row)
+            if "i" in pattern:
+                record["image_file"] = _write(media, f"i{row}.jpg", lambda: synth.jpeg_bytes(128, 128, seed=row))
+            if "a" in pattern:
+                record["audio_file"] = _write(media, f"a{row}.wav",
+                                              lambda: synth.wav_bytes(1.0, 180.0 + row * 0.25, 8000))
+            f.write(json.dumps(record) + "\n")
+            count += len(pattern)
+            row += 1
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _write(folder: str, name: str, make) -> str:
+    target = os.path.join(folder, name)
+    if not os.path.exists(target):
+        with open(target, "wb") as f:
+            f.write(make())
+    return "media/" + name
+
+
+def head_manifest(path: str, items: int) -> str:
+    """The first rows of `path` holding at least `items` items (for the slow sequential peers)."""
+    head = path.replace(".jsonl", f".head{items}.jsonl")
+    count = 0
+    with open(path, encoding="utf-8") as src, open(head, "w", encoding="utf-8") as dst:
+        for line in src:
+            if count >= items:
+                break
+            dst.write(line)
+            count += len(row_items(json.loads(line), ""))
+    return head
+
+
+def row_items(row: dict, folder: str) -> List[dict]:
+    """One item per modality: {"id", "modality", "text" | "file"}."""
+    out = []
+    if row.get("text"):
+        out.append({"id": row["id"], "modality": "text", "text": row["text"]})
+    for modality in ("image", "audio"):
+        if row.get(f"{modality}_file"):
+            out.append({"id": row["id"], "modality": modality,
+                        "file": os.path.join(folder, row[f"{modality}_file"])})
+    return out
+
+
+def iter_items(path: str, limit: Optional[int] = None) -> Iterator[dict]:
+    folder = os.path.dirname(path)
+    seen = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            for item in row_items(json.loads(line), folder):
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield item
+
+
+def count_items(path: str) -> int:
+    return sum(1 for _ in iter_items(path))
