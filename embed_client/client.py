@@ -85,6 +85,15 @@ class EmbedClient:
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self._own_session = session is None
         self._session = session or self._new_session(max_connections)
+        if self._own_session:
+            # requests re-reads proxy, netrc and CA settings from the environment on every call
+            # (in threaded calls that cost more than the HTTP itself): read them once, for this URL.
+            self._session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+            for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+                if os.environ.get(name):
+                    self._session.verify = os.environ[name]
+                    break
+            self._session.trust_env = False
         self._lock = threading.Lock()
 
     @staticmethod

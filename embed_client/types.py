@@ -44,10 +44,15 @@ class BaseSegment:
             raise _Malformed(f"{where} is not an object")
         vector = obj.get("float")
         if vector is not None:
-            if not isinstance(vector, list) or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector
-            ):
+            if not isinstance(vector, list):
                 raise _Malformed(f"{where}.float is not a list of numbers")
+            try:
+                # sum() walks the list in C and fails on strings, None and nested lists: a fast type check.
+                total = sum(vector)
+            except TypeError:
+                raise _Malformed(f"{where}.float is not a list of numbers") from None
+            if total != total and any(x != x for x in vector):
+                raise _Malformed(f"{where}.float holds NaN")
         return cls(float_=vector, extra=_extras(obj, cls._KNOWN))
 
 

@@ -321,3 +321,21 @@ def test_threads_share_a_bounded_keep_alive_pool():
             results = list(pool.map(lambda i: client.create("marengo3.0", text=str(i)), range(60)))
     assert len(results) == 60 and len(server.requests) == 60
     assert 1 <= len(ports) <= 4  # 60 calls over at most 4 kept-alive connections
+
+
+def test_nan_or_null_in_a_vector_is_a_malformed_response():
+    for bad in ('[0.1, NaN]', '[0.1, null]', '[[0.1]]'):
+        body = ('{"model_name": "marengo3.0", "text_embedding": {"segments": [{"float": %s}]}}' % bad).encode()
+        with CaptureServer(lambda req: (200, {"Content-Type": "application/json"}, body)) as server:
+            with pytest.raises(embed_client.MalformedResponseError):
+                EmbedClient(api_key=KEY, base_url=server.base_url).create("marengo3.0", text="x")
+
+
+def test_environment_proxies_are_read_once_for_the_base_url(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    remote = EmbedClient(api_key=KEY, base_url="https://api.twelvelabs.io/v1.3")
+    local = EmbedClient(api_key=KEY, base_url="http://127.0.0.1:9/v1.3")
+    assert remote._session.proxies.get("https") == "http://proxy.invalid:3128"
+    assert "https" not in local._session.proxies and "http" not in local._session.proxies
+    assert remote._session.trust_env is False
