@@ -28,6 +28,16 @@ ensure_venv() {
 }
 
 case "${1:-}" in
+  -h|--help)
+    cat <<'USAGE'
+usage: ./run.sh                 install into .venv on first use, run the job on configs/local.yaml
+       ./run.sh test [PYTEST]   run the test suite
+       ./run.sh [JOB ARGS]      run the job:  ./run.sh --config configs/twelvelabs.yaml --manifest 'data/*.jsonl'
+       ./run.sh search ...      nearest rows: ./run.sh search --text 'a dog in a park' -k 5
+USAGE
+    ensure_venv main
+    exec "$PY" -m pipeline --help
+    ;;
   test)
     shift
     ensure_venv test
