@@ -15,6 +15,9 @@ BACKOFF_FACTOR = 0.7
 RECOVERY_STEP = 0.02
 # Never slow below this fraction of the configured rate: a wrong guess must not stall the job.
 MIN_RATE_FRACTION = 0.05
+# With no configured rate, a 429 that states the per-minute limit (X-Ratelimit-Limit) sets the
+# pace to it times this margin; one that does not (a burst) only pauses callers for Retry-After.
+LEARNED_RATE_MARGIN = 0.95
 
 
 class TokenBucket:
@@ -22,7 +25,8 @@ class TokenBucket:
 
     `acquire()` blocks until a call may start and returns the seconds it waited.
     `on_rate_limited(wait)` halts every caller for `wait` seconds (Retry-After) and lowers
-    the pace; `on_success()` raises it back toward the configured rate.
+    the pace; `on_success()` raises it back toward the configured rate. With no rate given,
+    calls are not paced until the first 429, which sets the rate from what got through.
     """
 
     def __init__(self, rate_per_minute: Optional[float], burst: float = 1.0,
@@ -40,6 +44,7 @@ class TokenBucket:
         self._tokens = self.burst
         self._updated = clock()
         self._paused_until = 0.0
+        self.learned = False
 
     @property
     def current_rate_per_minute(self) -> Optional[float]:
@@ -66,9 +71,17 @@ class TokenBucket:
             self._sleep(wait)
         return wait
 
-    def on_rate_limited(self, retry_after_sec: Optional[float] = None) -> None:
+    def on_rate_limited(self, retry_after_sec: Optional[float] = None,
+                        limit_per_minute: Optional[float] = None) -> None:
+        """A 429: pause for `retry_after_sec`; slow down, or with no rate yet, learn the stated limit."""
         with self._lock:
-            self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
+            if self.configured_rate is None:
+                if limit_per_minute:
+                    self.configured_rate = max(1.0, limit_per_minute * LEARNED_RATE_MARGIN)
+                    self.learned = True
+                    self._tokens, self._updated = 0.0, self._clock()
+            else:
+                self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
             if retry_after_sec:
                 self._paused_until = max(self._paused_until, self._clock() + retry_after_sec)
 

@@ -269,9 +269,11 @@ class RedisTokenBucket:
             self._sleep(wait)
         return wait
 
-    def on_rate_limited(self, retry_after_sec: Optional[float] = None) -> None:
+    def on_rate_limited(self, retry_after_sec: Optional[float] = None,
+                        limit_per_minute: Optional[float] = None) -> None:
         """A 429: lowers the shared pace (at most once per cooldown) and pauses every worker for
-        `retry_after_sec`."""
+        `retry_after_sec`. `limit_per_minute` is accepted for TokenBucket's interface; the shared
+        bucket always has a configured rate."""
         k = self._keys
         result, local = self._run(self._rate_limited_script, [k["fraction"], k["paused"], k["cut"]],
                                   [BACKOFF_FACTOR, MIN_RATE_FRACTION, float(retry_after_sec or 0),

@@ -150,3 +150,20 @@ def test_deadline_bounds_total_time():
         call_with_retries(fn, RetryPolicy(max_attempts=100, deadline_sec=0.3, initial_backoff_sec=0.05,
                                           max_backoff_sec=0.1))
     assert time.monotonic() - start < 2
+
+
+def test_unknown_limit_is_learned_from_a_429_that_states_it():
+    clock = FakeClock()
+    bucket = TokenBucket(None, clock=clock, sleep=clock.sleep)
+    for _ in range(300):
+        assert bucket.acquire() == 0  # unpaced until told
+    bucket.on_rate_limited(retry_after_sec=2)  # a burst 429 without the limit: pause only
+    assert bucket.current_rate_per_minute is None and not bucket.learned
+    bucket.on_rate_limited(retry_after_sec=30, limit_per_minute=600)
+    assert bucket.learned and bucket.current_rate_per_minute == pytest.approx(570)
+    start = clock.now
+    times = _call_times(bucket, clock, 571)
+    assert times[0] - start >= 30  # Retry-After first
+    assert times[-1] - times[0] == pytest.approx(60, rel=0.01)  # then paced to 0.95 of the limit
+    bucket.on_rate_limited()
+    assert bucket.current_rate_per_minute == pytest.approx(570 * 0.7)  # and AIMD from there

@@ -191,6 +191,14 @@ def _read_file(path: str) -> Tuple[str, bytes, str]:
     return name, data, guess_content_type(name)
 
 
+def _per_minute_limit(info: errors.RateLimitInfo) -> Optional[float]:
+    """The limit a 429 states, when its window resets within a minute (so it is the per-minute one)."""
+    wait = info.wait_seconds()
+    if info.limit and info.reset_at is not None and wait is not None and wait <= 61:
+        return float(info.limit)
+    return None
+
+
 def _error_code(exc: errors.EmbedError) -> str:
     if exc.code:
         return exc.code
@@ -248,7 +256,8 @@ class _Caller:
             except errors.RateLimitError as exc:
                 stats.mark(True)
                 stats.rate_limited += 1
-                self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds)
+                self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
+                                            _per_minute_limit(exc.rate_limit))
                 raise
             self.bucket.on_success()
             return response
