@@ -57,6 +57,23 @@ def load_file_part(value: FileInput) -> FilePart:
     raise TypeError(f"unsupported file input of type {type(value).__name__}")
 
 
+def _caused_by_timeout(exc: BaseException) -> bool:
+    seen = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TimeoutError):  # socket.timeout is TimeoutError
+            return True
+        stack += [current.__cause__, current.__context__]
+        stack += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        stack.append(getattr(current, "reason", None) if isinstance(getattr(current, "reason", None),
+                                                                   BaseException) else None)
+    return False
+
+
 def _format_number(value: Any) -> str:
     # The SDK sends Python's str() of the float: 2.5, 0.0, 1e-07.
     return str(float(value))
@@ -246,6 +263,9 @@ class EmbedClient:
         except requests.exceptions.Timeout as exc:
             raise errors.EmbedTimeoutError(f"no answer from {url} in time ({type(exc).__name__})") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            if _caused_by_timeout(exc):
+                # A send that stalls (the server stopped reading) surfaces as a connection error.
+                raise errors.EmbedTimeoutError(f"{url} stopped reading the request in time") from None
             raise errors.ConnectionFailedError(
                 f"connection to {url} failed or was dropped ({type(exc).__name__})") from None
         except requests.exceptions.RequestException as exc:

@@ -18,6 +18,9 @@ MIN_RATE_FRACTION = 0.05
 # With no configured rate, a 429 that states the per-minute limit (X-Ratelimit-Limit) sets the
 # pace to it times this margin; one that does not (a burst) only pauses callers for Retry-After.
 LEARNED_RATE_MARGIN = 0.95
+# Calls are paced this much under the rate: a burst token plus late threads catching up would
+# otherwise put rate + 1 calls into some minute of a sliding-window limit (seen as one 429 in 1000).
+PACE_MARGIN = 0.99
 
 
 class TokenBucket:
@@ -58,7 +61,7 @@ class TokenBucket:
             now = self._clock()
             if self.configured_rate is None:
                 return max(0.0, self._paused_until - now)
-            per_sec = self.configured_rate * self._fraction / 60.0
+            per_sec = self.configured_rate * self._fraction * PACE_MARGIN / 60.0
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * per_sec)
             self._updated = now
             self._tokens -= 1.0

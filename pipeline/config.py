@@ -97,9 +97,18 @@ def load_config(path: str) -> JobConfig:
     return config
 
 
+def _is_secret_flag(arg: str) -> bool:
+    name = arg.split("=", 1)[0].lower()
+    if not name.startswith("--"):
+        return False
+    normalized = name.replace("-", "_").strip("_")
+    # Any spelling of an API key flag (--api-key, --twelve_labs_api_key, --x_api_key, ...).
+    return name in _SECRET_FLAGS or "api_key" in normalized or "apikey" in normalized
+
+
 def _refuse_secret_flags(argv: Sequence[str]) -> None:
     for arg in argv:
-        if arg.split("=", 1)[0].lower() in _SECRET_FLAGS:
+        if _is_secret_flag(arg):
             raise SystemExit(
                 f"error: {arg.split('=', 1)[0]} is refused: a key on the command line lands in shell history, "
                 "process lists and logs. Set TWELVE_LABS_API_KEY in the environment, or name a file holding "

@@ -95,3 +95,44 @@ class StaticFiles:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+
+def check_vectors_match_client(table, base_url, model, manifests_rows):
+    """Each output vector equals the client's answer for that item alone (nothing attached to the wrong item).
+
+    The same check as tests/test_pipeline.py's `_check_vectors_match_client`; identical requests are sent once.
+    """
+    import numpy as np
+
+    from embed_client import EmbedClient
+
+    client = EmbedClient(api_key=TEST_KEY, base_url=base_url)
+    answers: Dict = {}
+    by_key: Dict = {}
+    for row in table.to_pylist():
+        by_key.setdefault((row["id"], row["modality"]), []).append(row)
+    for (item_id, modality), rows in by_key.items():
+        fields = manifests_rows[item_id]
+        kwargs = {}
+        if modality == "text":
+            kwargs = {"text": fields["text"], "text_truncate": fields.get("text_truncate")}
+        elif fields.get(f"{modality}_url"):
+            kwargs = {f"{modality}_url": fields[f"{modality}_url"]}
+        else:
+            kwargs = {f"{modality}_file": fields[f"{modality}_file"]}
+        if modality == "audio" and fields.get("audio_start_offset_sec") is not None:
+            kwargs["audio_start_offset_sec"] = float(fields["audio_start_offset_sec"])
+        request = (modality, tuple(sorted(kwargs.items())))
+        if request not in answers:
+            answers[request] = getattr(client.create(model, **kwargs), f"{modality}_embedding")
+        result = answers[request]
+        rows.sort(key=lambda r: r["segment_index"])
+        assert len(rows) == len(result.segments), (item_id, modality)
+        for row, segment in zip(rows, result.segments):
+            np.testing.assert_array_equal(np.asarray(row["embedding"], dtype=np.float32),
+                                          np.asarray(segment.float_, dtype=np.float32))
+            if modality == "audio":
+                assert (row["start_offset_sec"], row["end_offset_sec"]) == (
+                    segment.start_offset_sec, segment.end_offset_sec)
+            else:
+                assert row["start_offset_sec"] is None and row["end_offset_sec"] is None

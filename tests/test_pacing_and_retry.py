@@ -36,8 +36,9 @@ def test_bucket_never_exceeds_rate_over_any_window(rate, burst):
         allowed = rate / 60.0 * window + burst
         worst = max(sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times))
         assert worst <= allowed + 1e-9, (window, worst, allowed)
-    # ...and it uses the rate: 3 minutes of calls take 3 minutes (less the burst).
-    assert times[-1] - times[0] == pytest.approx(3 * 60 - burst * 60 / rate, rel=0.01)
+    # ...and it uses the rate: 3 minutes of calls take 3 minutes (less the burst), within the margin.
+    assert times[-1] - times[0] == pytest.approx(3 * 60 - burst * 60 / rate, rel=0.015)
+    assert max(sum(1 for t in times if s <= t < s + 60) for s in times) <= rate  # a minute never holds more
 
 
 def test_429_pauses_everyone_and_slows_down_then_recovers():
@@ -164,6 +165,6 @@ def test_unknown_limit_is_learned_from_a_429_that_states_it():
     start = clock.now
     times = _call_times(bucket, clock, 571)
     assert times[0] - start >= 30  # Retry-After first
-    assert times[-1] - times[0] == pytest.approx(60, rel=0.01)  # then paced to 0.95 of the limit
+    assert times[-1] - times[0] == pytest.approx(60, rel=0.015)  # then paced to 0.95 of the limit
     bucket.on_rate_limited()
     assert bucket.current_rate_per_minute == pytest.approx(570 * 0.7)  # and AIMD from there

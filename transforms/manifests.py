@@ -9,11 +9,12 @@ import math
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, Union
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.items import DeadLetter, ManifestRow
+from transforms.progress import PROGRESS
 
 __all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
 
@@ -58,6 +59,21 @@ def _dead(source: str, row_number: int, code: str, message: str) -> DeadLetter:
                       code=code, message=f"{source} row {row_number}: {message}")
 
 
+_JSON_TYPES = {"list": "array", "str": "string", "int": "number", "float": "number", "bool": "boolean",
+               "NoneType": "null"}
+
+
+def _has_lone_surrogate(line: str, fields: Dict[str, Any]) -> bool:
+    """A `\\udXXX` escape may decode to half a surrogate pair, which no UTF-8 output can hold."""
+    if "\\ud" not in line.lower():
+        return False
+    try:
+        json.dumps(fields, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _clean_value(value: Any) -> Any:
     # Parquet and pandas use NaN for missing numbers; treat it like an absent value.
     if isinstance(value, float) and math.isnan(value):
@@ -72,6 +88,10 @@ def _jsonl_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]
         except UnicodeDecodeError as exc:
             yield _dead(source, row_number, "invalid_encoding", f"line is not valid UTF-8 (byte {exc.start})")
             continue
+        # Without the line end, the decoder's positions read "column N" of this line, not "line 2".
+        line = line.rstrip("\r\n")
+        if row_number == 1:
+            line = line.removeprefix("\ufeff")  # a byte order mark from Windows tools
         if not line.strip():
             yield _dead(source, row_number, "empty_row", "line is empty")
             continue
@@ -80,9 +100,19 @@ def _jsonl_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]
         except ValueError as exc:
             yield _dead(source, row_number, "malformed_row", f"line is not valid JSON ({exc})")
             continue
+        except RecursionError:
+            yield _dead(source, row_number, "malformed_row", "line is not valid JSON (nested too deeply)")
+            continue
         if not isinstance(fields, dict):
-            yield _dead(source, row_number, "malformed_row",
-                        f"line is a JSON {type(fields).__name__}, not an object")
+            kind = _JSON_TYPES.get(type(fields).__name__, type(fields).__name__)
+            yield _dead(source, row_number, "malformed_row", f"line is a JSON {kind}, not an object")
+            continue
+        if not fields:
+            yield _dead(source, row_number, "empty_row", "line is an empty object")
+            continue
+        if _has_lone_surrogate(line, fields):
+            yield _dead(source, row_number, "invalid_encoding",
+                        "line holds a lone surrogate escape (half a UTF-16 pair), which is not valid UTF-8")
             continue
         yield ManifestRow(source, row_number, fields)
 
@@ -90,7 +120,8 @@ def _jsonl_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]
 def _csv_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
     # surrogateescape keeps a bad byte from ending the file: the row that holds it is rejected alone.
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
-    reader = csv.reader(text)
+    # strict: a stray quote is an error, not silently dropped or merged into the next rows.
+    reader = csv.reader(text, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -99,15 +130,25 @@ def _csv_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
         yield _dead(source, 0, "malformed_row", f"header cannot be parsed ({exc})")
         return
     header = [h.strip().lstrip("\ufeff") for h in header]
+    try:
+        "".join(header).encode("utf-8")
+    except UnicodeEncodeError:
+        yield _dead(source, 0, "invalid_encoding", "header is not valid UTF-8; no row can be read")
+        return
     row_number = 0
     while True:
         row_number += 1
+        first_line = reader.line_num + 1
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield _dead(source, row_number, "malformed_row", f"row cannot be parsed as CSV ({exc})")
+            swallowed = ""
+            if "end of data" in str(exc):
+                swallowed = f"; a quote opened on line {first_line} is never closed, so lines " \
+                            f"{first_line}-{reader.line_num} (the end of the file) are lost"
+            yield _dead(source, row_number, "malformed_row", f"row cannot be parsed as CSV ({exc}){swallowed}")
             continue
         if not values or all(not v.strip() for v in values):
             yield _dead(source, row_number, "empty_row", "row is empty")
@@ -134,8 +175,11 @@ def _parquet_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter
         for batch in batches:
             for fields in batch.to_pylist():
                 row_number += 1
-                yield ManifestRow(source, row_number, {k: _clean_value(v) for k, v in fields.items()
-                                                      if _clean_value(v) is not None})
+                fields = {k: _clean_value(v) for k, v in fields.items() if _clean_value(v) is not None}
+                if not fields:
+                    yield _dead(source, row_number, "empty_row", "row is empty (every column is null)")
+                    continue
+                yield ManifestRow(source, row_number, fields)
     except Exception as exc:  # pyarrow raises many types for a damaged file
         yield _dead(source, 0, "unreadable_manifest", f"Parquet file cannot be read ({exc})")
 
@@ -143,14 +187,39 @@ def _parquet_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter
 _READERS = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}
 
 
+class _Readable(io.RawIOBase):
+    """Beam's CompressedFile lacks the io methods iteration and TextIOWrapper need; this adds them."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def parse_manifest(source: str) -> Iterator[Union[ManifestRow, DeadLetter]]:
     """Streams one manifest's rows (ManifestRow) and unparsable rows (DeadLetter)."""
     fmt = manifest_format(source)
     compression = CompressionTypes.AUTO
-    with FileSystems.open(source, compression_type=compression) as stream:
-        if fmt == "parquet" and not stream.seekable():
-            stream = io.BytesIO(stream.read())
-        yield from _READERS[fmt](source, stream)
+    last_row = 0
+    try:
+        with FileSystems.open(source, compression_type=compression) as stream:
+            if isinstance(stream, CompressedFile):
+                stream = io.BufferedReader(_Readable(stream))
+            if fmt == "parquet" and not stream.seekable():
+                stream = io.BytesIO(stream.read())
+            for record in _READERS[fmt](source, stream):
+                last_row = record.row_number
+                yield record
+    except Exception as exc:  # a damaged or vanished file: report it, do not fail the job
+        where = "the file" if last_row == 0 else f"the file after row {last_row}"
+        yield _dead(source, last_row + 1 if last_row else 0, "unreadable_manifest",
+                    f"{where} cannot be read ({type(exc).__name__}: {exc})")
 
 
 class _ParseManifest(beam.DoFn):
@@ -160,7 +229,9 @@ class _ParseManifest(beam.DoFn):
     def process(self, source: str) -> Iterable:
         for record in parse_manifest(source):
             self._rows.inc()
+            PROGRESS.add(rows_read=1)
             if isinstance(record, DeadLetter):
+                PROGRESS.add(done=1, dead_letters=1)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
             else:
                 yield record
@@ -181,4 +252,6 @@ class ReadManifests(beam.PTransform):
             | "ManifestPaths" >> beam.Create(self._paths)
             | "ParseRows" >> beam.ParDo(_ParseManifest()).with_outputs(DEAD_LETTERS, main="rows")
         )
-        return {"rows": parsed.rows | "SpreadRows" >> beam.Reshuffle(), DEAD_LETTERS: parsed[DEAD_LETTERS]}
+        # No Reshuffle: the duplicate-id grouping right after spreads rows across workers anyway,
+        # and every extra shuffle holds all rows in memory on the local runner.
+        return {"rows": parsed.rows, DEAD_LETTERS: parsed[DEAD_LETTERS]}

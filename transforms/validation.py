@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import posixpath
 import re
 import urllib.parse
@@ -12,10 +13,12 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 
 from transforms.items import INPUT_FIELDS, DeadLetter, Item, ManifestRow, content_hash
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
+from transforms.progress import PROGRESS
 
 __all__ = ["MEDIA_RULES", "RejectDuplicateIds", "ValidateRows", "row_to_items"]
 
@@ -23,7 +26,7 @@ TEXT_TRUNCATE_VALUES = ("none", "start", "end")
 # Longer texts are truncated by the API anyway; refusing them keeps one row from eating a worker's memory.
 MAX_TEXT_CHARS = 100_000
 MAX_ID_CHARS = 256
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _MB = 1024 * 1024
 # Per model: the largest file of each kind the API takes (API-FACTS.md).
 MEDIA_RULES = {
@@ -32,6 +35,7 @@ MEDIA_RULES = {
     "Marengo-retrieval-2.7": {"image": 5 * _MB, "audio": 10 * _MB},
 }
 MIN_IMAGE_SIDE = 128
+_INPUTS = ("text", "image_url", "image_file", "audio_url", "audio_file")
 _HASH_CHUNK = 1024 * 1024
 
 
@@ -69,16 +73,21 @@ def _resolve(manifest: str, path: str) -> str:
 def _check_media_file(path: str, field: str, modality: str, model: str,
                       offset: Optional[float]) -> Tuple[str, float]:
     """Checks a media file the way the API would; returns (sha256 of the bytes, duration or 0)."""
+    # exists/metadata, not match: a name may hold glob characters ("shot[1].png").
     try:
-        matches = FileSystems.match([path])[0].metadata_list
+        filesystem = FileSystems.get_filesystem(path)
+        exists = filesystem.exists(path)
     except Exception as exc:
         raise _Invalid("missing_file", f"`{field}` {path} cannot be listed ({type(exc).__name__})")
-    exact = [m for m in matches if m.path.rstrip("/") == path.rstrip("/")]
-    if not exact:
+    if isinstance(filesystem, LocalFileSystem) and exists and not os.path.isfile(path):
+        # Directories, pipes and devices: a pipe would block the read forever.
+        kind = "a directory" if os.path.isdir(path) else "not a regular file"
+        raise _Invalid("not_a_file", f"`{field}` {path} is {kind}")
+    if not exists:
         if FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list:
             raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
         raise _Invalid("missing_file", f"`{field}` {path} does not exist")
-    size = exact[0].size_in_bytes
+    size = filesystem.metadata(path).size_in_bytes
     limit = MEDIA_RULES[model][modality]
     if size == 0:
         raise _Invalid("empty_file", f"`{field}` {path} is empty")
@@ -102,6 +111,11 @@ def _check_media_file(path: str, field: str, modality: str, model: str,
     return hashlib.sha256(data).hexdigest(), duration
 
 
+def _reason(exc: Exception) -> str:
+    # Pillow and soundfile name the in-memory buffer by its address: noise that differs on every run.
+    return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+
+
 def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
     if kind in ("png", "jpeg"):
         from PIL import Image
@@ -110,8 +124,14 @@ def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 image.verify()
+            if kind == "jpeg":
+                # verify() does not decode JPEG data, so a truncated file would pass; decode at 1/8 scale.
+                with Image.open(io.BytesIO(data)) as image:
+                    image.draft("RGB", (width // 8, height // 8))
+                    image.load()
         except Exception as exc:
-            raise _Invalid("corrupt_file", f"`{field}` {path} is not a readable {kind.upper()} image ({exc})")
+            raise _Invalid("corrupt_file",
+                           f"`{field}` {path} is not a readable {kind.upper()} image ({_reason(exc)})")
         if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
             raise _Invalid("image_too_small",
                            f"`{field}` {path} is {width}x{height}; images must be at least "
@@ -123,7 +143,8 @@ def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
         info = soundfile.info(io.BytesIO(data))
         duration = info.frames / float(info.samplerate)
     except Exception as exc:
-        raise _Invalid("corrupt_file", f"`{field}` {path} is not readable {kind.upper()} audio ({exc})")
+        raise _Invalid("corrupt_file",
+                       f"`{field}` {path} is not readable {kind.upper()} audio ({_reason(exc)})")
     if duration <= 0:
         raise _Invalid("corrupt_file", f"`{field}` {path} holds no audio")
     return duration
@@ -164,8 +185,11 @@ def _row_id(row: ManifestRow) -> str:
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise _Invalid("invalid_id", f"`id` must be a string or an integer, got {type(raw).__name__}")
     value = str(raw).strip()
-    if len(value) > MAX_ID_CHARS or _CONTROL_CHARS.search(value):
-        raise _Invalid("invalid_id", f"`id` must be at most {MAX_ID_CHARS} characters without control characters")
+    if len(value) > MAX_ID_CHARS:
+        raise _Invalid("invalid_id", f"`id` is {len(value)} characters; the limit is {MAX_ID_CHARS}")
+    control = _CONTROL_CHARS.search(value)
+    if control:
+        raise _Invalid("invalid_id", f"`id` holds a control character ({control.group()!r} at {control.start()})")
     return value
 
 
@@ -222,7 +246,8 @@ def row_to_items(row: ManifestRow, model: str) -> List[Union[Item, DeadLetter]]:
                                 content_hash=content_hash(modality, "url", url, media_offset), **base))
             else:
                 if not isinstance(path, str) or not path.strip():
-                    raise _Invalid("invalid_type", f"`{modality}_file` must be a non-empty path")
+                    got = repr(path) if isinstance(path, str) else type(path).__name__
+                    raise _Invalid("invalid_type", f"`{modality}_file` must be a non-empty path, got {got}")
                 resolved = _resolve(row.source, path.strip())
                 digest, _ = _check_media_file(resolved, f"{modality}_file", modality, model, media_offset)
                 out.append(Item(modality=modality, file_path=resolved, audio_start_offset_sec=media_offset,
@@ -230,9 +255,10 @@ def row_to_items(row: ManifestRow, model: str) -> List[Union[Item, DeadLetter]]:
         except _Invalid as exc:
             reject(modality, exc)
     if not out:
+        blank = "`text` is blank and " if isinstance(text, str) else ""
         out.append(DeadLetter(item_id, row.source, row.row_number, None, "validate", "no_input",
-                              f"{where}: none of `text`, `image_url`, `image_file`, `audio_url`, `audio_file` "
-                              "is given"))
+                              f"{where}: {blank}none of `text`, `image_url`, `image_file`, `audio_url`, "
+                              "`audio_file` is given"))
     return out
 
 
@@ -244,9 +270,11 @@ class _ToItems(beam.DoFn):
     def process(self, row: ManifestRow) -> Iterable:
         for record in row_to_items(row, self._model):
             if isinstance(record, DeadLetter):
+                PROGRESS.add(done=1, dead_letters=1)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
             else:
                 self._items[record.modality].inc()
+                PROGRESS.add(items=1)
                 yield record
 
 
@@ -256,6 +284,7 @@ def _keep_first(keyed: Tuple[str, Iterable[Tuple[ManifestRow, str]]]) -> Iterabl
     first = ordered[0][0]
     yield first
     for row, item_id in ordered[1:]:
+        PROGRESS.add(done=1, dead_letters=1)
         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
             item_id, row.source, row.row_number, None, "validate", "duplicate_id",
             f"{row.source} row {row.row_number}: `id` {item_id!r} is already used by "
@@ -267,7 +296,12 @@ def _key_by_id(row: ManifestRow):
         item_id = _row_id(row)
     except _Invalid:
         item_id = None
-    # Rows with a bad id are not grouped: each is rejected on its own later.
+    # Rows with a bad id are not grouped: each is rejected on its own later. Nor are rows with neither an id
+    # nor an input: equal ones derive equal ids, and they should read no_input, not duplicate_id.
+    raw_id = row.fields.get("id")
+    if (raw_id is None or (isinstance(raw_id, str) and not raw_id.strip())) and not any(
+            row.fields.get(f) is not None for f in _INPUTS):
+        item_id = None
     key = item_id if item_id is not None else f"\x00{row.source}\x00{row.row_number}"
     return key, (row, item_id)
 
