@@ -100,7 +100,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def check_vectors_match_client(table, base_url, model, manifests_rows):
     """Each output vector equals the client's answer for that item alone (nothing attached to the wrong item).
 
-    The same check as tests/test_pipeline.py's `_check_vectors_match_client`; identical requests are sent once.
+    Identical requests are sent once.
     """
     import numpy as np
 

@@ -9,11 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embed_client import EmbedClient
 from embed_emulator import Emulator, EmulatorConfig, synth
 from pipeline.samples import EXPECTED, ensure_samples
-from tests.helpers import (TEST_KEY, StaticFiles, assert_exactly_once, make_config, read_dead_letters,
-                           read_segments, run)
+from tests.helpers import (TEST_KEY, StaticFiles, assert_exactly_once, check_vectors_match_client, make_config,
+                           read_dead_letters, read_segments, run)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
@@ -35,45 +34,6 @@ def samples(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("samples"))
     manifests = ensure_samples(folder)
     return [os.path.join(manifests, name) for name in ("catalog.jsonl", "extra.csv", "more.parquet")]
-
-
-def _expected_vectors(client, table):
-    """What the client gets from the same emulator for each output row's input, called alone."""
-    got = {}
-    for row in table.select(["id", "modality", "input_text", "input_url", "source", "segment_index",
-                             "start_offset_sec", "attributes"]).to_pylist():
-        got[(row["id"], row["modality"], row["segment_index"])] = row
-    return got
-
-
-def _check_vectors_match_client(table, base_url, model, manifests_rows):
-    """Each output vector equals the client's answer for that item alone (nothing attached to the wrong item)."""
-    client = EmbedClient(api_key=TEST_KEY, base_url=base_url)
-    by_key = {}
-    for row in table.to_pylist():
-        by_key.setdefault((row["id"], row["modality"]), []).append(row)
-    for (item_id, modality), rows in by_key.items():
-        fields = manifests_rows[item_id]
-        kwargs = {}
-        if modality == "text":
-            kwargs = {"text": fields["text"], "text_truncate": fields.get("text_truncate")}
-        elif fields.get(f"{modality}_url"):
-            kwargs = {f"{modality}_url": fields[f"{modality}_url"]}
-        else:
-            kwargs = {f"{modality}_file": fields[f"{modality}_file"]}
-        if modality == "audio" and fields.get("audio_start_offset_sec") is not None:
-            kwargs["audio_start_offset_sec"] = float(fields["audio_start_offset_sec"])
-        result = getattr(client.create(model, **kwargs), f"{modality}_embedding")
-        rows.sort(key=lambda r: r["segment_index"])
-        assert len(rows) == len(result.segments), (item_id, modality)
-        for row, segment in zip(rows, result.segments):
-            np.testing.assert_array_equal(np.asarray(row["embedding"], dtype=np.float32),
-                                          np.asarray(segment.float_, dtype=np.float32))
-            if modality == "audio":
-                assert (row["start_offset_sec"], row["end_offset_sec"]) == (
-                    segment.start_offset_sec, segment.end_offset_sec)
-            else:
-                assert row["start_offset_sec"] is None and row["end_offset_sec"] is None
 
 
 def _sample_rows(samples):
@@ -148,7 +108,7 @@ def test_sample_run_on_direct_runner(tmp_path, emulator, samples):
 
     sample_rows = _sample_rows(samples)
     sample_rows[_derived_id_row(samples, table)] = {"text": "rain falling on a quiet city street"}
-    _check_vectors_match_client(table, emulator.base_url, "marengo3.0", sample_rows)
+    check_vectors_match_client(table, emulator.base_url, "marengo3.0", sample_rows)
 
     letters = {(l["code"]): l for l in read_dead_letters(output)}
     assert "`image_url`" in letters["invalid_url"]["message"] and "bad-url" == letters["invalid_url"]["id"]
@@ -231,7 +191,7 @@ def test_faults_lose_nothing_and_attach_nothing_to_the_wrong_item(tmp_path):
     assert len(letters) >= 1 and all(l["http_status"] == 200 for l in letters)
     # Every vector equals what a clean emulator gives for that input alone.
     with Emulator(EmulatorConfig()) as clean:
-        _check_vectors_match_client(read_segments(output), clean.base_url, "marengo3.0", fields)
+        check_vectors_match_client(read_segments(output), clean.base_url, "marengo3.0", fields)
 
 
 def test_bad_item_in_a_packed_call_is_split_out(tmp_path):
@@ -270,7 +230,7 @@ def test_urls_are_fetched_and_a_failing_one_only_sinks_itself(tmp_path):
         with Emulator(EmulatorConfig()) as emu:
             summary = run(make_config(output, [str(manifest)]), emu.base_url)
             table = read_segments(output)
-            _check_vectors_match_client(table, emu.base_url, "marengo3.0", {r["id"]: r for r in rows})
+            check_vectors_match_client(table, emu.base_url, "marengo3.0", {r["id"]: r for r in rows})
     assert_exactly_once(output, 2)
     assert summary["items_embedded"] == {"audio": 1, "image": 1, "text": 2}
     (letter,) = read_dead_letters(output)
