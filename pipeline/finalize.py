@@ -16,7 +16,7 @@ from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
 __all__ = ["finalize_output"]
 
 _LOGGER = logging.getLogger(__name__)
-_KEYS = ["id", "modality", "segment_index", "content_hash", "run_time"]
+_KEYS = ["id", "modality", "segment_index", "content_hash", "run_time", "run_id"]
 
 
 def _rewrite(path: str, write) -> None:
@@ -40,21 +40,23 @@ def _remove_stale_temps(folder: str) -> None:
         FileSystems.delete(stale)
 
 
-def _dedupe_segments(folder: str) -> int:
-    """Drops rows of superseded content and repeated (id, modality, segment) rows; returns rows dropped."""
+def _dedupe_segments(folder: str, run_id: str) -> int:
+    """Drops rows of superseded content and repeated (id, modality, segment) rows; returns rows dropped.
+
+    The newest content of an (id, modality) wins: this run's rows first, then the latest run time."""
     pieces = list_segment_pieces(folder)
     rows: List[Tuple[str, int, str, str, int, str, object]] = []
     for path in pieces:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f, columns=_KEYS)
-        for position, (item_id, modality, index, digest, run_time) in enumerate(
+        for position, (item_id, modality, index, digest, run_time, row_run) in enumerate(
                 zip(*(table.column(c).to_pylist() for c in _KEYS))):
-            rows.append((path, position, item_id, modality, index, digest, run_time))
+            rows.append((path, position, item_id, modality, index, digest, (row_run == run_id, run_time)))
     newest: Dict[Tuple[str, str], Tuple[object, str]] = {}
-    for _, _, item_id, modality, _, digest, run_time in rows:
+    for _, _, item_id, modality, _, digest, recency in rows:
         key = (item_id, modality)
-        if key not in newest or run_time > newest[key][0]:
-            newest[key] = (run_time, digest)
+        if key not in newest or recency > newest[key][0]:
+            newest[key] = (recency, digest)
     seen: Set[Tuple[str, str, int]] = set()
     drop: Dict[str, List[int]] = {}
     for path, position, item_id, modality, index, digest, _ in rows:
@@ -100,7 +102,7 @@ def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[st
     segment_dir = FileSystems.join(output, SEGMENT_DIR)
     for sub in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
         _remove_stale_temps(FileSystems.join(output, sub))
-    dropped = _dedupe_segments(segment_dir)
+    dropped = _dedupe_segments(segment_dir, run_id)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))
     if dropped:

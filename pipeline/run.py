@@ -89,7 +89,7 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
 
         ensure_samples(config.samples)
     manifest_paths = expand_manifest_patterns(config.manifests)
-    run_time = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    run_time = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(run_time)
     with contextlib.ExitStack() as stack:
         if base_url is None:

@@ -149,6 +149,8 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "retries": metrics.get("retries", 0),
         "http_429": metrics.get("http_429", 0),
         "split_calls": metrics.get("split_calls", 0),
+        "call_latency_ms": {k: round(v, 1) for k, v in (metrics.get("call_latency_ms") or {}).items()
+                            if k in ("mean", "min", "max")},
         "seconds_throttled": round(metrics.get("throttled_msecs", 0) / 1000.0, 3),
         "items_already_done": metrics.get("items_already_done", 0),
         "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),

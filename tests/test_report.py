@@ -60,8 +60,10 @@ def test_report_lists_counts_reasons_and_a_chart(tmp_path, monkeypatch):
     with open(manifest, "a") as f:
         f.write('{"id": "bad"}\n')
     output = str(tmp_path / "out")
-    with Emulator(EmulatorConfig(fault_429_burst_rate=0.2, fault_429_burst_sec=0.2, seed=4)) as emu:
+    with Emulator(EmulatorConfig(fault_429_burst_rate=0.2, fault_429_burst_sec=0.2, seed=4, latency_ms=30)) as emu:
         summary = run(make_config(output, [manifest], requests_per_minute=1200), emu.base_url)
+    # Beam metrics (what Dataflow and Flink show) carry the same numbers: latency is a distribution.
+    assert summary["call_latency_ms"]["min"] >= 30 and summary["call_latency_ms"]["mean"] < 1000
     page = open(os.path.join(output, "report.html"), encoding="utf-8").read()
     assert "<script" not in page and "http://" not in page.split("Output:")[0] + page.split("</p>", 3)[-1]
     assert f'data-key="calls">{summary["calls"]}<' in page

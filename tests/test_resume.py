@@ -213,3 +213,29 @@ def test_dry_run_prints_the_plan_and_calls_nothing(tmp_path):
 
     text = format_summary(plan)
     assert "calls needed     30" in text and "3 day(s) at 12 calls/day" in text
+
+
+def test_finalize_keeps_this_runs_content_even_within_the_same_clock_tick(tmp_path):
+    import datetime
+
+    from pipeline.finalize import finalize_output
+    from transforms.items import Item, Outcome
+    from transforms.sinks import segments_table
+    import pyarrow.parquet as pq
+
+    (tmp_path / "segments").mkdir()
+    same_time = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    for run_id, text in (("run-b", "new words"), ("run-a", "old words")):
+        item = Item(id="x", modality="text", source="m.jsonl", row_number=1, content_hash=text, text=text)
+        table = segments_table([Outcome(item, "marengo3.0", [(None, None, [0.5] * 512)])], 512, run_id, same_time)
+        pq.write_table(table, str(tmp_path / "segments" / f"part-{run_id}-w-00001.parquet"))
+    for current, kept in (("run-a", "old words"), ("run-b", "new words")):
+        finalize_output(str(tmp_path), current, ["m.jsonl"])
+        texts = [t for f in sorted((tmp_path / "segments").glob("*.parquet"))
+                 for t in pq.read_table(str(f)).column("input_text").to_pylist()]
+        assert texts == [kept]
+        if current == "run-a":  # put run-b's row back for the second round
+            item = Item(id="x", modality="text", source="m.jsonl", row_number=1, content_hash="new words",
+                        text="new words")
+            pq.write_table(segments_table([Outcome(item, "marengo3.0", [(None, None, [0.5] * 512)])], 512, "run-b",
+                                          same_time), str(tmp_path / "segments" / "part-run-b-w-00001.parquet"))

@@ -173,6 +173,7 @@ class _CallStats:
     throttled_sec: float = 0.0
     items_per_call: List[int] = dataclasses.field(default_factory=list)
     split_calls: int = 0
+    latencies_ms: List[int] = dataclasses.field(default_factory=list)
     # Whole UTC second -> [calls answered, of which 429], for the run report's chart.
     timeline: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
 
@@ -249,8 +250,10 @@ class _Caller:
             attempts += 1
             stats.calls += 1
             stats.items_per_call.append(len(items))
+            sent = time.monotonic()
             try:
                 response = self.client.send(fields, files)
+                stats.latencies_ms.append(int((time.monotonic() - sent) * 1000))
                 stats.mark(False)
                 self._check(items, response)
             except errors.RateLimitError as exc:
@@ -359,6 +362,7 @@ class _CreateEmbeddingsFn(beam.DoFn):
         # Read by Dataflow's autoscaler: seconds this step waited on the API's limits, not on work.
         self._throttled_sec = Metrics.counter(NAMESPACE, "cumulativeThrottlingSeconds")
         self._items_per_call = Metrics.distribution(NAMESPACE, "items_per_call")
+        self._latency_ms = Metrics.distribution(NAMESPACE, "call_latency_ms")
         self._embedded = Metrics.counter(NAMESPACE, "items_embedded")
         self._deferred = Metrics.counter(NAMESPACE, "items_deferred")
 
@@ -442,6 +446,8 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._split.inc(stats.split_calls)
         for n in stats.items_per_call:
             self._items_per_call.update(n)
+        for ms in stats.latencies_ms:
+            self._latency_ms.update(ms)
         self._throttled_ms.inc(int(stats.throttled_sec * 1000))
         self._throttled_remainder += stats.throttled_sec
         whole = int(self._throttled_remainder)

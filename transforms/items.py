@@ -13,11 +13,19 @@ INPUT_FIELDS = ("id", "text", "text_truncate", "image_url", "image_file", "audio
                 "audio_start_offset_sec")
 
 
+def _compact_reduce(self):
+    # Pickled as a plain tuple of values, not a dict of field names: these records are what local
+    # runners hold in memory while grouping, so every byte counts once per manifest row.
+    return type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
 @dataclasses.dataclass
 class ManifestRow:
     source: str        # the manifest's path
     row_number: int    # 1-based data row number within the manifest
     fields: Dict[str, Any]
+
+    __reduce__ = _compact_reduce
 
 
 @dataclasses.dataclass
@@ -37,6 +45,8 @@ class Item:
     audio_start_offset_sec: Optional[float] = None
     # Other items with the same content, model and options: they get this item's result, for free.
     copies: List["Item"] = dataclasses.field(default_factory=list)
+
+    __reduce__ = _compact_reduce
 
     def with_copies(self) -> List["Item"]:
         return [self] + self.copies
