@@ -172,13 +172,14 @@ def _mixed_manifest(folder, rows, seed=7):
     return manifest, fields_by_id
 
 
-def test_faults_lose_nothing_and_attach_nothing_to_the_wrong_item(tmp_path):
+@pytest.mark.parametrize("beam_args", [["--runner=DirectRunner"], PORTABLE], ids=["direct", "portable"])
+def test_faults_lose_nothing_and_attach_nothing_to_the_wrong_item(tmp_path, beam_args):
     manifest, fields = _mixed_manifest(str(tmp_path), 90)
     faults = EmulatorConfig(fault_5xx_rate=0.15, fault_429_burst_rate=0.03, fault_429_burst_sec=0.2,
                             fault_malformed_rate=0.08, fault_modality_error_rate=0.05, seed=11)
     output = str(tmp_path / "out")
     with Emulator(faults) as emu:
-        config = make_config(output, [manifest], max_attempts=8, item_deadline_sec=60.0)
+        config = make_config(output, [manifest], max_attempts=8, item_deadline_sec=60.0, beam_args=beam_args)
         config.initial_backoff_sec = 0.01
         summary = run(config, emu.base_url)
         stats = emu.stats()
