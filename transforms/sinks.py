@@ -186,25 +186,27 @@ class WriteSegments(beam.PTransform):
         return outcomes | "WritePieces" >> beam.ParDo(self._fn)
 
 
-class WriteDeadLetters(beam.PTransform):
-    """DeadLetter -> committed JSONL pieces under OUTPUT/dead_letters/ (emits their paths)."""
+class _WriteJsonl(beam.PTransform):
+    """Records with as_dict() -> committed JSONL pieces under OUTPUT/<folder>/ (emits their paths)."""
+
+    folder = ""
 
     def __init__(self, output: str, run_id: str, rows_per_piece: int = DEFAULT_ROWS_PER_PIECE,
                  flush_sec: float = DEFAULT_FLUSH_SEC):
         super().__init__()
-        self._fn = _JsonlPieceFn(FileSystems.join(output, DEAD_LETTER_DIR), run_id, rows_per_piece, flush_sec)
+        self._fn = _JsonlPieceFn(FileSystems.join(output, self.folder), run_id, rows_per_piece, flush_sec)
 
-    def expand(self, letters):
-        return letters | "WritePieces" >> beam.ParDo(self._fn)
+    def expand(self, records):
+        return records | "WritePieces" >> beam.ParDo(self._fn)
 
 
-class WriteDeferred(beam.PTransform):
-    """Deferred -> committed JSONL pieces under OUTPUT/deferred/ (emits their paths)."""
+class WriteDeadLetters(_WriteJsonl):
+    """DeadLetter -> committed JSONL pieces under OUTPUT/dead_letters/."""
 
-    def __init__(self, output: str, run_id: str, rows_per_piece: int = DEFAULT_ROWS_PER_PIECE,
-                 flush_sec: float = DEFAULT_FLUSH_SEC):
-        super().__init__()
-        self._fn = _JsonlPieceFn(FileSystems.join(output, DEFERRED_DIR), run_id, rows_per_piece, flush_sec)
+    folder = DEAD_LETTER_DIR
 
-    def expand(self, deferred):
-        return deferred | "WritePieces" >> beam.ParDo(self._fn)
+
+class WriteDeferred(_WriteJsonl):
+    """Deferred -> committed JSONL pieces under OUTPUT/deferred/."""
+
+    folder = DEFERRED_DIR
