@@ -1,7 +1,6 @@
 """`EmbedClient`: the TwelveLabs `POST /embed` call with the official SDK's signature and wire format."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os

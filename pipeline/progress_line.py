@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from typing import Optional, Sequence, TextIO
 
 from apache_beam.io.filesystems import FileSystems

@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import heapq
 import os
-import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -1,7 +1,5 @@
 """EmbedClient: bytes on the wire against the official SDK, response parsing, errors, secrets."""
 import concurrent.futures
-import io
-import json
 import pickle
 import socket
 import threading

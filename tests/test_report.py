@@ -11,7 +11,6 @@ import pytest
 
 from embed_emulator import Emulator, EmulatorConfig
 from pipeline.progress_line import ProgressPrinter, count_manifest_rows, format_progress
-from pipeline.report import render_report
 from tests.helpers import TEST_KEY, make_config, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

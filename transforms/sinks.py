@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 import apache_beam as beam
 import numpy as np
@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.calling import MODEL_DIMS
-from transforms.items import DeadLetter, Outcome
+from transforms.items import Outcome
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "SEGMENT_DIR", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
            "segment_schema", "segments_table"]
