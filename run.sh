@@ -32,6 +32,7 @@ case "${1:-}" in
     cat <<'USAGE'
 usage: ./run.sh                 install into .venv on first use, run the job on configs/local.yaml
        ./run.sh test [PYTEST]   run the test suite
+       ./run.sh bench [--full]  the benchmark against peers (see BENCHMARKS.md)
        ./run.sh [JOB ARGS]      run the job:  ./run.sh --config configs/twelvelabs.yaml --manifest 'data/*.jsonl'
        ./run.sh search ...      nearest rows: ./run.sh search --text 'a dog in a park' -k 5
 USAGE
@@ -42,6 +43,12 @@ USAGE
     shift
     ensure_venv test
     exec "$PY" -m pytest "$@"
+    ;;
+  bench)
+    # The peers include the official SDK, a test dependency.
+    shift
+    ensure_venv test
+    exec "$PY" -m bench "$@"
     ;;
   *)
     ensure_venv main
