@@ -9,12 +9,28 @@ def _quiet_known_noise(record: logging.LogRecord) -> bool:
     return "apitools not found" not in record.getMessage()
 
 
+def _key_problem(exc: BaseException):
+    """The ApiKeyRejected message inside whatever the runner wrapped it in, or None."""
+    import re
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        found = re.search(r"((?:The API refused the key|No API key).*?)(?: \[while running|$)", str(exc), re.S)
+        if found:
+            return found.group(1).strip()
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_known_noise)
     for noisy in ("apache_beam", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Beam logs a failed bundle's traceback and then raises it: the raise below is enough.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["search"]:
         from pipeline.search import search_main
@@ -25,7 +41,15 @@ def main(argv=None) -> int:
     from pipeline.summary import format_summary
 
     config, _ = parse_args(argv)
-    summary = run_job(config, progress=True)
+    try:
+        summary = run_job(config, progress=True)
+    except Exception as exc:
+        message = _key_problem(exc)
+        if message is None:
+            raise
+        # One clear line, not the runner's traceback: nothing else will work until the key is fixed.
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     return 0
 

@@ -213,8 +213,11 @@ def test_cli_rejected_key_fails_with_one_clear_error_and_no_key(tmp_path):
         out = _cli(["--config", _write_config(tmp_path, str(manifest), emu.base_url, str(tmp_path / "out"),
                                               max_in_flight=2)])
         requests = emu.stats()["requests"]
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert "refused the key" in out.stderr and "TWELVE_LABS_API_KEY" in out.stderr
+    # One error line, not a runner traceback.
+    assert "Traceback" not in out.stderr
+    assert [l for l in out.stderr.splitlines() if l.startswith("error:")][0].startswith("error: The API refused")
     assert requests <= 4  # the calls in flight (and one queued) when the first 401 came back
     assert not _leaks(out.stdout) and not _leaks(out.stderr)
 
