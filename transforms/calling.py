@@ -6,8 +6,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import json
-import os
-import threading
 import time
 import uuid
 from typing import Dict, Iterable, List, Optional, Tuple, Union
@@ -18,149 +16,21 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from embed_client import API_KEY_ENV, EmbedClient, errors
-from embed_client.ratelimit import TokenBucket, make_bucket
-from embed_client.retry import RetryPolicy, call_with_retries
+from embed_client.ratelimit import TokenBucket
+from embed_client.retry import call_with_retries
+from transforms.call_settings import MODEL_DIMS, ApiKeyRejected, CallSettings, resolve_api_key
 from transforms.items import Call, DeadLetter, Deferred, Item, Outcome
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
 from transforms.progress import PROGRESS
+from transforms.worker_state import QuotaState, process_bucket, process_quota
 
-__all__ = ["DEFERRED", "CallSettings", "CreateEmbeddings", "ApiKeyRejected", "resolve_api_key"]
+# CallSettings, MODEL_DIMS, ApiKeyRejected and resolve_api_key live in call_settings; they are
+# re-exported here because callers think of them as the calling step's.
+__all__ = ["DEFERRED", "MODEL_DIMS", "CallSettings", "CreateEmbeddings", "ApiKeyRejected", "resolve_api_key"]
 
 DEFERRED = "deferred"
 
 _LOGGER = logging.getLogger(__name__)
-MODEL_DIMS = {"marengo3.0": 512, "marengo2.7": 1024, "Marengo-retrieval-2.7": 1024}
-
-
-class ApiKeyRejected(RuntimeError):
-    """401/403 from the API: every other call would fail the same way, so the job stops."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CallSettings:
-    base_url: str
-    model: str
-    requests_per_minute: Optional[float] = None
-    max_workers: int = 1                 # the per-process pace is requests_per_minute / max_workers
-    max_in_flight: int = 8
-    connect_timeout_sec: float = 10.0
-    read_timeout_sec: float = 120.0
-    max_attempts: int = 6
-    item_deadline_sec: float = 300.0
-    initial_backoff_sec: float = 0.5
-    max_backoff_sec: float = 30.0
-    key_file: Optional[str] = None
-    # A budget of calls for the whole run (shared as max_calls / max_workers per process); None: no budget.
-    max_calls: Optional[int] = None
-    # Scopes the process-wide quota state to one run.
-    run_id: str = ""
-    # "local": each process paces to requests_per_minute / max_workers; "redis": one limit shared by
-    # every worker through the Redis server at redis_url (falls back to "local" if unreachable).
-    rate_limit_backend: str = "local"
-    redis_url: Optional[str] = None
-    rate_limit_key: str = "tl-embed:ratelimit"
-    # Where per-second call counts go for the run report (None: nowhere).
-    timeline_dir: Optional[str] = None
-    # Only for the embedded emulator, which accepts any key: not a secret.
-    placeholder_key: Optional[str] = None
-
-    def __post_init__(self):
-        if self.model not in MODEL_DIMS:
-            raise ValueError(f"unknown model {self.model!r}; use one of {sorted(MODEL_DIMS)}")
-        if self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        if self.max_workers < 1:
-            raise ValueError("max_workers must be at least 1")
-        if self.requests_per_minute is not None and self.requests_per_minute <= 0:
-            raise ValueError("requests_per_minute must be positive")
-        if self.rate_limit_backend not in ("local", "redis"):
-            raise ValueError(f"rate_limit.backend must be 'local' or 'redis', got {self.rate_limit_backend!r}")
-        if self.rate_limit_backend == "redis" and not self.redis_url:
-            raise ValueError("rate_limit.backend 'redis' needs rate_limit.redis_url")
-        if self.max_calls is not None and self.max_calls < 0:
-            raise ValueError("max_calls must be >= 0")
-        self.retry_policy()  # validates the retry bounds
-
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.max_attempts, self.item_deadline_sec, self.initial_backoff_sec, self.max_backoff_sec)
-
-    @property
-    def worker_rate_per_minute(self) -> Optional[float]:
-        return None if self.requests_per_minute is None else self.requests_per_minute / self.max_workers
-
-
-def resolve_api_key(settings: CallSettings) -> str:
-    """The key from the environment, else the key file, else the emulator's placeholder."""
-    key = os.environ.get(API_KEY_ENV, "").strip()
-    if not key and settings.key_file:
-        with FileSystems.open(os.path.expanduser(settings.key_file)) as f:
-            key = f.read().decode("utf-8").strip()
-    if not key and settings.placeholder_key:
-        key = settings.placeholder_key
-    if not key:
-        raise ApiKeyRejected(f"No API key: set {API_KEY_ENV} on every worker or `api.key_file` in the config.")
-    return key
-
-
-_BUCKETS: Dict[Tuple, TokenBucket] = {}
-_BUCKETS_LOCK = threading.Lock()
-
-
-def _process_bucket(settings: CallSettings) -> TokenBucket:
-    """One bucket per process and endpoint, shared by every DoFn instance and thread in it."""
-    key = (settings.base_url, settings.requests_per_minute, settings.max_workers, settings.rate_limit_backend,
-           settings.redis_url, settings.rate_limit_key)
-    with _BUCKETS_LOCK:
-        if key not in _BUCKETS:
-            _BUCKETS[key] = make_bucket(settings.requests_per_minute, backend=settings.rate_limit_backend,
-                                        redis_url=settings.redis_url, max_workers=settings.max_workers,
-                                        key=settings.rate_limit_key)
-        return _BUCKETS[key]
-
-
-class _QuotaState:
-    """Per process and run: once the quota or the call budget is spent, nothing more is called."""
-
-    def __init__(self, max_calls: Optional[int]):
-        self._lock = threading.Lock()
-        self.max_calls = max_calls
-        self.calls = 0
-        self.stopped: Optional[str] = None
-        self.resets_at: Optional[float] = None
-
-    def take_call(self) -> bool:
-        """Counts a call against the budget; False when it may not be made."""
-        with self._lock:
-            if self.stopped:
-                return False
-            if self.max_calls is not None and self.calls >= self.max_calls:
-                self.stopped = "max_calls"
-                _LOGGER.warning("the run's budget of %d calls is spent; the rest is deferred to the next run",
-                                self.max_calls)
-                return False
-            self.calls += 1
-            return True
-
-    def stop(self, reason: str, resets_at: Optional[float]) -> None:
-        with self._lock:
-            if not self.stopped:
-                _LOGGER.warning("the API quota is spent (resets at %s); the rest is deferred to the next run",
-                                resets_at)
-                self.stopped, self.resets_at = reason, resets_at
-
-
-_QUOTAS: Dict[Tuple, _QuotaState] = {}
-
-
-def _process_quota(settings: CallSettings) -> _QuotaState:
-    key = (settings.run_id, settings.base_url)
-    with _BUCKETS_LOCK:
-        if key not in _QUOTAS:
-            budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
-            _QUOTAS[key] = _QuotaState(budget)
-        return _QUOTAS[key]
-
-
 class _NotCalled(Exception):
     """The quota or budget stopped this call before it was made."""
 
@@ -212,11 +82,11 @@ class _Caller:
     """Runs one call in a pool thread: build, pace, send with retries, split on 400, map results."""
 
     def __init__(self, settings: CallSettings, client: EmbedClient, bucket: TokenBucket,
-                 quota: Optional[_QuotaState] = None):
+                 quota: Optional[QuotaState] = None):
         self.settings = settings
         self.client = client
         self.bucket = bucket
-        self.quota = quota or _QuotaState(settings.max_calls)
+        self.quota = quota or QuotaState(settings.max_calls)
         self.policy = settings.retry_policy()
         self.dims = MODEL_DIMS[settings.model]
 
@@ -371,7 +241,7 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._client = EmbedClient(api_key=resolve_api_key(s), base_url=s.base_url,
                                    timeout=(s.connect_timeout_sec, s.read_timeout_sec),
                                    max_connections=s.max_in_flight)
-        self._caller = _Caller(s, self._client, _process_bucket(s), _process_quota(s))
+        self._caller = _Caller(s, self._client, process_bucket(s), process_quota(s))
         self._pool = concurrent.futures.ThreadPoolExecutor(s.max_in_flight, thread_name_prefix="embed-call")
         self._throttled_remainder = 0.0
         self._timeline: Dict[int, List[int]] = {}

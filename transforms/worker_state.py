@@ -1,0 +1,71 @@
+"""Per worker process: the rate-limit bucket and the quota state every DoFn instance and thread shares."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Dict, Optional, Tuple
+
+from embed_client.ratelimit import TokenBucket, make_bucket
+from transforms.call_settings import CallSettings
+
+__all__ = ["QuotaState", "process_bucket", "process_quota"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_BUCKETS: Dict[Tuple, TokenBucket] = {}
+_BUCKETS_LOCK = threading.Lock()
+
+
+def process_bucket(settings: CallSettings) -> TokenBucket:
+    """One bucket per process and endpoint, shared by every DoFn instance and thread in it."""
+    key = (settings.base_url, settings.requests_per_minute, settings.max_workers, settings.rate_limit_backend,
+           settings.redis_url, settings.rate_limit_key)
+    with _BUCKETS_LOCK:
+        if key not in _BUCKETS:
+            _BUCKETS[key] = make_bucket(settings.requests_per_minute, backend=settings.rate_limit_backend,
+                                        redis_url=settings.redis_url, max_workers=settings.max_workers,
+                                        key=settings.rate_limit_key)
+        return _BUCKETS[key]
+
+
+class QuotaState:
+    """Per process and run: once the quota or the call budget is spent, nothing more is called."""
+
+    def __init__(self, max_calls: Optional[int]):
+        self._lock = threading.Lock()
+        self.max_calls = max_calls
+        self.calls = 0
+        self.stopped: Optional[str] = None
+        self.resets_at: Optional[float] = None
+
+    def take_call(self) -> bool:
+        """Counts a call against the budget; False when it may not be made."""
+        with self._lock:
+            if self.stopped:
+                return False
+            if self.max_calls is not None and self.calls >= self.max_calls:
+                self.stopped = "max_calls"
+                _LOGGER.warning("the run's budget of %d calls is spent; the rest is deferred to the next run",
+                                self.max_calls)
+                return False
+            self.calls += 1
+            return True
+
+    def stop(self, reason: str, resets_at: Optional[float]) -> None:
+        with self._lock:
+            if not self.stopped:
+                _LOGGER.warning("the API quota is spent (resets at %s); the rest is deferred to the next run",
+                                resets_at)
+                self.stopped, self.resets_at = reason, resets_at
+
+
+_QUOTAS: Dict[Tuple, QuotaState] = {}
+
+
+def process_quota(settings: CallSettings) -> QuotaState:
+    key = (settings.run_id, settings.base_url)
+    with _BUCKETS_LOCK:
+        if key not in _QUOTAS:
+            budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
+            _QUOTAS[key] = QuotaState(budget)
+        return _QUOTAS[key]
