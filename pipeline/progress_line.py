@@ -45,15 +45,16 @@ def format_progress(snap: dict, rows_total: Optional[int], rate_per_minute: Opti
     calls_per_sec = snap["calls"] / elapsed
     rows = f"rows {snap['rows_read']}" + (f"/{rows_total}" if rows_total else "")
     limit = f" of {rate_per_minute / 60:.1f}" if rate_per_minute else ""
-    eta = "ETA --"
+    eta, of_total = "ETA --", ""
     if rows_total and snap["rows_read"] and snap["items"]:
         # Items still to come are estimated from the rows not read yet.
         expected_items = snap["items"] * rows_total / snap["rows_read"]
+        of_total = f" of {'~' if snap['rows_read'] < rows_total else ''}{int(expected_items + 0.5)}"
         remaining = max(0.0, expected_items - (snap["done"] - snap["dead_letters"]))
         rate = (snap["done"] - snap["dead_letters"]) / elapsed
         if rate > 0:
             eta = f"ETA {_duration(remaining / rate)}"
-    return (f"{rows} | items {snap['done']} done: {snap['embedded']} embedded, {snap['skipped']} skipped, "
+    return (f"{rows} | items {snap['done']}{of_total} done: {snap['embedded']} embedded, {snap['skipped']} skipped, "
             f"{snap['dead_letters']} dead, {snap['deferred']} deferred | {calls_per_sec:.1f} calls/s{limit} | "
             f"429s {snap['http_429']} | {_duration(elapsed)} | {eta}")
 

@@ -28,7 +28,7 @@ def test_progress_line_counts_eta_and_rate():
     snap = {"rows_read": 50, "items": 100, "done": 60, "embedded": 55, "skipped": 0, "dead_letters": 5,
             "deferred": 0, "calls": 30, "http_429": 2, "elapsed": 10.0}
     line = format_progress(snap, rows_total=100, rate_per_minute=240)
-    assert line.startswith("rows 50/100 | items 60 done: 55 embedded, 0 skipped, 5 dead, 0 deferred")
+    assert line.startswith("rows 50/100 | items 60 of ~200 done: 55 embedded, 0 skipped, 5 dead, 0 deferred")
     assert "3.0 calls/s of 4.0" in line and "429s 2" in line
     # 200 items expected, 55 finished at 5.5/s: 145 left take 26 s.
     assert "ETA 0m26s" in line
@@ -50,7 +50,7 @@ def test_progress_printer_writes_plain_lines_when_not_a_terminal(tmp_path, monke
         with ProgressPrinter(12, None, stream=stream):
             run(make_config(str(tmp_path / "out"), [manifest]), emu.base_url)
     last = stream.getvalue().strip().splitlines()[-1]
-    assert last.startswith("progress: rows 12/12 | items 12 done: 12 embedded") and "\r" not in stream.getvalue()
+    assert last.startswith("progress: rows 12/12 | items 12 of 12 done: 12 embedded") and "\r" not in stream.getvalue()
 
 
 def test_report_lists_counts_reasons_and_a_chart(tmp_path, monkeypatch):
