@@ -79,6 +79,21 @@ def _runs_in_process(options: PipelineOptions) -> bool:
     return runner == "portablerunner" and options.view_as(PortableOptions).environment_type == "LOOPBACK"
 
 
+def _refuse_other_model(pieces, model: str, output: str) -> None:
+    """One output holds one model's vectors: dimensions differ, and reruns must not mix them."""
+    if not pieces:
+        return
+    import pyarrow.parquet as pq
+
+    from transforms.resume import canonical_model
+
+    with FileSystems.open(pieces[0], compression_type="uncompressed") as f:
+        table = pq.read_table(f, columns=["model_name"])
+    found = table.column("model_name")[0].as_py() if table.num_rows else None
+    if found is not None and canonical_model(found) != canonical_model(model):
+        raise ValueError(f"{output} already holds {found} vectors; write {model} vectors to another --output")
+
+
 def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = False) -> dict:
     """Runs one job to completion and returns its summary (also written as OUTPUT/summary.json).
 
@@ -108,6 +123,7 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
         started = datetime.datetime.now(datetime.timezone.utc)
         # What earlier runs (finished or killed) committed: those items are not paid for again.
         saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))
+        _refuse_other_model(saved_pieces, config.model, config.output)
         options = beam_options(config)
         p = beam.Pipeline(options=options)
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,

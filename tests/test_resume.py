@@ -239,3 +239,15 @@ def test_finalize_keeps_this_runs_content_even_within_the_same_clock_tick(tmp_pa
                         text="new words")
             pq.write_table(segments_table([Outcome(item, "marengo3.0", [(None, None, [0.5] * 512)])], 512, "run-b",
                                           same_time), str(tmp_path / "segments" / "part-run-b-w-00001.parquet"))
+
+
+def test_an_output_keeps_one_model(tmp_path):
+    manifest = _write_manifest(tmp_path / "m.jsonl", [{"id": "a", "text": "one model per output"}])
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        run(make_config(output, [manifest], model="marengo2.7"), emu.base_url)
+        again = run(make_config(output, [manifest], model="Marengo-retrieval-2.7"), emu.base_url)
+        assert again["items_already_done"] == 1  # the other spelling of the same model
+        with pytest.raises(ValueError, match="already holds marengo2.7 vectors; write marengo3.0 vectors to another"):
+            run(make_config(output, [manifest], model="marengo3.0"), emu.base_url)
+        assert emu.stats()["requests"] == 1
