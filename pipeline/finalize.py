@@ -97,14 +97,52 @@ def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
             _rewrite(path, lambda stream: stream.write(("\n".join(kept) + "\n").encode("utf-8")))
 
 
+# This run's small pieces (written every few seconds so a kill loses little) are merged into files of
+# up to this many rows, so a long backfill does not leave thousands of tiny files behind.
+COMPACT_ROWS = 65536
+
+
+def _compact_run_pieces(folder: str, run_id: str) -> int:
+    """Merges this run's pieces; returns how many files it replaced. A crash midway leaves
+    duplicate rows, which the next run's dedupe step removes."""
+    pieces = [p for p in list_segment_pieces(folder) if f"part-{run_id}-" in p and "-compact-" not in p]
+    if len(pieces) < 2:
+        return 0
+    group: List = []
+    rows = 0
+    written = 0
+
+    def flush() -> None:
+        nonlocal group, rows, written
+        if not group:
+            return
+        written += 1
+        table = pa.concat_tables(group)
+        path = FileSystems.join(folder, f"part-{run_id}-compact-{written:05d}.parquet")
+        _rewrite(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
+        group, rows = [], 0
+
+    for path in pieces:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            table = pq.read_table(f)
+        if rows and rows + table.num_rows > COMPACT_ROWS:
+            flush()
+        group.append(table)
+        rows += table.num_rows
+    flush()
+    FileSystems.delete(pieces)
+    return len(pieces)
+
+
 def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int]:
     """Runs after every finished (not dry) run; safe to run again if interrupted."""
     segment_dir = FileSystems.join(output, SEGMENT_DIR)
     for sub in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
         _remove_stale_temps(FileSystems.join(output, sub))
     dropped = _dedupe_segments(segment_dir, run_id)
+    compacted = _compact_run_pieces(segment_dir, run_id)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))
     if dropped:
         _LOGGER.info("dropped %d duplicate or superseded segment rows", dropped)
-    return {"segment_rows_dropped": dropped}
+    return {"segment_rows_dropped": dropped, "pieces_compacted": compacted}

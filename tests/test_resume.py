@@ -251,3 +251,21 @@ def test_an_output_keeps_one_model(tmp_path):
         with pytest.raises(ValueError, match="already holds marengo2.7 vectors; write marengo3.0 vectors to another"):
             run(make_config(output, [manifest], model="marengo3.0"), emu.base_url)
         assert emu.stats()["requests"] == 1
+
+
+def test_small_pieces_of_a_run_are_compacted_when_it_finishes(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import pipeline.finalize
+
+    monkeypatch.setattr(pipeline.finalize, "COMPACT_ROWS", 25)
+    manifest = _write_manifest(tmp_path / "c.jsonl", [{"id": f"c{i}", "text": f"compact {i}"} for i in range(60)])
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        summary = run(make_config(output, [manifest], flush_sec=0), emu.base_url)  # a piece per call
+    files = sorted(glob.glob(os.path.join(output, "segments", "*.parquet")))
+    assert [os.path.basename(f).split("-compact-")[1] for f in files] == ["00001.parquet", "00002.parquet",
+                                                                          "00003.parquet"]
+    assert [pq.read_metadata(f).num_rows for f in files] == [25, 25, 10]
+    assert summary["segments_written"] == 60 and summary["segment_files"] == files
+    assert_exactly_once(output, 60)
