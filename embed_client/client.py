@@ -110,6 +110,7 @@ class EmbedClient:
                     self._session.verify = os.environ[name]
                     break
             self._session.trust_env = False
+            self._adapter = self._session.get_adapter(self.base_url)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -232,6 +233,21 @@ class EmbedClient:
         return self.send(fields, files, timeout=options.get("timeout_in_seconds"),
                          headers=options.get("additional_headers"))
 
+    def _post(self, url: str, body: bytes, headers: Dict[str, str], timeout: Timeout) -> requests.Response:
+        if not self._own_session:
+            return self._session.post(url, data=body, headers=headers, timeout=timeout)
+        # Our own session has no cookies, auth, hooks or redirects to merge: hand the request straight
+        # to its pooled adapter (Session.request's merging cost about a third of a call's CPU).
+        prepared = requests.PreparedRequest()
+        prepared.method = "POST"
+        prepared.url = url
+        prepared.headers = requests.structures.CaseInsensitiveDict(headers)
+        prepared.headers["Content-Length"] = str(len(body))
+        prepared.body = body
+        prepared.hooks = {"response": []}
+        return self._adapter.send(prepared, stream=False, timeout=timeout, verify=self._session.verify,
+                                  cert=None, proxies=self._session.proxies)
+
     def send(
         self,
         fields: List[Tuple[str, str]],
@@ -256,8 +272,7 @@ class EmbedClient:
         }
         url = f"{self.base_url}/embed"
         try:
-            response = self._session.post(url, data=body, headers=request_headers,
-                                          timeout=timeout if timeout is not None else self.timeout)
+            response = self._post(url, body, request_headers, timeout if timeout is not None else self.timeout)
             content = response.content
         except requests.exceptions.Timeout as exc:
             raise errors.EmbedTimeoutError(f"no answer from {url} in time ({type(exc).__name__})") from None

@@ -337,3 +337,16 @@ def test_environment_proxies_are_read_once_for_the_base_url(monkeypatch):
     assert remote._session.proxies.get("https") == "http://proxy.invalid:3128"
     assert "https" not in local._session.proxies and "http" not in local._session.proxies
     assert remote._session.trust_env is False
+
+
+def test_a_session_given_by_the_caller_is_used_as_it_is():
+    import requests
+
+    session = requests.Session()
+    session.headers["X-Trace"] = "caller-session"
+    with CaptureServer() as server:
+        EmbedClient(api_key=KEY, base_url=server.base_url, session=session).create("marengo3.0", text="x")
+        EmbedClient(api_key=KEY, base_url=server.base_url).create("marengo3.0", text="x")
+    given, own = server.requests
+    assert given.headers.get("X-Trace") == "caller-session" and "X-Trace" not in own.headers
+    assert given.normalized_body() == own.normalized_body()
