@@ -67,10 +67,6 @@ class CallSettings:
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.item_deadline_sec, self.initial_backoff_sec, self.max_backoff_sec)
 
-    @property
-    def worker_rate_per_minute(self) -> Optional[float]:
-        return None if self.requests_per_minute is None else self.requests_per_minute / self.max_workers
-
 
 def resolve_api_key(settings: CallSettings) -> str:
     """The key from the environment, else the key file, else the emulator's placeholder."""
