@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.resume import list_segment_pieces
-from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
+from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, READER_ROW_GROUP, SEGMENT_DIR
 
 __all__ = ["finalize_output"]
 
@@ -73,7 +73,8 @@ def _dedupe_segments(folder: str, run_id: str) -> int:
             FileSystems.delete([path])
             continue
         kept = table.take(pa.array(keep, type=pa.int64()))
-        _rewrite(path, lambda stream: pq.write_table(kept, stream, compression="zstd"))
+        _rewrite(path, lambda stream: pq.write_table(kept, stream, row_group_size=READER_ROW_GROUP,
+                                                     compression="zstd"))
     return sum(len(p) for p in drop.values())
 
 
@@ -119,7 +120,8 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
         written += 1
         table = pa.concat_tables(group)
         path = FileSystems.join(folder, f"part-{run_id}-compact-{written:05d}.parquet")
-        _rewrite(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
+        _rewrite(path, lambda stream: pq.write_table(table, stream, row_group_size=READER_ROW_GROUP,
+                                                     compression="zstd"))
         group, rows = [], 0
 
     for path in pieces:

@@ -8,69 +8,111 @@ from __future__ import annotations
 import argparse
 import contextlib
 import heapq
-import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pyarrow.dataset as ds
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from embed_client import EmbedClient
 from pipeline.config import EMBEDDED, load_config
 from transforms.calling import resolve_api_key
 from transforms.sinks import SEGMENT_DIR
 
-__all__ = ["nearest", "search_main"]
+__all__ = ["batch_vectors", "nearest", "search_main"]
 
 _BATCH_ROWS = 8192
 _SHOWN_COLUMNS = ["id", "modality", "segment_index", "start_offset_sec", "end_offset_sec", "input_text",
                   "input_url", "input_file"]
 
 
-def _dataset(output: str) -> ds.Dataset:
-    folder = os.path.join(output, SEGMENT_DIR)
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".parquet")) \
-        if os.path.isdir(folder) else []
+def _segment_files(output: str) -> List[str]:
+    """The output's segment files, through Beam FileSystems so gs:// and s3:// outputs work too."""
+    pattern = FileSystems.join(output, SEGMENT_DIR, "*.parquet")
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception:
+        found = []
+    files = sorted(m.path for m in found)
     if not files:
-        raise SystemExit(f"error: no segment files under {folder}; run the job first")
-    return ds.dataset(files, format="parquet")
+        raise SystemExit(f"error: no segment files under {FileSystems.join(output, SEGMENT_DIR)}; run the job first")
+    return files
+
+
+def _batches(path: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=_BATCH_ROWS, columns=list(columns))
+
+
+def batch_vectors(column: pa.Array) -> np.ndarray:
+    """A (rows, dims) float32 view of a fixed-size-list column, honouring the batch's slice offset.
+
+    `column.values` is the whole parent buffer: past 8,192 rows a file's batches are slices of it, and
+    reading `.values` there scores other rows' vectors (the bug this replaced)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    dims = column.type.list_size
+    flat = column.values.slice(column.offset * dims, len(column) * dims)
+    return flat.to_numpy(zero_copy_only=False).reshape(-1, dims)
 
 
 def nearest(output: str, query: Sequence[float], k: int = 10, modality: Optional[str] = None) -> List[dict]:
-    """The k rows of OUTPUT/segments with the highest cosine similarity to `query`."""
+    """The k rows of OUTPUT/segments with the highest cosine similarity to `query`.
+
+    Exact: every vector is scored. Memory is one batch of vectors plus the k best, whatever the output's size."""
     q = np.asarray(query, dtype=np.float32)
     q /= np.linalg.norm(q) or 1.0
-    dataset = _dataset(output)
-    where = None if modality is None else ds.field("modality") == modality
+    if k <= 0:
+        return []
+    files = _segment_files(output)
+    columns = ["embedding"] + (["modality"] if modality is not None else [])
     best: List[Tuple[float, int, int]] = []  # (score, file index, row in file) min-heap of size k
-    for file_index, fragment in enumerate(dataset.get_fragments()):
+    for file_index, path in enumerate(files):
         offset = 0
-        for batch in fragment.to_batches(columns=["embedding"], filter=where, batch_size=_BATCH_ROWS):
-            if batch.num_rows == 0:
+        for batch in _batches(path, columns):
+            rows = batch.num_rows
+            if rows == 0:
                 continue
-            column = batch.column(0)
-            dims = column.type.list_size
-            vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dims)
+            vectors = batch_vectors(batch.column(0))
             if vectors.shape[1] != q.shape[0]:
-                raise SystemExit(f"error: the output holds {dims}-dim vectors, the query has {q.shape[0]}: "
-                                 "use the model the output was made with")
+                raise SystemExit(f"error: the output holds {vectors.shape[1]}-dim vectors, the query has "
+                                 f"{q.shape[0]}: use the model and dimension the output was made with")
             norms = np.linalg.norm(vectors, axis=1)
             scores = vectors @ q / np.where(norms == 0, 1.0, norms)
-            top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k]
+            if modality is not None:
+                wanted = np.asarray(pc.equal(batch.column(1), modality).fill_null(False))
+                scores = np.where(wanted, scores, -np.inf)
+            top = np.argpartition(-scores, min(k, rows) - 1)[:k]
             for row in top:
+                if scores[row] == -np.inf:
+                    continue
                 entry = (float(scores[row]), file_index, offset + int(row))
                 if len(best) < k:
                     heapq.heappush(best, entry)
                 elif entry[0] > best[0][0]:
                     heapq.heapreplace(best, entry)
+            offset += rows
+    return [dict(record, score=score) for score, record in _records(files, best)]
+
+
+def _records(files: Sequence[str], best: List[Tuple[float, int, int]]) -> List[Tuple[float, dict]]:
+    """The shown columns of the winners, best first, read a batch at a time from the files holding them."""
+    wanted: Dict[int, Dict[int, float]] = {}
+    for score, file_index, row in best:
+        wanted.setdefault(file_index, {})[row] = score
+    found: List[Tuple[float, dict]] = []
+    for file_index, rows in wanted.items():
+        offset = 0
+        for batch in _batches(files[file_index], _SHOWN_COLUMNS):
+            inside = sorted(r - offset for r in rows if offset <= r < offset + batch.num_rows)
+            if inside:
+                picked = batch.take(pa.array(inside, type=pa.int64())).to_pylist()
+                found.extend((rows[offset + i], record) for i, record in zip(inside, picked))
             offset += batch.num_rows
-    fragments = list(dataset.get_fragments())
-    results = []
-    for score, file_index, row in sorted(best, reverse=True):
-        table = fragments[file_index].to_table(columns=_SHOWN_COLUMNS, filter=where)
-        record = table.slice(row, 1).to_pylist()[0]
-        record["score"] = score
-        results.append(record)
-    return results
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    return found
 
 
 def _format(rank: int, record: dict) -> str:

@@ -31,6 +31,8 @@ DEFERRED_DIR = "deferred"
 DEFAULT_ROWS_PER_PIECE = 4096
 DEFAULT_FLUSH_SEC = 5.0
 _TMP_SUFFIX = ".tmp"
+# Row groups of this many rows let readers (search, DuckDB, Polars) stream in bounded memory.
+READER_ROW_GROUP = 8192
 
 
 def segment_schema(dims: int) -> pa.Schema:
@@ -156,7 +158,7 @@ class _SegmentPieceFn(_PieceWriterFn):
 
     def write(self, outcomes, stream) -> None:
         table = segments_table(outcomes, self._dims, self._run_id, self._run_time)
-        pq.write_table(table, stream, row_group_size=DEFAULT_ROWS_PER_PIECE * 4, compression="zstd")
+        pq.write_table(table, stream, row_group_size=READER_ROW_GROUP, compression="zstd")
 
 
 class _JsonlPieceFn(_PieceWriterFn):
