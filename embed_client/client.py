@@ -11,6 +11,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from embed_client import errors
+from embed_client.secrets import check_api_key, redact_url, scrub
 from embed_client.multipart import FilePart, encode_multipart, guess_content_type, new_boundary
 from embed_client.types import CreateEmbeddingsResult
 
@@ -98,7 +99,9 @@ class EmbedClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_connections = max_connections
-        self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        # A key with a line break would go into a header and come back inside http.client's error.
+        self._api_key = (check_api_key(api_key, "api_key") if api_key is not None
+                         else check_api_key(os.environ.get(API_KEY_ENV), API_KEY_ENV))
         self._own_session = session is None
         self._session = session or self._new_session(max_connections)
         if self._own_session:
@@ -271,27 +274,28 @@ class EmbedClient:
             "x-api-key": self._api_key,
         }
         url = f"{self.base_url}/embed"
+        shown = redact_url(url)
         try:
             response = self._post(url, body, request_headers, timeout if timeout is not None else self.timeout)
             content = response.content
         except requests.exceptions.Timeout as exc:
-            raise errors.EmbedTimeoutError(f"no answer from {url} in time ({type(exc).__name__})") from None
+            raise errors.EmbedTimeoutError(f"no answer from {shown} in time ({type(exc).__name__})") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             if _caused_by_timeout(exc):
                 # A send that stalls (the server stopped reading) surfaces as a connection error.
-                raise errors.EmbedTimeoutError(f"{url} stopped reading the request in time") from None
+                raise errors.EmbedTimeoutError(f"{shown} stopped reading the request in time") from None
             raise errors.ConnectionFailedError(
-                f"connection to {url} failed or was dropped ({type(exc).__name__})") from None
+                f"connection to {shown} failed or was dropped ({type(exc).__name__})") from None
         except requests.exceptions.RequestException as exc:
-            raise errors.ConnectionFailedError(f"request to {url} failed ({type(exc).__name__})") from None
+            raise errors.ConnectionFailedError(f"request to {shown} failed ({type(exc).__name__})") from None
         if not 200 <= response.status_code < 300:
-            raise errors.error_from_response(response.status_code, content, response.headers)
+            raise errors.error_from_response(response.status_code, content, response.headers)  # scrubbed there
         info = errors.RateLimitInfo.from_headers(response.headers)
         try:
             result = CreateEmbeddingsResult.from_json(json.loads(content))
         except ValueError as exc:
             raise errors.MalformedResponseError(
-                f"HTTP {response.status_code} body is not the documented JSON: {exc}",
+                scrub(f"HTTP {response.status_code} body is not the documented JSON: {exc}"),
                 status=response.status_code, rate_limit=info) from None
         result.rate_limit = info
         return result

@@ -171,6 +171,9 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     if message is None:
         text = body.decode("utf-8", "replace").strip()
         message = text[:_MAX_MESSAGE_CHARS] or f"HTTP {status} with an empty body"
+    from embed_client.secrets import scrub
+
+    message = scrub(message)  # a server may quote the request's key or a signed URL back
     info = RateLimitInfo.from_headers(headers)
     if status == 429:
         cls = RateLimitError

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional
 
+from embed_client.secrets import scrub
+
 __all__ = [
     "AudioEmbeddingResult",
     "AudioSegment",
@@ -117,7 +119,7 @@ class TextEmbeddingResult:
                 cls._SEGMENT._parse(s, f"{where}.segments[{i}]") for i, s in enumerate(raw_segments)
             ]
         error = obj.get("error_message")
-        kwargs = dict(segments=segments, error_message=None if error is None else str(error))
+        kwargs = dict(segments=segments, error_message=None if error is None else scrub(str(error)))
         if "metadata" in cls._KNOWN:
             kwargs["metadata"] = BaseEmbeddingMetadata._parse(obj.get("metadata"), f"{where}.metadata")
         return cls(extra=_extras(obj, cls._KNOWN), **kwargs)

@@ -5,6 +5,7 @@ reported as that modality's error_message.
 """
 from __future__ import annotations
 
+import base64
 import io
 import ipaddress
 import logging
@@ -111,8 +112,13 @@ def fetch_url(url: str, field: str, timeout: float, max_bytes: int) -> bytes:
     if parsed is None or parsed.scheme not in ("http", "https") or not host:
         raise MediaError(invalid_message(field, "The URL must be a valid http or https URL."))
     opener = _LOOPBACK_OPENER if _is_loopback(host) else _DEFAULT_OPENER
+    headers = {"User-Agent": "embed-emulator"}
+    if parsed.username is not None:  # user:password@ in the URL: HTTP basic auth, as a browser would
+        token = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode("utf-8")).decode("ascii")
+        url = urllib.parse.urlunsplit(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[1]))
     try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "embed-emulator"}),
+        with opener.open(urllib.request.Request(url, headers=headers),
                          timeout=timeout) as response:
             # One byte over the limit is enough for load_* to report the size error.
             return response.read(max_bytes + 1)

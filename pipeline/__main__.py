@@ -9,6 +9,19 @@ def _quiet_known_noise(record: logging.LogRecord) -> bool:
     return "apitools not found" not in record.getMessage()
 
 
+class _ScrubSecrets(logging.Filter):
+    """Masks the API key and URL credentials in every log line, whatever logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from embed_client.secrets import scrub
+
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
 def _key_problem(exc: BaseException):
     """The ApiKeyRejected message inside whatever the runner wrapped it in, or None."""
     import re
@@ -16,7 +29,7 @@ def _key_problem(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        found = re.search(r"((?:The API refused the key|No API key).*?)(?: \[while running|$)", str(exc), re.S)
+        found = re.search(r"((?:The API refused the key|No API key|The API key from).*?)(?: \[while running|$)", str(exc), re.S)
         if found:
             return found.group(1).strip()
         exc = exc.__cause__ or exc.__context__
@@ -27,6 +40,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_known_noise)
+        handler.addFilter(_ScrubSecrets())
     for noisy in ("apache_beam", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Beam logs a failed bundle's traceback and then raises it: the raise below is enough.

@@ -94,6 +94,19 @@ def _refuse_other_model(pieces, model: str, output: str) -> None:
         raise ValueError(f"{output} already holds {found} vectors; write {model} vectors to another --output")
 
 
+def _check_key_up_front(settings: CallSettings) -> None:
+    """A key that cannot be sent stops the job before any call; a key only the workers have is theirs."""
+    from transforms.call_settings import ApiKeyRejected, resolve_api_key
+
+    try:
+        resolve_api_key(settings)
+    except ApiKeyRejected as exc:
+        if not str(exc).startswith("No API key"):
+            raise
+    except Exception:  # a key file the launcher cannot read may still be readable on the workers
+        pass
+
+
 def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = False) -> dict:
     """Runs one job to completion and returns its summary (also written as OUTPUT/summary.json).
 
@@ -120,6 +133,7 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
             timeline_dir=None if config.dry_run else FileSystems.join(config.output, RUNS_DIR, run_id),
             placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None,
         )
+        _check_key_up_front(settings)
         started = datetime.datetime.now(datetime.timezone.utc)
         # What earlier runs (finished or killed) committed: those items are not paid for again.
         saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))

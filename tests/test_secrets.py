@@ -240,3 +240,150 @@ def test_underscore_spellings_of_a_key_flag_are_refused_too(flag):
     with pytest.raises(SystemExit) as info:
         parse_args(["--config", os.path.join(ROOT, "configs", "local.yaml"), f"{flag}={KEY}"])
     assert "TWELVE_LABS_API_KEY" in str(info.value) and KEY not in str(info.value)
+
+
+# --- issue 16.1: keys in any form, server echoes, credentials in URLs ---------------------------------------
+
+def _text_manifest(tmp_path, rows=6):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"r{i}", "text": f"t{i}"}) + "\n" for i in range(rows)))
+    return str(manifest)
+
+
+def _cli_with_key_file(tmp_path, key_text, base_url):
+    key_file = tmp_path / "key"
+    key_file.write_bytes(key_text.encode("utf-8"))
+    config = json.loads(open(_write_config(tmp_path, _text_manifest(tmp_path), base_url,
+                                           str(tmp_path / "out"))).read())
+    config["api"]["key_file"] = str(key_file)
+    (tmp_path / "job.yaml").write_text(json.dumps(config))
+    return _cli(["--config", str(tmp_path / "job.yaml")], key="")
+
+
+@pytest.mark.parametrize("key_text, problem", [
+    (KEY + "\nsecond-line-" + KEY[::-1] + "\n", "a line break"),
+    (KEY[:10] + " " + KEY[10:], "a space"),
+    (KEY[:10] + "\x00" + KEY[10:], "cannot be sent in an HTTP header"),
+    (KEY[:10] + "é" + KEY[10:], "cannot be sent in an HTTP header"),
+])
+def test_a_key_file_that_cannot_be_sent_stops_before_any_call_with_one_line(tmp_path, key_text, problem):
+    with Emulator(EmulatorConfig(api_keys={KEY})) as emu:
+        out = _cli_with_key_file(tmp_path, key_text, emu.base_url)
+        requests = emu.stats()["requests"]
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and problem in errors[0] and "api.key_file" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert requests == 0
+    assert not _leaks(out.stdout + out.stderr) and KEY[::-1] not in out.stderr
+
+
+@pytest.mark.parametrize("key_text", [KEY + "\r\n", "\ufeff" + KEY + "\n", "  " + KEY + "  \n\n"])
+def test_a_key_file_with_crlf_a_bom_or_blank_lines_around_the_key_works(tmp_path, key_text):
+    with Emulator(EmulatorConfig(api_keys={KEY})) as emu:
+        out = _cli_with_key_file(tmp_path, key_text, emu.base_url)
+        ok = emu.stats()["by_status"].get("200", 0)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ok >= 1 and "rows read        6" in out.stdout
+
+
+def test_a_key_with_a_newline_in_the_environment_is_one_line_naming_the_variable(tmp_path):
+    with Emulator(EmulatorConfig(api_keys={KEY})) as emu:
+        out = _cli(["--config", _write_config(tmp_path, _text_manifest(tmp_path), emu.base_url,
+                                              str(tmp_path / "out"))], key=KEY + "\nX-Other: " + KEY)
+        requests = emu.stats()["requests"]
+    assert out.returncode == 2 and requests == 0
+    assert "TWELVE_LABS_API_KEY has a line break" in out.stderr and "Traceback" not in out.stderr
+    assert not _leaks(out.stdout + out.stderr)
+
+
+class _EchoingServer:
+    """A lying API on 127.0.0.1 that quotes the request's key (and a signed URL) in its answers."""
+
+    def __init__(self, mode):
+        import http.server
+        import threading
+
+        mode_ = mode
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                key = self.headers.get("x-api-key", "")
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if mode_ == "400":
+                    status, body = 400, {"code": "parameter_invalid",
+                                         "message": f"key {key} may not use https://u:{key}@h/x?X-Amz-Signature={key}"}
+                else:
+                    status, body = 200, {"model_name": "marengo3.0",
+                                         "text_embedding": {"error_message": f"failed for key={key} ({key})"}}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_port}/v1.3"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["400", "modality_error"])
+def test_a_server_that_quotes_the_key_back_gets_it_masked_in_dead_letters(tmp_path, mode, monkeypatch, capfd):
+    monkeypatch.setenv("TWELVE_LABS_API_KEY", KEY)
+    server = _EchoingServer(mode)
+    output = str(tmp_path / "out")
+    try:
+        summary = run(make_config(output, [_text_manifest(tmp_path, rows=3)], max_attempts=1), server.base_url)
+    finally:
+        server.close()
+    letters = read_dead_letters(output)
+    assert len(letters) == 3 and all("***" in l["message"] for l in letters), letters
+    captured = capfd.readouterr()
+    for where, text in [("letters", json.dumps(letters)), ("summary", json.dumps(summary)),
+                        ("stdout", captured.out), ("stderr", captured.err)] + list(_output_texts(output)):
+        assert not _leaks(text), where
+
+
+def test_credentials_in_media_urls_are_redacted_everywhere(tmp_path):
+    from tests.helpers import StaticFiles, read_segments
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    (folder / "img.png").write_bytes(synth.png_bytes(150, 150, seed=3))
+    secret = "pa55-W0rd-9f8e7d"
+    output = str(tmp_path / "out")
+    with StaticFiles(str(folder)) as files, Emulator(EmulatorConfig()) as emu:
+        host = files.url.split("://", 1)[1]
+        rows = [{"id": "ok", "image_url": f"http://alice:{secret}@{host}/img.png"},
+                {"id": "signed", "image_url": f"http://{host}/img.png?X-Amz-Signature={secret}&v=1"},
+                {"id": "gone", "image_url": f"http://bob:{secret}@{host}/missing.png"},
+                {"id": "newline", "image_url": f"http://{host}/img.png\nX-Injected: 1"}]
+        manifest = tmp_path / "m.jsonl"
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out = _cli(["--config", _write_config(tmp_path, str(manifest), emu.base_url, output)])
+    assert out.returncode == 0, out.stderr[-2000:]
+    urls = dict(zip(*(read_segments(output).column(c).to_pylist() for c in ("id", "input_url"))))
+    assert urls == {"ok": f"http://***@{host}/img.png", "signed": f"http://{host}/img.png?X-Amz-Signature=***&v=1"}
+    letters = {l["id"]: l for l in read_dead_letters(output)}
+    assert letters["gone"]["code"] != "invalid_url" and letters["newline"]["code"] == "invalid_url"
+    assert "line break" in letters["newline"]["message"]
+    everything = [out.stdout, out.stderr] + [text for _, text in _output_texts(output)]
+    assert not [t for t in everything if (secret.encode() in t if isinstance(t, bytes) else secret in t)]
+
+
+def test_scrub_and_redact_url_units():
+    from embed_client.secrets import redact_url, register_secret, scrub
+
+    assert redact_url("https://u:p@h.example/a.png?sig=abc&x=1") == "https://***@h.example/a.png?sig=***&x=1"
+    assert redact_url("https://h.example/a.png") == "https://h.example/a.png"
+    register_secret("tlk_unit_secret_42")
+    assert scrub("said tlk_unit_secret_42 and ftp://me:pw@host/x?token=t0k") == \
+        "said *** and ftp://***@host/x?token=***"

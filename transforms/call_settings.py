@@ -9,6 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from embed_client import API_KEY_ENV
 from embed_client.retry import RetryPolicy
+from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
 
 __all__ = ["MODEL_DIMS", "ApiKeyRejected", "CallSettings", "resolve_api_key"]
 
@@ -70,10 +71,14 @@ class CallSettings:
 
 def resolve_api_key(settings: CallSettings) -> str:
     """The key from the environment, else the key file, else the emulator's placeholder."""
-    key = os.environ.get(API_KEY_ENV, "").strip()
-    if not key and settings.key_file:
-        with FileSystems.open(os.path.expanduser(settings.key_file)) as f:
-            key = f.read().decode("utf-8").strip()
+    try:
+        key = check_api_key(os.environ.get(API_KEY_ENV), API_KEY_ENV)
+        if not key and settings.key_file:
+            with FileSystems.open(os.path.expanduser(settings.key_file)) as f:
+                raw = f.read().decode("utf-8", "replace")
+            key = check_api_key(raw, f"api.key_file ({redact_url(settings.key_file)})")
+    except InvalidApiKey as exc:
+        raise ApiKeyRejected(str(exc)) from None
     if not key and settings.placeholder_key:
         key = settings.placeholder_key
     if not key:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from embed_client.secrets import redact_url, scrub
 from transforms.calling import MODEL_DIMS
 from transforms.items import Outcome
 
@@ -69,7 +70,7 @@ def segments_table(outcomes: List[Outcome], dims: int, run_id: str, run_time: da
             cols["segment_index"].append(index)
             cols["start_offset_sec"].append(start)
             cols["end_offset_sec"].append(end)
-            cols["input_url"].append(item.url)
+            cols["input_url"].append(redact_url(item.url))
             cols["input_file"].append(item.input_file_name)
             cols["input_text"].append(item.text)
             cols["content_hash"].append(item.content_hash)
@@ -169,7 +170,8 @@ class _JsonlPieceFn(_PieceWriterFn):
     def write(self, records, stream) -> None:
         lines = []
         for letter in records:
-            record = letter.as_dict()
+            record = {name: scrub(value) if isinstance(value, str) else value
+                      for name, value in letter.as_dict().items()}
             record["run_id"] = self._run_id
             lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True))
         stream.write(("\n".join(lines) + "\n").encode("utf-8"))

@@ -16,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 
+from embed_client.secrets import redact_url
 from transforms.items import INPUT_FIELDS, DeadLetter, Item, ManifestRow, content_hash
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
 from transforms.progress import PROGRESS
@@ -153,11 +154,18 @@ def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
 def _check_url(url: Any, field: str) -> str:
     if not isinstance(url, str):
         raise _Invalid("invalid_type", f"`{field}` must be a string, got {type(url).__name__}")
-    parsed = urllib.parse.urlsplit(url.strip())
+    url = url.strip()
+    # urlsplit silently drops tabs and line breaks; the API would get a different URL than the row holds.
+    for position, char in enumerate(url, 1):
+        if char.isspace() or ord(char) < 0x20 or ord(char) == 0x7f:
+            what = "a line break" if char in "\r\n" else "a space" if char.isspace() else "a control character"
+            raise _Invalid("invalid_url", f"`{field}` has {what} at position {position}: "
+                                          f"{redact_url(url[:200])!r}; percent-encode it (%20) or fix it")
+    parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         hint = f"; use `{field.replace('_url', '_file')}` for local files" if parsed.scheme in ("", "file") else ""
-        raise _Invalid("invalid_url", f"`{field}` must be an http(s) URL, got {url[:200]!r}{hint}")
-    return url.strip()
+        raise _Invalid("invalid_url", f"`{field}` must be an http(s) URL, got {redact_url(url[:200])!r}{hint}")
+    return url
 
 
 def _parse_offset(value: Any) -> Optional[float]:
