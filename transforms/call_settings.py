@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+import json
+from typing import Any, Dict, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -11,9 +12,75 @@ from embed_client import API_KEY_ENV
 from embed_client.retry import RetryPolicy
 from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
 
-__all__ = ["MODEL_DIMS", "ApiKeyRejected", "CallSettings", "resolve_api_key"]
+__all__ = ["API_VERSIONS", "MODEL_DIMS", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
+           "V2_MODELS", "resolve_api_key"]
 
-MODEL_DIMS = {"marengo3.0": 512, "marengo2.7": 1024, "Marengo-retrieval-2.7": 1024}
+MODEL_DIMS = {"marengo3.0": 512, "marengo3.5": 512, "marengo2.7": 1024, "Marengo-retrieval-2.7": 1024}
+# Models Embed API v2 serves; Marengo 2.7 is v1 only, Marengo 3.5 is v2 only.
+V2_MODELS = ("marengo3.0", "marengo3.5")
+V1_MODELS = ("marengo3.0", "marengo2.7", "Marengo-retrieval-2.7")
+# auto: v1 (packed, cheapest) where the model and modality allow it, v2 for video and Marengo 3.5.
+API_VERSIONS = ("auto", "v1", "v2")
+DIMENSIONS_35 = (128, 256, 512)
+_OPTIONS = ("visual", "audio", "transcription")
+_SCOPES = ("clip", "asset")
+_TYPES = ("separate_embedding", "fused_embedding")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, found before any call; the message names the setting and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSettings:
+    """v2's `embedding` block: the vector size (3.5) and what audio/video calls ask for (None: the API default)."""
+
+    dimension: Optional[int] = None
+    options: Optional[Tuple[str, ...]] = None        # embedding_option: visual, audio, transcription
+    scopes: Optional[Tuple[str, ...]] = None         # embedding_scope: clip, asset
+    type: Optional[Tuple[str, ...]] = None           # embedding_type: separate_embedding, fused_embedding
+    segmentation: Optional[str] = None               # JSON of {"strategy": "fixed"|"dynamic", ...}
+
+    def segmentation_dict(self) -> Optional[Dict[str, Any]]:
+        return None if self.segmentation is None else json.loads(self.segmentation)
+
+    def signature(self) -> str:
+        """What changes the vectors of an audio/video item: part of its content key."""
+        return json.dumps([self.options, self.scopes, self.type, self.segmentation])
+
+    def check(self, model: str) -> None:
+        if self.dimension is not None:
+            if model != "marengo3.5":
+                raise ConfigError(f"embedding.dimension is for marengo3.5 only ({model} vectors are "
+                                  f"{MODEL_DIMS.get(model)}-d); remove it or use model: marengo3.5")
+            if self.dimension not in DIMENSIONS_35:
+                raise ConfigError(f"embedding.dimension must be one of {list(DIMENSIONS_35)}, got {self.dimension!r}")
+        for name, values, allowed in (("options", self.options, _OPTIONS), ("scopes", self.scopes, _SCOPES),
+                                      ("type", self.type, _TYPES)):
+            if values is None:
+                continue
+            if not values:
+                raise ConfigError(f"embedding.{name} must not be empty; leave it out for the API's default")
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise ConfigError(f"embedding.{name} has {bad[0]!r}; use some of {list(allowed)}")
+        if self.options and "transcription" in self.options and model == "marengo3.5":
+            raise ConfigError("embedding.options 'transcription' is served by marengo3.0 only")
+        if self.type and "fused_embedding" in self.type and (self.options is None or len(self.options) < 2):
+            raise ConfigError("embedding.type fused_embedding needs two or more embedding.options")
+        seg = self.segmentation_dict()
+        if seg is not None:
+            strategy = seg.get("strategy")
+            ranges = {"fixed": ("duration_sec", 2, 10), "dynamic": ("min_duration_sec", 2, 5)}
+            if strategy not in ranges or set(seg) - {"strategy", ranges[strategy][0]}:
+                raise ConfigError("embedding.segmentation must be {strategy: fixed, duration_sec: 2..10} or "
+                                  "{strategy: dynamic, min_duration_sec: 2..5}")
+            field, low, high = ranges[strategy]
+            value = seg.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not low <= value <= high):
+                raise ConfigError(f"embedding.segmentation.{field} must be a number from {low} to {high}, "
+                                  f"got {value!r}")
 
 
 class ApiKeyRejected(RuntimeError):
@@ -47,10 +114,29 @@ class CallSettings:
     timeline_dir: Optional[str] = None
     # Only for the embedded emulator, which accepts any key: not a secret.
     placeholder_key: Optional[str] = None
+    api_version: str = "auto"
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    # v2 async tasks: how long this run polls one before deferring it (the task id is kept, so the next
+    # run polls it again), the first wait between polls, and how many tasks one worker polls at once.
+    task_deadline_sec: float = 3600.0
+    task_poll_sec: float = 5.0
+    max_tasks_in_flight: int = 32
+    task_retention_sec: float = 7 * 86400.0
 
     def __post_init__(self):
         if self.model not in MODEL_DIMS:
-            raise ValueError(f"unknown model {self.model!r}; use one of {sorted(MODEL_DIMS)}")
+            raise ConfigError(f"unknown model {self.model!r}; use one of {sorted(MODEL_DIMS)}")
+        if self.api_version not in API_VERSIONS:
+            raise ConfigError(f"api.version must be one of {list(API_VERSIONS)}, got {self.api_version!r}")
+        if self.api_version == "v1" and self.model not in V1_MODELS:
+            raise ConfigError(f"{self.model} is served by Embed API v2 only: set api.version to v2 or leave it unset")
+        if self.api_version == "v2" and self.model not in V2_MODELS:
+            raise ConfigError(f"{self.model} is served by Embed API v1 only: set api.version to v1 or leave it "
+                              f"unset, or use {' or '.join(V2_MODELS)}")
+        self.embedding.check(self.model)
+        if self.task_deadline_sec <= 0 or self.task_poll_sec <= 0 or self.max_tasks_in_flight < 1:
+            raise ConfigError("calls.task_deadline_sec and calls.task_poll_sec must be > 0 and "
+                              "calls.max_tasks_in_flight >= 1")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if self.max_workers < 1:
@@ -64,6 +150,17 @@ class CallSettings:
         if self.max_calls is not None and self.max_calls < 0:
             raise ValueError("max_calls must be >= 0")
         self.retry_policy()  # validates the retry bounds
+
+    @property
+    def dims(self) -> int:
+        """The length of every vector this job writes."""
+        return self.embedding.dimension or MODEL_DIMS[self.model]
+
+    def uses_v2(self, modality: str) -> bool:
+        """Whether items of this modality go to Embed API v2."""
+        if self.api_version != "auto":
+            return self.api_version == "v2"
+        return self.model not in V1_MODELS or modality == "video"
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.item_deadline_sec, self.initial_backoff_sec, self.max_backoff_sec)

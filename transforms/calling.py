@@ -35,6 +35,12 @@ class _NotCalled(Exception):
     """The quota or budget stopped this call before it was made."""
 
 
+class _Attempts:
+    """How many times a call was sent, readable after it raised."""
+
+    count = 0
+
+
 @dataclasses.dataclass
 class _CallStats:
     calls: int = 0
@@ -43,6 +49,8 @@ class _CallStats:
     throttled_sec: float = 0.0
     items_per_call: List[int] = dataclasses.field(default_factory=list)
     split_calls: int = 0
+    polls: int = 0                  # v2 task status reads: paced like calls, not paid for
+    limited_dimensions: List[str] = dataclasses.field(default_factory=list)  # X-Ratelimit-Dimensions of 429s
     latencies_ms: List[int] = dataclasses.field(default_factory=list)
     # Whole UTC second -> [calls answered, of which 429], for the run report's chart.
     timeline: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
@@ -88,7 +96,7 @@ class _Caller:
         self.bucket = bucket
         self.quota = quota or QuotaState(settings.max_calls)
         self.policy = settings.retry_policy()
-        self.dims = MODEL_DIMS[settings.model]
+        self.dims = settings.dims
 
     def run(self, call: Call) -> Tuple[List[Union[Outcome, DeadLetter]], _CallStats]:
         stats = _CallStats()
@@ -103,32 +111,65 @@ class _Caller:
         if self.quota.stopped:
             return self._deferred(items)
         try:
-            fields, files = self._build(items)
+            request = self._build(items)
         except errors.BadRequestError as exc:
             return [d for item in items for d in self._dead(item, exc, 0)]
         except OSError as exc:
             return [DeadLetter(i.id, i.source, i.row_number, i.modality, "call", "unreadable_file",
                                f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
                     for item in items for i in item.with_copies()]
-        attempts = 0
+        counter = _Attempts()
+        try:
+            response = self._send_paced(lambda: self._checked(items, self._send(request)), len(items), stats,
+                                        counter)
+        except _NotCalled:
+            return self._deferred(items)
+        except errors.RateLimitError as exc:
+            if self._quota_spent(exc):
+                return self._deferred(items)
+            return [d for item in items for d in self._dead(item, exc, counter.count)]
+        except errors.BadRequestError as exc:
+            if len(items) > 1:
+                # One bad item must not sink its call-mates: retry each alone.
+                stats.split_calls += 1
+                return [r for item in items for r in self._run([item], stats)]
+            return self._dead(items[0], exc, counter.count)
+        except errors.EmbedError as exc:
+            return [d for item in items for d in self._dead(item, exc, counter.count)]
+        return self._map(items, response, counter.count)
+
+    def _checked(self, items: List[Item], response):
+        self._check(items, response)
+        return response
+
+    def _send(self, request):
+        fields, files = request
+        return self.client.send(fields, files)
+
+    def _send_paced(self, send, items_in_call: int, stats: _CallStats, counter: "_Attempts", paid: bool = True):
+        """Runs `send` paced and retried; a 401/403 stops the job. Raises _NotCalled when the budget is spent."""
 
         def attempt():
-            nonlocal attempts
             stats.throttled_sec += self.bucket.acquire()
-            if not self.quota.take_call():
+            if paid and not self.quota.take_call():
                 raise _NotCalled()
-            attempts += 1
-            stats.calls += 1
-            stats.items_per_call.append(len(items))
+            counter.count += 1
+            if paid:
+                stats.calls += 1
+                stats.items_per_call.append(items_in_call)
+            else:
+                stats.polls += 1
             sent = time.monotonic()
             try:
-                response = self.client.send(fields, files)
+                response = send()
                 stats.latencies_ms.append(int((time.monotonic() - sent) * 1000))
                 stats.mark(False)
-                self._check(items, response)
             except errors.RateLimitError as exc:
                 stats.mark(True)
                 stats.rate_limited += 1
+                dimension = getattr(exc.rate_limit, "dimensions", None)
+                if dimension:
+                    stats.limited_dimensions.append(dimension)
                 self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
                                             _per_minute_limit(exc.rate_limit))
                 raise
@@ -140,29 +181,19 @@ class _Caller:
             stats.throttled_sec += seconds
 
         try:
-            response = call_with_retries(attempt, self.policy, on_retry=on_retry)
-        except _NotCalled:
-            return self._deferred(items)
-        except errors.RateLimitError as exc:
-            if not exc.is_retryable or exc.wait_seconds is None or exc.wait_seconds > self.policy.deadline_sec:
-                # The reset lies beyond what this run may wait: the quota is spent, not the items.
-                wait = exc.wait_seconds
-                resets_at = exc.rate_limit.reset_at or (None if wait is None else exc.rate_limit.received_at + wait)
-                self.quota.stop("quota_exhausted", resets_at)
-                return self._deferred(items)
-            return [d for item in items for d in self._dead(item, exc, attempts)]
+            return call_with_retries(attempt, self.policy, on_retry=on_retry)
         except errors.AuthError as exc:
             raise ApiKeyRejected(f"The API refused the key ({exc}). Check {API_KEY_ENV} or the key file; "
                                  "no further calls were made by this worker.") from None
-        except errors.BadRequestError as exc:
-            if len(items) > 1:
-                # One bad item must not sink its call-mates: retry each alone.
-                stats.split_calls += 1
-                return [r for item in items for r in self._run([item], stats)]
-            return self._dead(items[0], exc, attempts)
-        except errors.EmbedError as exc:
-            return [d for item in items for d in self._dead(item, exc, attempts)]
-        return self._map(items, response, attempts)
+
+    def _quota_spent(self, exc: errors.RateLimitError) -> bool:
+        """A 429 whose reset lies beyond what this run may wait: the quota is spent, not the items."""
+        if exc.is_retryable and exc.wait_seconds is not None and exc.wait_seconds <= self.policy.deadline_sec:
+            return False
+        wait = exc.wait_seconds
+        resets_at = exc.rate_limit.reset_at or (None if wait is None else exc.rate_limit.received_at + wait)
+        self.quota.stop("quota_exhausted", resets_at)
+        return True
 
     def _build(self, items: List[Item]):
         kwargs = {}

@@ -7,10 +7,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["MODALITIES", "Call", "DeadLetter", "Deferred", "Item", "ManifestRow", "Outcome", "content_hash"]
 
-MODALITIES = ("text", "image", "audio")
+MODALITIES = ("text", "image", "audio", "video")
+# How an item is sent: packed into a v1 `POST /embed`, alone to v2's `POST /embed-v2`, or as a v2 async task.
+ROUTES = ("v1", "v2", "task")
 # Manifest columns the pipeline understands; every other column is carried through as attributes.
 INPUT_FIELDS = ("id", "text", "text_truncate", "image_url", "image_file", "audio_url", "audio_file",
-                "audio_start_offset_sec")
+                "audio_start_offset_sec", "video_url", "video_file", "asset_id", "media_type", "start_sec",
+                "end_sec")
 
 
 def _compact_reduce(self):
@@ -43,6 +46,11 @@ class Item:
     url: Optional[str] = None
     file_path: Optional[str] = None  # resolved path, read through Beam FileSystems at call time
     audio_start_offset_sec: Optional[float] = None
+    route: str = "v1"
+    asset_id: Optional[str] = None     # v2: media already uploaded to the platform
+    start_sec: Optional[float] = None  # v2 audio/video: the clip to embed
+    end_sec: Optional[float] = None
+    duration_sec: Optional[float] = None  # measured before any call for local files; None when unknown
     # Other items with the same content, model and options: they get this item's result, for free.
     copies: List["Item"] = dataclasses.field(default_factory=list)
 
@@ -90,8 +98,9 @@ class Deferred:
     source: str
     row_number: int
     modality: str
-    reason: str                        # quota_exhausted | max_calls
+    reason: str                        # quota_exhausted | max_calls | task_pending
     resets_at: Optional[float] = None  # UTC epoch seconds, when the API said
+    detail: Optional[str] = None       # e.g. the pending task's id
 
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,6 +114,8 @@ class Outcome:
     model_name: str
     segments: List[Tuple[Optional[float], Optional[float], List[float]]]
     attempts: int = 1
+    # v2: (embedding_option, embedding_scope) of each segment, in the same order; None on v1.
+    labels: Optional[List[Tuple[Optional[str], Optional[str]]]] = None
 
 
 def content_hash(*parts: Any) -> str:

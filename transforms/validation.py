@@ -17,11 +17,11 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 
 from embed_client.secrets import redact_url
-from transforms.items import INPUT_FIELDS, DeadLetter, Item, ManifestRow, content_hash
+from transforms.items import INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, Item, ManifestRow, content_hash
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
 from transforms.progress import PROGRESS
 
-__all__ = ["MEDIA_RULES", "RejectDuplicateIds", "ValidateRows", "row_to_items"]
+__all__ = ["MEDIA_RULES", "RejectDuplicateIds", "RoutePlan", "ValidateRows", "row_to_items"]
 
 TEXT_TRUNCATE_VALUES = ("none", "start", "end")
 # Longer texts are truncated by the API anyway; refusing them keeps one row from eating a worker's memory.
@@ -32,11 +32,21 @@ _MB = 1024 * 1024
 # Per model: the largest file of each kind the API takes (API-FACTS.md).
 MEDIA_RULES = {
     "marengo3.0": {"image": 5 * _MB, "audio": 36 * _MB},
+    "marengo3.5": {"image": 5 * _MB, "audio": 36 * _MB},
     "marengo2.7": {"image": 5 * _MB, "audio": 10 * _MB},
     "Marengo-retrieval-2.7": {"image": 5 * _MB, "audio": 10 * _MB},
 }
+# v2 sends local files inline as base64 (a third larger than the file): a request body holds at most
+# 36 MB of it for audio and video, and an image source is at most 32 MB (API-V2-FACTS.md, limits).
+V2_BASE64_LIMIT = 36 * _MB
+V2_MEDIA_RULES = {"image": 32 * _MB, "audio": V2_BASE64_LIMIT * 3 // 4, "video": V2_BASE64_LIMIT * 3 // 4}
+# Longest audio/video a sync `/embed-v2` call takes, per model; longer (or unknown) goes to an async task.
+# Marengo 3.5's sync endpoint takes only multi_input, which answers one vector per request with no
+# segments or options: its audio and video always go to tasks, so every video is cut into segments alike.
+SYNC_MEDIA_SEC = {"marengo3.0": 600.0, "marengo3.5": 0.0}
+TASK_MEDIA_SEC = (4.0, 4 * 3600.0)
 MIN_IMAGE_SIDE = 128
-_INPUTS = ("text", "image_url", "image_file", "audio_url", "audio_file")
+_INPUTS = ("text", "image_url", "image_file", "audio_url", "audio_file", "video_url", "video_file", "asset_id")
 _HASH_CHUNK = 1024 * 1024
 
 
@@ -60,7 +70,19 @@ def _sniff(head: bytes) -> Optional[str]:
     return None
 
 
-_KINDS = {"image": ("png", "jpeg"), "audio": ("wav", "mp3", "flac")}
+_KINDS = {"image": ("png", "jpeg"), "audio": ("wav", "mp3", "flac"), "video": ("mp4", "matroska", "avi", "mpegts")}
+
+
+def _sniff_video(head: bytes) -> Optional[str]:
+    if head[4:8] == b"ftyp":
+        return "mp4"  # MP4, MOV, M4V, 3GP
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # MKV, WebM
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:1] == b"\x47" and len(head) > 188 and head[188:189] == b"\x47":
+        return "mpegts"
+    return None
 
 
 def _resolve(manifest: str, path: str) -> str:
@@ -72,7 +94,7 @@ def _resolve(manifest: str, path: str) -> str:
 
 
 def _check_media_file(path: str, field: str, modality: str, model: str,
-                      offset: Optional[float]) -> Tuple[str, float]:
+                      offset: Optional[float], v2: bool = False) -> Tuple[str, float]:
     """Checks a media file the way the API would; returns (sha256 of the bytes, duration or 0)."""
     # exists/metadata, not match: a name may hold glob characters ("shot[1].png").
     try:
@@ -89,10 +111,15 @@ def _check_media_file(path: str, field: str, modality: str, model: str,
             raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
         raise _Invalid("missing_file", f"`{field}` {path} does not exist")
     size = filesystem.metadata(path).size_in_bytes
-    limit = MEDIA_RULES[model][modality]
+    limit = V2_MEDIA_RULES[modality] if v2 else MEDIA_RULES[model][modality]
     if size == 0:
         raise _Invalid("empty_file", f"`{field}` {path} is empty")
     if size > limit:
+        if v2:
+            raise _Invalid("file_too_large",
+                           f"`{field}` {path} is {size} bytes; a local {modality} file goes to Embed API v2 as "
+                           f"base64, which takes files up to {limit} bytes: give it as `{modality}_url` or "
+                           "`asset_id` instead")
         raise _Invalid("file_too_large",
                        f"`{field}` {path} is {size} bytes; {model} takes {modality} files up to {limit} bytes")
     try:
@@ -100,7 +127,7 @@ def _check_media_file(path: str, field: str, modality: str, model: str,
             data = stream.read(limit + 1)
     except IsADirectoryError:
         raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
-    kind = _sniff(data[:16])
+    kind = _sniff_video(data[:200]) if modality == "video" else _sniff(data[:16])
     if kind not in _KINDS[modality]:
         wanted = "/".join(k.upper() for k in _KINDS[modality])
         raise _Invalid("unsupported_format",
@@ -118,6 +145,16 @@ def _reason(exc: Exception) -> str:
 
 
 def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
+    if kind in _KINDS["video"]:
+        from transforms.media_probe import video_duration
+
+        try:
+            duration = video_duration(data)
+        except Exception as exc:
+            raise _Invalid("corrupt_file", f"`{field}` {path} is not a readable video ({_reason(exc)})")
+        if not duration or duration <= 0:
+            raise _Invalid("corrupt_file", f"`{field}` {path} holds no video frames")
+        return duration
     if kind in ("png", "jpeg"):
         from PIL import Image
 
@@ -168,7 +205,7 @@ def _check_url(url: Any, field: str) -> str:
     return url
 
 
-def _parse_offset(value: Any) -> Optional[float]:
+def _parse_offset(value: Any, field: str = "audio_start_offset_sec") -> Optional[float]:
     if value is None:
         return None
     try:
@@ -176,9 +213,9 @@ def _parse_offset(value: Any) -> Optional[float]:
             raise ValueError
         offset = float(value)
     except (TypeError, ValueError):
-        raise _Invalid("invalid_offset", f"`audio_start_offset_sec` must be a number, got {value!r}")
+        raise _Invalid("invalid_offset", f"`{field}` must be a number, got {value!r}")
     if math.isnan(offset) or math.isinf(offset) or offset < 0:
-        raise _Invalid("invalid_offset", f"`audio_start_offset_sec` must be a number >= 0, got {value!r}")
+        raise _Invalid("invalid_offset", f"`{field}` must be a number >= 0, got {value!r}")
     return offset
 
 
@@ -201,8 +238,81 @@ def _row_id(row: ManifestRow) -> str:
     return value
 
 
-def row_to_items(row: ManifestRow, model: str) -> List[Union[Item, DeadLetter]]:
+class RoutePlan:
+    """Which API generation and call kind each item goes to, and what of the settings keys its content."""
+
+    def __init__(self, model: str, api_version: str = "auto", embedding_signature: str = "",
+                 dimension: Optional[int] = None):
+        self.model = model
+        self.api_version = api_version
+        self.embedding_signature = embedding_signature
+        self.dimension = dimension
+
+    @classmethod
+    def from_settings(cls, settings) -> "RoutePlan":
+        return cls(settings.model, settings.api_version, settings.embedding.signature(),
+                   settings.embedding.dimension)
+
+    def uses_v2(self, modality: str) -> bool:
+        if self.api_version != "auto":
+            return self.api_version == "v2"
+        return self.model not in MEDIA_V1_MODELS or modality == "video"
+
+    def route(self, modality: str, clip_sec: Optional[float]) -> str:
+        if not self.uses_v2(modality):
+            return "v1"
+        if modality in ("text", "image"):
+            return "v2"
+        if clip_sec is None or clip_sec > SYNC_MEDIA_SEC.get(self.model, 0.0):
+            return "task"
+        return "v2"
+
+    def options_key(self, modality: str) -> Tuple:
+        """v1 keys stay as they were (saved outputs keep matching); v2 keys name the generation and options."""
+        if not self.uses_v2(modality):
+            return ()
+        return ("v2", self.dimension) + ((self.embedding_signature,) if modality in ("audio", "video") else ())
+
+
+MEDIA_V1_MODELS = ("marengo3.0", "marengo2.7", "Marengo-retrieval-2.7")
+
+
+def _asset_modality(fields) -> Optional[str]:
+    if fields.get("asset_id") is None:
+        return None
+    media_type = fields.get("media_type")
+    return media_type if media_type in ("image", "audio", "video") else "invalid"
+
+
+def _check_asset(asset: Any) -> str:
+    if not isinstance(asset, str) or not asset.strip() or _CONTROL_CHARS.search(asset) or len(asset) > 256:
+        raise _Invalid("invalid_asset_id", f"`asset_id` must be a platform asset id, got {str(asset)[:80]!r}")
+    return asset.strip()
+
+
+def _media_fields(modality: str, v2: bool, offset: Optional[float], start: Optional[float],
+                  end: Optional[float]) -> dict:
+    """The clip fields an item carries: v1 audio has its start offset; v2 audio/video a start and an end."""
+    if modality == "image":
+        return {}
+    if not v2:
+        return {"audio_start_offset_sec": offset}
+    return {"start_sec": start if start is not None else offset, "end_sec": end}
+
+
+def _clip_length(modality: str, duration: float, media: dict, what: str) -> Optional[float]:
+    if modality == "image":
+        return None
+    start = media.get("start_sec") or 0.0
+    if start and start >= duration:
+        raise _Invalid("invalid_offset", f"`start_sec` {start} is not before the end of {what} ({duration:.2f} s)")
+    end = min(media.get("end_sec") or duration, duration)
+    return end - start
+
+
+def row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None) -> List[Union[Item, DeadLetter]]:
     """One Item per modality the row carries, or a DeadLetter per modality that is invalid."""
+    plan = plan or RoutePlan(model)
     where = f"{row.source} row {row.row_number}"
     try:
         item_id = _row_id(row)
@@ -240,48 +350,86 @@ def row_to_items(row: ManifestRow, model: str) -> List[Union[Item, DeadLetter]]:
         offset = _parse_offset(fields.get("audio_start_offset_sec"))
     except _Invalid as exc:
         offset, offset_error = None, exc
-    for modality in ("image", "audio"):
+    clip_error = None
+    try:
+        start = _parse_offset(fields.get("start_sec"), "start_sec")
+        end = _parse_offset(fields.get("end_sec"), "end_sec")
+        if start is not None and end is not None and end <= start:
+            raise _Invalid("invalid_offset", f"`end_sec` {end} must be after `start_sec` {start}")
+    except _Invalid as exc:
+        start = end = None
+        clip_error = exc
+    asset_modality = _asset_modality(fields)
+    if asset_modality == "invalid":
+        reject(None, _Invalid("invalid_media_type", "`asset_id` needs `media_type` image, audio or video, got "
+                                                    f"{str(fields.get('media_type'))[:40]!r}"))
+    for modality in ("image", "audio", "video"):
         url, path = fields.get(f"{modality}_url"), fields.get(f"{modality}_file")
-        if url is None and path is None:
+        asset = fields.get("asset_id") if asset_modality == modality else None
+        if url is None and path is None and asset is None:
             continue
         try:
+            v2 = plan.uses_v2(modality)
+            if modality == "video" and not v2:
+                raise _Invalid("needs_api_v2", "video is embedded by Embed API v2 only: set api.version to v2 or "
+                                               "leave it unset (auto)")
             if modality == "audio" and offset_error is not None:
                 raise offset_error
-            media_offset = offset if modality == "audio" else None
+            if modality != "image" and clip_error is not None and v2:
+                raise clip_error
+            if asset is not None and not v2:
+                raise _Invalid("needs_api_v2", "`asset_id` is read by Embed API v2 only: set api.version to v2 or "
+                                               "leave it unset (auto)")
+            media = _media_fields(modality, v2, offset, start, end)
+            # v1 keys are what earlier releases wrote (the offset, None for images): saved outputs keep matching.
+            clip_key = (media.get("start_sec"), media.get("end_sec")) if v2 else (media.get("audio_start_offset_sec"),)
+            options = clip_key + plan.options_key(modality)
             if url is not None:  # the URL wins over a file, as in the API
                 url = _check_url(url, f"{modality}_url")
-                out.append(Item(modality=modality, url=url, audio_start_offset_sec=media_offset,
-                                content_hash=content_hash(modality, "url", url, media_offset), **base))
+                out.append(Item(modality=modality, url=url, route=plan.route(modality, None), **media,
+                                content_hash=content_hash(modality, "url", url, *options), **base))
+            elif asset is not None:
+                asset = _check_asset(asset)
+                out.append(Item(modality=modality, asset_id=asset, route=plan.route(modality, None), **media,
+                                content_hash=content_hash(modality, "asset", asset, *options),
+                                **base))
             else:
                 if not isinstance(path, str) or not path.strip():
                     got = repr(path) if isinstance(path, str) else type(path).__name__
                     raise _Invalid("invalid_type", f"`{modality}_file` must be a non-empty path, got {got}")
                 resolved = _resolve(row.source, path.strip())
-                digest, _ = _check_media_file(resolved, f"{modality}_file", modality, model, media_offset)
-                out.append(Item(modality=modality, file_path=resolved, audio_start_offset_sec=media_offset,
-                                content_hash=content_hash(modality, "bytes", digest, media_offset), **base))
+                digest, duration = _check_media_file(resolved, f"{modality}_file", modality, plan.model,
+                                                     media.get("audio_start_offset_sec"), v2)
+                clip = _clip_length(modality, duration, media, f"{modality}_file {resolved}")
+                out.append(Item(modality=modality, file_path=resolved, route=plan.route(modality, clip),
+                                duration_sec=duration if modality != "image" else None, **media,
+                                content_hash=content_hash(modality, "bytes", digest, *options),
+                                **base))
         except _Invalid as exc:
             reject(modality, exc)
     if not out:
         blank = "`text` is blank and " if isinstance(text, str) else ""
         out.append(DeadLetter(item_id, row.source, row.row_number, None, "validate", "no_input",
                               f"{where}: {blank}none of `text`, `image_url`, `image_file`, `audio_url`, "
-                              "`audio_file` is given"))
+                              "`audio_file`, `video_url`, `video_file`, `asset_id` is given"))
     return out
 
 
 class _ToItems(beam.DoFn):
-    def __init__(self, model: str):
+    def __init__(self, model: str, plan: Optional[RoutePlan] = None):
         self._model = model
-        self._items = {m: Metrics.counter(NAMESPACE, f"items_{m}") for m in ("text", "image", "audio")}
+        self._plan = plan or RoutePlan(model)
+        self._items = {m: Metrics.counter(NAMESPACE, f"items_{m}") for m in MODALITIES}
+        self._routes = {r: Metrics.counter(NAMESPACE, f"route_{r}") for r in ROUTES}
 
     def process(self, row: ManifestRow) -> Iterable:
-        for record in row_to_items(row, self._model):
+        for record in row_to_items(row, self._model, self._plan):
             if isinstance(record, DeadLetter):
                 PROGRESS.add(done=1, dead_letters=1)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
             else:
                 self._items[record.modality].inc()
+                self._routes[record.route].inc()
                 PROGRESS.add(items=1)
                 yield record
 
@@ -329,14 +477,16 @@ class RejectDuplicateIds(beam.PTransform):
 class ValidateRows(beam.PTransform):
     """ManifestRow -> Item (one per modality), with a `dead_letters` output for what the API would reject."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, plan: Optional[RoutePlan] = None):
         super().__init__()
         if model not in MEDIA_RULES:
             raise ValueError(f"unknown model {model!r}; use one of {sorted(MEDIA_RULES)}")
         self._model = model
+        self._plan = plan
 
     def expand(self, rows):
         unique = rows | "RejectDuplicateIds" >> RejectDuplicateIds()
-        items = unique.rows | "ToItems" >> beam.ParDo(_ToItems(self._model)).with_outputs(DEAD_LETTERS, main="items")
+        items = unique.rows | "ToItems" >> beam.ParDo(_ToItems(self._model, self._plan)).with_outputs(
+            DEAD_LETTERS, main="items")
         return {"items": items.items, DEAD_LETTERS: (unique[DEAD_LETTERS], items[DEAD_LETTERS])
                 | "MergeValidationDeadLetters" >> beam.Flatten()}
