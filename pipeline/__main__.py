@@ -54,9 +54,15 @@ def main(argv=None) -> int:
     from pipeline.run import run_job
     from pipeline.summary import format_summary
 
-    config, _ = parse_args(argv)
+    from transforms.call_settings import ConfigError
+
     try:
+        config, _ = parse_args(argv)
         summary = run_job(config, progress=True)
+    except ConfigError as exc:
+        # A setting that cannot work: one line saying what and how to fix it, before any call.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         message = _key_problem(exc)
         if message is None:

@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from transforms.call_settings import ConfigError
+
 __all__ = ["EMBEDDED", "JobConfig", "load_config", "parse_args"]
 
 # `api.base_url: embedded` starts the local emulator in-process: no key, no network.
@@ -40,6 +42,15 @@ class JobConfig:
     flush_sec: float = 5.0
     emulator: Dict[str, Any] = dataclasses.field(default_factory=dict)
     samples: Optional[str] = None      # folder of generated sample media/manifests (local config)
+    api_version: str = "auto"          # v1 | v2 | auto (v1 where it can, v2 for video and marengo3.5)
+    embedding_dimension: Optional[int] = None
+    embedding_options: Optional[List[str]] = None
+    embedding_scopes: Optional[List[str]] = None
+    embedding_type: Optional[List[str]] = None
+    segmentation: Optional[Dict[str, Any]] = None
+    task_deadline_sec: float = 3600.0
+    task_poll_sec: float = 5.0
+    max_tasks_in_flight: int = 32
     beam_args: List[str] = dataclasses.field(default_factory=list)
     config_path: Optional[str] = None
 
@@ -55,16 +66,18 @@ def load_config(path: str) -> JobConfig:
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the config must be a YAML mapping")
+        raise ConfigError(f"{path}: the config must be a YAML mapping")
     root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     api, calls, output, beam_cfg, rate_limit = (raw.get(k) or {} for k in ("api", "calls", "output", "beam",
                                                                               "rate_limit"))
-    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples", "rate_limit"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown config keys {unknown}; known keys are {sorted(known)}")
+    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples", "rate_limit", "embedding"}
+    _refuse_unknown(path, "", raw, known)
+    embedding = raw.get("embedding") or {}
+    _refuse_unknown(path, "embedding.", embedding, _EMBEDDING_KEYS)
+    _refuse_unknown(path, "api.", api, _API_KEYS)
+    _refuse_unknown(path, "calls.", calls, _CALLS_KEYS)
     if "api_key" in api or "key" in api:
-        raise ValueError(f"{path}: do not put the API key in a config; use TWELVE_LABS_API_KEY or api.key_file")
+        raise ConfigError(f"{path}: do not put the API key in a config; use TWELVE_LABS_API_KEY or api.key_file")
     manifests = raw.get("manifests") or []
     if isinstance(manifests, str):
         manifests = [manifests]
@@ -93,8 +106,42 @@ def load_config(path: str) -> JobConfig:
         samples=_resolve_path(raw.get("samples"), root),
         beam_args=[str(a) for a in (beam_cfg.get("args") or [])],
         config_path=os.path.abspath(path),
+        api_version=str(api.get("version", "auto")),
+        embedding_dimension=embedding.get("dimension"),
+        embedding_options=_as_list(embedding.get("options")),
+        embedding_scopes=_as_list(embedding.get("scopes")),
+        embedding_type=_as_list(embedding.get("type")),
+        segmentation=embedding.get("segmentation"),
+        task_deadline_sec=float(calls.get("task_deadline_sec", 3600.0)),
+        task_poll_sec=float(calls.get("task_poll_sec", 5.0)),
+        max_tasks_in_flight=int(calls.get("max_tasks_in_flight", 32)),
     )
     return config
+
+
+_EMBEDDING_KEYS = {"dimension", "options", "scopes", "type", "segmentation"}
+_API_KEYS = {"base_url", "key_file", "connect_timeout_sec", "read_timeout_sec", "version"}
+_CALLS_KEYS = {"requests_per_minute", "requests_per_day", "max_calls", "max_workers", "max_in_flight", "pack",
+               "max_attempts", "item_deadline_sec", "task_deadline_sec", "task_poll_sec", "max_tasks_in_flight"}
+
+
+def _refuse_unknown(path: str, prefix: str, block: Any, known) -> None:
+    import difflib
+
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: `{prefix.rstrip('.') or 'the config'}` must be a mapping")
+    for key in sorted(set(block) - set(known)):
+        if prefix == "api." and key in ("api_key", "key"):
+            continue  # refused below with its own message
+        near = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hint = f" (did you mean {prefix}{near[0]}?)" if near else f"; known: {', '.join(sorted(known))}"
+        raise ConfigError(f"{path}: unknown setting `{prefix}{key}`{hint}")
+
+
+def _as_list(value: Any) -> Optional[List[str]]:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _is_secret_flag(arg: str) -> bool:
@@ -132,7 +179,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifest", action="append", help="manifest path or glob; repeat for several "
                         "(replaces the config's list)")
     parser.add_argument("--output", help="output folder (local or any Beam FileSystems URL)")
-    parser.add_argument("--model", choices=["marengo3.0", "marengo2.7", "Marengo-retrieval-2.7"])
+    parser.add_argument("--model", choices=["marengo3.0", "marengo3.5", "marengo2.7", "Marengo-retrieval-2.7"])
+    parser.add_argument("--api-version", choices=["auto", "v1", "v2"],
+                        help="v1 (POST /embed, packed), v2 (POST /embed-v2 and tasks), or auto (default: v1 where "
+                             "the model and modality allow it, v2 for video and marengo3.5)")
+    parser.add_argument("--embedding-dimension", type=int, choices=[128, 256, 512],
+                        help="marengo3.5 only: the vector size")
     parser.add_argument("--base-url", help="API base URL, or 'embedded' for the in-process emulator")
     parser.add_argument("--requests-per-minute", type=float, help="the account's limit, shared by all workers")
     parser.add_argument("--max-in-flight", type=int, help="concurrent calls per worker process")
@@ -154,6 +206,10 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
         config.output = args.output
     if args.model:
         config.model = args.model
+    if args.api_version:
+        config.api_version = args.api_version
+    if args.embedding_dimension is not None:
+        config.embedding_dimension = args.embedding_dimension
     if args.base_url:
         config.base_url = args.base_url
     if args.requests_per_minute is not None:

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import datetime
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.calling import DEFERRED, CallSettings, CreateEmbeddings
-from transforms.items import Call, DeadLetter
+from transforms.items import ROUTES, Call, DeadLetter
 from transforms.manifests import DEAD_LETTERS, NAMESPACE, ReadManifests
 from transforms.packing import PackCalls
 from transforms.resume import SkipDoneAndDedup
 from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteSegments
-from transforms.validation import ValidateRows
+from transforms.validation import RoutePlan, ValidateRows
 
 __all__ = ["build_pipeline"]
 
@@ -21,12 +21,14 @@ __all__ = ["build_pipeline"]
 class _CountPlannedCalls(beam.DoFn):
     """Dry runs: count the calls that would be made, make none."""
 
-    def __init__(self):
+    def __init__(self, route: str = "v1"):
         self._calls = Metrics.counter(NAMESPACE, "planned_calls")
+        self._route_calls = Metrics.counter(NAMESPACE, f"planned_calls_{route}")
         self._items = Metrics.distribution(NAMESPACE, "planned_items_per_call")
 
     def process(self, call: Call):
         self._calls.inc()
+        self._route_calls.inc()
         self._items.update(len(call.items))
         return []
 
@@ -42,28 +44,45 @@ class _CountDeadLetters(beam.DoFn):
 def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: str, settings: CallSettings,
                    run_id: str, run_time: datetime.datetime, saved_pieces: Sequence[str] = (),
                    pack: bool = True, rows_per_piece: int = 4096, flush_sec: float = 5.0,
-                   dry_run: bool = False) -> Dict[str, beam.PCollection]:
-    """Adds the job to `p`. `saved_pieces` are the segment pieces earlier runs committed to `output`."""
+                   dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None
+                   ) -> Dict[str, beam.PCollection]:
+    """Adds the job to `p`. `saved_pieces` are the segment pieces earlier runs committed to `output`;
+    `known_tasks` the v2 tasks they created (polled again, never created twice)."""
     read = p | "ReadManifests" >> ReadManifests(manifest_paths)
-    valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model)
+    valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings))
     todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(saved_pieces, settings.model)
-    calls = todo["to_call"] | "PackCalls" >> PackCalls(pack=pack)
+    # v1 items are packed several to a call; v2 takes one input per call; long media become async tasks.
+    v1_items, v2_items, task_items = todo["to_call"] | "Route" >> beam.Partition(
+        lambda item, _: ROUTES.index(item.route), len(ROUTES))
+    routes = {"v1": v1_items | "PackCalls" >> PackCalls(pack=pack),
+              "v2": v2_items | "OneItemPerV2Call" >> PackCalls(pack=False),
+              "task": task_items | "OneItemPerTask" >> PackCalls(pack=False)}
     if dry_run:
-        calls | "CountCalls" >> beam.ParDo(_CountPlannedCalls())
+        for route, calls in routes.items():
+            calls | f"CountCalls_{route}" >> beam.ParDo(_CountPlannedCalls(route))
         ((read[DEAD_LETTERS], valid[DEAD_LETTERS]) | "MergeDeadLetters" >> beam.Flatten()
          | "CountDeadLetters" >> beam.ParDo(_CountDeadLetters()))
         return {}
-    called = calls | "CreateEmbeddings" >> CreateEmbeddings(settings)
-    # The writer follows the caller with nothing in between so the runner fuses them: each result is
-    # committed as soon as its call returns (a Flatten here made FnApiRunner hold all results to the end).
-    segments = called.outcomes | "WriteSegments" >> WriteSegments(
-        output, run_id, run_time, settings.model, rows_per_piece, flush_sec)
+    dead_letters = [read[DEAD_LETTERS], valid[DEAD_LETTERS]]
+    deferred = []
+    segments = []
+    for route, calls in routes.items():
+        name = "" if route == "v1" else f"_{route}"
+        called = calls | f"CreateEmbeddings{name}" >> CreateEmbeddings(
+            settings, kind=route, output=output, known_tasks=known_tasks if route == "task" else None)
+        # The writer follows the caller with nothing in between so the runner fuses them: each result is
+        # committed as soon as its call returns (a Flatten here made FnApiRunner hold all results to the end).
+        segments.append(called.outcomes | f"WriteSegments{name}" >> WriteSegments(
+            output, run_id, run_time, settings.model, rows_per_piece, flush_sec, dims=settings.dims))
+        dead_letters.append(called[DEAD_LETTERS])
+        deferred.append(called[DEFERRED])
     todo["reused"] | "WriteReusedSegments" >> WriteSegments(
-        output, run_id, run_time, settings.model, rows_per_piece, flush_sec)
+        output, run_id, run_time, settings.model, rows_per_piece, flush_sec, dims=settings.dims)
     dead = (
-        (read[DEAD_LETTERS], valid[DEAD_LETTERS], called[DEAD_LETTERS])
+        tuple(dead_letters)
         | "MergeDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(output, run_id, rows_per_piece, flush_sec)
     )
-    deferred = called[DEFERRED] | "WriteDeferred" >> WriteDeferred(output, run_id, rows_per_piece, flush_sec)
-    return {"segments": segments, DEAD_LETTERS: dead, DEFERRED: deferred}
+    later = (tuple(deferred) | "MergeDeferred" >> beam.Flatten()
+             | "WriteDeferred" >> WriteDeferred(output, run_id, rows_per_piece, flush_sec))
+    return {"segments": segments, DEAD_LETTERS: dead, DEFERRED: later}

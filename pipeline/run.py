@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import uuid
 from typing import Iterator, Optional
@@ -17,7 +18,9 @@ from pipeline.graph import build_pipeline
 from pipeline.progress_line import ProgressPrinter, count_manifest_rows
 from pipeline.summary import RUNS_DIR
 from pipeline.finalize import finalize_output
+from transforms.call_settings import ConfigError, EmbeddingSettings
 from transforms.calling import CallSettings
+from transforms.calling_v2 import read_task_journal
 from transforms.manifests import expand_manifest_patterns
 from transforms.resume import list_segment_pieces
 from transforms.sinks import SEGMENT_DIR
@@ -79,8 +82,8 @@ def _runs_in_process(options: PipelineOptions) -> bool:
     return runner == "portablerunner" and options.view_as(PortableOptions).environment_type == "LOOPBACK"
 
 
-def _refuse_other_model(pieces, model: str, output: str) -> None:
-    """One output holds one model's vectors: dimensions differ, and reruns must not mix them."""
+def _refuse_other_model(pieces, model: str, output: str, dims: Optional[int] = None) -> None:
+    """One output holds one model's vectors of one size: reruns must not mix them."""
     if not pieces:
         return
     import pyarrow.parquet as pq
@@ -88,10 +91,39 @@ def _refuse_other_model(pieces, model: str, output: str) -> None:
     from transforms.resume import canonical_model
 
     with FileSystems.open(pieces[0], compression_type="uncompressed") as f:
-        table = pq.read_table(f, columns=["model_name"])
+        parquet = pq.ParquetFile(f)
+        found_dims = parquet.schema_arrow.field("embedding").type.list_size
+        table = parquet.read(columns=["model_name"])
     found = table.column("model_name")[0].as_py() if table.num_rows else None
     if found is not None and canonical_model(found) != canonical_model(model):
-        raise ValueError(f"{output} already holds {found} vectors; write {model} vectors to another --output")
+        raise ConfigError(f"{output} already holds {found} vectors; write {model} vectors to another --output")
+    if dims is not None and found_dims != dims:
+        raise ConfigError(f"{output} already holds {found_dims}-d vectors; write {dims}-d vectors to another "
+                          "--output (or use the embedding.dimension it was made with)")
+
+
+def call_settings(config: JobConfig, base_url: str, run_id: str = "") -> CallSettings:
+    """The calling step's settings from the job's config (one place for both the job and search)."""
+    return CallSettings(
+        base_url=base_url, model=config.model, requests_per_minute=config.requests_per_minute,
+        max_workers=config.max_workers, max_in_flight=config.max_in_flight,
+        rate_limit_backend=config.rate_limit_backend, redis_url=config.redis_url,
+        rate_limit_key=config.rate_limit_key,
+        connect_timeout_sec=config.connect_timeout_sec, read_timeout_sec=config.read_timeout_sec,
+        max_attempts=config.max_attempts, item_deadline_sec=config.item_deadline_sec,
+        key_file=config.key_file, max_calls=config.max_calls, run_id=run_id,
+        timeline_dir=None if config.dry_run or not run_id else FileSystems.join(config.output, RUNS_DIR, run_id),
+        placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None,
+        api_version=config.api_version,
+        embedding=EmbeddingSettings(
+            dimension=config.embedding_dimension,
+            options=None if config.embedding_options is None else tuple(config.embedding_options),
+            scopes=None if config.embedding_scopes is None else tuple(config.embedding_scopes),
+            type=None if config.embedding_type is None else tuple(config.embedding_type),
+            segmentation=None if config.segmentation is None else json.dumps(config.segmentation, sort_keys=True)),
+        task_deadline_sec=config.task_deadline_sec, task_poll_sec=config.task_poll_sec,
+        max_tasks_in_flight=config.max_tasks_in_flight,
+    )
 
 
 def _check_key_up_front(settings: CallSettings) -> None:
@@ -122,27 +154,19 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
     with contextlib.ExitStack() as stack:
         if base_url is None:
             base_url = stack.enter_context(embedded_backend(config)) or config.base_url
-        settings = CallSettings(
-            base_url=base_url, model=config.model, requests_per_minute=config.requests_per_minute,
-            max_workers=config.max_workers, max_in_flight=config.max_in_flight,
-            rate_limit_backend=config.rate_limit_backend, redis_url=config.redis_url,
-            rate_limit_key=config.rate_limit_key,
-            connect_timeout_sec=config.connect_timeout_sec, read_timeout_sec=config.read_timeout_sec,
-            max_attempts=config.max_attempts, item_deadline_sec=config.item_deadline_sec,
-            key_file=config.key_file, max_calls=config.max_calls, run_id=run_id,
-            timeline_dir=None if config.dry_run else FileSystems.join(config.output, RUNS_DIR, run_id),
-            placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None,
-        )
+        settings = call_settings(config, base_url, run_id)
         _check_key_up_front(settings)
         started = datetime.datetime.now(datetime.timezone.utc)
         # What earlier runs (finished or killed) committed: those items are not paid for again.
         saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))
-        _refuse_other_model(saved_pieces, config.model, config.output)
+        _refuse_other_model(saved_pieces, config.model, config.output, settings.dims)
+        known_tasks = read_task_journal(config.output)
         options = beam_options(config)
         p = beam.Pipeline(options=options)
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
                        run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
-                       rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run)
+                       rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run,
+                       known_tasks=known_tasks)
         if progress and _runs_in_process(options):
             stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()

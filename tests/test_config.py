@@ -61,7 +61,14 @@ def test_bad_configs_fail_with_the_reason(tmp_path):
     bad = tmp_path / "configs" / "bad.yaml"
     bad.parent.mkdir()
     bad.write_text("manifests: [a]\nmodle: marengo3.0\n")
-    with pytest.raises(ValueError, match="unknown config keys \\['modle'\\]"):
+    with pytest.raises(ValueError, match="unknown setting `modle` \\(did you mean model\\?\\)"):
+        load_config(str(bad))
+    bad.write_text("manifests: [a]\ncalls:\n  request_per_minute: 60\n")
+    with pytest.raises(ValueError, match="unknown setting `calls.request_per_minute` "
+                                         "\\(did you mean calls.requests_per_minute\\?\\)"):
+        load_config(str(bad))
+    bad.write_text("manifests: [a]\nembedding:\n  dimensions: 256\n")
+    with pytest.raises(ValueError, match="did you mean embedding.dimension"):
         load_config(str(bad))
     bad.write_text("api:\n  api_key: secret\n")
     with pytest.raises(ValueError, match="do not put the API key in a config"):

@@ -50,6 +50,11 @@ class _CallStats:
     items_per_call: List[int] = dataclasses.field(default_factory=list)
     split_calls: int = 0
     polls: int = 0                  # v2 task status reads: paced like calls, not paid for
+    tasks_created: int = 0
+    tasks_resumed: int = 0          # recorded by an earlier run: polled, not created again
+    tasks_recreated: int = 0        # recorded, but past the API's retention: created again
+    tasks_ready: int = 0
+    tasks_failed: int = 0
     limited_dimensions: List[str] = dataclasses.field(default_factory=list)  # X-Ratelimit-Dimensions of 429s
     latencies_ms: List[int] = dataclasses.field(default_factory=list)
     # Whole UTC second -> [calls answered, of which 429], for the run report's chart.
@@ -252,9 +257,20 @@ class _Caller:
                 for each in item.with_copies()]
 
 
+CALL_KINDS = ("v1", "v2", "task")
+
+
 class _CreateEmbeddingsFn(beam.DoFn):
-    def __init__(self, settings: CallSettings):
+    def __init__(self, settings: CallSettings, kind: str = "v1", output: Optional[str] = None,
+                 known_tasks: Optional[Dict[str, Tuple[str, float]]] = None):
+        if kind not in CALL_KINDS:
+            raise ValueError(f"kind must be one of {CALL_KINDS}")
         self._settings = settings
+        self._kind = kind
+        self._output = output
+        self._known_tasks = known_tasks or {}
+        self._task_counters = {name: Metrics.counter(NAMESPACE, name) for name in (
+            "task_polls", "tasks_created", "tasks_resumed", "tasks_recreated", "tasks_ready", "tasks_failed")}
         self._calls = Metrics.counter(NAMESPACE, "calls")
         self._retries = Metrics.counter(NAMESPACE, "retries")
         self._rate_limited = Metrics.counter(NAMESPACE, "http_429")
@@ -272,8 +288,21 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._client = EmbedClient(api_key=resolve_api_key(s), base_url=s.base_url,
                                    timeout=(s.connect_timeout_sec, s.read_timeout_sec),
                                    max_connections=s.max_in_flight)
-        self._caller = _Caller(s, self._client, process_bucket(s), process_quota(s))
-        self._pool = concurrent.futures.ThreadPoolExecutor(s.max_in_flight, thread_name_prefix="embed-call")
+        bucket, quota = process_bucket(s), process_quota(s)
+        self._in_flight = s.max_in_flight
+        if self._kind == "v1":
+            self._caller = _Caller(s, self._client, bucket, quota)
+        else:
+            from transforms.calling_v2 import SyncV2Caller, TaskCaller, TaskJournal
+
+            if self._kind == "v2":
+                self._caller = SyncV2Caller(s, self._client, bucket, quota)
+            else:
+                # A task holds a thread while it waits between polls, not a connection: more of them.
+                self._in_flight = s.max_tasks_in_flight
+                self._caller = TaskCaller(s, self._client, bucket, quota, known=self._known_tasks,
+                                          journal=TaskJournal(self._output, s.run_id))
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._in_flight, thread_name_prefix=f"embed-{self._kind}")
         self._throttled_remainder = 0.0
         self._timeline: Dict[int, List[int]] = {}
         self._worker = uuid.uuid4().hex[:8]
@@ -284,7 +313,7 @@ class _CreateEmbeddingsFn(beam.DoFn):
 
     def process(self, call: Call) -> Iterable:
         self._pending.append(self._pool.submit(self._caller.run, call))
-        yield from self._drain(self._settings.max_in_flight)
+        yield from self._drain(self._in_flight)
 
     def finish_bundle(self):
         for output in self._drain(0):
@@ -345,6 +374,13 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._retries.inc(stats.retries)
         self._rate_limited.inc(stats.rate_limited)
         self._split.inc(stats.split_calls)
+        for name, value in (("task_polls", stats.polls), ("tasks_created", stats.tasks_created),
+                            ("tasks_resumed", stats.tasks_resumed), ("tasks_recreated", stats.tasks_recreated),
+                            ("tasks_ready", stats.tasks_ready), ("tasks_failed", stats.tasks_failed)):
+            if value:
+                self._task_counters[name].inc(value)
+        for dimension in stats.limited_dimensions:
+            Metrics.counter(NAMESPACE, f"http_429.{dimension}").inc()
         for n in stats.items_per_call:
             self._items_per_call.update(n)
         for ms in stats.latencies_ms:
@@ -366,12 +402,15 @@ class _CreateEmbeddingsFn(beam.DoFn):
 
 
 class CreateEmbeddings(beam.PTransform):
-    """Call -> Outcome, with a `dead_letters` output."""
+    """Call -> Outcome, with `dead_letters` and `deferred` outputs.
 
-    def __init__(self, settings: CallSettings):
+    `kind`: "v1" packed `POST /embed` calls, "v2" one item per `POST /embed-v2`, or "task": v2 async tasks,
+    each recorded under `output`/tasks/ as soon as it is created; `known_tasks` are earlier runs' records."""
+
+    def __init__(self, settings: CallSettings, kind: str = "v1", output: Optional[str] = None,
+                 known_tasks: Optional[Dict[str, Tuple[str, float]]] = None):
         super().__init__()
-        self._settings = settings
+        self._fn = _CreateEmbeddingsFn(settings, kind, output, known_tasks)
 
     def expand(self, calls):
-        return calls | "Call" >> beam.ParDo(_CreateEmbeddingsFn(self._settings)).with_outputs(
-            DEAD_LETTERS, DEFERRED, main="outcomes")
+        return calls | "Call" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTERS, DEFERRED, main="outcomes")

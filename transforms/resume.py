@@ -103,13 +103,18 @@ class _ReuseSavedFn(beam.DoFn):
         item, record = pair
         if record.path != self._cached_path:
             with FileSystems.open(record.path, compression_type="uncompressed") as f:
-                self._cached = pq.read_table(f, columns=["model_name", "start_offset_sec", "end_offset_sec",
-                                                        "embedding"])
+                parquet = pq.ParquetFile(f)
+                # Outputs written before v2 have no option/scope columns.
+                labelled = "embedding_option" in parquet.schema_arrow.names
+                self._cached = parquet.read(columns=["model_name", "start_offset_sec", "end_offset_sec", "embedding"]
+                                            + (["embedding_option", "embedding_scope"] if labelled else []))
             self._cached_path = record.path
         rows = self._cached.take(record.rows).to_pylist()
         segments = [(r["start_offset_sec"], r["end_offset_sec"], r["embedding"]) for r in rows]
+        labels = [(r.get("embedding_option"), r.get("embedding_scope")) for r in rows]
         PROGRESS.add(done=1, skipped=1)
-        yield Outcome(item, rows[0]["model_name"], segments, attempts=0)
+        yield Outcome(item, rows[0]["model_name"], segments, attempts=0,
+                      labels=labels if any(a or b for a, b in labels) else None)
 
 
 class SkipDoneAndDedup(beam.PTransform):

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -45,6 +45,10 @@ def segment_schema(dims: int) -> pa.Schema:
         ("start_offset_sec", pa.float64()),
         ("end_offset_sec", pa.float64()),
         ("embedding", pa.list_(pa.float32(), dims)),
+        # v2: what a vector embeds (visual, audio, transcription, fused, text) and its scope (clip,
+        # asset); null on v1 and where the API gives none.
+        ("embedding_option", pa.string()),
+        ("embedding_scope", pa.string()),
         ("input_url", pa.string()),
         ("input_file", pa.string()),
         ("input_text", pa.string()),
@@ -63,7 +67,10 @@ def segments_table(outcomes: List[Outcome], dims: int, run_id: str, run_time: da
     vectors = []
     for outcome in outcomes:
         item = outcome.item
-        for index, (start, end, vector) in enumerate(outcome.segments):
+        labels = outcome.labels or [(None, None)] * len(outcome.segments)
+        for index, ((start, end, vector), (option, scope)) in enumerate(zip(outcome.segments, labels)):
+            cols["embedding_option"].append(option)
+            cols["embedding_scope"].append(scope)
             cols["id"].append(item.id)
             cols["modality"].append(item.modality)
             cols["model_name"].append(outcome.model_name)
@@ -152,10 +159,10 @@ class _PieceWriterFn(beam.DoFn):
 class _SegmentPieceFn(_PieceWriterFn):
     suffix = ".parquet"
 
-    def __init__(self, output_dir, run_id, run_time, model, rows_per_piece, flush_sec):
+    def __init__(self, output_dir, run_id, run_time, model, rows_per_piece, flush_sec, dims=None):
         super().__init__(output_dir, run_id, rows_per_piece, flush_sec)
         self._run_time = run_time
-        self._dims = MODEL_DIMS[model]
+        self._dims = dims or MODEL_DIMS[model]
 
     def write(self, outcomes, stream) -> None:
         table = segments_table(outcomes, self._dims, self._run_id, self._run_time)
@@ -181,10 +188,11 @@ class WriteSegments(beam.PTransform):
     """Outcome -> committed Parquet pieces under OUTPUT/segments/ (emits their paths)."""
 
     def __init__(self, output: str, run_id: str, run_time: datetime.datetime, model: str,
-                 rows_per_piece: int = DEFAULT_ROWS_PER_PIECE, flush_sec: float = DEFAULT_FLUSH_SEC):
+                 rows_per_piece: int = DEFAULT_ROWS_PER_PIECE, flush_sec: float = DEFAULT_FLUSH_SEC,
+                 dims: Optional[int] = None):
         super().__init__()
         self._fn = _SegmentPieceFn(FileSystems.join(output, SEGMENT_DIR), run_id, run_time, model,
-                                   rows_per_piece, flush_sec)
+                                   rows_per_piece, flush_sec, dims)
 
     def expand(self, outcomes):
         return outcomes | "WritePieces" >> beam.ParDo(self._fn)

@@ -1,0 +1,300 @@
+"""Embed API v2 calls: one item per `POST /embed-v2`, and async tasks that are created once, recorded in
+the output before they are polled, and polled (paced like calls) until ready, failed or the deadline."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from apache_beam.io.filesystems import FileSystems
+
+from embed_client import errors
+from transforms.call_settings import CallSettings
+from transforms.calling import _Attempts, _Caller, _CallStats, _NotCalled
+from transforms.items import DeadLetter, Deferred, Item, Outcome
+
+__all__ = ["SyncV2Caller", "TaskCaller", "TASKS_DIR", "TaskRecord", "read_task_journal", "segments_from_data"]
+
+_LOGGER = logging.getLogger(__name__)
+TASKS_DIR = "tasks"
+_MODALITY_OPTIONS = {"audio": ("audio", "transcription"), "video": ("visual", "audio", "transcription")}
+_SCOPE_ORDER = {None: 0, "clip": 0, "page": 0, "chunk": 0, "asset": 1}
+_OPTION_ORDER = {None: 0, "visual": 1, "audio": 2, "transcription": 3, "text": 4, "fused": 5}
+# Between polls of one task: the configured first wait, growing by this factor up to the cap.
+_POLL_GROWTH = 1.5
+_POLL_CAP_SEC = 60.0
+# A recorded task older than the API's retention (7 days), less this margin, is created again.
+_RETENTION_MARGIN_SEC = 3600.0
+
+TaskRecord = Tuple[str, float]  # (task id, created at: UTC epoch seconds)
+
+
+def _media_source(item: Item) -> Dict[str, str]:
+    if item.url is not None:
+        return {"url": item.url}
+    if item.asset_id is not None:
+        return {"asset_id": item.asset_id}
+    with FileSystems.open(item.file_path, compression_type="uncompressed") as f:
+        return {"base64_string": base64.b64encode(f.read()).decode("ascii")}
+
+
+def _segmentation(settings: CallSettings, modality: str, task: bool) -> Optional[Dict[str, Any]]:
+    seg = settings.embedding.segmentation_dict()
+    if seg is None:
+        return None
+    strategy = seg["strategy"]
+    field = "duration_sec" if strategy == "fixed" else "min_duration_sec"
+    if strategy == "dynamic" and modality == "audio" and settings.model == "marengo3.0":
+        return None  # Marengo 3.0 cuts audio in fixed windows only: the API default applies
+    shape: Dict[str, Any] = {"strategy": strategy}
+    if seg.get(field) is not None:
+        shape[strategy] = {field: int(seg[field])}
+    # Marengo 3.5 tasks take the same settings wrapped in `temporal`.
+    return {"temporal": shape} if task and settings.model == "marengo3.5" else shape
+
+
+def media_input(item: Item, settings: CallSettings, task: bool) -> Dict[str, Any]:
+    """The `audio`/`video` object of a v2 request for one item."""
+    body: Dict[str, Any] = {"media_source": _media_source(item)}
+    if item.start_sec is not None:
+        body["start_sec"] = item.start_sec
+    if item.end_sec is not None:
+        body["end_sec"] = item.end_sec
+    segmentation = _segmentation(settings, item.modality, task)
+    if segmentation is not None:
+        body["segmentation"] = segmentation
+    emb = settings.embedding
+    options = None
+    if emb.options is not None:
+        options = [o for o in emb.options if o in _MODALITY_OPTIONS[item.modality]]
+        if options:
+            body["embedding_option"] = options
+    if emb.scopes is not None:
+        body["embedding_scope"] = list(emb.scopes)
+    if emb.type is not None and options and len(options) >= 2:
+        body["embedding_type"] = list(emb.type)
+    return body
+
+
+def sync_request(item: Item, settings: CallSettings) -> Dict[str, Any]:
+    """Keyword arguments of `EmbedClient.build_create_v2` for one item."""
+    model = settings.model
+    truncate = None if item.text_truncate is None else item.text_truncate != "none"
+    if model == "marengo3.5":  # its sync endpoint takes multi_input only
+        if item.modality == "text":
+            multi = {"input_text": item.text}
+        else:
+            multi = {"media_sources": [{"media_type": item.modality, **_media_source(item)}]}
+        return dict(input_type="multi_input", model_name=model, multi_input=multi, auto_truncate=truncate,
+                    embedding_dimension=settings.embedding.dimension)
+    if item.modality == "text":
+        return dict(input_type="text", model_name=model, text={"input_text": item.text})
+    if item.modality == "image":
+        return dict(input_type="image", model_name=model, image={"media_source": _media_source(item)})
+    return {"input_type": item.modality, "model_name": model, item.modality: media_input(item, settings, False)}
+
+
+def task_request(item: Item, settings: CallSettings) -> Dict[str, Any]:
+    """Keyword arguments of `EmbedClient.build_task_create` for one audio or video item."""
+    return {"input_type": item.modality, "model_name": settings.model,
+            "embedding_dimension": settings.embedding.dimension,
+            item.modality: media_input(item, settings, True)}
+
+
+def segments_from_data(data, dims: int) -> Tuple[List[Tuple[Optional[float], Optional[float], List[float]]],
+                                                List[Tuple[Optional[str], Optional[str]]]]:
+    """v2 `data[]` (order not guaranteed) as segments in a stable order: clips by time, then the asset."""
+    if not data:
+        raise errors.MalformedResponseError("the response holds no embeddings", status=200)
+    ordered = sorted(data, key=lambda d: (_SCOPE_ORDER.get(d.embedding_scope, 0), d.start_sec or 0.0,
+                                          d.end_sec or 0.0, _OPTION_ORDER.get(d.embedding_option, 9),
+                                          d.embedding_option or ""))
+    segments, labels = [], []
+    for entry in ordered:
+        vector = entry.embedding
+        if vector is None or len(vector) != dims:
+            raise errors.MalformedResponseError(
+                f"a vector has {len(vector or [])} values, expected {dims}", status=200)
+        segments.append((entry.start_sec, entry.end_sec, vector))
+        labels.append((entry.embedding_option, entry.embedding_scope))
+    return segments, labels
+
+
+class SyncV2Caller(_Caller):
+    """One item per `POST /embed-v2` call; the same pacing, budget, retries and error mapping as v1."""
+
+    def _build(self, items: List[Item]):
+        (item,) = items
+        return self.client.build_create_v2(**sync_request(item, self.settings))
+
+    def _send(self, body):
+        return self.client.send_v2(body)
+
+    def _check(self, items: List[Item], response) -> None:
+        segments_from_data(response.data, self.dims)
+
+    def _map(self, items, response, attempts) -> List[Union[Outcome, DeadLetter]]:
+        segments, labels = segments_from_data(response.data, self.dims)
+        return [Outcome(each, self.settings.model, segments, attempts, labels=labels)
+                for item in items for each in item.with_copies()]
+
+
+def task_key(item: Item) -> str:
+    return json.dumps([item.id, item.modality, item.content_hash])
+
+
+class TaskJournal:
+    """Commits each created task's id to OUTPUT/tasks/ before it is polled: a rerun polls it, never pays again."""
+
+    def __init__(self, output: Optional[str], run_id: str):
+        self._dir = None if output is None else FileSystems.join(output, TASKS_DIR)
+        self._run_id = run_id
+        self._worker = uuid.uuid4().hex[:8]
+        self._sequence = 0
+
+    def record(self, item: Item, task_id: str, created_at: float) -> None:
+        if self._dir is None:
+            return
+        self._sequence += 1
+        line = json.dumps({"key": task_key(item), "task_id": task_id, "created_at": created_at, "id": item.id,
+                           "modality": item.modality, "source": item.source, "row_number": item.row_number,
+                           "run_id": self._run_id}) + "\n"
+        final = FileSystems.join(self._dir, f"part-{self._run_id}-{self._worker}-{self._sequence:05d}.jsonl")
+        temp = final + ".tmp"
+        try:
+            FileSystems.mkdirs(self._dir)
+        except IOError:
+            pass
+        with FileSystems.create(temp, compression_type="uncompressed") as f:
+            f.write(line.encode("utf-8"))
+        FileSystems.rename([temp], [final])
+
+
+def read_task_journal(output: str) -> Dict[str, TaskRecord]:
+    """The newest recorded task per item key, from every run's journal."""
+    try:
+        found = FileSystems.match([FileSystems.join(output, TASKS_DIR, "*.jsonl")])[0].metadata_list
+    except Exception:
+        return {}
+    tasks: Dict[str, TaskRecord] = {}
+    for meta in sorted(found, key=lambda m: m.path):
+        with FileSystems.open(meta.path, compression_type="uncompressed") as f:
+            for line in f.read().decode("utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    key, task_id, created = record["key"], str(record["task_id"]), float(record["created_at"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn line from a killed write; the task is created again
+                if key not in tasks or created >= tasks[key][1]:
+                    tasks[key] = (task_id, created)
+    return tasks
+
+
+class _TaskGone(Exception):
+    """A recorded task the API no longer knows (expired or purged): it is created again."""
+
+
+class TaskCaller(_Caller):
+    """Audio and video too long for a sync call: create a task once, record it, poll it to the end."""
+
+    def __init__(self, settings: CallSettings, client, bucket, quota=None, known: Optional[Dict[str, TaskRecord]] = None,
+                 journal: Optional[TaskJournal] = None, clock=time.time, sleep=time.sleep):
+        super().__init__(settings, client, bucket, quota)
+        self.known = dict(known or {})
+        self.journal = journal or TaskJournal(None, settings.run_id)
+        self._clock = clock
+        self._sleep = sleep
+
+    def _run(self, items: List[Item], stats: _CallStats):
+        (item,) = items
+        recorded = self.known.get(task_key(item))
+        max_age = self.settings.task_retention_sec - _RETENTION_MARGIN_SEC
+        if recorded is not None and self._clock() - recorded[1] < max_age:
+            stats.tasks_resumed += 1
+            try:
+                return self._poll(item, recorded[0], stats, attempts=0)
+            except _TaskGone:
+                pass
+        if recorded is not None:
+            stats.tasks_recreated += 1
+        if self.quota.stopped:
+            return self._deferred(items)
+        try:
+            body = self.client.build_task_create(**task_request(item, self.settings))
+        except errors.BadRequestError as exc:
+            return self._dead(item, exc, 0)
+        except OSError as exc:
+            return [DeadLetter(i.id, i.source, i.row_number, i.modality, "call", "unreadable_file",
+                               f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
+                    for i in item.with_copies()]
+        counter = _Attempts()
+        try:
+            created = self._send_paced(lambda: self._created(self.client.send_task_create(body)), 1, stats, counter)
+        except _NotCalled:
+            return self._deferred(items)
+        except errors.RateLimitError as exc:
+            if self._quota_spent(exc):
+                return self._deferred(items)
+            return self._dead(item, exc, counter.count)
+        except errors.EmbedError as exc:
+            return self._dead(item, exc, counter.count)
+        created_at = self._clock()
+        # Before the first poll: a kill from here on costs nothing, the next run polls this id.
+        self.journal.record(item, created.id, created_at)
+        self.known[task_key(item)] = (created.id, created_at)
+        stats.tasks_created += 1
+        try:
+            return self._poll(item, created.id, stats, attempts=counter.count)
+        except _TaskGone:
+            return self._dead(item, errors.NotFoundError(f"task {created.id} vanished right after it was created",
+                                                          status=404, code="resource_not_exist"), counter.count)
+
+    @staticmethod
+    def _created(response):
+        if not getattr(response, "id", None):
+            raise errors.MalformedResponseError("the task create answer has no _id", status=202)
+        return response
+
+    def _poll(self, item: Item, task_id: str, stats: _CallStats, attempts: int):
+        deadline = time.monotonic() + self.settings.task_deadline_sec
+        wait = self.settings.task_poll_sec
+        while True:
+            if self.quota.stopped:
+                return self._pending(item, task_id, self.quota.stopped, self.quota.resets_at)
+            counter = _Attempts()
+            try:
+                task = self._send_paced(lambda: self.client.tasks.retrieve(task_id), 1, stats, counter, paid=False)
+            except errors.NotFoundError:
+                raise _TaskGone()
+            except errors.RateLimitError as exc:
+                if self._quota_spent(exc):
+                    return self._pending(item, task_id, "quota_exhausted", self.quota.resets_at)
+                return self._pending(item, task_id, "task_pending", None)
+            except errors.EmbedError as exc:
+                if exc.is_retryable:  # the status read failed for now: the task goes on; the next run polls it
+                    return self._pending(item, task_id, "task_pending", None)
+                return self._dead(item, exc, attempts)
+            if task.status == "ready":
+                segments, labels = segments_from_data(task.data, self.dims)
+                stats.tasks_ready += 1
+                return [Outcome(each, self.settings.model, segments, attempts, labels=labels)
+                        for each in item.with_copies()]
+            if task.status == "failed":
+                stats.tasks_failed += 1
+                message = task.error_message or "the platform gave no reason"
+                return [DeadLetter(each.id, each.source, each.row_number, each.modality, "call", "task_failed",
+                                   f"{each.source} row {each.row_number}: task {task_id} failed: {message}",
+                                   None, attempts) for each in item.with_copies()]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._pending(item, task_id, "task_pending", None)
+            self._sleep(min(wait, remaining))
+            wait = min(wait * _POLL_GROWTH, _POLL_CAP_SEC)
+
+    def _pending(self, item: Item, task_id: str, reason: str, resets_at: Optional[float]) -> List[Deferred]:
+        """Not done in this run; the task id is recorded, so the next run polls it instead of paying again."""
+        return [Deferred(i.id, i.source, i.row_number, i.modality, reason, resets_at, detail=f"task {task_id}")
+                for i in item.with_copies()]
