@@ -1,19 +1,21 @@
-"""`EmbedClient`: the TwelveLabs `POST /embed` call with the official SDK's signature and wire format."""
+"""`EmbedClient`: the TwelveLabs `POST /embed` call with the official SDK's signature and wire format,
+and the Embed API v2 (`create_v2`, `tasks`; request bodies in `embed_client.v2`)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import threading
-from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from embed_client import errors
+from embed_client import errors, v2
 from embed_client.secrets import check_api_key, redact_url, scrub
 from embed_client.multipart import FilePart, encode_multipart, guess_content_type, new_boundary
 from embed_client.types import CreateEmbeddingsResult
+from embed_client.types_v2 import EmbeddingsV2Result, TaskCreated
 
 __all__ = ["DEFAULT_BASE_URL", "API_KEY_ENV", "EmbedClient", "MODEL_NAMES", "load_file_part"]
 
@@ -28,6 +30,11 @@ DEFAULT_TIMEOUT = (10.0, 120.0)
 # Threads of one worker share the pool; beyond this many, requests waits for a free connection.
 DEFAULT_MAX_CONNECTIONS = 64
 _USER_AGENT = "tl-embed-pipeline/0.1"
+# v2 sends JSON with the SDK's (httpx's) Accept header.
+_V2_ACCEPT = "*/*"
+_JSON = "application/json"
+
+T = TypeVar("T")
 
 FileInput = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Tuple]
 Timeout = Union[float, Tuple[float, float]]
@@ -115,6 +122,8 @@ class EmbedClient:
             self._session.trust_env = False
             self._adapter = self._session.get_adapter(self.base_url)
         self._lock = threading.Lock()
+        # v2 async embedding tasks: create, retrieve, list.
+        self.tasks = v2.TasksClient(self)
 
     @staticmethod
     def _new_session(max_connections: int) -> requests.Session:
@@ -236,47 +245,34 @@ class EmbedClient:
         return self.send(fields, files, timeout=options.get("timeout_in_seconds"),
                          headers=options.get("additional_headers"))
 
-    def _post(self, url: str, body: bytes, headers: Dict[str, str], timeout: Timeout) -> requests.Response:
+    def _send_raw(self, method: str, url: str, body: Optional[bytes], headers: Dict[str, str],
+                  timeout: Timeout) -> requests.Response:
         if not self._own_session:
-            return self._session.post(url, data=body, headers=headers, timeout=timeout)
+            return self._session.request(method, url, data=body, headers=headers, timeout=timeout)
         # Our own session has no cookies, auth, hooks or redirects to merge: hand the request straight
         # to its pooled adapter (Session.request's merging cost about a third of a call's CPU).
         prepared = requests.PreparedRequest()
-        prepared.method = "POST"
+        prepared.method = method
         prepared.url = url
         prepared.headers = requests.structures.CaseInsensitiveDict(headers)
-        prepared.headers["Content-Length"] = str(len(body))
+        if body is not None:
+            prepared.headers["Content-Length"] = str(len(body))
         prepared.body = body
         prepared.hooks = {"response": []}
         return self._adapter.send(prepared, stream=False, timeout=timeout, verify=self._session.verify,
                                   cert=None, proxies=self._session.proxies)
 
-    def send(
-        self,
-        fields: List[Tuple[str, str]],
-        files: List[Tuple[str, FilePart]],
-        timeout: Optional[Timeout] = None,
-        headers: Optional[Mapping[str, str]] = None,
-    ) -> CreateEmbeddingsResult:
-        """Posts an already built request (see `build_request`) and parses the answer."""
-        if not self._api_key:
-            raise errors.AuthError(
-                f"No API key: set the {API_KEY_ENV} environment variable or pass api_key.",
-                code="api_key_invalid",
-            )
-        boundary = new_boundary()
-        body = encode_multipart(fields, files, boundary)
-        request_headers = {
-            "User-Agent": _USER_AGENT,
-            "Accept": "application/json",
-            **dict(headers or {}),
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-            "x-api-key": self._api_key,
-        }
-        url = f"{self.base_url}/embed"
+    def _post(self, url: str, body: bytes, headers: Dict[str, str], timeout: Timeout) -> requests.Response:
+        return self._send_raw("POST", url, body, headers, timeout)
+
+    def _request(self, method: str, url: str, body: Optional[bytes], headers: Dict[str, str],
+                 timeout: Optional[Timeout] = None) -> Tuple[requests.Response, bytes]:
+        """Sends one request on the pooled session; transport failures become typed errors.
+
+        Returns the response and its body, whatever the status."""
         shown = redact_url(url)
         try:
-            response = self._post(url, body, request_headers, timeout if timeout is not None else self.timeout)
+            response = self._send_raw(method, url, body, headers, timeout if timeout is not None else self.timeout)
             content = response.content
         except requests.exceptions.Timeout as exc:
             raise errors.EmbedTimeoutError(f"no answer from {shown} in time ({type(exc).__name__})") from None
@@ -288,6 +284,36 @@ class EmbedClient:
                 f"connection to {shown} failed or was dropped ({type(exc).__name__})") from None
         except requests.exceptions.RequestException as exc:
             raise errors.ConnectionFailedError(f"request to {shown} failed ({type(exc).__name__})") from None
+        return response, content
+
+    def _require_key(self) -> str:
+        if not self._api_key:
+            raise errors.AuthError(
+                f"No API key: set the {API_KEY_ENV} environment variable or pass api_key.",
+                code="api_key_invalid",
+            )
+        return self._api_key
+
+    def send(
+        self,
+        fields: List[Tuple[str, str]],
+        files: List[Tuple[str, FilePart]],
+        timeout: Optional[Timeout] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> CreateEmbeddingsResult:
+        """Posts an already built request (see `build_request`) and parses the answer."""
+        self._require_key()
+        boundary = new_boundary()
+        body = encode_multipart(fields, files, boundary)
+        request_headers = {
+            "User-Agent": _USER_AGENT,
+            "Accept": "application/json",
+            **dict(headers or {}),
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "x-api-key": self._api_key,
+        }
+        url = f"{self.base_url}/embed"
+        response, content = self._request("POST", url, body, request_headers, timeout)
         if not 200 <= response.status_code < 300:
             raise errors.error_from_response(response.status_code, content, response.headers)  # scrubbed there
         info = errors.RateLimitInfo.from_headers(response.headers)
@@ -298,4 +324,119 @@ class EmbedClient:
                 scrub(f"HTTP {response.status_code} body is not the documented JSON: {exc}"),
                 status=response.status_code, rate_limit=info) from None
         result.rate_limit = info
+        return result
+
+    # ---------------------------------------------------------------- Embed API v2
+
+    def build_create_v2(
+        self,
+        input_type: str,
+        model_name: str,
+        *,
+        text: Any = None,
+        image: Any = None,
+        text_image: Any = None,
+        audio: Any = None,
+        video: Any = None,
+        multi_input: Any = None,
+        auto_truncate: Optional[bool] = None,
+        embedding_uncertainty: Optional[bool] = None,
+        embedding_dimension: Optional[int] = None,
+        additional_body_parameters: Optional[Mapping[str, Any]] = None,
+    ) -> bytes:
+        """The exact JSON bytes of a `POST /embed-v2` (see `embed_client.v2`), for `send_v2`."""
+        return v2.build_create_body(
+            input_type, model_name, text=text, image=image, text_image=text_image, audio=audio, video=video,
+            multi_input=multi_input, auto_truncate=auto_truncate, embedding_uncertainty=embedding_uncertainty,
+            embedding_dimension=embedding_dimension, additional_body_parameters=additional_body_parameters)
+
+    build_v2_body = build_create_v2
+
+    def send_v2(self, body: bytes, timeout: Optional[Timeout] = None,
+                headers: Optional[Mapping[str, str]] = None) -> EmbeddingsV2Result:
+        """Posts a body built by `build_create_v2` (the same bytes may be sent again on a retry)."""
+        return self._call_v2("POST", "embed-v2", body, EmbeddingsV2Result.from_json, timeout=timeout,
+                             headers=headers)
+
+    def create_v2(
+        self,
+        input_type: str,
+        model_name: str,
+        *,
+        text: Any = None,
+        image: Any = None,
+        text_image: Any = None,
+        audio: Any = None,
+        video: Any = None,
+        multi_input: Any = None,
+        auto_truncate: Optional[bool] = None,
+        embedding_uncertainty: Optional[bool] = None,
+        embedding_dimension: Optional[int] = None,
+        request_options: Optional[Mapping[str, Any]] = None,
+    ) -> EmbeddingsV2Result:
+        """`POST /embed-v2`: embeddings of one input, returned at once.
+
+        Inputs are dicts in the wire shape (or the SDK's request models); None means not sent.
+        `request_options` takes the SDK's `timeout_in_seconds`, `additional_headers` and
+        `additional_body_parameters` (retries are the caller's policy). Raises an
+        `errors.EmbedError` subclass on every failure.
+        """
+        options = dict(request_options or {})
+        body = self.build_create_v2(
+            input_type, model_name, text=text, image=image, text_image=text_image, audio=audio, video=video,
+            multi_input=multi_input, auto_truncate=auto_truncate, embedding_uncertainty=embedding_uncertainty,
+            embedding_dimension=embedding_dimension,
+            additional_body_parameters=options.get("additional_body_parameters"))
+        return self.send_v2(body, timeout=options.get("timeout_in_seconds"), headers=options.get("additional_headers"))
+
+    def build_task_create(
+        self,
+        input_type: str,
+        model_name: str,
+        *,
+        audio: Any = None,
+        video: Any = None,
+        image: Any = None,
+        document: Any = None,
+        embedding_uncertainty: Optional[bool] = None,
+        embedding_dimension: Optional[int] = None,
+        additional_body_parameters: Optional[Mapping[str, Any]] = None,
+    ) -> bytes:
+        """The exact JSON bytes of a `POST /embed-v2/tasks`, for `send_task_create`."""
+        return v2.build_task_create_body(
+            input_type, model_name, audio=audio, video=video, image=image, document=document,
+            embedding_uncertainty=embedding_uncertainty, embedding_dimension=embedding_dimension,
+            additional_body_parameters=additional_body_parameters)
+
+    def send_task_create(self, body: bytes, timeout: Optional[Timeout] = None,
+                         headers: Optional[Mapping[str, str]] = None) -> TaskCreated:
+        """Posts a body built by `build_task_create`; the service answers 202 with the task id."""
+        return self._call_v2("POST", "embed-v2/tasks", body, TaskCreated.from_json, timeout=timeout,
+                             headers=headers)
+
+    def _call_v2(self, method: str, path: str, body: Optional[bytes], parse: Callable[[Any], T], *,
+                 query: Optional[str] = None, timeout: Optional[Timeout] = None,
+                 headers: Optional[Mapping[str, str]] = None) -> T:
+        """One v2 call: JSON in and out, typed errors, the rate-limit headers on the result."""
+        key = self._require_key()
+        request_headers = {"User-Agent": _USER_AGENT, "Accept": _V2_ACCEPT, **dict(headers or {})}
+        if body is not None:
+            request_headers["Content-Type"] = _JSON
+        request_headers["x-api-key"] = key
+        url = f"{self.base_url}/{path}" + (f"?{query}" if query else "")
+        response, content = self._request(method, url, body, request_headers, timeout)
+        if not 200 <= response.status_code < 300:
+            raise errors.error_from_response(response.status_code, content, response.headers)  # scrubbed there
+        info = errors.RateLimitInfo.from_headers(response.headers)
+        try:
+            result = parse(json.loads(content))
+        except (ValueError, RecursionError) as exc:
+            raise errors.MalformedResponseError(
+                scrub(f"HTTP {response.status_code} body of {method} {redact_url(self.base_url)}/{path} "
+                      f"is not the documented JSON: {exc}"),
+                status=response.status_code, rate_limit=info) from None
+        try:
+            result.rate_limit = info
+        except AttributeError:
+            pass
         return result
