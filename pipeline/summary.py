@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from transforms.items import MODALITIES, ROUTES
 from transforms.manifests import NAMESPACE
 from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
 
@@ -61,6 +62,22 @@ def _utc(epoch) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat() if epoch else None
 
 
+def _dimension(config) -> int:
+    from transforms.call_settings import MODEL_DIMS
+
+    return config.embedding_dimension or MODEL_DIMS.get(config.model, 0)
+
+
+def _api_summary(config, metrics) -> dict:
+    """Which API generation the items went to, and why when it was chosen automatically."""
+    routes = {r: metrics.get(f"route_{r}", 0) for r in ROUTES}
+    why = None
+    if config.api_version == "auto" and (routes["v2"] or routes["task"]):
+        why = ("marengo3.5 is served by Embed API v2 only" if config.model == "marengo3.5"
+               else "video is embedded by Embed API v2 only")
+    return {"version": config.api_version, "items_by_route": routes, "v2_chosen_because": why}
+
+
 def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
     """--dry-run: what a real run would do, and how long it would take."""
     metrics = collect_metrics(result)
@@ -79,7 +96,8 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
         "model": config.model,
         "manifests": manifests,
         "rows_read": metrics.get("rows_read", 0),
-        "items": {m: metrics.get(f"items_{m}", 0) for m in ("text", "image", "audio")},
+        "items": {m: metrics.get(f"items_{m}", 0) for m in MODALITIES},
+        "calls_by_route": {r: metrics.get(f"planned_calls_{r}", 0) for r in ROUTES},
         "items_already_done": metrics.get("items_already_done", 0),
         "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
         "calls_needed": calls,
@@ -103,7 +121,7 @@ def format_plan(plan: dict) -> str:
     return "\n".join([
         f"dry run ({plan['model']}): nothing was called",
         f"  rows read        {plan['rows_read']}",
-        f"  items            text {items['text']}, image {items['image']}, audio {items['audio']}",
+        f"  items            {_items_line(items)}",
         f"  already done     {plan['items_already_done']} items (skipped)",
         f"  deduplicated     {plan['items_deduplicated']} items reuse another item's vectors",
         f"  calls needed     {plan['calls_needed']} ({plan['items_per_call']} items per call)",
@@ -141,7 +159,17 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "seconds": round((finished - started).total_seconds(), 3),
         "manifests": manifests,
         "rows_read": metrics.get("rows_read", 0),
-        "items": {m: metrics.get(f"items_{m}", 0) for m in ("text", "image", "audio")},
+        "items": {m: metrics.get(f"items_{m}", 0) for m in MODALITIES},
+        "api": _api_summary(config, metrics),
+        "dimension": _dimension(config),
+        "tasks": {name: metrics.get(f"tasks_{name}", 0) for name in ("created", "resumed", "recreated", "ready",
+                                                                       "failed")},
+        "task_polls": metrics.get("task_polls", 0),
+        "usage": {"input_tokens": {name.split(".", 1)[1]: n for name, n in sorted(metrics.items())
+                                   if name.startswith("usage_tokens.")},
+                  "truncated": metrics.get("usage_truncated", 0)},
+        "http_429_by_dimension": {name.split(".", 1)[1]: n for name, n in sorted(metrics.items())
+                                  if name.startswith("http_429.")},
         "items_embedded": dict(sorted(embedded.items())),
         "segments_written": segment_rows,
         "calls": metrics.get("calls", 0),
@@ -182,6 +210,29 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     return summary
 
 
+def _items_line(items: dict) -> str:
+    return ", ".join(f"{m} {items.get(m, 0)}" for m in MODALITIES if m != "video" or items.get(m))
+
+
+def _api_lines(summary: dict) -> List[str]:
+    api = summary.get("api") or {}
+    routes = api.get("items_by_route") or {}
+    if not routes.get("v2") and not routes.get("task"):
+        return []
+    tasks = summary["tasks"]
+    lines = [f"  api              v1 {routes.get('v1', 0)} items, v2 {routes.get('v2', 0)} items, async tasks "
+             f"{routes.get('task', 0)} items ({summary['dimension']}-d vectors)"
+             + (f"; v2 chosen automatically: {api['v2_chosen_because']}" if api.get("v2_chosen_because") else ""),
+             f"  tasks            {tasks['created']} created, {tasks['resumed']} resumed from earlier runs, "
+             f"{tasks['recreated']} re-created (past retention), {tasks['ready']} ready, {tasks['failed']} failed, "
+             f"{summary['task_polls']} polls"]
+    tokens = summary["usage"]["input_tokens"]
+    if tokens:
+        lines.append("  usage            " + ", ".join(f"{k} {v} tokens" for k, v in tokens.items())
+                     + f", {summary['usage']['truncated']} truncated")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
     if summary.get("dry_run"):
         return format_plan(summary)
@@ -189,7 +240,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"run {summary['run_id']} ({summary['model']}) finished in {summary['seconds']:.1f} s",
         f"  rows read        {summary['rows_read']}",
-        f"  items            text {items['text']}, image {items['image']}, audio {items['audio']}",
+        f"  items            {_items_line(items)}",
+    ] + _api_lines(summary) + [
         f"  embedded         {sum(summary['items_embedded'].values())} items, "
         f"{summary['segments_written']} segment rows",
         f"  calls            {summary['calls']} ({summary['items_per_call']} items per call), "

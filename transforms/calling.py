@@ -55,6 +55,16 @@ class _CallStats:
     tasks_recreated: int = 0        # recorded, but past the API's retention: created again
     tasks_ready: int = 0
     tasks_failed: int = 0
+    # v2 usage: input tokens by kind (text, image, audio, video) and how many answers were truncated.
+    usage_tokens: Dict[str, int] = dataclasses.field(default_factory=dict)
+    truncated: int = 0
+
+    def add_usage(self, usage) -> None:
+        if usage is None:
+            return
+        for kind, tokens in (usage.input_tokens or {}).items():
+            self.usage_tokens[kind] = self.usage_tokens.get(kind, 0) + int(tokens or 0)
+        self.truncated += int(bool(usage.truncated))
     limited_dimensions: List[str] = dataclasses.field(default_factory=list)  # X-Ratelimit-Dimensions of 429s
     latencies_ms: List[int] = dataclasses.field(default_factory=list)
     # Whole UTC second -> [calls answered, of which 429], for the run report's chart.
@@ -141,7 +151,7 @@ class _Caller:
             return self._dead(items[0], exc, counter.count)
         except errors.EmbedError as exc:
             return [d for item in items for d in self._dead(item, exc, counter.count)]
-        return self._map(items, response, counter.count)
+        return self._map(items, response, counter.count, stats)
 
     def _checked(self, items: List[Item], response):
         self._check(items, response)
@@ -232,7 +242,7 @@ class _Caller:
             if meta is not None and item.url is not None and meta.input_url not in (None, item.url):
                 raise errors.MalformedResponseError(f"{item.modality} result is for another input", status=200)
 
-    def _map(self, items, response, attempts) -> List[Union[Outcome, DeadLetter]]:
+    def _map(self, items, response, attempts, stats=None) -> List[Union[Outcome, DeadLetter]]:
         out: List[Union[Outcome, DeadLetter]] = []
         for item in items:
             result = getattr(response, f"{item.modality}_embedding")
@@ -379,6 +389,10 @@ class _CreateEmbeddingsFn(beam.DoFn):
                             ("tasks_ready", stats.tasks_ready), ("tasks_failed", stats.tasks_failed)):
             if value:
                 self._task_counters[name].inc(value)
+        for kind, tokens in stats.usage_tokens.items():
+            Metrics.counter(NAMESPACE, f"usage_tokens.{kind}").inc(tokens)
+        if stats.truncated:
+            Metrics.counter(NAMESPACE, "usage_truncated").inc(stats.truncated)
         for dimension in stats.limited_dimensions:
             Metrics.counter(NAMESPACE, f"http_429.{dimension}").inc()
         for n in stats.items_per_call:

@@ -136,8 +136,10 @@ class SyncV2Caller(_Caller):
     def _check(self, items: List[Item], response) -> None:
         segments_from_data(response.data, self.dims)
 
-    def _map(self, items, response, attempts) -> List[Union[Outcome, DeadLetter]]:
+    def _map(self, items, response, attempts, stats=None) -> List[Union[Outcome, DeadLetter]]:
         segments, labels = segments_from_data(response.data, self.dims)
+        if stats is not None:
+            stats.add_usage(response.usage)
         return [Outcome(each, self.settings.model, segments, attempts, labels=labels)
                 for item in items for each in item.with_copies()]
 
@@ -280,6 +282,7 @@ class TaskCaller(_Caller):
             if task.status == "ready":
                 segments, labels = segments_from_data(task.data, self.dims)
                 stats.tasks_ready += 1
+                stats.add_usage(task.usage)
                 return [Outcome(each, self.settings.model, segments, attempts, labels=labels)
                         for each in item.with_copies()]
             if task.status == "failed":

@@ -340,8 +340,9 @@ def row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None)
                                "The `text_truncate` parameter is invalid. You should use one of the following "
                                f"values: `none`, `start`, `end` (got {str(truncate)[:50]!r}).")
             if text.strip():
-                out.append(Item(modality="text", text=text, text_truncate=truncate,
-                                content_hash=content_hash("text", text, truncate), **base))
+                out.append(Item(modality="text", text=text, text_truncate=truncate, route=plan.route("text", None),
+                                content_hash=content_hash("text", text, truncate, *plan.options_key("text")),
+                                **base))
         except _Invalid as exc:
             reject("text", exc)
 
