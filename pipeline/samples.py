@@ -9,8 +9,8 @@ __all__ = ["EXPECTED", "ensure_samples"]
 
 # What `./run.sh` on the samples must produce (the tests check these numbers).
 EXPECTED = {
-    "rows": 17,
-    "items_embedded": {"text": 6, "image": 4, "audio": 4},
+    "rows": 18,
+    "items_embedded": {"text": 6, "image": 4, "audio": 4, "video": 1},
     "dead_letters_by_reason": {"duplicate_id": 1, "image_too_small": 1, "invalid_offset": 1, "invalid_text_truncate": 1,
                                "invalid_url": 1, "malformed_row": 1, "missing_file": 1, "no_input": 1},
 }
@@ -28,7 +28,7 @@ def _write(path: str, data: bytes) -> None:
 def ensure_samples(folder: str) -> str:
     """Writes the samples into `folder` unless they are already there; returns the manifests folder."""
     manifests = os.path.join(folder, "manifests")
-    marker = os.path.join(folder, ".complete")
+    marker = os.path.join(folder, ".complete-v2")  # v2 added a video: older sample folders are remade
     if os.path.exists(marker):
         return manifests
     from embed_emulator import synth
@@ -43,6 +43,8 @@ def ensure_samples(folder: str) -> str:
     _write(os.path.join(media, "tone-a.wav"), synth.wav_bytes(8.0, 440.0))
     _write(os.path.join(media, "tone-e.flac"), synth.flac_bytes(3.0, 660.0))
     _write(os.path.join(media, "tone-c.mp3"), synth.mp3_bytes(4.0, 262.0))
+    # A 6 s clip: embedded through Embed API v2 (video is v2 only), one row per segment and option.
+    _write(os.path.join(media, "clip.mp4"), synth.mp4_bytes(6.0, 360, 360, fps=4, seed=5))
 
     jsonl_rows = [
         {"id": "t1", "text": _TEXTS[0], "lang": "en"},
@@ -52,6 +54,7 @@ def ensure_samples(folder: str) -> str:
         {"id": "i1", "image_file": "../media/green.jpg"},
         {"id": "a1", "audio_file": "../media/tone-e.flac"},
         {"text": _TEXTS[3]},  # no id: a stable one is derived
+        {"id": "v1", "video_file": "../media/clip.mp4", "scene": "demo"},
         # Deliberately bad rows: each lands in the dead letters with its reason.
         {"id": "bad-none", "lang": "en"},
         {"id": "bad-url", "image_url": "file:///etc/hosts"},

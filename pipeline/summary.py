@@ -36,9 +36,14 @@ def collect_metrics(result) -> Dict[str, object]:
         values[name] = values.get(name, 0) + (counter.committed or 0)
     for dist in queried.get("distributions", []):
         data = dist.committed
-        if data is not None and data.count:
-            values[dist.key.metric.name] = {"count": data.count, "sum": data.sum, "min": data.min, "max": data.max,
-                                            "mean": data.sum / data.count}
+        if data is None or not data.count:
+            continue
+        # One name can come from several steps (the v1, v2 and task calling steps): merge them.
+        seen = values.get(dist.key.metric.name) or {"count": 0, "sum": 0, "min": data.min, "max": data.max}
+        merged = {"count": seen["count"] + data.count, "sum": seen["sum"] + data.sum,
+                  "min": min(seen["min"], data.min), "max": max(seen["max"], data.max)}
+        merged["mean"] = merged["sum"] / merged["count"]
+        values[dist.key.metric.name] = merged
     return values
 
 
