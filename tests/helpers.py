@@ -114,6 +114,9 @@ def check_vectors_match_client(table, base_url, model, manifests_rows):
     for (item_id, modality), rows in by_key.items():
         fields = manifests_rows[item_id]
         kwargs = {}
+        if modality == "video":  # Embed API v2: one call, its data[] in the job's stable order
+            check_v2_rows_match_client(rows, client, model, fields)
+            continue
         if modality == "text":
             kwargs = {"text": fields["text"], "text_truncate": fields.get("text_truncate")}
         elif fields.get(f"{modality}_url"):
@@ -136,3 +139,34 @@ def check_vectors_match_client(table, base_url, model, manifests_rows):
                     segment.start_offset_sec, segment.end_offset_sec)
             else:
                 assert row["start_offset_sec"] is None and row["end_offset_sec"] is None
+
+
+V2_SCOPE_ORDER = {None: 0, "clip": 0, "asset": 1}
+V2_OPTION_ORDER = {None: 0, "visual": 1, "audio": 2, "transcription": 3, "fused": 5}
+
+
+def v2_sorted(data):
+    """v2 data[] in the order the job writes segments: clips by time, then the asset; options in order."""
+    return sorted(data, key=lambda d: (V2_SCOPE_ORDER.get(d.embedding_scope, 0), d.start_sec or 0.0,
+                                       d.end_sec or 0.0, V2_OPTION_ORDER.get(d.embedding_option, 9)))
+
+
+def check_v2_rows_match_client(rows, client, model, fields):
+    import base64
+
+    import numpy as np
+
+    with open(fields["video_file"], "rb") as f:
+        source = {"base64_string": base64.b64encode(f.read()).decode("ascii")}
+    video = {"media_source": source}
+    for name in ("start_sec", "end_sec"):
+        if fields.get(name) is not None:
+            video[name] = float(fields[name])
+    expected = v2_sorted(client.create_v2("video", model, video=video).data)
+    rows = sorted(rows, key=lambda r: r["segment_index"])
+    assert len(rows) == len(expected)
+    for row, entry in zip(rows, expected):
+        np.testing.assert_array_equal(np.asarray(row["embedding"], dtype=np.float32),
+                                      np.asarray(entry.embedding, dtype=np.float32))
+        assert (row["start_offset_sec"], row["end_offset_sec"]) == (entry.start_sec, entry.end_sec)
+        assert (row["embedding_option"], row["embedding_scope"]) == (entry.embedding_option, entry.embedding_scope)

@@ -42,13 +42,13 @@ def test_duckdb_reads_vectors_as_fixed_size_arrays_and_computes_cosine(output):
     # DuckDB's own Parquet reader sees a plain list, which a cast makes an array again.
     segments = ds.dataset(os.path.join(output, "segments"), format="parquet").to_table()
     con.register("segments", segments)
-    assert dict(con.execute("DESCRIBE segments").fetchall()[i][:2] for i in range(16))["embedding"] == "FLOAT[512]"
+    assert dict(con.execute("DESCRIBE segments").fetchall()[i][:2] for i in range(18))["embedding"] == "FLOAT[512]"
     con.execute(f"CREATE VIEW from_files AS SELECT * REPLACE (embedding::FLOAT[512] AS embedding) "
                 f"FROM read_parquet('{pattern}')")
     reference = _reference(output)
     for view in ("segments", "from_files"):
         rows = con.execute(f"SELECT id, modality, segment_index, embedding FROM {view}").fetchall()
-        assert len(rows) == len(reference) == 16
+        assert len(rows) == len(reference) == 25
         for item_id, modality, index, vector in rows:
             np.testing.assert_array_equal(np.asarray(vector, dtype=np.float32), reference[(item_id, modality, index)])
         (best,) = con.execute(

@@ -57,7 +57,7 @@ def _sample_rows(samples):
         else:
             records = [{k: v for k, v in r.items() if v is not None} for r in pq.read_table(path).to_pylist()]
         for record in records:
-            for field in ("image_file", "audio_file"):
+            for field in ("image_file", "audio_file", "video_file"):
                 if field in record:
                     record[field] = os.path.normpath(os.path.join(folder, record[field]))
             rows.setdefault(record.get("id"), record)
@@ -81,11 +81,12 @@ def test_sample_run_on_direct_runner(tmp_path, emulator, samples):
     assert summary["dead_letters_by_reason"] == EXPECTED["dead_letters_by_reason"]
     assert_exactly_once(output, EXPECTED["rows"])
 
-    # Packing: 6 texts, 3 distinct images (red.png is in two rows) and 4 audios fit in 6 calls.
+    # Packing: 6 texts, 3 distinct images (red.png is in two rows) and 4 audios fit in 6 v1 calls; the
+    # video is one v2 call.
     stats = emulator.stats()
-    assert summary["calls"] == stats["requests"] == 6
-    assert stats["items"] == {"text": 6, "image": 3, "audio": 4}
-    assert summary["items_per_call"] == pytest.approx(13 / 6, abs=0.01)
+    assert summary["calls"] == stats["requests"] == 7
+    assert summary["api"]["items_by_route"] == {"v1": 14, "v2": 1, "task": 0}
+    assert summary["items_per_call"] == pytest.approx(14 / 7, abs=0.01)
     assert summary["items_deduplicated"] == 1
 
     table = read_segments(output)
@@ -113,8 +114,8 @@ def test_sample_run_on_direct_runner(tmp_path, emulator, samples):
     letters = {(l["code"]): l for l in read_dead_letters(output)}
     assert "`image_url`" in letters["invalid_url"]["message"] and "bad-url" == letters["invalid_url"]["id"]
     assert letters["missing_file"]["modality"] == "image" and "missing.png" in letters["missing_file"]["message"]
-    assert letters["duplicate_id"]["row_number"] == 10 and "row 1" in letters["duplicate_id"]["message"]
-    assert letters["malformed_row"]["stage"] == "read" and letters["malformed_row"]["row_number"] == 11
+    assert letters["duplicate_id"]["row_number"] == 11 and "row 1" in letters["duplicate_id"]["message"]
+    assert letters["malformed_row"]["stage"] == "read" and letters["malformed_row"]["row_number"] == 12
     assert letters["image_too_small"]["id"] == "c3" and "64x64" in letters["image_too_small"]["message"]
     with open(os.path.join(output, "summary.json")) as f:
         assert json.load(f)["dead_letters"] == 8
@@ -124,7 +125,7 @@ def test_portable_runner_gives_the_same_output(tmp_path, emulator, samples):
     direct, portable = str(tmp_path / "direct"), str(tmp_path / "portable")
     run(make_config(direct, samples), emulator.base_url)
     summary = run(make_config(portable, samples, beam_args=PORTABLE), emulator.base_url)
-    assert summary["calls"] == 6 and summary["items_embedded"] == EXPECTED["items_embedded"]
+    assert summary["calls"] == 7 and summary["items_embedded"] == EXPECTED["items_embedded"]
     assert_exactly_once(portable, EXPECTED["rows"])
     key = lambda t: sorted((r["id"], r["modality"], r["segment_index"], tuple(r["embedding"]))
                            for r in t.select(["id", "modality", "segment_index", "embedding"]).to_pylist())
@@ -136,8 +137,8 @@ def test_portable_runner_gives_the_same_output(tmp_path, emulator, samples):
 def test_no_pack_makes_one_call_per_item(tmp_path, emulator, samples):
     emulator.reset_stats()
     summary = run(make_config(str(tmp_path / "out"), samples, pack=False), emulator.base_url)
-    assert summary["calls"] == emulator.stats()["requests"] == 13
-    assert emulator.stats()["items_per_call"] == {"1": 13, "2": 0, "3": 0}
+    assert summary["calls"] == emulator.stats()["requests"] == 14  # 13 v1 items and the v2 video
+    assert emulator.stats()["items_per_call"] == {"1": 14, "2": 0, "3": 0}
 
 
 def _mixed_manifest(folder, rows, seed=7):
@@ -271,7 +272,7 @@ def test_cli_runs_local_config_with_overrides(tmp_path):
                           "--no-pack", "--max-in-flight", "3", "--direct_num_workers=1"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "rows read        17" in out.stdout and "calls            13 (1.0 items per call)" in out.stdout
+    assert "rows read        18" in out.stdout and "calls            14 (1.0 items per call)" in out.stdout
     with open(os.path.join(output, "summary.json")) as f:
         summary = json.load(f)
     assert summary["dead_letters_by_reason"] == EXPECTED["dead_letters_by_reason"]
