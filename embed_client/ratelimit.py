@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-__all__ = ["TokenBucket", "make_bucket"]
+__all__ = ["MediaMinutesBudget", "TokenBucket", "make_bucket"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -92,6 +92,47 @@ class TokenBucket:
         if self._fraction < 1.0:
             with self._lock:
                 self._fraction = min(1.0, self._fraction + RECOVERY_STEP)
+
+
+class MediaMinutesBudget:
+    """Paces audio/video minutes to a per-hour limit (the API's DPH dimension), one process's share.
+
+    `acquire(minutes)` blocks until that much media fits: minutes refill at `per_hour / 3600` a second
+    up to an hour's worth, and a clip longer than that waits for a full hour's budget and then goes
+    into debt, so the long-run rate holds. Media of unknown length is charged after its call, with
+    `charge(minutes)`.
+    """
+
+    def __init__(self, minutes_per_hour: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if minutes_per_hour <= 0:
+            raise ValueError(f"minutes_per_hour must be positive, got {minutes_per_hour}")
+        self.per_sec = minutes_per_hour * PACE_MARGIN / 3600.0
+        self.capacity = float(minutes_per_hour)
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._minutes = self.capacity
+        self._updated = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._minutes = min(self.capacity, self._minutes + (now - self._updated) * self.per_sec)
+        self._updated = now
+
+    def acquire(self, minutes: float) -> float:
+        with self._lock:
+            self._refill()
+            need = min(max(0.0, minutes), self.capacity)
+            wait = 0.0 if self._minutes >= need else (need - self._minutes) / self.per_sec
+            self._minutes -= max(0.0, minutes)
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def charge(self, minutes: float) -> None:
+        with self._lock:
+            self._refill()
+            self._minutes -= max(0.0, minutes)
 
 
 # ---- choosing a bucket: one per process, or one shared by every worker through Redis ----------------

@@ -51,6 +51,7 @@ class JobConfig:
     task_deadline_sec: float = 3600.0
     task_poll_sec: float = 5.0
     max_tasks_in_flight: int = 32
+    media_minutes_per_hour: Optional[float] = None
     beam_args: List[str] = dataclasses.field(default_factory=list)
     config_path: Optional[str] = None
 
@@ -115,6 +116,7 @@ def load_config(path: str) -> JobConfig:
         task_deadline_sec=float(calls.get("task_deadline_sec", 3600.0)),
         task_poll_sec=float(calls.get("task_poll_sec", 5.0)),
         max_tasks_in_flight=int(calls.get("max_tasks_in_flight", 32)),
+        media_minutes_per_hour=calls.get("media_minutes_per_hour"),
     )
     return config
 
@@ -122,7 +124,8 @@ def load_config(path: str) -> JobConfig:
 _EMBEDDING_KEYS = {"dimension", "options", "scopes", "type", "segmentation"}
 _API_KEYS = {"base_url", "key_file", "connect_timeout_sec", "read_timeout_sec", "version"}
 _CALLS_KEYS = {"requests_per_minute", "requests_per_day", "max_calls", "max_workers", "max_in_flight", "pack",
-               "max_attempts", "item_deadline_sec", "task_deadline_sec", "task_poll_sec", "max_tasks_in_flight"}
+               "max_attempts", "item_deadline_sec", "task_deadline_sec", "task_poll_sec", "max_tasks_in_flight",
+               "media_minutes_per_hour"}
 
 
 def _refuse_unknown(path: str, prefix: str, block: Any, known) -> None:

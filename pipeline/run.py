@@ -123,6 +123,7 @@ def call_settings(config: JobConfig, base_url: str, run_id: str = "") -> CallSet
             segmentation=None if config.segmentation is None else json.dumps(config.segmentation, sort_keys=True)),
         task_deadline_sec=config.task_deadline_sec, task_poll_sec=config.task_poll_sec,
         max_tasks_in_flight=config.max_tasks_in_flight,
+        media_minutes_per_hour=config.media_minutes_per_hour,
     )
 
 

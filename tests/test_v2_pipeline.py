@@ -245,3 +245,60 @@ def test_a_video_too_large_for_base64_is_a_dead_letter_naming_the_fix(tmp_path, 
         assert emu.stats()["requests"] == 0
     (letter,) = read_dead_letters(output)
     assert letter["code"] == "file_too_large" and "video_url" in letter["message"] and "base64" in letter["message"]
+
+
+def test_media_minutes_budget_paces_to_the_hourly_limit():
+    from embed_client.ratelimit import MediaMinutesBudget
+
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    budget = MediaMinutesBudget(60.0, clock=lambda: now[0], sleep=sleep)  # a minute of media per minute
+    for _ in range(60):
+        budget.acquire(1.0)          # the first hour's worth goes at once
+    assert sum(slept) == 0
+    for _ in range(30):
+        budget.acquire(1.0)          # then one minute of media per ~60.6 s (1% under the limit)
+    assert sum(slept) == pytest.approx(30 * 60 / 0.99, rel=1e-6)
+    budget.charge(10.0)              # media of unknown length, charged after its call
+    assert budget.acquire(1.0) == pytest.approx(11 * 60 / 0.99, rel=1e-6)
+
+
+def test_a_spent_daily_media_quota_defers_the_rest_and_a_later_run_finishes(tmp_path, media, monkeypatch):
+    monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
+    rows = [{"id": f"v{i}", "video_file": str(media / "short.mp4"), "start_sec": 0, "end_sec": 2 + i * 0.5}
+            for i in range(6)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig(media_minutes_per_day=0.1)) as emu:  # 6 s: the first two or three clips
+        first = run(make_config(output, [str(manifest)], max_in_flight=1), emu.base_url)
+    assert first["deferred_by_reason"].get("quota_exhausted", 0) >= 2
+    assert first["http_429_by_dimension"].get("dpd", 0) >= 1
+    embedded_first = sum(first["items_embedded"].values())
+    assert embedded_first + first["deferred"] == len(rows)
+    with Emulator(EmulatorConfig()) as emu:
+        second = run(make_config(output, [str(manifest)]), emu.base_url)
+        calls = emu.stats()["requests"]
+    assert second["items_already_done"] == embedded_first and calls == len(rows) - embedded_first
+    assert_exactly_once(output, len(rows))
+
+
+def test_asset_ids_go_to_v2_and_an_unknown_one_is_a_dead_letter(tmp_path, media, monkeypatch):
+    monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
+    rows = [{"id": "known", "asset_id": "asset-img-1", "media_type": "image"},
+            {"id": "unknown", "asset_id": "asset-nope", "media_type": "image"},
+            {"id": "no-type", "asset_id": "asset-img-1"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig(assets={"asset-img-1": str(media / "img.png")})) as emu:
+        summary = run(make_config(output, [str(manifest)], api_version="v2"), emu.base_url)
+    assert summary["items_embedded"] == {"image": 1}
+    letters = {l["id"]: l["code"] for l in read_dead_letters(output)}
+    assert letters == {"unknown": "resource_not_exist", "no-type": "invalid_media_type"}
+    assert_exactly_once(output, 3)

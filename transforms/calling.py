@@ -22,7 +22,7 @@ from transforms.call_settings import MODEL_DIMS, ApiKeyRejected, CallSettings, r
 from transforms.items import Call, DeadLetter, Deferred, Item, Outcome
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
 from transforms.progress import PROGRESS
-from transforms.worker_state import QuotaState, process_bucket, process_quota
+from transforms.worker_state import QuotaState, process_bucket, process_media_budget, process_quota
 
 # CallSettings, MODEL_DIMS, ApiKeyRejected and resolve_api_key live in call_settings; they are
 # re-exported here because callers think of them as the calling step's.
@@ -312,6 +312,7 @@ class _CreateEmbeddingsFn(beam.DoFn):
                 self._in_flight = s.max_tasks_in_flight
                 self._caller = TaskCaller(s, self._client, bucket, quota, known=self._known_tasks,
                                           journal=TaskJournal(self._output, s.run_id))
+            self._caller.media = process_media_budget(s)
         self._pool = concurrent.futures.ThreadPoolExecutor(self._in_flight, thread_name_prefix=f"embed-{self._kind}")
         self._throttled_remainder = 0.0
         self._timeline: Dict[int, List[int]] = {}

@@ -123,8 +123,43 @@ def segments_from_data(data, dims: int) -> Tuple[List[Tuple[Optional[float], Opt
     return segments, labels
 
 
-class SyncV2Caller(_Caller):
+def clip_minutes(item: Item) -> Optional[float]:
+    """Minutes of audio/video an item sends, when known before the call."""
+    if item.modality not in ("audio", "video") or item.duration_sec is None:
+        return None
+    end = min(item.end_sec or item.duration_sec, item.duration_sec)
+    return max(0.0, end - (item.start_sec or 0.0)) / 60.0
+
+
+def data_minutes(data) -> float:
+    """Minutes of media an answer covers (for media whose length was unknown before the call)."""
+    spans = [(d.start_sec, d.end_sec) for d in data or [] if d.start_sec is not None and d.end_sec is not None]
+    return (max(e for _, e in spans) - min(s for s, _ in spans)) / 60.0 if spans else 0.0
+
+
+class _MediaPaced:
+    """Audio and video minutes paced to `calls.media_minutes_per_hour`, besides the request rate."""
+
+    media = None  # a MediaMinutesBudget, set by the calling step
+
+    def _pace_media(self, item: Item, stats: _CallStats) -> None:
+        if self.media is not None:
+            minutes = clip_minutes(item)
+            if minutes is not None:
+                stats.throttled_sec += self.media.acquire(minutes)
+
+    def _charge_media(self, item: Item, data) -> None:
+        if self.media is not None and item.modality in ("audio", "video") and clip_minutes(item) is None:
+            self.media.charge(data_minutes(data))
+
+
+class SyncV2Caller(_MediaPaced, _Caller):
     """One item per `POST /embed-v2` call; the same pacing, budget, retries and error mapping as v1."""
+
+    def _run(self, items: List[Item], stats: _CallStats):
+        if not self.quota.stopped:
+            self._pace_media(items[0], stats)
+        return super()._run(items, stats)
 
     def _build(self, items: List[Item]):
         (item,) = items
@@ -138,6 +173,7 @@ class SyncV2Caller(_Caller):
 
     def _map(self, items, response, attempts, stats=None) -> List[Union[Outcome, DeadLetter]]:
         segments, labels = segments_from_data(response.data, self.dims)
+        self._charge_media(items[0], response.data)
         if stats is not None:
             stats.add_usage(response.usage)
         return [Outcome(each, self.settings.model, segments, attempts, labels=labels)
@@ -199,7 +235,7 @@ class _TaskGone(Exception):
     """A recorded task the API no longer knows (expired or purged): it is created again."""
 
 
-class TaskCaller(_Caller):
+class TaskCaller(_MediaPaced, _Caller):
     """Audio and video too long for a sync call: create a task once, record it, poll it to the end."""
 
     def __init__(self, settings: CallSettings, client, bucket, quota=None, known: Optional[Dict[str, TaskRecord]] = None,
@@ -232,6 +268,7 @@ class TaskCaller(_Caller):
             return [DeadLetter(i.id, i.source, i.row_number, i.modality, "call", "unreadable_file",
                                f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
                     for i in item.with_copies()]
+        self._pace_media(item, stats)
         counter = _Attempts()
         try:
             created = self._send_paced(lambda: self._created(self.client.send_task_create(body)), 1, stats, counter)
@@ -283,6 +320,7 @@ class TaskCaller(_Caller):
                 segments, labels = segments_from_data(task.data, self.dims)
                 stats.tasks_ready += 1
                 stats.add_usage(task.usage)
+                self._charge_media(item, task.data)
                 return [Outcome(each, self.settings.model, segments, attempts, labels=labels)
                         for each in item.with_copies()]
             if task.status == "failed":

@@ -5,10 +5,10 @@ import logging
 import threading
 from typing import Dict, Optional, Tuple
 
-from embed_client.ratelimit import TokenBucket, make_bucket
+from embed_client.ratelimit import MediaMinutesBudget, TokenBucket, make_bucket
 from transforms.call_settings import CallSettings
 
-__all__ = ["QuotaState", "process_bucket", "process_quota"]
+__all__ = ["QuotaState", "process_bucket", "process_media_budget", "process_quota"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,3 +69,17 @@ def process_quota(settings: CallSettings) -> QuotaState:
             budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
             _QUOTAS[key] = QuotaState(budget)
         return _QUOTAS[key]
+
+
+_MEDIA_BUDGETS: Dict[Tuple, MediaMinutesBudget] = {}
+
+
+def process_media_budget(settings: CallSettings) -> Optional[MediaMinutesBudget]:
+    """This process's share of the per-hour media minutes, or None when not configured."""
+    if settings.media_minutes_per_hour is None:
+        return None
+    key = (settings.base_url, settings.media_minutes_per_hour, settings.max_workers)
+    with _BUCKETS_LOCK:
+        if key not in _MEDIA_BUDGETS:
+            _MEDIA_BUDGETS[key] = MediaMinutesBudget(settings.media_minutes_per_hour / settings.max_workers)
+        return _MEDIA_BUDGETS[key]
