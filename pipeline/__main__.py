@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     print(format_summary(summary))
-    return 0
+    return int(summary.get("exit_code", 0))
 
 
 if __name__ == "__main__":

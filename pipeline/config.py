@@ -52,6 +52,7 @@ class JobConfig:
     task_poll_sec: float = 5.0
     max_tasks_in_flight: int = 32
     media_minutes_per_hour: Optional[float] = None
+    outage_after_failures: int = 20
     beam_args: List[str] = dataclasses.field(default_factory=list)
     config_path: Optional[str] = None
 
@@ -117,6 +118,7 @@ def load_config(path: str) -> JobConfig:
         task_poll_sec=float(calls.get("task_poll_sec", 5.0)),
         max_tasks_in_flight=int(calls.get("max_tasks_in_flight", 32)),
         media_minutes_per_hour=calls.get("media_minutes_per_hour"),
+        outage_after_failures=int(calls.get("outage_after_failures", 20)),
     )
     return config
 
@@ -125,7 +127,7 @@ _EMBEDDING_KEYS = {"dimension", "options", "scopes", "type", "segmentation"}
 _API_KEYS = {"base_url", "key_file", "connect_timeout_sec", "read_timeout_sec", "version"}
 _CALLS_KEYS = {"requests_per_minute", "requests_per_day", "max_calls", "max_workers", "max_in_flight", "pack",
                "max_attempts", "item_deadline_sec", "task_deadline_sec", "task_poll_sec", "max_tasks_in_flight",
-               "media_minutes_per_hour"}
+               "media_minutes_per_hour", "outage_after_failures"}
 
 
 def _refuse_unknown(path: str, prefix: str, block: Any, known) -> None:

@@ -124,6 +124,7 @@ def call_settings(config: JobConfig, base_url: str, run_id: str = "") -> CallSet
         task_deadline_sec=config.task_deadline_sec, task_poll_sec=config.task_poll_sec,
         max_tasks_in_flight=config.max_tasks_in_flight,
         media_minutes_per_hour=config.media_minutes_per_hour,
+        outage_after_failures=config.outage_after_failures,
     )
 
 

@@ -15,7 +15,8 @@ from transforms.items import MODALITIES, ROUTES
 from transforms.manifests import NAMESPACE
 from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
 
-__all__ = ["RUNS_DIR", "collect_metrics", "format_summary", "plan_summary", "write_summary"]
+__all__ = ["EXIT_CODES", "RUNS_DIR", "collect_metrics", "format_summary", "plan_summary", "run_status",
+           "write_summary"]
 
 # OUTPUT/runs/RUN_ID/ keeps each run's summary and call timeline; OUTPUT/summary.json is the latest.
 RUNS_DIR = "runs"
@@ -65,6 +66,24 @@ def _read_jsonl(paths: List[str]) -> List[dict]:
 
 def _utc(epoch) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat() if epoch else None
+
+
+# The job's exit status, also `status` in summary.json (README: "Exit codes").
+EXIT_CODES = {"done": 0, "usage_error": 2, "finished_with_dead_letters": 3, "deferred": 4,
+              "stopped_service_unavailable": 5}
+STATUS_TEXT = {"done": "done: every item is embedded",
+               "finished_with_dead_letters": "finished; some rows are dead letters (see dead_letters/)",
+               "deferred": "deferred: some items wait for the quota, the call budget or their task; run again",
+               "stopped_service_unavailable": "stopped: the API was unreachable or failing; the rest is deferred, "
+                                              "run again when it is back"}
+
+
+def run_status(deferred: int, deferred_by_reason, dead_letters: int) -> str:
+    if deferred_by_reason.get("service_unavailable"):
+        return "stopped_service_unavailable"
+    if deferred:
+        return "deferred"
+    return "finished_with_dead_letters" if dead_letters else "done"
 
 
 def _dimension(config) -> int:
@@ -151,13 +170,19 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         for modality, index in zip(table.column("modality").to_pylist(), table.column("segment_index").to_pylist()):
             if index == 0:
                 embedded[modality] += 1
-    dead_by_code = collections.Counter(r["code"] for r in _read_jsonl(dead_files))
+    letters = _read_jsonl(dead_files)
+    dead_by_code = collections.Counter(r["code"] for r in letters)
+    dead_by_kind = collections.Counter(r.get("kind", "permanent") for r in letters)
     deferred_files = _run_files(FileSystems.join(config.output, DEFERRED_DIR), run_id, ".jsonl")
     deferred = _read_jsonl(deferred_files)
     resets = [r["resets_at"] for r in deferred if r.get("resets_at")]
     items_per_call = metrics.get("items_per_call") or {}
+    by_reason = collections.Counter(r["reason"] for r in deferred)
+    status = run_status(len(deferred), by_reason, sum(dead_by_code.values()))
     summary = {
         "run_id": run_id,
+        "status": status,
+        "exit_code": EXIT_CODES[status],
         "model": config.model,
         "started": started.isoformat(),
         "finished": finished.isoformat(),
@@ -193,6 +218,8 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "segment_rows_dropped": (finalized or {}).get("segment_rows_dropped", 0),
         "dead_letters": sum(dead_by_code.values()),
         "dead_letters_by_reason": dict(sorted(dead_by_code.items())),
+        "dead_letters_transient": dead_by_kind.get("transient", 0),
+        "dead_letters_permanent": dead_by_kind.get("permanent", 0),
         "output": config.output,
         "segment_files": segment_files,
         "dead_letter_files": dead_files,
@@ -258,7 +285,10 @@ def format_summary(summary: dict) -> str:
            f"{summary['quota_resets_at'] or 'unknown'}; run again to finish)" if summary["deferred"] else ""),
         f"  dead letters     {summary['dead_letters']}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in summary["dead_letters_by_reason"].items()) + ")"
-           if summary["dead_letters"] else ""),
+           if summary["dead_letters"] else "")
+        + (f"; {summary['dead_letters_transient']} transient (retried next run)"
+           if summary.get("dead_letters_transient") else ""),
+        f"  status           {summary['status']} (exit {summary['exit_code']}): {STATUS_TEXT[summary['status']]}",
         f"  output           {summary['output']}",
         f"  summary          {summary.get('summary_file', '')}",
         f"  report           {summary.get('report_file', '')}",

@@ -107,7 +107,7 @@ def test_spent_daily_quota_defers_then_later_runs_finish(tmp_path):
     assert _deferred(output) == []
 
 
-def test_quota_stop_exits_zero_and_says_when_it_resets(tmp_path):
+def test_quota_stop_exits_4_deferred_and_says_when_it_resets(tmp_path):
     manifest = _write_manifest(tmp_path / "q.jsonl", [{"id": f"e{i}", "text": f"t{i}"} for i in range(8)])
     (tmp_path / "configs").mkdir()
     config_path = tmp_path / "configs" / "c.yaml"
@@ -116,8 +116,9 @@ def test_quota_stop_exits_zero_and_says_when_it_resets(tmp_path):
         "emulator": {"requests_per_day": 3, "day_length_sec": 7200}, "beam": {"args": ["--runner=DirectRunner"]}}))
     out = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(config_path)], capture_output=True,
                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 4, out.stderr[-2000:]  # deferred: run again
     assert "deferred         5 (quota_exhausted 5; quota resets at 20" in out.stdout
+    assert "status           deferred (exit 4)" in out.stdout
     assert "run again to finish" in out.stdout
 
 

@@ -198,7 +198,7 @@ def test_cli_run_with_every_fault_prints_no_key(tmp_path):
     with Emulator(faults) as emu:
         out = _cli(["--config", _write_config(tmp_path, str(manifest), emu.base_url, output)])
         stats = emu.stats()
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode in (0, 3), out.stderr[-3000:]
     assert "rows read        20" in out.stdout
     assert sum(stats["faults"].values()) >= 3, stats["faults"]
     assert not _leaks(out.stdout) and not _leaks(out.stderr)
@@ -369,7 +369,7 @@ def test_credentials_in_media_urls_are_redacted_everywhere(tmp_path):
         manifest = tmp_path / "m.jsonl"
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out = _cli(["--config", _write_config(tmp_path, str(manifest), emu.base_url, output)])
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 3, out.stderr[-2000:]  # two rows are dead letters
     urls = dict(zip(*(read_segments(output).column(c).to_pylist() for c in ("id", "input_url"))))
     assert urls == {"ok": f"http://***@{host}/img.png", "signed": f"http://{host}/img.png?X-Amz-Signature=***&v=1"}
     letters = {l["id"]: l for l in read_dead_letters(output)}

@@ -122,6 +122,9 @@ class CallSettings:
     task_poll_sec: float = 5.0
     max_tasks_in_flight: int = 32
     task_retention_sec: float = 7 * 86400.0
+    # After this many attempts in a row fail for the service's reason (connection refused, DNS, timeouts,
+    # 5xx, 404 on the endpoint itself), a worker stops calling and defers the rest (0: never).
+    outage_after_failures: int = 20
     # The account's audio/video minutes per hour (the API's DPH limit), shared by all workers; None: not paced.
     media_minutes_per_hour: Optional[float] = None
 
@@ -136,6 +139,8 @@ class CallSettings:
             raise ConfigError(f"{self.model} is served by Embed API v1 only: set api.version to v1 or leave it "
                               f"unset, or use {' or '.join(V2_MODELS)}")
         self.embedding.check(self.model)
+        if self.outage_after_failures < 0:
+            raise ConfigError("calls.outage_after_failures must be >= 0 (0: never stop)")
         if self.media_minutes_per_hour is not None and self.media_minutes_per_hour <= 0:
             raise ConfigError("calls.media_minutes_per_hour must be > 0 (or left out)")
         if self.task_deadline_sec <= 0 or self.task_poll_sec <= 0 or self.max_tasks_in_flight < 1:

@@ -93,6 +93,15 @@ def _per_minute_limit(info: errors.RateLimitInfo) -> Optional[float]:
     return None
 
 
+_SERVICE_FAILURES = (errors.ConnectionFailedError, errors.EmbedTimeoutError, errors.ServerError,
+                     errors.MalformedResponseError)
+
+
+def _is_service_failure(exc: errors.EmbedError, paid: bool) -> bool:
+    """Fails every item alike: unreachable, hanging, 5xx, lying, or (for an embed call) no such endpoint."""
+    return isinstance(exc, _SERVICE_FAILURES) or (paid and isinstance(exc, errors.NotFoundError))
+
+
 def _error_code(exc: errors.EmbedError) -> str:
     if exc.code:
         return exc.code
@@ -109,7 +118,7 @@ class _Caller:
         self.settings = settings
         self.client = client
         self.bucket = bucket
-        self.quota = quota or QuotaState(settings.max_calls)
+        self.quota = quota or QuotaState(settings.max_calls, settings.outage_after_failures)
         self.policy = settings.retry_policy()
         self.dims = settings.dims
 
@@ -179,15 +188,19 @@ class _Caller:
                 response = send()
                 stats.latencies_ms.append(int((time.monotonic() - sent) * 1000))
                 stats.mark(False)
-            except errors.RateLimitError as exc:
-                stats.mark(True)
-                stats.rate_limited += 1
-                dimension = getattr(exc.rate_limit, "dimensions", None)
-                if dimension:
-                    stats.limited_dimensions.append(dimension)
-                self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
-                                            _per_minute_limit(exc.rate_limit))
+            except errors.EmbedError as exc:
+                # The service's failure, not the item's: enough in a row and the run stops calling.
+                self.quota.service_result(_is_service_failure(exc, paid), f"{_error_code(exc)}: {exc.message}")
+                if isinstance(exc, errors.RateLimitError):
+                    stats.mark(True)
+                    stats.rate_limited += 1
+                    dimension = getattr(exc.rate_limit, "dimensions", None)
+                    if dimension:
+                        stats.limited_dimensions.append(dimension)
+                    self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
+                                                _per_minute_limit(exc.rate_limit))
                 raise
+            self.quota.service_result(False)
             self.bucket.on_success()
             return response
 

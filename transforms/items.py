@@ -74,6 +74,19 @@ class Call:
     items: List[Item]
 
 
+# Dead-letter codes of failures that are the service's or the moment's, not the item's: the next run
+# tries them again. Every other code is the item's own (bad input, refused by the API): permanent.
+TRANSIENT_CODES = frozenset({"connection_failed", "timeout", "server_error", "malformed_response",
+                             "too_many_requests", "unreadable_file", "internal_error", "service_unavailable"})
+
+
+def failure_kind(code: str, http_status: Optional[int] = None) -> str:
+    if code in TRANSIENT_CODES or (http_status is not None and (http_status >= 500 or http_status in (408, 409,
+                                                                                                      429))):
+        return "transient"
+    return "permanent"
+
+
 @dataclasses.dataclass
 class DeadLetter:
     id: Optional[str]
@@ -87,7 +100,9 @@ class DeadLetter:
     attempts: int = 0
 
     def as_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        record["kind"] = failure_kind(self.code, self.http_status)
+        return record
 
 
 @dataclasses.dataclass
@@ -98,7 +113,7 @@ class Deferred:
     source: str
     row_number: int
     modality: str
-    reason: str                        # quota_exhausted | max_calls | task_pending
+    reason: str                        # quota_exhausted | max_calls | task_pending | service_unavailable
     resets_at: Optional[float] = None  # UTC epoch seconds, when the API said
     detail: Optional[str] = None       # e.g. the pending task's id
 

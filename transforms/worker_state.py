@@ -31,12 +31,29 @@ def process_bucket(settings: CallSettings) -> TokenBucket:
 class QuotaState:
     """Per process and run: once the quota or the call budget is spent, nothing more is called."""
 
-    def __init__(self, max_calls: Optional[int]):
+    def __init__(self, max_calls: Optional[int], outage_after: int = 0):
         self._lock = threading.Lock()
         self.max_calls = max_calls
         self.calls = 0
         self.stopped: Optional[str] = None
         self.resets_at: Optional[float] = None
+        # Consecutive attempts that failed for the service's reason (refused, timed out, 5xx, no endpoint).
+        self.outage_after = outage_after
+        self.service_failures = 0
+        self.last_service_error: Optional[str] = None
+
+    def service_result(self, failed: bool, error: Optional[str] = None) -> None:
+        """Counts an attempt's outcome; past `outage_after` failures in a row, calling stops for this run."""
+        with self._lock:
+            if not failed:
+                self.service_failures = 0
+                return
+            self.service_failures += 1
+            self.last_service_error = error
+            if self.outage_after and self.service_failures >= self.outage_after and not self.stopped:
+                self.stopped = "service_unavailable"
+                _LOGGER.warning("the API failed %d attempts in a row (last: %s): calling stops and the rest is "
+                                "deferred to the next run", self.service_failures, error)
 
     def take_call(self) -> bool:
         """Counts a call against the budget; False when it may not be made."""
@@ -67,7 +84,7 @@ def process_quota(settings: CallSettings) -> QuotaState:
     with _BUCKETS_LOCK:
         if key not in _QUOTAS:
             budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
-            _QUOTAS[key] = QuotaState(budget)
+            _QUOTAS[key] = QuotaState(budget, settings.outage_after_failures)
         return _QUOTAS[key]
 
 

@@ -1,0 +1,90 @@
+"""Unattended runs: exit codes that tell the truth, and an outage that costs nothing (issue: unattended operation)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from embed_emulator import Emulator, EmulatorConfig
+from tests.helpers import TEST_KEY, assert_exactly_once, read_dead_letters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _manifest(tmp_path, rows=60):
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": f"caption {i}"}) + "\n" for i in range(rows)))
+    return str(path)
+
+
+def _config(tmp_path, manifest, base_url, output, **calls):
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps({
+        "model": "marengo3.0", "manifests": [manifest], "output": {"path": output},
+        "api": {"base_url": base_url, "connect_timeout_sec": 1, "read_timeout_sec": 2},
+        "calls": {"max_attempts": 3, "max_in_flight": 4, "item_deadline_sec": 30, "pack": False, **calls},
+        "beam": {"args": ["--runner=DirectRunner"]}}))
+    return str(path)
+
+
+def _cli(config):
+    env = dict(os.environ, PYTHONPATH=ROOT, TWELVE_LABS_API_KEY=TEST_KEY)
+    return subprocess.run([sys.executable, "-m", "pipeline", "--config", config], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+def _summary(output):
+    with open(os.path.join(output, "summary.json")) as f:
+        return json.load(f)
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_api_stops_calling_defers_the_rest_and_exits_5_then_a_rerun_finishes(tmp_path):
+    manifest, output = _manifest(tmp_path), str(tmp_path / "out")
+    out = _cli(_config(tmp_path, manifest, f"http://127.0.0.1:{_closed_port()}/v1.3", output))
+    assert out.returncode == 5, out.stderr[-2000:]
+    summary = _summary(output)
+    assert summary["status"] == "stopped_service_unavailable" and summary["exit_code"] == 5
+    assert "status           stopped_service_unavailable (exit 5)" in out.stdout
+    # at most the attempts before the 20th failure in a row, plus the calls in flight, were tried
+    letters = read_dead_letters(output)
+    assert summary["deferred_by_reason"]["service_unavailable"] >= 60 - 8
+    assert len(letters) + summary["deferred"] == 60
+    assert all(l["kind"] == "transient" and l["code"] == "connection_failed" for l in letters)
+    with Emulator(EmulatorConfig()) as emu:
+        again = _cli(_config(tmp_path, manifest, emu.base_url, output))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _summary(output)["status"] == "done"
+    assert_exactly_once(output, 60)
+
+
+@pytest.mark.parametrize("fault", ["no_v13_prefix", "5xx_storm"])
+def test_a_wrong_base_url_or_a_5xx_storm_stops_after_20_failures_in_a_row(tmp_path, fault):
+    manifest, output = _manifest(tmp_path, rows=100), str(tmp_path / "out")
+    config = EmulatorConfig(fault_5xx_rate=1.0 if fault == "5xx_storm" else 0.0)
+    with Emulator(config) as emu:
+        base = emu.base_url.replace("/v1.3", "") if fault == "no_v13_prefix" else emu.base_url
+        out = _cli(_config(tmp_path, manifest, base, output))
+        requests = emu.stats()["requests"]
+    assert out.returncode == 5, out.stdout[-2000:] + out.stderr[-2000:]
+    assert requests <= 20 + 4 + 1, requests  # the failures in a row, the calls in flight, one queued
+    assert _summary(output)["deferred"] >= 100 - 25
+
+
+def test_exit_codes_done_and_dead_letters(tmp_path):
+    good = _manifest(tmp_path, rows=3)
+    with Emulator(EmulatorConfig()) as emu:
+        done = _cli(_config(tmp_path, good, emu.base_url, str(tmp_path / "a")))
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"id": "x", "text": "fine"}\n{"id": "y", "image_url": "ftp://nope"}\n')
+        dead = _cli(_config(tmp_path, str(bad), emu.base_url, str(tmp_path / "b")))
+    assert done.returncode == 0 and _summary(str(tmp_path / "a"))["status"] == "done"
+    assert dead.returncode == 3 and _summary(str(tmp_path / "b"))["status"] == "finished_with_dead_letters"
+    assert _summary(str(tmp_path / "b"))["dead_letters_permanent"] == 1
