@@ -20,6 +20,10 @@ setuptools.setup(
         "Pillow>=10",
         "soundfile>=0.12",
         "numpy>=1.24",
+        # The emulator's Embed API v2 video: PyAV decodes containers for real durations, frames and
+        # audio (and the pipeline may measure local video durations with it). Its wheels ship
+        # FFmpeg (with libx264 for the test clips), so nothing needs installing beside it.
+        "av>=14",
         # One rate limit shared by every worker (embed_client.redis_bucket): an atomic Lua script on a
         # Redis server. redis-py is the maintained client; without a reachable server the job falls back
         # to a per-worker share of the limit, so the dependency is needed only to try.

@@ -34,6 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-malformed", type=float, default=0.0)
     p.add_argument("--fault-modality-error", type=float, default=0.0)
     p.add_argument("--seed", type=int)
+    # Embed API v2 (/v1.3/embed-v2 and its async tasks)
+    p.add_argument("--media-minutes-per-hour", type=float,
+                   help="v2 audio/video minutes per hour (default unlimited)")
+    p.add_argument("--media-minutes-per-day", type=float,
+                   help="v2 audio/video minutes per day (default unlimited)")
+    p.add_argument("--max-sync-media-sec-30", type=float, default=600.0,
+                   help="longest audio/video a marengo3.0 sync call takes")
+    p.add_argument("--task-ready-after-sec", type=float, default=2.0)
+    p.add_argument("--task-failure-rate", type=float, default=0.0)
+    p.add_argument("--task-retention-sec", type=float, default=7 * 86400.0)
+    p.add_argument("--asset", action="append", default=[], metavar="ID=PATH",
+                   help="an asset id that media_source.asset_id may name (repeatable)")
     p.add_argument("--api-key", action="append", default=[],
                    help="accepted key (repeatable; also EMULATOR_API_KEYS=a,b). Default: any key")
     p.add_argument("--log-level", default="WARNING")
@@ -41,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    assets = {}
+    for item in args.asset:
+        asset_id, sep, path = item.partition("=")
+        if not sep or not asset_id or not path:
+            raise ValueError(f"--asset takes ID=PATH, got {item!r}")
+        assets[asset_id] = path
     keys = list(args.api_key)
     keys += [k.strip() for k in os.environ.get("EMULATOR_API_KEYS", "").split(",") if k.strip()]
     return EmulatorConfig(
@@ -50,7 +68,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         fault_429_burst_rate=args.fault_429_burst, fault_429_burst_sec=args.burst_sec,
         fault_hang_rate=args.fault_hang, fault_hang_sec=args.hang_sec,
         fault_drop_rate=args.fault_drop, fault_malformed_rate=args.fault_malformed,
-        fault_modality_error_rate=args.fault_modality_error, seed=args.seed)
+        fault_modality_error_rate=args.fault_modality_error, seed=args.seed,
+        media_minutes_per_hour=args.media_minutes_per_hour,
+        media_minutes_per_day=args.media_minutes_per_day,
+        max_sync_media_sec_30=args.max_sync_media_sec_30,
+        task_ready_after_sec=args.task_ready_after_sec, task_failure_rate=args.task_failure_rate,
+        task_retention_sec=args.task_retention_sec, assets=assets or None)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Collection, Optional
+from typing import Any, Collection, Mapping, Optional
 
 __all__ = ["EmulatorConfig"]
 
@@ -40,6 +40,24 @@ class EmulatorConfig:
     # Count embedded items by content key, so tests can spot double work.
     record_keys: bool = True
 
+    # ---- Embed API v2 (/v1.3/embed-v2, see v2.py) ----
+    # Audio/video minutes embedded (sync calls and created tasks), None = unlimited. Exceeding
+    # one answers 429 with X-Ratelimit-Dimensions dph / dpd. The hour window is the UTC hour;
+    # the day window is the same as requests_per_day's (day_length_sec).
+    media_minutes_per_hour: Optional[float] = None
+    media_minutes_per_day: Optional[float] = None
+    # Longest audio/video a marengo3.0 sync call takes (documented: 10 minutes); over it, 413.
+    max_sync_media_sec_30: float = 600.0
+    # An async task turns ready (or failed) this long after it was created.
+    task_ready_after_sec: float = 2.0
+    # Share of tasks that end `failed` with a platform-like error.message (seeded by `seed`).
+    task_failure_rate: float = 0.0
+    # Tasks older than this are gone: 404 on retrieve, absent from the list (documented: 7 days).
+    task_retention_sec: float = 7 * 86400.0
+    # Asset ids a media_source.asset_id may name, mapped to local file paths. Any other id is a
+    # 400 resource_not_exist (the emulator has no upload API).
+    assets: Optional[Mapping[str, str]] = None
+
     def __post_init__(self) -> None:
         if self.api_keys is not None:
             keys = [self.api_keys] if isinstance(self.api_keys, str) else list(self.api_keys)
@@ -53,6 +71,19 @@ class EmulatorConfig:
                 raise ValueError(f"{f.name} must be between 0 and 1, got {getattr(self, f.name)!r}")
         if self.day_length_sec <= 0 or self.audio_segment_sec <= 0:
             raise ValueError("day_length_sec and audio_segment_sec must be positive")
+        for name in ("media_minutes_per_hour", "media_minutes_per_day"):
+            value = getattr(self, name)
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+        for name in ("max_sync_media_sec_30", "task_retention_sec"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be positive")
+        if float(self.task_ready_after_sec) < 0:
+            raise ValueError("task_ready_after_sec must be >= 0")
+        if self.assets is not None:
+            if not isinstance(self.assets, Mapping):
+                raise ValueError("assets must map asset ids to file paths")
+            object.__setattr__(self, "assets", {str(k): str(v) for k, v in self.assets.items()})
 
     def with_changes(self, **changes: Any) -> "EmulatorConfig":
         """A copy with some knobs changed; unknown names raise ValueError."""

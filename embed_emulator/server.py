@@ -19,13 +19,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from .config import EmulatorConfig
 from .faults import FaultInjector
-from .limits import RateLimiter
+from .limits import MediaMinutesLimiter, RateLimiter
 from .service import EmbedService, Reply, json_reply
 from .stats import Stats
+from .tasks import TaskStore
+from .v2 import V2_PATH, V2Service
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Emulator", "serve", "EMBED_PATH"]
+__all__ = ["Emulator", "serve", "EMBED_PATH", "V2_PATH"]
 
 API_PREFIX = "/v1.3"
 EMBED_PATH = API_PREFIX + "/embed"
@@ -72,9 +74,11 @@ class _Handler(BaseHTTPRequestHandler):
         return parts.path.rstrip("/") or "/", parse_qs(parts.query)
 
     def do_POST(self) -> None:
-        path, _ = self._route()
+        path, query = self._route()
         if path == EMBED_PATH:
             return self._embed()
+        if path.startswith(V2_PATH):  # v1 is matched first: v2 costs it one string compare
+            return self._v2(path, query)
         body = self._read_body_or_close()
         if body is None:
             return
@@ -101,10 +105,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(json_reply(200, emulator._stats.snapshot(detail=detail)))
         if path == "/emulator/config":
             return self._send(json_reply(200, emulator.config.public_dict()))
+        if path.startswith(V2_PATH):
+            return self._v2(path, query)
         self._other_method()
 
     def _other_method(self) -> None:
-        path, _ = self._route()
+        path, query = self._route()
+        if path.startswith(V2_PATH):
+            return self._v2(path, query)
         if self._read_body_or_close() is None:
             return
         if path == EMBED_PATH:
@@ -146,17 +154,48 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             emulator._stats.end()
 
+    def _v2(self, path: str, query: dict) -> None:
+        """Every /v1.3/embed-v2... call (see v2.py); unknown paths and methods get the nested
+        404/405 before anything is counted."""
+        emulator = self.server.emulator
+        endpoint, task_id, early = V2Service.route(self.command, path)
+        if early is not None:
+            if self._read_body_or_close(nested=True) is not None:
+                self._send(early)
+            return
+        emulator._stats.begin()
+        try:
+            body = self._read_body_or_close(nested=True)
+            if body is None:
+                return
+            try:
+                reply = emulator._v2.handle(endpoint, task_id, query, self.headers.get("x-api-key"),
+                                            body)
+            except Exception:  # a bug in the emulator must still answer like a server would
+                logger.exception("embed-v2 call failed inside the emulator")
+                emulator._stats.status(500)
+                reply = json_reply(500, {"error": {"code": "internal_error", "message":
+                                                   "The emulator failed to handle the request."}})
+            if reply.action == "drop":
+                return self._drop()
+            if reply.action == "hang":
+                emulator._stopping.wait(reply.hang_sec)
+                return self._drop()
+            self._send(reply)
+        finally:
+            emulator._stats.end()
+
     # ---- I/O ------------------------------------------------------------------------
 
-    def _read_body_or_close(self) -> Optional[bytes]:
+    def _read_body_or_close(self, nested: bool = False) -> Optional[bytes]:
+        """The body, or None after closing the connection; nested: a v2 error body."""
         try:
             return self._read_body()
         except _BodyError as exc:
             logger.debug("closing connection: %s", exc)
             if str(exc) == "too large":
-                self._send(json_reply(413, {"code": "parameter_invalid",
-                                            "message": "The request body is too large."}),
-                           close=True)
+                error = {"code": "parameter_invalid", "message": "The request body is too large."}
+                self._send(json_reply(413, {"error": error} if nested else error), close=True)
             self.close_connection = True
             return None
 
@@ -253,6 +292,13 @@ class Emulator:
         self._stopping = threading.Event()
         self._service = EmbedService(lambda: self._config, self._stats, self._limiter,
                                      self._faults, lambda: self._stopping)
+        self._media_limiter = MediaMinutesLimiter()
+        self._tasks = TaskStore(on_final=lambda status: self._stats.task(status))
+        self._tasks.reseed(self._config.seed)
+        self._stats.set_sweeper(self._tasks.sweep)
+        self._v2 = V2Service(lambda: self._config, self._stats, self._limiter,
+                             self._media_limiter, self._faults, self._tasks,
+                             lambda: self._stopping)
         self._server: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._connections: set = set()
@@ -286,6 +332,7 @@ class Emulator:
             except OSError:
                 pass
         server.server_close()
+        self._tasks.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=5)
         logger.info("embed emulator stopped")
@@ -322,11 +369,15 @@ class Emulator:
         return self._stats.snapshot(detail=True)
 
     def reset_stats(self) -> None:
-        """Zero the counters and also start fresh rate-limit windows, 429 burst and fault
-        RNG, so a test can reuse one emulator as if it had just started."""
+        """Zero the counters and also start fresh rate-limit windows (requests and media
+        minutes), 429 burst and fault RNGs, so a test can reuse one emulator as if it had just
+        started. Existing v2 tasks are kept (clients may still be polling them); tasks that
+        turn ready or failed later are counted again from zero."""
         self._stats.reset()
         self._limiter.reset()
+        self._media_limiter.reset()
         self._faults.reseed(self._config.seed)
+        self._tasks.reseed(self._config.seed)
 
     def configure(self, **changes) -> EmulatorConfig:
         """Change knobs at runtime; requests already running keep their snapshot."""
@@ -334,6 +385,7 @@ class Emulator:
             self._config = self._config.with_changes(**changes)
             if "seed" in changes:
                 self._faults.reseed(self._config.seed)
+                self._tasks.reseed(self._config.seed)
             return self._config
 
 

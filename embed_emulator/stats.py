@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import Counter
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
-__all__ = ["Stats", "item_key", "FAULT_KINDS"]
+__all__ = ["Stats", "item_key", "v2_key", "FAULT_KINDS", "TASK_COUNTERS"]
 
 FAULT_KINDS = ("429_burst", "drop", "hang", "5xx", "malformed", "modality_error")
+TASK_COUNTERS = ("created", "polled", "ready", "failed")
 
 
 def item_key(model_name: str, modality: str, content: Union[str, bytes],
@@ -23,9 +24,26 @@ def item_key(model_name: str, modality: str, content: Union[str, bytes],
     return digest.hexdigest()
 
 
+def v2_key(model_name: str, input_type: str, content: Union[str, bytes],
+           start_sec: Optional[float] = None, end_sec: Optional[float] = None) -> str:
+    """Content key of one v2 input (sync call or task): sha256 hex of model name + input type +
+    content (the text, or the media bytes however they arrived) + the requested start_sec /
+    end_sec when either was sent. Without times it equals item_key(model, input_type, content),
+    so a v2 text key is the v1 text key of the same model and text. multi_input and text_image
+    content is the concatenation of their parts (see v2.py)."""
+    digest = hashlib.sha256()
+    digest.update(model_name.encode() + b"\0" + input_type.encode() + b"\0")
+    digest.update(content.encode("utf-8") if isinstance(content, str) else content)
+    if start_sec is not None or end_sec is not None:
+        digest.update(b"\0" + repr(None if start_sec is None else float(start_sec)).encode()
+                      + b":" + repr(None if end_sec is None else float(end_sec)).encode())
+    return digest.hexdigest()
+
+
 class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._sweeper: Optional[Callable[[], None]] = None
         self.reset()
 
     def reset(self) -> None:
@@ -40,6 +58,14 @@ class Stats:
             self._active = 0
             self._max_concurrent = 0
             self._item_keys: Counter = Counter()
+            self._tasks: Counter = Counter({name: 0 for name in TASK_COUNTERS})
+            self._task_keys: Counter = Counter()
+            self._media_sec = 0.0
+
+    def set_sweeper(self, sweeper: Optional[Callable[[], None]]) -> None:
+        """Called (outside the lock) before each snapshot: the task store uses it to count the
+        tasks that have turned ready or failed since anyone last looked."""
+        self._sweeper = sweeper
 
     def begin(self) -> None:
         """An embed request arrived."""
@@ -73,7 +99,21 @@ class Stats:
             self._items_per_call[str(len(modalities))] += 1
             self._item_keys.update(keys)
 
+    def task(self, event: str, key: Optional[str] = None) -> None:
+        """A task was created (with its content key), polled, or turned ready / failed."""
+        with self._lock:
+            self._tasks[event] += 1
+            if key is not None:
+                self._task_keys[key] += 1
+
+    def media(self, seconds: float) -> None:
+        """Audio/video seconds embedded by a v2 sync call or a created task."""
+        with self._lock:
+            self._media_sec += seconds
+
     def snapshot(self, detail: bool = False) -> dict:
+        if self._sweeper is not None:
+            self._sweeper()
         with self._lock:
             data = {
                 "requests": self._requests,
@@ -84,7 +124,10 @@ class Stats:
                 "rate_limited": self._rate_limited,
                 "faults": dict(self._faults),
                 "max_concurrent": self._max_concurrent,
+                "tasks": dict(self._tasks),
+                "media_seconds": round(self._media_sec, 3),
             }
             if detail:
                 data["item_keys"] = dict(self._item_keys)
+                data["task_keys"] = dict(self._task_keys)
             return data

@@ -20,7 +20,9 @@ from PIL import Image
 from . import media, rules
 
 __all__ = ["text_vector", "image_vector", "audio_segment_vectors", "image_vector_from_image",
-           "audio_segment_vectors_from_samples", "dimension"]
+           "audio_segment_vectors_from_samples", "dimension", "V2_MODELS", "v2_text", "v2_image",
+           "v2_visual", "v2_audio", "v2_transcription", "v2_combine", "v2_uncertainty",
+           "prefix"]
 
 TEXT_BUCKETS = 4096
 IMAGE_GRID = 16
@@ -38,6 +40,10 @@ _BAND_EDGES_HZ = np.geomspace(40.0, 12000.0, AUDIO_BANDS + 1)
 _DECIMALS = 7  # wire floats stay short; the norm stays 1 within 1e-6
 
 _projections: dict = {}
+# Embed API v2 models and their full dimension. marengo3.0 is the same model as on v1, so its
+# text, image and audio vectors equal v1's; marengo3.5 has its own projection (its vectors are
+# documented as incompatible with 3.0's) and Matryoshka prefixes (see prefix()).
+V2_MODELS = {"marengo3.0": 512, "marengo3.5": 512}
 _projection_lock = threading.Lock()
 
 
@@ -46,6 +52,8 @@ def dimension(model_name: str) -> int:
 
 
 def _model(model_name: str) -> str:
+    if model_name in V2_MODELS:
+        return model_name
     model = rules.canonical_model(model_name)
     if model is None:
         raise ValueError(f"unknown model {model_name!r}")
@@ -54,16 +62,20 @@ def _model(model_name: str) -> str:
 
 def _projection(model: str) -> np.ndarray:
     """The (features x dims) Gaussian matrix of a model; built once, seeded by its name."""
-    matrix = _projections.get(model)
+    return _matrix(model, _FEATURE_ROWS, V2_MODELS.get(model) or rules.MODEL_DIMS[model])
+
+
+def _matrix(name: str, rows: int, dims: int) -> np.ndarray:
+    """A (rows x dims) standard Gaussian matrix seeded by `name` only; built once."""
+    matrix = _projections.get(name)
     if matrix is None:
         with _projection_lock:
-            matrix = _projections.get(model)
+            matrix = _projections.get(name)
             if matrix is None:
-                seed = int.from_bytes(hashlib.sha256(model.encode()).digest()[:8], "little")
+                seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
                 rng = np.random.default_rng(seed)
-                matrix = rng.standard_normal((_FEATURE_ROWS, rules.MODEL_DIMS[model]),
-                                             dtype=np.float32)
-                _projections[model] = matrix
+                matrix = rng.standard_normal((rows, dims), dtype=np.float32)
+                _projections[name] = matrix
     return matrix
 
 
@@ -181,3 +193,100 @@ def audio_segment_vectors(audio_bytes: bytes, model_name: str, start_offset_sec:
     samples, sample_rate = media.decode_audio(audio_bytes)
     return audio_segment_vectors_from_samples(samples, sample_rate, model_name, start_offset_sec,
                                               segment_sec, max_sec_30)
+
+
+# ---- Embed API v2 ----------------------------------------------------------------------
+# Every function returns one unit float64 vector of the model's full dimension, rounded for the
+# wire. Options of one segment stay distinct: visual uses the image rows, audio the audio rows,
+# transcription its own rows of a second matrix (the emulator has no speech recogniser: a
+# "transcription" is a different projection of the same spectral shape), and each kind adds
+# its own small bias row.
+
+_X_TRANSCRIPTION = slice(0, AUDIO_BANDS)
+_X_BIAS = {kind: AUDIO_BANDS + i for i, kind in enumerate(
+    ("visual", "transcription", "fused", "multi_input", "text_image", "uncertainty"))}
+_X_ROWS = AUDIO_BANDS + len(_X_BIAS)
+
+
+def _extra(model: str) -> np.ndarray:
+    """v2-only rows, in a matrix of their own so v1's projection never changes."""
+    return _matrix(model + "#v2", _X_ROWS, V2_MODELS[model])
+
+
+def _v2_model(model_name: str) -> str:
+    if model_name not in V2_MODELS:
+        raise ValueError(f"unknown v2 model {model_name!r}")
+    return model_name
+
+
+def v2_text(text: str, model_name: str) -> np.ndarray:
+    """Same as text_vector for marengo3.0."""
+    return _text_vector(text, _v2_model(model_name))
+
+
+def _grid_pixels(grid: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(grid, dtype=np.float32).reshape(-1) / 255.0
+    return pixels - pixels.mean()
+
+
+def v2_image(image: Image.Image, model_name: str) -> np.ndarray:
+    """Same as image_vector_from_image for marengo3.0."""
+    model = _v2_model(model_name)
+    small = image.resize((IMAGE_GRID, IMAGE_GRID), Image.Resampling.BOX)
+    matrix = _projection(model)
+    vector = _grid_pixels(np.asarray(small)) @ matrix[_IMAGE_ROWS] \
+        + _BIAS_WEIGHT * matrix[_BIAS_ROW["image"]]
+    return _unit(vector)
+
+
+def v2_visual(frames: np.ndarray, model_name: str) -> np.ndarray:
+    """Visual vector of decoded video frames (n x 16 x 16 x 3): their mean picture through the
+    image rows, so a still image and a video of it land close together."""
+    model = _v2_model(model_name)
+    frames = np.asarray(frames, dtype=np.float32)
+    mean = frames.mean(axis=0) if frames.size else np.zeros((IMAGE_GRID, IMAGE_GRID, 3))
+    matrix = _projection(model)
+    vector = _grid_pixels(mean) @ matrix[_IMAGE_ROWS] \
+        + _BIAS_WEIGHT * _extra(model)[_X_BIAS["visual"]]
+    return _unit(vector)
+
+
+def v2_audio(samples: np.ndarray, sample_rate: int, model_name: str) -> np.ndarray:
+    """Audio vector of one span of mono samples; for marengo3.0 the same as a v1 audio segment."""
+    model = _v2_model(model_name)
+    matrix = _projection(model)
+    vector = _band_profile(samples, sample_rate) @ matrix[_AUDIO_ROWS] \
+        + _BIAS_WEIGHT * matrix[_BIAS_ROW["audio"]]
+    return _unit(vector)
+
+
+def v2_transcription(samples: np.ndarray, sample_rate: int, model_name: str) -> np.ndarray:
+    """Stand-in for a transcription vector: the spectral shape through rows of its own."""
+    model = _v2_model(model_name)
+    extra = _extra(model)
+    vector = _band_profile(samples, sample_rate) @ extra[_X_TRANSCRIPTION] \
+        + _BIAS_WEIGHT * extra[_X_BIAS["transcription"]]
+    return _unit(vector)
+
+
+def v2_combine(parts: List[np.ndarray], model_name: str, kind: str) -> np.ndarray:
+    """One vector for several (fused options, text_image, multi_input): the normalised sum of
+    the parts' unit vectors plus the kind's bias, so it is close to each part."""
+    model = _v2_model(model_name)
+    total = np.sum(np.stack([np.asarray(p, dtype=np.float64) for p in parts]), axis=0)
+    return _unit(total + _BIAS_WEIGHT * _extra(model)[_X_BIAS[kind]])
+
+
+def v2_uncertainty(vector: np.ndarray, model_name: str) -> np.ndarray:
+    """Per-dimension uncertainty in (0, 1): high where the value is small. Element-wise, so the
+    uncertainty of a prefix is the prefix of the uncertainty."""
+    model = _v2_model(model_name)
+    noise = np.abs(_extra(model)[_X_BIAS["uncertainty"]]) * 0.01
+    values = 1.0 / (1.0 + 40.0 * np.abs(np.asarray(vector, dtype=np.float64))) + noise
+    return np.round(np.clip(values, 0.0, 1.0), _DECIMALS)
+
+
+def prefix(vector: np.ndarray, dims: int) -> List[float]:
+    """Matryoshka truncation: the first `dims` values, exactly (not re-normalised), as the docs
+    define it: a 256-d vector is the first 256 values of the 512-d one of the same content."""
+    return np.asarray(vector)[:dims].tolist()
