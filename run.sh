@@ -3,22 +3,25 @@
 # ./run.sh test [..]  run the test suite (extra args go to pytest)
 # ./run.sh ARGS       run the job with ARGS (e.g. --config configs/twelvelabs.yaml)
 set -euo pipefail
-cd "$(dirname "$0")"
-VENV=.venv
+# The caller's folder is kept: relative paths on the command line are theirs.
+HERE="$(cd "$(dirname "$0")" && pwd)"
+VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 
-stamp_of() { cat setup.py | sha1sum | cut -c1-16; }
+stamp_of() { sha1sum < "$HERE/setup.py" | cut -c1-16; }
 
 ensure_venv() {
   local want="$1" stamp="$VENV/.installed-$1-$(stamp_of)"
   [ -f "$stamp" ] && return 0
+  # The test install is a superset of the main one.
+  [ "$want" = main ] && [ -f "$VENV/.installed-test-$(stamp_of)" ] && return 0
   if [ ! -x "$PY" ]; then
     echo "run.sh: creating $VENV" >&2
     python3 -m venv "$VENV"
   fi
   echo "run.sh: installing the project into $VENV ($want)" >&2
-  local spec="."
-  [ "$want" = test ] && spec=".[test]"
+  local spec="$HERE"
+  [ "$want" = test ] && spec="$HERE[test]"
   if ! "$PY" -m pip install -q -e "$spec" >"$VENV/install.log" 2>&1; then
     cat "$VENV/install.log" >&2
     echo "run.sh: install failed (log above, also in $VENV/install.log)" >&2
@@ -42,18 +45,20 @@ USAGE
   test)
     shift
     ensure_venv test
+    cd "$HERE"  # the suite's paths are the project's
     exec "$PY" -m pytest "$@"
     ;;
   bench)
     # The peers include the official SDK, a test dependency.
     shift
     ensure_venv test
+    cd "$HERE"
     exec "$PY" -m bench "$@"
     ;;
   *)
     ensure_venv main
     if [ $# -eq 0 ]; then
-      exec "$PY" -m pipeline --config configs/local.yaml
+      exec "$PY" -m pipeline --config "$HERE/configs/local.yaml"
     fi
     exec "$PY" -m pipeline "$@"
     ;;

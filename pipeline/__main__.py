@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     # Beam logs a failed bundle's traceback and then raises it: the raise below is enough.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     argv = sys.argv[1:] if argv is None else list(argv)
+    # --debug: the traceback of any failure, for a bug report; without it, one line.
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if argv[:1] == ["search"]:
         from pipeline.search import search_main
 
@@ -60,16 +63,25 @@ def main(argv=None) -> int:
         config, _ = parse_args(argv)
         summary = run_job(config, progress=True)
     except ConfigError as exc:
+        if debug:
+            raise
         # A setting that cannot work: one line saying what and how to fix it, before any call.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        message = _key_problem(exc)
-        if message is None:
+        if debug:
             raise
-        # One clear line, not the runner's traceback: nothing else will work until the key is fixed.
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        message = _key_problem(exc)
+        if message is not None:
+            # One clear line, not the runner's traceback: nothing else will work until the key is fixed.
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        from embed_client.secrets import scrub
+
+        reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        print(f"error: the job failed: {type(exc).__name__}: {reason[:500]} (run again with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     return int(summary.get("exit_code", 0))
 

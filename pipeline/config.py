@@ -64,12 +64,21 @@ def _resolve_path(value: Optional[str], base: str) -> Optional[str]:
 
 
 def load_config(path: str) -> JobConfig:
-    """Reads a YAML config; relative paths in it are relative to the project root (the config's parent)."""
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+    """Reads a YAML config; relative paths in it are relative to the config file's folder."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file (a relative --config is relative to where you stand)")
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; name a YAML config file")
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', None) or exc})")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a YAML mapping")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    root = os.path.dirname(os.path.abspath(path))
     api, calls, output, beam_cfg, rate_limit = (raw.get(k) or {} for k in ("api", "calls", "output", "beam",
                                                                               "rate_limit"))
     known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples", "rate_limit", "embedding"}
@@ -88,7 +97,7 @@ def load_config(path: str) -> JobConfig:
         output=_resolve_path(output.get("path", "output"), root),
         model=raw.get("model", "marengo3.0"),
         base_url=api.get("base_url", EMBEDDED),
-        key_file=api.get("key_file"),
+        key_file=_resolve_path(api.get("key_file"), root),
         connect_timeout_sec=float(api.get("connect_timeout_sec", 10.0)),
         read_timeout_sec=float(api.get("read_timeout_sec", 120.0)),
         requests_per_minute=calls.get("requests_per_minute"),
@@ -106,7 +115,7 @@ def load_config(path: str) -> JobConfig:
         flush_sec=float(output.get("flush_sec", 5.0)),
         emulator=dict(raw.get("emulator") or {}),
         samples=_resolve_path(raw.get("samples"), root),
-        beam_args=[str(a) for a in (beam_cfg.get("args") or [])],
+        beam_args=[_resolve_beam_arg(str(a), root) for a in (beam_cfg.get("args") or [])],
         config_path=os.path.abspath(path),
         api_version=str(api.get("version", "auto")),
         embedding_dimension=embedding.get("dimension"),
@@ -141,6 +150,17 @@ def _refuse_unknown(path: str, prefix: str, block: Any, known) -> None:
         near = difflib.get_close_matches(str(key), sorted(known), n=1)
         hint = f" (did you mean {prefix}{near[0]}?)" if near else f"; known: {', '.join(sorted(known))}"
         raise ConfigError(f"{path}: unknown setting `{prefix}{key}`{hint}")
+
+
+_PATH_FLAGS = ("--setup_file", "--requirements_file", "--extra_package")
+
+
+def _resolve_beam_arg(arg: str, base: str) -> str:
+    """`--setup_file=./setup.py` in a config means the file beside the config's project, not the caller's."""
+    name, _, value = arg.partition("=")
+    if name in _PATH_FLAGS and value:
+        return f"{name}={_resolve_path(value, base)}"
+    return arg
 
 
 def _as_list(value: Any) -> Optional[List[str]]:
@@ -181,6 +201,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     parser.add_argument("--manifest", action="append", help="manifest path or glob; repeat for several "
                         "(replaces the config's list)")
     parser.add_argument("--output", help="output folder (local or any Beam FileSystems URL)")
@@ -205,10 +226,11 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
     _refuse_secret_flags(argv)
     args, beam_args = build_arg_parser().parse_known_args(list(argv))
     config = load_config(args.config)
+    here = os.getcwd()
     if args.manifest:
-        config.manifests = list(args.manifest)
+        config.manifests = [_resolve_path(m, here) for m in args.manifest]
     if args.output:
-        config.output = args.output
+        config.output = _resolve_path(args.output, here)
     if args.model:
         config.model = args.model
     if args.api_version:

@@ -146,6 +146,7 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
 
     With `progress`, a progress line is printed to stderr while the job runs in this process.
     """
+    call_settings(config, "http://settings.check/v1.3")  # every setting checked before anything runs
     if config.samples:
         from pipeline.samples import ensure_samples
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import heapq
+import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,13 +18,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import EmbedClient
-from pipeline.config import EMBEDDED, load_config
+from pipeline.config import load_config
 from transforms.calling import resolve_api_key
 from transforms.sinks import SEGMENT_DIR
 
 __all__ = ["batch_vectors", "nearest", "search_main"]
 
 _BATCH_ROWS = 8192
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "local.yaml")
 _SHOWN_COLUMNS = ["id", "modality", "segment_index", "start_offset_sec", "end_offset_sec", "input_text",
                   "input_url", "input_file"]
 
@@ -134,34 +136,54 @@ def search_main(argv: Sequence[str]) -> int:
                "  python -m pipeline search --config configs/local.yaml --text 'a dog in a park' -k 5\n"
                "  python -m pipeline search --config configs/local.yaml --image-file samples/media/red.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/local.yaml", help="the config the output was made with")
+    parser.add_argument("--config", default=_DEFAULT_CONFIG, help="the config the output was made with "
+                        "(default: the project's configs/local.yaml)")
     parser.add_argument("--output", help="output folder (default: the config's)")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text")
     query.add_argument("--image-file")
     query.add_argument("--audio-file")
     parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
-    parser.add_argument("--modality", choices=["text", "image", "audio"], help="only rows of this modality")
+    parser.add_argument("--modality", choices=["text", "image", "audio", "video"],
+                        help="only rows of this modality")
     args = parser.parse_args(list(argv))
-    config = load_config(args.config)
-    output = args.output or config.output
-    from pipeline.run import EMULATOR_PLACEHOLDER_KEY, embedded_backend
-    from transforms.calling import CallSettings
+    from transforms.call_settings import ConfigError
 
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}")
+    output = args.output or config.output
     with contextlib.ExitStack() as stack:
+        from pipeline.run import call_settings, embedded_backend
+
         base_url = stack.enter_context(embedded_backend(config)) or config.base_url
-        settings = CallSettings(base_url=base_url, model=config.model, key_file=config.key_file,
-                                placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None)
+        settings = call_settings(config, base_url)
         client = stack.enter_context(EmbedClient(api_key=resolve_api_key(settings), base_url=base_url))
-        if args.text is not None:
-            result, part = client.create(config.model, text=args.text), "text_embedding"
-        elif args.image_file is not None:
-            result, part = client.create(config.model, image_file=args.image_file), "image_embedding"
-        else:
-            result, part = client.create(config.model, audio_file=args.audio_file), "audio_embedding"
+        vector = _query_vector(client, settings, args)
+    for rank, record in enumerate(nearest(output, vector, args.k, args.modality), 1):
+        print(_format(rank, record))
+    return 0
+
+
+def _query_vector(client: EmbedClient, settings, args) -> List[float]:
+    """The query embedded the way the output's items were: v1 or v2, the same model and dimension."""
+    modality = "text" if args.text is not None else "image" if args.image_file is not None else "audio"
+    if settings.uses_v2(modality):
+        from transforms.calling_v2 import sync_request
+        from transforms.items import Item
+
+        item = Item(id="query", modality=modality, source="", row_number=0, content_hash="", text=args.text,
+                    file_path=args.image_file or args.audio_file)
+        result = client.create_v2(**sync_request(item, settings))
+        return result.data[0].embedding
+    if args.text is not None:
+        result, part = client.create(settings.model, text=args.text), "text_embedding"
+    elif args.image_file is not None:
+        result, part = client.create(settings.model, image_file=args.image_file), "image_embedding"
+    else:
+        result, part = client.create(settings.model, audio_file=args.audio_file), "audio_embedding"
     embedding = getattr(result, part)
     if embedding.error_message:
         raise SystemExit(f"error: the API could not embed the query: {embedding.error_message}")
-    for rank, record in enumerate(nearest(output, embedding.segments[0].float_, args.k, args.modality), 1):
-        print(_format(rank, record))
-    return 0
+    return embedding.segments[0].float_

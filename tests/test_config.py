@@ -18,7 +18,7 @@ def test_shipped_configs_load_and_give_beam_options(name, runner):
     options = beam_options(config)
     assert options.view_as(StandardOptions).runner == runner
     if name in ("dataflow.yaml", "flink.yaml"):
-        assert options.view_as(SetupOptions).setup_file == "./setup.py"
+        assert options.view_as(SetupOptions).setup_file == os.path.join(ROOT, "setup.py")
         assert config.max_workers == 4 and config.key_file != ""
     assert config.model == "marengo3.0"
     assert "api_key" not in str(options.get_all_options())
@@ -36,7 +36,8 @@ def test_overrides_and_unknown_flags_go_to_beam():
                                     "--manifest", "b/*.csv", "--output", "/tmp/x", "--model", "marengo2.7",
                                     "--base-url", "http://127.0.0.1:9/v1.3", "--requests-per-minute", "120",
                                     "--max-in-flight", "3", "--no-pack", "--direct_num_workers=2"])
-    assert config.manifests == ["a.jsonl", "b/*.csv"] and config.output == "/tmp/x"
+    assert config.manifests == [os.path.abspath("a.jsonl"), os.path.abspath("b/*.csv")]
+    assert config.output == "/tmp/x"
     assert (config.model, config.base_url, config.requests_per_minute, config.max_in_flight, config.pack) == (
         "marengo2.7", "http://127.0.0.1:9/v1.3", 120.0, 3, False)
     assert beam_args == ["--direct_num_workers=2"]
@@ -73,3 +74,52 @@ def test_bad_configs_fail_with_the_reason(tmp_path):
     bad.write_text("api:\n  api_key: secret\n")
     with pytest.raises(ValueError, match="do not put the API key in a config"):
         load_config(str(bad))
+
+
+def test_paths_in_a_config_are_relative_to_its_folder_and_on_the_command_line_to_the_caller(tmp_path):
+    data = tmp_path / "data"
+    (data / "cfg").mkdir(parents=True)
+    (data / "cfg" / "job.yaml").write_text("manifests: [../m/*.jsonl]\noutput: {path: out}\n"
+                                           "api: {key_file: secrets/key}\n")
+    config = load_config(str(data / "cfg" / "job.yaml"))
+    assert config.manifests == [str(data / "m" / "*.jsonl")]
+    assert config.output == str(data / "cfg" / "out") and config.key_file == str(data / "cfg" / "secrets" / "key")
+    here = os.getcwd()
+    try:
+        os.chdir(data)
+        config, _ = parse_args(["--config", "cfg/job.yaml", "--manifest", "mine.csv", "--output", "o"])
+    finally:
+        os.chdir(here)
+    assert config.manifests == [str(data / "mine.csv")] and config.output == str(data / "o")
+
+
+def test_run_sh_keeps_the_callers_folder(tmp_path):
+    import json
+    import subprocess
+
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "text": "hello"}) + "\n")
+    (tmp_path / "my.yaml").write_text("manifests: [m.jsonl]\noutput: {path: out}\napi: {base_url: embedded}\n"
+                                      "beam: {args: [--runner=DirectRunner]}\n")
+    out = subprocess.run([os.path.join(ROOT, "run.sh"), "--config", "my.yaml", "--output", "elsewhere"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "elsewhere" / "summary.json").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("manifests: [a\n", "is not valid YAML"),
+    ("manifests: [nothing-here-*.jsonl]\napi: {base_url: embedded}\n", "matched no files"),
+    ("model: marengo9\nmanifests: [x]\n", "unknown model 'marengo9'"),
+])
+def test_ordinary_mistakes_are_one_line_and_exit_2(tmp_path, text, expected):
+    import subprocess
+    import sys
+
+    (tmp_path / "x").write_text('{"id": "a", "text": "t"}\n')
+    (tmp_path / "c.yaml").write_text(text)
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--config", "c.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], out.stderr
+    assert "Traceback" not in out.stderr

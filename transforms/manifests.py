@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import logging
 import math
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, Union
@@ -40,18 +41,36 @@ def manifest_format(path: str) -> str:
 
 def expand_manifest_patterns(patterns: Sequence[str]) -> List[str]:
     """Resolves paths and globs through Beam FileSystems; fails fast on a pattern with no match."""
+    from transforms.call_settings import ConfigError
+
     if not patterns:
-        raise ValueError("no manifests given: set `manifests` in the config or pass --manifest")
+        raise ConfigError("no manifests given: set `manifests` in the config or pass --manifest")
     paths: List[str] = []
     for pattern in patterns:
-        matches = FileSystems.match([pattern])[0].metadata_list
+        try:
+            matches = FileSystems.match([pattern])[0].metadata_list
+        except Exception as exc:
+            raise ConfigError(f"manifest pattern {pattern!r} cannot be listed ({type(exc).__name__}: {exc})")
         if not matches:
-            raise ValueError(f"manifest pattern {pattern!r} matched no files")
+            raise ConfigError(f"manifest pattern {pattern!r} matched no files; check the path (relative paths in "
+                              "a config are relative to the config's folder, on the command line to yours)")
         for meta in sorted(matches, key=lambda m: m.path):
-            manifest_format(meta.path)
-            if meta.path not in paths:
-                paths.append(meta.path)
+            try:
+                manifest_format(meta.path)
+            except ValueError as exc:
+                raise ConfigError(str(exc))
+            path = canonical_source(meta.path)
+            if path not in paths:  # one file given twice (m.jsonl, ./m.jsonl, a symlink) is read once
+                paths.append(path)
     return paths
+
+
+def canonical_source(path: str) -> str:
+    """One spelling per file: the real path of a local file, the URL as listed otherwise."""
+    if "://" in path and not path.startswith("file://"):
+        return path
+    local = path[len("file://"):] if path.startswith("file://") else path
+    return os.path.realpath(local)
 
 
 def _dead(source: str, row_number: int, code: str, message: str) -> DeadLetter:
