@@ -16,6 +16,12 @@ Scenarios:
   overhead      no limit, no latency: a text-only manifest (5000, --full 20000) and a mixed one
                 (900, --full 3000): the client's own cost per item.
   memory        the pipeline's peak RSS on a 20,000-row (--full 100,000) vs a 3000-row text manifest.
+  v2            Embed API v2 under the same limit and latency, tasks ready 3 s after creation: a mixed
+                manifest (text, JPEG, WAV, 3 s local MP4s sent to POST /embed-v2, 12 s MP4s by URL
+                served on 127.0.0.1 that become async tasks, polled from 1 s) through the pipeline
+                with api.version v2, then auto (text/image/audio packed on v1, video on v2).
+                Default 340 items, --full 1530. Calls are embed POSTs (sync calls and task creates),
+                polls are task GETs: the emulator counts both against the limit.
 
 Columns: items/s and calls/s over the arm's wall time (Beam start-up included); calls are the
 emulator's answered requests (429s excluded); "of limit" is calls/s over limit/60; 429s come from
@@ -34,6 +40,7 @@ Numbers are ratios to judge, never pass/fail: other load on the machine moves th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,19 +48,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from bench import report
 from bench.arm import ARMS
-from bench.emulator import ROOT, EmulatorProcess
-from bench.manifests import head_manifest, mixed_manifest, text_manifest
+from bench.emulator import ROOT, EmulatorProcess, RequestSampler
+from bench.manifests import MediaServer, head_manifest, mixed_manifest, text_manifest, v2_counts, v2_manifest
 
-SCENARIOS = ("rate-limited", "overhead", "memory")
+SCENARIOS = ("rate-limited", "overhead", "memory", "v2")
 # (default, --full); None means no cap.
 SIZES = {"rate_items": (360, 3000), "rate_peer_items": (40, 600),
          "text_items": (5000, 20000), "mixed_items": (900, 3000), "overhead_peer_items": (1000, None),
-         "memory_rows": (20000, 100000), "memory_base_rows": (3000, 3000)}
+         "memory_rows": (20000, 100000), "memory_base_rows": (3000, 3000), "v2_items": (340, 1530)}
 RPM, LATENCY_MS, JITTER_MS, THREADS = 600, 200.0, 50.0, 8
+TASK_READY_AFTER_SEC, TASK_POLL_SEC = 3.0, 1.0
 LABELS = {"sdk": "twelvelabs SDK loop", "runinference": "RunInference remote",
           "threads": f"requests x{THREADS} threads"}
 
@@ -69,24 +77,34 @@ class Bench:
         return SIZES[name][1 if self.full else 0]
 
     def run_arm(self, emu: EmulatorProcess, arm: str, manifest: str, label: str,
-                rpm: Optional[float] = None, emu_rpm: Optional[float] = None) -> Optional[dict]:
+                rpm: Optional[float] = None, emu_rpm: Optional[float] = None,
+                arm_args: Sequence[str] = (), sample: bool = False) -> Optional[dict]:
+        """One arm's raw numbers; `arm_args` go to `bench.arm`; `sample` splits its wall time into phases
+        from the emulator's counters (then the caller derives the rates)."""
         if arm not in self.arms:
             return None
         emu.reset()
         out = os.path.join(self.workdir, "arm.json")
         output = os.path.join(self.workdir, "pipeline-output")
+        shutil.rmtree(output, ignore_errors=True)  # a kept workdir must not hold a killed run's results
         cmd = [sys.executable, "-m", "bench.arm", arm, "--manifest", manifest, "--base-url", emu.base_url,
                "--out", out, "--output", output, "--threads", str(THREADS)] + (["--rpm", str(rpm)] if rpm else [])
+        cmd += list(arm_args)
         env = dict(os.environ, TWELVE_LABS_API_KEY=os.environ.get("TWELVE_LABS_API_KEY", "bench-key"))
         cpu0 = emu.cpu_sec()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with (RequestSampler(emu) if sample else contextlib.nullcontext()) as sampler:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
         shutil.rmtree(output, ignore_errors=True)
         if proc.returncode:
             raise SystemExit(f"arm {label} failed:\n{proc.stderr[-3000:]}")
         with open(out, encoding="utf-8") as f:
             result = json.load(f)
         result.update(arm=arm, label=label, manifest=os.path.basename(manifest), told_rpm=rpm,
-                      emulator=emu.stats(), emulator_cpu_sec=emu.cpu_sec() - cpu0)
+                      emulator=emu.stats(), emulator_cpu_sec=emu.cpu_sec() - cpu0, load_1m=os.getloadavg()[0])
+        if sampler is not None:
+            result["phases"] = sampler.phases(result["started_at"], result["ended_at"])
+            return result
         return report.derive(result, emu_rpm)
 
     def emit(self, scenario: str, title: str, rows: List[Optional[dict]], note: str = "") -> None:
@@ -137,6 +155,65 @@ class Bench:
         self.results["memory"] = rows
         print("== memory: the pipeline's peak RSS by manifest size (text, no limit, no latency)")
         print(report.memory_table(rows), end="\n\n", flush=True)
+
+    def v2(self) -> None:
+        items = self.size("v2_items")
+        with MediaServer(self.workdir) as media, EmulatorProcess(RPM, LATENCY_MS, JITTER_MS) as emu:
+            emu.configure(task_ready_after_sec=TASK_READY_AFTER_SEC)
+            manifest = v2_manifest(self.workdir, items, media.url)
+            counts = v2_counts(manifest)
+            rows = []
+            for version in ("v2", "auto"):
+                args = ["--api-version", version, "--task-poll-sec", str(TASK_POLL_SEC)]
+                result = self.run_arm(emu, "pipeline", manifest, f"pipeline (api {version})", RPM, RPM, args,
+                                      sample=True)
+                if result:
+                    rows.append(report.derive_v2(dict(result, counts=counts), RPM))
+        self.results.setdefault("v2", []).extend(rows)
+        print(report.v2_table(
+            f"== v2: {RPM} requests/min (calls + polls), {LATENCY_MS:.0f} +- {JITTER_MS:.0f} ms, tasks ready after "
+            f"{TASK_READY_AFTER_SEC:g} s, polled from {TASK_POLL_SEC:g} s; {items} items: {counts['text']} text, "
+            f"{counts['image']} image, {counts['audio']} audio, {counts['video_file']} local video, "
+            f"{counts['video_url']} video by URL", rows))
+        for row in rows:
+            print(self._v2_check(row))
+        print(self._items_per_call_line(rows, counts))
+        if not self.full:
+            print("  note: wall time includes start-up and the last tasks' wait, which nothing else overlaps:\n"
+                  "  a short run is weighed down by them; use --full")
+        print(flush=True)
+
+    @staticmethod
+    def _v2_check(row: dict) -> str:
+        """The job's own counts beside the emulator's; dead letters and deferrals would shrink 'items'."""
+        s = row.get("summary") or {}
+        tasks = s.get("tasks") or {}
+        routes = (s.get("api") or {}).get("items_by_route") or {}
+        return (f"  {row['label']}: routes v1 {routes.get('v1', 0)} / v2 {routes.get('v2', 0)} / task "
+                f"{routes.get('task', 0)} items; job counted {s.get('calls')} calls, {s.get('task_polls')} polls, "
+                f"{tasks.get('created', 0)} tasks created, {tasks.get('ready', 0)} ready, {s.get('http_429')} 429s, "
+                f"{s.get('retries')} retries, {s.get('dead_letters')} dead letters, {s.get('deferred')} deferred; "
+                f"{row['polls'] / tasks['created']:.2f} polls per task" if tasks.get("created") else
+                f"  {row['label']}: {s}")
+
+    def _items_per_call_line(self, rows: List[dict], counts: Dict[str, int]) -> str:
+        by = {r["label"].split("api ")[-1].rstrip(")"): r for r in rows}
+        parts = []
+        ours = [r for r in self.results.get("rate-limited", []) if r["arm"] == "pipeline" and r.get("calls")]
+        if ours:
+            parts.append(f"v1 rate-limited scenario {ours[0]['items'] / ours[0]['calls']:.2f}")
+        if "auto" in by:
+            auto = by["auto"]
+            videos = counts["video_file"] + counts["video_url"]  # one embed POST each on auto
+            v1_items, v1_calls = auto["items"] - videos, auto["calls"] - videos
+            if v1_calls > 0:
+                parts.append(f"v1 packed (auto arm's text/image/audio) {v1_items / v1_calls:.2f}")
+            parts.append(f"auto arm as a whole {auto['items_per_call']:.2f} ({auto['items_per_request']:.2f} "
+                         "per call or poll)")
+        if "v2" in by:
+            parts.append(f"v2 arm {by['v2']['items_per_call']:.2f} ({by['v2']['items_per_request']:.2f} per call "
+                         "or poll)")
+        return "  items per call: " + "; ".join(parts)
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,9 @@
 
 Its own process so that peak RSS (`ru_maxrss`) belongs to that arm alone. CPU and wall time are
 measured around the work only (after imports), and include any child processes it waited for.
-Writes {"items", "wall_sec", "cpu_sec", "peak_rss_mb", "start_rss_mb"} as JSON to FILE.
+Writes {"items", "wall_sec", "cpu_sec", "peak_rss_mb", "start_rss_mb", "started_at", "ended_at"} as JSON
+to FILE (the two epoch times bound the work, so the bench can place the emulator's samples in it); the
+pipeline arm adds "summary": the job's own counts (calls, task polls, tasks, 429s, items by route).
 """
 from __future__ import annotations
 
@@ -29,13 +31,23 @@ def _rss_mb() -> float:
     return max(own.ru_maxrss, children.ru_maxrss) / 1024.0  # kB on Linux
 
 
-def run_pipeline(manifest: str, base_url: str, rpm, output: str, max_in_flight: int) -> int:
+# The job's summary keys the bench keeps (the v2 scenario cross-checks the emulator's counts with them).
+SUMMARY_KEYS = ("api", "tasks", "task_polls", "calls", "http_429", "retries", "items_embedded", "dead_letters",
+                "dead_letters_by_reason", "deferred", "deferred_by_reason", "seconds_throttled", "call_latency_ms")
+
+
+def run_pipeline(manifest: str, base_url: str, rpm, output: str, max_in_flight: int, extra=None,
+                 **settings) -> int:
+    """`settings`: more JobConfig fields (api_version, task_poll_sec, ...); `extra` gets the summary's counts."""
     from pipeline.config import JobConfig
     from pipeline.run import run_job
 
     config = JobConfig(manifests=[manifest], output=output, base_url=base_url, requests_per_minute=rpm,
-                       max_in_flight=max_in_flight, pack=True, beam_args=["--runner=DirectRunner"])
-    embedded = run_job(config, base_url=base_url)["items_embedded"]
+                       max_in_flight=max_in_flight, pack=True, beam_args=["--runner=DirectRunner"], **settings)
+    summary = run_job(config, base_url=base_url)
+    if extra is not None:
+        extra.update({key: summary.get(key) for key in SUMMARY_KEYS})
+    embedded = summary["items_embedded"]
     return sum(embedded.values()) if isinstance(embedded, dict) else int(embedded)
 
 
@@ -74,6 +86,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rpm", type=float, help="the limit the arm is told about (pipeline, threads)")
     parser.add_argument("--threads", type=int, default=8, help="pipeline max_in_flight / thread-pool size")
     parser.add_argument("--profile", help="write a cProfile of the work (all its threads, merged) here")
+    parser.add_argument("--api-version", choices=("auto", "v1", "v2"), help="pipeline: api.version (default: the job's)")
+    parser.add_argument("--task-poll-sec", type=float, help="pipeline: calls.task_poll_sec (default: the job's)")
+    parser.add_argument("--max-tasks-in-flight", type=int, help="pipeline: calls.max_tasks_in_flight")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TWELVE_LABS_API_KEY", "bench-key")
@@ -87,19 +102,26 @@ def main(argv=None) -> int:
         import twelvelabs  # noqa: F401
     from bench import peers
 
+    settings = {name: getattr(args, name) for name in ("api_version", "task_poll_sec", "max_tasks_in_flight")
+                if getattr(args, name) is not None}
+    extra: dict = {}
     runners = {
         "pipeline": lambda: run_pipeline(args.manifest, args.base_url, args.rpm,
-                                         args.output or tempfile.mkdtemp(prefix="bench-out-"), args.threads),
+                                         args.output or tempfile.mkdtemp(prefix="bench-out-"), args.threads,
+                                         extra, **settings),
         "sdk": lambda: peers.run_sdk(args.manifest, args.base_url),
         "runinference": lambda: peers.run_runinference(args.manifest, args.base_url),
         "threads": lambda: peers.run_threads(args.manifest, args.base_url, args.rpm, args.threads),
     }
-    start_rss, cpu0, t0 = _rss_mb(), _cpu(), time.perf_counter()
+    start_rss, cpu0, started_at, t0 = _rss_mb(), _cpu(), time.time(), time.perf_counter()
     items = _profiled(runners[args.arm], args.profile) if args.profile else runners[args.arm]()
-    wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    wall, cpu, ended_at = time.perf_counter() - t0, _cpu() - cpu0, time.time()
+    result = {"items": items, "wall_sec": wall, "cpu_sec": cpu, "peak_rss_mb": _rss_mb(),
+              "start_rss_mb": start_rss, "started_at": started_at, "ended_at": ended_at}
+    if extra:
+        result["summary"] = extra
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"items": items, "wall_sec": wall, "cpu_sec": cpu, "peak_rss_mb": _rss_mb(),
-                   "start_rss_mb": start_rss}, f)
+        json.dump(result, f)
     return 0
 
 

@@ -1,13 +1,16 @@
 """The emulator in its own process (`python -m embed_emulator`), so its CPU never counts as the
-client's, plus the two control calls the benchmark needs: reset between arms, and stats."""
+client's, plus the control calls the benchmark needs: reset between arms, stats, knobs changed at run
+time (`/emulator/config`), and a sampler of its answered requests over an arm's run."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
-from typing import Optional
+from typing import List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,11 +43,17 @@ class EmulatorProcess:
                 self.proc.wait()
             self.proc = None
 
-    def _control(self, method: str, path: str) -> dict:
+    def _control(self, method: str, path: str, body: Optional[dict] = None) -> dict:
         root = self.base_url.rsplit("/v1.3", 1)[0]
-        request = urllib.request.Request(root + path, method=method, data=b"{}" if method == "POST" else None)
+        data = json.dumps(body or {}).encode("utf-8") if method == "POST" else None
+        request = urllib.request.Request(root + path, method=method, data=data,
+                                         headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
+
+    def configure(self, **changes) -> dict:
+        """Changes knobs of the running emulator (POST /emulator/config); returns its whole config."""
+        return self._control("POST", "/emulator/config", changes)
 
     def reset(self) -> None:
         """Zeroes the counters and the rate-limit windows: each arm starts on a fresh minute."""
@@ -58,3 +67,74 @@ class EmulatorProcess:
         with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RequestSampler:
+    """Samples the emulator's answered requests (429s excluded) every `interval` s in a thread, so a run's
+    wall time splits into phases. Reading /emulator/stats is not an API request: it counts against no limit.
+    Samples are (time, embed POSTs, task polls)."""
+
+    def __init__(self, emu: EmulatorProcess, interval: float = 0.2):
+        self.emu, self.interval = emu, interval
+        self.samples: List[Tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stats = self.emu.stats()
+            except OSError:
+                stats = None
+            if stats is not None:
+                limited = stats["rate_limited"] + stats["faults"].get("429_burst", 0)
+                polls = stats.get("tasks", {}).get("polled", 0)
+                self.samples.append((time.time(), stats["requests"] - limited - polls, polls))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RequestSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def count_at(self, when: float) -> float:
+        """Answered requests (calls + polls) at `when`, interpolated between samples."""
+        before = [(t, c + p) for t, c, p in self.samples if t <= when]
+        after = [(t, c + p) for t, c, p in self.samples if t > when]
+        if not before:
+            return 0.0
+        if not after:
+            return float(before[-1][1])
+        (t0, n0), (t1, n1) = before[-1], after[0]
+        return n0 + (n1 - n0) * (when - t0) / (t1 - t0)
+
+    def _last_move(self, value) -> Optional[float]:
+        """When `value(sample)` last changed: the midpoint of the two samples around it."""
+        s = self.samples
+        moves = [i for i in range(1, len(s)) if value(s[i]) != value(s[i - 1])]
+        return (s[moves[-1] - 1][0] + s[moves[-1]][0]) / 2.0 if moves else None
+
+    def phases(self, started_at: float, ended_at: float) -> dict:
+        """Each to within the sampling interval: start-up (the arm's start to its first answered request),
+        calls (first answer to the last embed POST answered), task wait (from there to the last poll: only
+        polls of the last tasks are left), tail (last answer to the arm's end); the rate of calls + polls
+        over the active span (first to last answer) and over its middle 80% (the steady pace)."""
+        s = self.samples
+        total = [c + p for _, c, p in s]
+        moves = [i for i in range(1, len(s)) if total[i] != total[i - 1]]
+        if not moves:
+            return {}
+        first_at = (s[moves[0] - 1][0] + s[moves[0]][0]) / 2.0 if total[moves[0] - 1] == 0 else s[0][0]
+        last_at = self._last_move(lambda x: x[1] + x[2])
+        last_call_at = self._last_move(lambda x: x[1]) or first_at
+        active = max(last_at - first_at, 1e-9)
+        lo, hi = first_at + 0.1 * active, first_at + 0.9 * active
+        return {"startup_sec": max(0.0, first_at - started_at), "active_sec": active,
+                "calls_sec": max(0.0, last_call_at - first_at), "task_wait_sec": max(0.0, last_at - last_call_at),
+                "tail_sec": max(0.0, ended_at - last_at), "active_requests": total[moves[-1]],
+                "active_rate": total[moves[-1]] / active,
+                "steady_rate": (self.count_at(hi) - self.count_at(lo)) / (hi - lo) if hi > lo else None,
+                "sample_sec": self.interval}

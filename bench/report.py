@@ -52,3 +52,57 @@ def memory_table(rows: List[dict]) -> str:
         lines.append(f"  {r['rows']:>13}  {r['items_per_sec']:>8.1f}  {r['start_rss_mb']:>13.0f}  "
                      f"{r['peak_rss_mb']:>12.0f}  {r['peak_rss_mb'] - r['start_rss_mb']:>10.0f}")
     return "\n".join(lines)
+
+
+def derive_v2(result: dict, rpm: float) -> dict:
+    """The v2 scenario's rates: embed POSTs (sync calls and task creates) and task polls, both counted
+    against the limit by the emulator, from its counters for the arm (429s excluded from both)."""
+    stats = result["emulator"]
+    r429 = stats["rate_limited"] + stats["faults"].get("429_burst", 0)
+    polls = stats["tasks"]["polled"]
+    calls = stats["requests"] - r429 - polls
+    items, wall = result["items"], result["wall_sec"]
+    limit = rpm / 60.0
+    phases = result.get("phases") or {}
+    result.update(
+        calls=calls, polls=polls, http_429=r429, requests=calls + polls,
+        items_per_sec=items / wall, requests_per_sec=(calls + polls) / wall,
+        limit_ratio=(calls + polls) / wall / limit,
+        items_per_call=items / calls if calls else None,
+        items_per_request=items / (calls + polls) if calls + polls else None,
+        active_ratio=phases["active_rate"] / limit if phases else None,
+        steady_ratio=phases["steady_rate"] / limit if phases.get("steady_rate") is not None else None,
+        cpu_per_1k=result["cpu_sec"] / items * 1000 if items else None)
+    return result
+
+
+V2_COLUMNS = ("arm", "items", "wall s", "items/s", "calls", "polls", "(c+p)/s", "of limit", "429s", "items/call")
+V2_PHASE_COLUMNS = ("arm", "start-up s", "calls s", "task wait s", "tail s", "active of limit", "steady",
+                    "load 1m", "CPU s/1k", "emu CPU s")
+
+
+def _row(cells, widths) -> str:
+    return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def v2_table(title: str, rows: List[dict]) -> str:
+    """The v2 scenario's table, then where each arm's wall time went (from the emulator's sampled counts)."""
+    widths = (24, 6, 7, 8, 6, 6, 8, 8, 5, 10)
+    lines = [title, _row(V2_COLUMNS, widths)]
+    for r in rows:
+        lines.append(_row((r["label"], str(r["items"]), _fmt(r["wall_sec"], ".1f"), _fmt(r["items_per_sec"], ".2f"),
+                           str(r["calls"]), str(r["polls"]), _fmt(r["requests_per_sec"], ".2f"),
+                           _fmt(r["limit_ratio"], ".3f"), str(r["http_429"]), _fmt(r["items_per_call"], ".2f")),
+                          widths))
+    widths = (24, 10, 7, 11, 6, 15, 6, 7, 8, 9)
+    sample = max([(r.get("phases") or {}).get("sample_sec", 0) for r in rows] or [0])
+    lines += [f"  where the wall time went (the emulator's counts sampled every {sample:g} s):",
+              _row(V2_PHASE_COLUMNS, widths)]
+    for r in rows:
+        p = r.get("phases") or {}
+        lines.append(_row((r["label"], _fmt(p.get("startup_sec"), ".1f"), _fmt(p.get("calls_sec"), ".1f"),
+                           _fmt(p.get("task_wait_sec"), ".1f"), _fmt(p.get("tail_sec"), ".1f"),
+                           _fmt(r["active_ratio"], ".3f"), _fmt(r["steady_ratio"], ".3f"),
+                           _fmt(r.get("load_1m"), ".2f"), _fmt(r["cpu_per_1k"], ".2f"),
+                           _fmt(r.get("emulator_cpu_sec"), ".1f")), widths))
+    return "\n".join(lines)
