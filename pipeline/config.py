@@ -53,6 +53,7 @@ class JobConfig:
     max_tasks_in_flight: int = 32
     media_minutes_per_hour: Optional[float] = None
     outage_after_failures: int = 20
+    columns: Dict[str, str] = dataclasses.field(default_factory=dict)  # manifest column -> the job's field
     beam_args: List[str] = dataclasses.field(default_factory=list)
     config_path: Optional[str] = None
 
@@ -81,7 +82,8 @@ def load_config(path: str) -> JobConfig:
     root = os.path.dirname(os.path.abspath(path))
     api, calls, output, beam_cfg, rate_limit = (raw.get(k) or {} for k in ("api", "calls", "output", "beam",
                                                                               "rate_limit"))
-    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples", "rate_limit", "embedding"}
+    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples", "rate_limit", "embedding",
+             "columns"}
     _refuse_unknown(path, "", raw, known)
     embedding = raw.get("embedding") or {}
     _refuse_unknown(path, "embedding.", embedding, _EMBEDDING_KEYS)
@@ -128,6 +130,7 @@ def load_config(path: str) -> JobConfig:
         max_tasks_in_flight=int(calls.get("max_tasks_in_flight", 32)),
         media_minutes_per_hour=calls.get("media_minutes_per_hour"),
         outage_after_failures=int(calls.get("outage_after_failures", 20)),
+        columns=check_columns(raw.get("columns") or {}, f"{path}: columns"),
     )
     return config
 
@@ -161,6 +164,26 @@ def _resolve_beam_arg(arg: str, base: str) -> str:
     if name in _PATH_FLAGS and value:
         return f"{name}={_resolve_path(value, base)}"
     return arg
+
+
+def check_columns(columns: Any, where: str) -> Dict[str, str]:
+    """`columns:` maps manifest columns onto the job's fields; every target must be one."""
+    import difflib
+
+    from transforms.items import INPUT_FIELDS
+
+    if not isinstance(columns, dict):
+        raise ConfigError(f"{where} must map manifest columns to fields, e.g. {{description: text}}")
+    for source, target in columns.items():
+        if target not in INPUT_FIELDS:
+            near = difflib.get_close_matches(str(target), INPUT_FIELDS, n=1)
+            raise ConfigError(f"{where} maps {source!r} to {target!r}, which is not a manifest field"
+                              + (f" (did you mean {near[0]}?)" if near else f"; use one of {', '.join(INPUT_FIELDS)}"))
+    targets = list(columns.values())
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise ConfigError(f"{where} maps two columns to {twice[0]!r}; keep one")
+    return {str(k): str(v) for k, v in columns.items()}
 
 
 def _as_list(value: Any) -> Optional[List[str]]:
@@ -215,6 +238,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests-per-minute", type=float, help="the account's limit, shared by all workers")
     parser.add_argument("--max-in-flight", type=int, help="concurrent calls per worker process")
     parser.add_argument("--no-pack", action="store_true", help="one item per call instead of packing")
+    parser.add_argument("--column", action="append", metavar="COLUMN=FIELD",
+                        help="map a manifest column onto a field, e.g. --column description=text (repeatable; "
+                             "adds to the config's `columns:`)")
     parser.add_argument("--max-calls", type=int, help="make at most this many calls, defer the rest to the next run")
     parser.add_argument("--dry-run", action="store_true", help="read, validate, skip, dedup and pack; print the "
                         "plan (calls needed, time at the rate and daily quota) and call nothing")
@@ -245,6 +271,14 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
         config.max_in_flight = args.max_in_flight
     if args.no_pack:
         config.pack = False
+    if args.column:
+        pairs = {}
+        for given in args.column:
+            source, sep, target = given.partition("=")
+            if not sep or not source or not target:
+                raise ConfigError(f"--column {given!r}: write COLUMN=FIELD, e.g. --column description=text")
+            pairs[source] = target
+        config.columns = check_columns({**config.columns, **pairs}, "--column")
     if args.max_calls is not None:
         config.max_calls = args.max_calls
     if args.dry_run:

@@ -44,11 +44,11 @@ class _CountDeadLetters(beam.DoFn):
 def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: str, settings: CallSettings,
                    run_id: str, run_time: datetime.datetime, saved_pieces: Sequence[str] = (),
                    pack: bool = True, rows_per_piece: int = 4096, flush_sec: float = 5.0,
-                   dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None
-                   ) -> Dict[str, beam.PCollection]:
+                   dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None,
+                   columns: Optional[Dict[str, str]] = None) -> Dict[str, beam.PCollection]:
     """Adds the job to `p`. `saved_pieces` are the segment pieces earlier runs committed to `output`;
     `known_tasks` the v2 tasks they created (polled again, never created twice)."""
-    read = p | "ReadManifests" >> ReadManifests(manifest_paths)
+    read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns)
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings))
     todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(saved_pieces, settings.model)
     # v1 items are packed several to a call; v2 takes one input per call; long media become async tasks.

@@ -22,14 +22,18 @@ def count_manifest_rows(paths: Sequence[str]) -> Optional[int]:
     for path in paths:
         if "://" in path:
             return None
-        if manifest_format(path) == "parquet":
-            import pyarrow.parquet as pq
+        try:
+            if manifest_format(path) == "parquet":
+                import pyarrow.parquet as pq
 
-            total += pq.ParquetFile(path).metadata.num_rows
-            continue
-        with FileSystems.open(path) as f:
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-        total += lines - (1 if manifest_format(path) == "csv" else 0)
+                total += pq.ParquetFile(path).metadata.num_rows
+                continue
+            with FileSystems.open(path) as f:
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            total += max(0, lines - (1 if manifest_format(path) == "csv" else 0))
+        except Exception:
+            # An unreadable manifest is the job's to report (a dead letter), not the progress line's to crash on.
+            return None
     return total
 
 
@@ -46,14 +50,16 @@ def format_progress(snap: dict, rows_total: Optional[int], rate_per_minute: Opti
     rows = f"rows {snap['rows_read']}" + (f"/{rows_total}" if rows_total else "")
     limit = f" of {rate_per_minute / 60:.1f}" if rate_per_minute else ""
     eta, of_total = "ETA --", ""
-    if rows_total and snap["rows_read"] and snap["items"]:
-        # Items still to come are estimated from the rows not read yet.
-        expected_items = snap["items"] * rows_total / snap["rows_read"]
-        of_total = f" of {'~' if snap['rows_read'] < rows_total else ''}{int(expected_items + 0.5)}"
-        remaining = max(0.0, expected_items - (snap["done"] - snap["dead_letters"]))
-        rate = (snap["done"] - snap["dead_letters"]) / elapsed
-        if rate > 0:
-            eta = f"ETA {_duration(remaining / rate)}"
+    units = snap["items"] + snap["rejected"]  # every item, and every row rejected before it became one
+    if units:
+        all_read = bool(rows_total) and snap["rows_read"] >= rows_total
+        # Units still to come are estimated from the rows not read yet; the total never falls below done.
+        expected = units * rows_total / snap["rows_read"] if rows_total and snap["rows_read"] else units
+        total = max(int(expected + 0.5), snap["done"])
+        of_total = f" of {'' if all_read else '~'}{total}"
+        rate = snap["done"] / elapsed
+        if rate > 0 and rows_total:
+            eta = f"ETA {_duration(max(0.0, total - snap['done']) / rate)}"
     return (f"{rows} | items {snap['done']}{of_total} done: {snap['embedded']} embedded, {snap['skipped']} skipped, "
             f"{snap['dead_letters']} dead, {snap['deferred']} deferred | {calls_per_sec:.1f} calls/s{limit} | "
             f"429s {snap['http_429']} | {_duration(elapsed)} | {eta}")

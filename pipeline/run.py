@@ -21,7 +21,7 @@ from pipeline.finalize import finalize_output
 from transforms.call_settings import ConfigError, EmbeddingSettings
 from transforms.calling import CallSettings
 from transforms.calling_v2 import read_task_journal
-from transforms.manifests import expand_manifest_patterns
+from transforms.manifests import check_manifest_columns, expand_manifest_patterns
 from transforms.resume import list_segment_pieces
 from transforms.sinks import SEGMENT_DIR
 
@@ -152,6 +152,7 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
 
         ensure_samples(config.samples)
     manifest_paths = expand_manifest_patterns(config.manifests)
+    check_manifest_columns(manifest_paths, config.columns)
     run_time = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(run_time)
     with contextlib.ExitStack() as stack:
@@ -169,7 +170,7 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
                        run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
                        rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run,
-                       known_tasks=known_tasks)
+                       known_tasks=known_tasks, columns=config.columns)
         if progress and _runs_in_process(options):
             stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()

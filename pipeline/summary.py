@@ -64,10 +64,6 @@ def _read_jsonl(paths: List[str]) -> List[dict]:
     return records
 
 
-def _utc(epoch) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat() if epoch else None
-
-
 # The job's exit status, also `status` in summary.json (README: "Exit codes").
 EXIT_CODES = {"done": 0, "usage_error": 2, "finished_with_dead_letters": 3, "deferred": 4,
               "stopped_service_unavailable": 5}
@@ -214,7 +210,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
         "deferred": len(deferred),
         "deferred_by_reason": dict(sorted(collections.Counter(r["reason"] for r in deferred).items())),
-        "quota_resets_at": _utc(max(resets)) if resets else None,
+        "quota_resets_at": max(resets) if resets else None,
         "segment_rows_dropped": (finalized or {}).get("segment_rows_dropped", 0),
         "dead_letters": sum(dead_by_code.values()),
         "dead_letters_by_reason": dict(sorted(dead_by_code.items())),
@@ -277,7 +273,7 @@ def format_summary(summary: dict) -> str:
         f"  embedded         {sum(summary['items_embedded'].values())} items, "
         f"{summary['segments_written']} segment rows",
         f"  calls            {summary['calls']} ({summary['items_per_call']} items per call), "
-        f"{summary['retries']} retries, {summary['http_429']} x 429, {summary['seconds_throttled']} s throttled",
+        f"{summary['retries']} retries, {summary['http_429']} x 429, {summary['seconds_throttled']} thread-s waited on the limit",
         f"  skipped          {summary['items_already_done']} already done, {summary['items_deduplicated']} "
         f"deduplicated (reused vectors instead of calls)",
         f"  deferred         {summary['deferred']}"

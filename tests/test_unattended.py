@@ -88,3 +88,64 @@ def test_exit_codes_done_and_dead_letters(tmp_path):
     assert done.returncode == 0 and _summary(str(tmp_path / "a"))["status"] == "done"
     assert dead.returncode == 3 and _summary(str(tmp_path / "b"))["status"] == "finished_with_dead_letters"
     assert _summary(str(tmp_path / "b"))["dead_letters_permanent"] == 1
+
+
+def test_column_mapping_from_the_config_and_the_command_line(tmp_path):
+    from embed_emulator import synth
+
+    (tmp_path / "img.png").write_bytes(synth.png_bytes(150, 150, seed=4))
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("sku,title,description,image_path\n"
+                       "a1,Red shoe,a red running shoe,img.png\n"
+                       "a2,Blue hat,a blue woollen hat,\n")
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        path = tmp_path / "job.yaml"
+        path.write_text(json.dumps({
+            "manifests": [str(catalog)], "output": {"path": output}, "api": {"base_url": emu.base_url},
+            "columns": {"sku": "id", "description": "text"}, "beam": {"args": ["--runner=DirectRunner"]}}))
+        env = dict(os.environ, PYTHONPATH=ROOT, TWELVE_LABS_API_KEY=TEST_KEY)
+        out = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(path), "--column",
+                              "image_path=image_file"], capture_output=True, text=True, env=env, cwd=ROOT,
+                             timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "text <- description" in out.stderr and "image_file <- image_path" in out.stderr
+    from tests.helpers import read_segments
+
+    rows = {(r["id"], r["modality"]): r for r in read_segments(output).to_pylist()}
+    assert set(rows) == {("a1", "text"), ("a1", "image"), ("a2", "text")}
+    assert rows[("a2", "text")]["input_text"] == "a blue woollen hat"
+    assert json.loads(rows[("a1", "text")]["attributes"]) == {"title": "Red shoe"}
+
+
+def test_a_manifest_with_no_known_column_is_refused_up_front_naming_its_columns(tmp_path):
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("title,description,image_path\nRed shoe,a red running shoe,img.png\n")
+    with Emulator(EmulatorConfig()) as emu:
+        out = _cli(_config(tmp_path, str(catalog), emu.base_url, str(tmp_path / "out")))
+        requests = emu.stats()["requests"]
+    assert out.returncode == 2 and requests == 0
+    (error,) = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert "has columns title, description, image_path; none is an input" in error
+    assert "columns: {title: text}" in error and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("columns, expected", [({"description": "txt"}, "did you mean text?"),
+                                               ({"a": "text", "b": "text"}, "maps two columns to 'text'")])
+def test_a_bad_column_mapping_is_one_line(tmp_path, columns, expected):
+    from pipeline.config import load_config
+    from transforms.call_settings import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"manifests": ["x.csv"], "columns": columns}))
+    with pytest.raises(ConfigError, match=expected.replace("?", "\\?")):
+        load_config(str(path))
+
+
+def test_a_csv_header_that_names_a_column_twice_is_refused_not_half_read(tmp_path):
+    from transforms.manifests import parse_manifest
+
+    path = tmp_path / "d.csv"
+    path.write_text("id,text,text\n1,first,second\n")
+    (letter,) = list(parse_manifest(str(path)))
+    assert letter.code == "malformed_row" and "'text' more than once" in letter.message

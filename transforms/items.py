@@ -118,7 +118,9 @@ class Deferred:
     detail: Optional[str] = None       # e.g. the pending task's id
 
     def as_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        record["resets_at"] = iso_utc(self.resets_at)  # every time the job writes is ISO 8601 UTC
+        return record
 
 
 @dataclasses.dataclass
@@ -131,6 +133,20 @@ class Outcome:
     attempts: int = 1
     # v2: (embedding_option, embedding_scope) of each segment, in the same order; None on v1.
     labels: Optional[List[Tuple[Optional[str], Optional[str]]]] = None
+
+
+def iso_utc(epoch: Optional[float]) -> Optional[str]:
+    """ISO 8601 UTC (second precision) of an epoch time, None for None or a number no clock can show."""
+    import datetime
+    import math
+
+    if epoch is None or not isinstance(epoch, (int, float)) or not math.isfinite(epoch):
+        return None
+    try:
+        moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(microsecond=0)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def content_hash(*parts: Any) -> str:

@@ -7,7 +7,7 @@ import json
 import os
 import logging
 import math
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
@@ -149,6 +149,12 @@ def _csv_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
         yield _dead(source, 0, "malformed_row", f"header cannot be parsed ({exc})")
         return
     header = [h.strip().lstrip("\ufeff") for h in header]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        # Which of two `text` columns is meant? Refuse rather than silently take the last one.
+        yield _dead(source, 0, "malformed_row", f"header names column {repeated[0]!r} more than once; rename one "
+                                                "(or map it with `columns:`); no row can be read")
+        return
     try:
         "".join(header).encode("utf-8")
     except UnicodeEncodeError:
@@ -241,35 +247,91 @@ def parse_manifest(source: str) -> Iterator[Union[ManifestRow, DeadLetter]]:
                     f"{where} cannot be read ({type(exc).__name__}: {exc})")
 
 
+def map_columns(fields: Dict[str, Any], columns: Optional[Dict[str, str]]) -> Dict[str, Any]:
+    """The row with manifest columns renamed onto the job's fields; a mapped column wins over one already named so."""
+    if not columns:
+        return fields
+    mapped = {k: v for k, v in fields.items() if k not in columns}
+    for source, target in columns.items():
+        if source in fields:
+            mapped[target] = fields[source]
+    return mapped
+
+
+_PEEK_ROWS = 50
+
+
+def check_manifest_columns(paths: Sequence[str], columns: Optional[Dict[str, str]] = None) -> Dict[str, List[str]]:
+    """Reads the first rows of each manifest: refuses one whose columns hold no input at all (naming the columns
+    found), logs which columns feed which field. Unreadable files are left to the job (dead letters)."""
+    import logging
+
+    from transforms.call_settings import ConfigError
+    from transforms.items import INPUT_FIELDS
+
+    inputs = [f for f in INPUT_FIELDS if f not in ("id", "text_truncate", "audio_start_offset_sec", "media_type",
+                                                    "start_sec", "end_sec")]
+    found: Dict[str, List[str]] = {}
+    for path in paths:
+        names: List[str] = []
+        try:
+            for count, record in enumerate(parse_manifest(path)):
+                if count >= _PEEK_ROWS:
+                    break
+                if isinstance(record, ManifestRow):
+                    names += [k for k in record.fields if k not in names]
+        except Exception:
+            continue
+        if not names:
+            continue
+        found[path] = names
+        mapped = map_columns(dict.fromkeys(names, 1), columns)
+        used = [f for f in inputs if f in mapped]
+        if not used:
+            raise ConfigError(
+                f"manifest {path} has columns {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}; none is an "
+                f"input ({', '.join(inputs)}): name them so, or map them in the config, e.g. "
+                f"`columns: {{{names[0]}: text}}` (or --column {names[0]}=text)")
+        sources = {target: source for source, target in (columns or {}).items() if source in names}
+        logging.getLogger(__name__).info(
+            "manifest %s: %s; other columns go to attributes", path,
+            ", ".join(f"{f} <- {sources[f]}" if f in sources else f for f in used))
+    return found
+
+
 class _ParseManifest(beam.DoFn):
-    def __init__(self):
+    def __init__(self, columns: Optional[Dict[str, str]] = None):
         self._rows = Metrics.counter(NAMESPACE, "rows_read")
+        self._columns = dict(columns or {})
 
     def process(self, source: str) -> Iterable:
         for record in parse_manifest(source):
             self._rows.inc()
             PROGRESS.add(rows_read=1)
             if isinstance(record, DeadLetter):
-                PROGRESS.add(done=1, dead_letters=1)
+                PROGRESS.add(done=1, dead_letters=1, rejected=1)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
             else:
+                if self._columns:
+                    record.fields = map_columns(record.fields, self._columns)
                 yield record
 
 
 class ReadManifests(beam.PTransform):
     """Manifest paths (already expanded) -> ManifestRow, with a `dead_letters` output."""
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], columns: Optional[Dict[str, str]] = None):
         super().__init__()
         if not paths:
             raise ValueError("ReadManifests needs at least one manifest path")
         self._paths = list(paths)
+        self._columns = dict(columns or {})
 
     def expand(self, pbegin):
         parsed = (
             pbegin
             | "ManifestPaths" >> beam.Create(self._paths)
-            | "ParseRows" >> beam.ParDo(_ParseManifest()).with_outputs(DEAD_LETTERS, main="rows")
+            | "ParseRows" >> beam.ParDo(_ParseManifest(self._columns)).with_outputs(DEAD_LETTERS, main="rows")
         )
         # No Reshuffle: the duplicate-id grouping right after spreads rows across workers anyway,
         # and every extra shuffle holds all rows in memory on the local runner.

@@ -12,7 +12,10 @@ from typing import Dict
 
 __all__ = ["PROGRESS", "RunProgress"]
 
-FIELDS = ("rows_read", "items", "done", "embedded", "dead_letters", "deferred", "skipped", "calls", "http_429")
+# `rejected`: dead letters of the read and validate steps (rows that never become items); the units of
+# work are items + rejected, and `done` counts them as they finish.
+FIELDS = ("rows_read", "items", "rejected", "done", "embedded", "dead_letters", "deferred", "skipped", "calls",
+          "http_429")
 
 
 class RunProgress:

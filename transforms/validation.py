@@ -426,7 +426,7 @@ class _ToItems(beam.DoFn):
     def process(self, row: ManifestRow) -> Iterable:
         for record in row_to_items(row, self._model, self._plan):
             if isinstance(record, DeadLetter):
-                PROGRESS.add(done=1, dead_letters=1)
+                PROGRESS.add(done=1, dead_letters=1, rejected=1)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
             else:
                 self._items[record.modality].inc()
@@ -441,7 +441,7 @@ def _keep_first(keyed: Tuple[str, Iterable[Tuple[ManifestRow, str]]]) -> Iterabl
     first = ordered[0][0]
     yield first
     for row, item_id in ordered[1:]:
-        PROGRESS.add(done=1, dead_letters=1)
+        PROGRESS.add(done=1, dead_letters=1, rejected=1)
         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
             item_id, row.source, row.row_number, None, "validate", "duplicate_id",
             f"{row.source} row {row.row_number}: `id` {item_id!r} is already used by "

@@ -71,8 +71,10 @@ class QuotaState:
     def stop(self, reason: str, resets_at: Optional[float]) -> None:
         with self._lock:
             if not self.stopped:
+                from transforms.items import iso_utc
+
                 _LOGGER.warning("the API quota is spent (resets at %s); the rest is deferred to the next run",
-                                resets_at)
+                                iso_utc(resets_at) or "an unknown time")
                 self.stopped, self.resets_at = reason, resets_at
 
 
