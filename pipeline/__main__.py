@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     from pipeline.run import run_job
     from pipeline.summary import format_summary
 
+    from pipeline.output_lock import OutputLocked
     from transforms.call_settings import ConfigError
 
     try:
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
         # A setting that cannot work: one line saying what and how to fix it, before any call.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OutputLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 6
     except Exception as exc:
         if debug:
             raise

@@ -18,6 +18,7 @@ from pipeline.graph import build_pipeline
 from pipeline.progress_line import ProgressPrinter, count_manifest_rows
 from pipeline.summary import RUNS_DIR
 from pipeline.finalize import finalize_output
+from pipeline.output_lock import OutputLock
 from transforms.call_settings import ConfigError, EmbeddingSettings
 from transforms.calling import CallSettings
 from transforms.calling_v2 import read_task_journal
@@ -155,6 +156,13 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
     check_manifest_columns(manifest_paths, config.columns)
     run_time = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(run_time)
+    # One run per output, held through finalize; a dry run only reads. Writing the claim also proves the
+    # output can take files before anything is paid for.
+    with contextlib.nullcontext() if config.dry_run else OutputLock(config.output, run_id):
+        return _run_locked(config, base_url, progress, manifest_paths, run_time, run_id)
+
+
+def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, manifest_paths, run_time, run_id) -> dict:
     with contextlib.ExitStack() as stack:
         if base_url is None:
             base_url = stack.enter_context(embedded_backend(config)) or config.base_url

@@ -66,7 +66,7 @@ def _read_jsonl(paths: List[str]) -> List[dict]:
 
 # The job's exit status, also `status` in summary.json (README: "Exit codes").
 EXIT_CODES = {"done": 0, "usage_error": 2, "finished_with_dead_letters": 3, "deferred": 4,
-              "stopped_service_unavailable": 5}
+              "stopped_service_unavailable": 5, "locked": 6}
 STATUS_TEXT = {"done": "done: every item is embedded",
                "finished_with_dead_letters": "finished; some rows are dead letters (see dead_letters/)",
                "deferred": "deferred: some items wait for the quota, the call budget or their task; run again",

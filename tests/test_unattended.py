@@ -149,3 +149,51 @@ def test_a_csv_header_that_names_a_column_twice_is_refused_not_half_read(tmp_pat
     path.write_text("id,text,text\n1,first,second\n")
     (letter,) = list(parse_manifest(str(path)))
     assert letter.code == "malformed_row" and "'text' more than once" in letter.message
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    import signal
+    import time
+
+    from pipeline.output_lock import OutputLock, OutputLocked
+
+    manifest, output = _manifest(tmp_path, rows=40), str(tmp_path / "out")
+    with Emulator(EmulatorConfig(latency_ms=300)) as emu:
+        config = _config(tmp_path, manifest, emu.base_url, output, max_in_flight=1)
+        env = dict(os.environ, PYTHONPATH=ROOT, TWELVE_LABS_API_KEY=TEST_KEY)
+        first = subprocess.Popen([sys.executable, "-m", "pipeline", "--config", config], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while emu.stats()["requests"] < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        second = _cli(config)
+        calls_during = emu.stats()["requests"]
+        first.send_signal(signal.SIGKILL)  # a dead run's claim must not block the next one
+        first.wait()
+        third = _cli(config)
+    assert second.returncode == 6, second.stderr[-2000:]
+    (error,) = [l for l in second.stderr.splitlines() if l.startswith("error:")]
+    assert "another run" in error and "is writing to this output" in error
+    assert calls_during < 40
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert_exactly_once(output, 40)
+    # two claims written at once: exactly one wins
+    a, b = OutputLock(output, "run-a"), OutputLock(output, "run-b")
+    a.acquire()
+    with pytest.raises(OutputLocked):
+        b.acquire()
+    a.release()
+    b.acquire()
+    b.release()
+    assert not os.listdir(os.path.join(output, "locks"))
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_call(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with Emulator(EmulatorConfig()) as emu:
+        out = _cli(_config(tmp_path, _manifest(tmp_path, rows=5), emu.base_url, str(blocker / "out")))
+        requests = emu.stats()["requests"]
+    assert out.returncode == 2 and requests == 0, out.stderr[-2000:]
+    (error,) = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert "cannot be written" in error and "Traceback" not in out.stderr
