@@ -54,6 +54,7 @@ class JobConfig:
     media_minutes_per_hour: Optional[float] = None
     outage_after_failures: int = 20
     columns: Dict[str, str] = dataclasses.field(default_factory=dict)  # manifest column -> the job's field
+    retry_dead_letters: bool = False   # re-drive earlier runs' permanent call failures
     beam_args: List[str] = dataclasses.field(default_factory=list)
     config_path: Optional[str] = None
 
@@ -238,6 +239,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests-per-minute", type=float, help="the account's limit, shared by all workers")
     parser.add_argument("--max-in-flight", type=int, help="concurrent calls per worker process")
     parser.add_argument("--no-pack", action="store_true", help="one item per call instead of packing")
+    parser.add_argument("--retry-dead-letters", action="store_true",
+                        help="call again the items an earlier run's API refused for good (by default they are "
+                             "reported again without a call until their content changes)")
     parser.add_argument("--column", action="append", metavar="COLUMN=FIELD",
                         help="map a manifest column onto a field, e.g. --column description=text (repeatable; "
                              "adds to the config's `columns:`)")
@@ -271,6 +275,8 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
         config.max_in_flight = args.max_in_flight
     if args.no_pack:
         config.pack = False
+    if args.retry_dead_letters:
+        config.retry_dead_letters = True
     if args.column:
         pairs = {}
         for given in args.column:

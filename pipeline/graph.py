@@ -45,12 +45,13 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
                    run_id: str, run_time: datetime.datetime, saved_pieces: Sequence[str] = (),
                    pack: bool = True, rows_per_piece: int = 4096, flush_sec: float = 5.0,
                    dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None,
-                   columns: Optional[Dict[str, str]] = None) -> Dict[str, beam.PCollection]:
+                   columns: Optional[Dict[str, str]] = None, failed: Optional[Dict] = None
+                   ) -> Dict[str, beam.PCollection]:
     """Adds the job to `p`. `saved_pieces` are the segment pieces earlier runs committed to `output`;
     `known_tasks` the v2 tasks they created (polled again, never created twice)."""
     read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns)
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings))
-    todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(saved_pieces, settings.model)
+    todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(saved_pieces, settings.model, failed)
     # v1 items are packed several to a call; v2 takes one input per call; long media become async tasks.
     v1_items, v2_items, task_items = todo["to_call"] | "Route" >> beam.Partition(
         lambda item, _: ROUTES.index(item.route), len(ROUTES))
@@ -60,10 +61,10 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     if dry_run:
         for route, calls in routes.items():
             calls | f"CountCalls_{route}" >> beam.ParDo(_CountPlannedCalls(route))
-        ((read[DEAD_LETTERS], valid[DEAD_LETTERS]) | "MergeDeadLetters" >> beam.Flatten()
+        ((read[DEAD_LETTERS], valid[DEAD_LETTERS], todo["carried"]) | "MergeDeadLetters" >> beam.Flatten()
          | "CountDeadLetters" >> beam.ParDo(_CountDeadLetters()))
         return {}
-    dead_letters = [read[DEAD_LETTERS], valid[DEAD_LETTERS]]
+    dead_letters = [read[DEAD_LETTERS], valid[DEAD_LETTERS], todo["carried"]]
     deferred = []
     segments = []
     for route, calls in routes.items():

@@ -23,7 +23,7 @@ from transforms.call_settings import ConfigError, EmbeddingSettings
 from transforms.calling import CallSettings
 from transforms.calling_v2 import read_task_journal
 from transforms.manifests import check_manifest_columns, expand_manifest_patterns
-from transforms.resume import list_segment_pieces
+from transforms.resume import list_segment_pieces, read_permanent_failures
 from transforms.sinks import SEGMENT_DIR
 
 __all__ = ["run_job", "embedded_backend"]
@@ -173,12 +173,16 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))
         _refuse_other_model(saved_pieces, config.model, config.output, settings.dims)
         known_tasks = read_task_journal(config.output)
+        # Earlier runs' dead letters: permanent call failures are not paid for again (unless asked), and
+        # the summary tells this run's new failures from those already reported.
+        failed = {} if config.retry_dead_letters else read_permanent_failures(config.output)
+        known_failures = summary_mod.dead_letter_keys(config.output)
         options = beam_options(config)
         p = beam.Pipeline(options=options)
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
                        run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
                        rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run,
-                       known_tasks=known_tasks, columns=config.columns)
+                       known_tasks=known_tasks, columns=config.columns, failed=failed)
         if progress and _runs_in_process(options):
             stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()
@@ -187,4 +191,5 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         return summary_mod.plan_summary(config, result, run_id, manifest_paths)
     finalized = finalize_output(config.output, run_id, manifest_paths)
     finished = datetime.datetime.now(datetime.timezone.utc)
-    return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized)
+    return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized,
+                                     known_failures=known_failures)

@@ -5,7 +5,7 @@ import collections
 import datetime
 import json
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -65,21 +65,26 @@ def _read_jsonl(paths: List[str]) -> List[dict]:
 
 
 # The job's exit status, also `status` in summary.json (README: "Exit codes").
-EXIT_CODES = {"done": 0, "usage_error": 2, "finished_with_dead_letters": 3, "deferred": 4,
-              "stopped_service_unavailable": 5, "locked": 6}
+EXIT_CODES = {"done": 0, "done_with_known_dead_letters": 0, "usage_error": 2, "finished_with_dead_letters": 3,
+              "deferred": 4, "stopped_service_unavailable": 5, "locked": 6}
 STATUS_TEXT = {"done": "done: every item is embedded",
+               "done_with_known_dead_letters": "done; the dead letters are the same as the last run's (nothing new)",
                "finished_with_dead_letters": "finished; some rows are dead letters (see dead_letters/)",
                "deferred": "deferred: some items wait for the quota, the call budget or their task; run again",
                "stopped_service_unavailable": "stopped: the API was unreachable or failing; the rest is deferred, "
                                               "run again when it is back"}
 
 
-def run_status(deferred: int, deferred_by_reason, dead_letters: int) -> str:
+def run_status(deferred: int, deferred_by_reason, dead_letters: int, new_dead_letters: Optional[int] = None) -> str:
     if deferred_by_reason.get("service_unavailable"):
         return "stopped_service_unavailable"
     if deferred:
         return "deferred"
-    return "finished_with_dead_letters" if dead_letters else "done"
+    if not dead_letters:
+        return "done"
+    # Dead letters an earlier run already reported do not alert again: only new ones turn the run to 3.
+    return "finished_with_dead_letters" if new_dead_letters is None or new_dead_letters else \
+        "done_with_known_dead_letters"
 
 
 def _dimension(config) -> int:
@@ -152,8 +157,21 @@ def format_plan(plan: dict) -> str:
     ])
 
 
+def dead_letter_keys(output: str) -> set:
+    """(source, row, modality, code) of every dead letter the output holds now: what was already reported."""
+    try:
+        found = FileSystems.match([FileSystems.join(output, DEAD_LETTER_DIR, "*.jsonl")])[0].metadata_list
+    except Exception:
+        return set()
+    return {_letter_key(r) for r in _read_jsonl([m.path for m in found])}
+
+
+def _letter_key(record: dict) -> tuple:
+    return record.get("source"), record.get("row_number"), record.get("modality"), record.get("code")
+
+
 def write_summary(config, result, run_id: str, manifests: List[str], started: datetime.datetime,
-                  finished: datetime.datetime, finalized: dict = None) -> dict:
+                  finished: datetime.datetime, finalized: dict = None, known_failures: set = frozenset()) -> dict:
     metrics = collect_metrics(result)
     segment_files = _run_files(FileSystems.join(config.output, SEGMENT_DIR), run_id, ".parquet")
     dead_files = _run_files(FileSystems.join(config.output, DEAD_LETTER_DIR), run_id, ".jsonl")
@@ -169,12 +187,13 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     letters = _read_jsonl(dead_files)
     dead_by_code = collections.Counter(r["code"] for r in letters)
     dead_by_kind = collections.Counter(r.get("kind", "permanent") for r in letters)
+    new_letters = sum(1 for r in letters if _letter_key(r) not in known_failures)
     deferred_files = _run_files(FileSystems.join(config.output, DEFERRED_DIR), run_id, ".jsonl")
     deferred = _read_jsonl(deferred_files)
     resets = [r["resets_at"] for r in deferred if r.get("resets_at")]
     items_per_call = metrics.get("items_per_call") or {}
     by_reason = collections.Counter(r["reason"] for r in deferred)
-    status = run_status(len(deferred), by_reason, sum(dead_by_code.values()))
+    status = run_status(len(deferred), by_reason, sum(dead_by_code.values()), new_letters)
     summary = {
         "run_id": run_id,
         "status": status,
@@ -216,6 +235,8 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "dead_letters_by_reason": dict(sorted(dead_by_code.items())),
         "dead_letters_transient": dead_by_kind.get("transient", 0),
         "dead_letters_permanent": dead_by_kind.get("permanent", 0),
+        "dead_letters_new": new_letters,
+        "dead_letters_carried": metrics.get("dead_letters_carried", 0),
         "output": config.output,
         "segment_files": segment_files,
         "dead_letter_files": dead_files,
@@ -283,7 +304,12 @@ def format_summary(summary: dict) -> str:
         + (" (" + ", ".join(f"{k} {v}" for k, v in summary["dead_letters_by_reason"].items()) + ")"
            if summary["dead_letters"] else "")
         + (f"; {summary['dead_letters_transient']} transient (retried next run)"
-           if summary.get("dead_letters_transient") else ""),
+           if summary.get("dead_letters_transient") else "")
+        + (f"; {summary['dead_letters'] - summary['dead_letters_new']} reported by an earlier run"
+           + (f" ({summary['dead_letters_carried']} permanent API refusals not re-tried: --retry-dead-letters)"
+              if summary.get("dead_letters_carried") else "")
+           if summary["dead_letters"] and summary.get("dead_letters_new", summary["dead_letters"]) <
+           summary["dead_letters"] else ""),
         f"  status           {summary['status']} (exit {summary['exit_code']}): {STATUS_TEXT[summary['status']]}",
         f"  output           {summary['output']}",
         f"  summary          {summary.get('summary_file', '')}",

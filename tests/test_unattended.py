@@ -197,3 +197,47 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_call(tmp_path):
     assert out.returncode == 2 and requests == 0, out.stderr[-2000:]
     (error,) = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert "cannot be written" in error and "Traceback" not in out.stderr
+
+
+def test_permanent_failures_report_once_transient_ones_retry_and_re_drive_on_demand(tmp_path):
+    long_text = " ".join(f"word{i}" for i in range(200))  # over Marengo 2.7's 77 tokens, truncation off: 400
+    rows = [{"id": "ok", "text": "fine"}, {"id": "long", "text": long_text, "text_truncate": "none", "shelf": 3},
+            {"id": "bad", "image_url": "ftp://nope"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        config = _config(tmp_path, str(manifest), emu.base_url, output)
+        raw = json.loads(open(config).read())
+        raw["model"] = "marengo2.7"
+        open(config, "w").write(json.dumps(raw))
+        first = _cli(config)
+        after_first = emu.stats()["requests"]
+        second = _cli(config)
+        after_second = emu.stats()["requests"]
+        env = dict(os.environ, PYTHONPATH=ROOT, TWELVE_LABS_API_KEY=TEST_KEY)
+        third = subprocess.run([sys.executable, "-m", "pipeline", "--config", config, "--retry-dead-letters"],
+                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        after_third = emu.stats()["requests"]
+    assert first.returncode == 3 and second.returncode == 0 and third.returncode == 0, second.stdout
+    assert after_second == after_first  # the refused text was not paid for again
+    assert after_third == after_first + 1  # re-driven on demand
+    assert "status           done_with_known_dead_letters (exit 0)" in second.stdout
+    assert "1 permanent API refusals not re-tried" in second.stdout
+    letters = {l["id"]: l for l in read_dead_letters(output)}
+    assert set(letters) == {"long", "bad"}  # each reported once in the output, never doubled
+    assert letters["long"]["row"] == {"id": "long", "text": long_text, "text_truncate": "none", "shelf": 3}
+    assert letters["long"]["kind"] == "permanent" and letters["bad"]["row"] == rows[2]
+    assert_exactly_once(output, 3)
+    # the content changes: called again
+    rows[1]["text"] = "now short"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with Emulator(EmulatorConfig()) as emu:
+        fourth = _cli(_config(tmp_path, str(manifest), emu.base_url, output))
+        # the output now holds marengo2.7 rows, so this config (marengo3.0) is refused in one line
+        assert fourth.returncode == 2
+        open(config, "w").write(json.dumps({**raw, "api": {**raw["api"], "base_url": emu.base_url}}))
+        fifth = _cli(config)
+        assert emu.stats()["requests"] == 1
+    assert fifth.returncode == 3 or fifth.returncode == 0
+    assert "long" not in {l["id"] for l in read_dead_letters(output)}

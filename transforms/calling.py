@@ -19,7 +19,7 @@ from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.ratelimit import TokenBucket
 from embed_client.retry import call_with_retries
 from transforms.call_settings import MODEL_DIMS, ApiKeyRejected, CallSettings, resolve_api_key
-from transforms.items import Call, DeadLetter, Deferred, Item, Outcome
+from transforms.items import Call, DeadLetter, Deferred, Item, Outcome, item_row
 from transforms.manifests import DEAD_LETTERS, NAMESPACE
 from transforms.progress import PROGRESS
 from transforms.worker_state import QuotaState, process_bucket, process_media_budget, process_quota
@@ -124,7 +124,16 @@ class _Caller:
 
     def run(self, call: Call) -> Tuple[List[Union[Outcome, DeadLetter]], _CallStats]:
         stats = _CallStats()
-        return self._run(call.items, stats), stats
+        records = self._run(call.items, stats)
+        # A call's dead letter carries what was sent: its content key (a later run re-tries it only if that
+        # changed) and the manifest fields (to fix or re-drive it).
+        by_key = {(i.id, i.source, i.row_number, i.modality): i for item in call.items for i in item.with_copies()}
+        for record in records:
+            if isinstance(record, DeadLetter) and record.row is None:
+                item = by_key.get((record.id, record.source, record.row_number, record.modality))
+                if item is not None:
+                    record.content_hash, record.row = item.content_hash, item_row(item)
+        return records, stats
 
     def _deferred(self, items: List[Item]) -> List[Deferred]:
         reason, resets_at = self.quota.stopped or "quota_exhausted", self.quota.resets_at

@@ -98,11 +98,39 @@ class DeadLetter:
     message: str
     http_status: Optional[int] = None
     attempts: int = 0
+    content_hash: Optional[str] = None   # call stage: what was sent, so a later run knows if it changed
+    row: Optional[Dict[str, Any]] = None  # the manifest row (its fields), to fix or re-drive it
+    carried: bool = False                # a permanent failure of an earlier run, for unchanged content: not re-tried
 
     def as_dict(self) -> Dict[str, Any]:
         record = dataclasses.asdict(self)
         record["kind"] = failure_kind(self.code, self.http_status)
         return record
+
+
+def item_row(item: "Item") -> Dict[str, Any]:
+    """The manifest fields an item came from (its own modality's input, the id and the other columns)."""
+    import json
+
+    row: Dict[str, Any] = {"id": item.id}
+    if item.text is not None:
+        row["text"] = item.text
+        if item.text_truncate is not None:
+            row["text_truncate"] = item.text_truncate
+    if item.url is not None:
+        row[f"{item.modality}_url"] = item.url
+    if item.file_path is not None:
+        row[f"{item.modality}_file"] = item.file_path
+    if item.asset_id is not None:
+        row.update(asset_id=item.asset_id, media_type=item.modality)
+    for name in ("audio_start_offset_sec", "start_sec", "end_sec"):
+        if getattr(item, name) is not None:
+            row[name] = getattr(item, name)
+    try:
+        row.update(json.loads(item.attributes or "{}"))
+    except ValueError:
+        pass
+    return row
 
 
 @dataclasses.dataclass

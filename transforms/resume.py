@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.items import Item, Outcome
+from transforms.items import DeadLetter, Item, Outcome
 from transforms.manifests import NAMESPACE
 from transforms.progress import PROGRESS
 
@@ -65,10 +65,13 @@ class _SkipAndDedupFn(beam.DoFn):
     """Per content key: drop items already done, reuse earlier vectors, or elect one item to call."""
 
     REUSE = "reuse"
+    CARRIED = "carried"
 
-    def __init__(self):
+    def __init__(self, failed: Optional[Dict[Tuple[str, str, str], dict]] = None):
         self._done = Metrics.counter(NAMESPACE, "items_already_done")
         self._deduped = Metrics.counter(NAMESPACE, "calls_saved_by_dedup")
+        self._carried = Metrics.counter(NAMESPACE, "dead_letters_carried")
+        self._failed = failed or {}
 
     def process(self, keyed) -> Iterable:
         _, groups = keyed
@@ -78,6 +81,21 @@ class _SkipAndDedupFn(beam.DoFn):
         remaining = [i for i in items if (i.id, i.modality) not in done_keys]
         self._done.inc(len(items) - len(remaining))
         PROGRESS.add(done=len(items) - len(remaining), skipped=len(items) - len(remaining))
+        if self._failed:
+            # The API refused this content for good in an earlier run: report it again, do not pay again.
+            still = []
+            for item in remaining:
+                earlier = self._failed.get((item.id, item.modality, item.content_hash))
+                if earlier is None:
+                    still.append(item)
+                    continue
+                self._carried.inc()
+                PROGRESS.add(done=1, dead_letters=1)
+                yield beam.pvalue.TaggedOutput(self.CARRIED, DeadLetter(
+                    item.id, item.source, item.row_number, item.modality, earlier.get("stage", "call"),
+                    earlier["code"], earlier.get("message", ""), earlier.get("http_status"),
+                    earlier.get("attempts", 0), item.content_hash, earlier.get("row"), carried=True))
+            remaining = still
         if not remaining:
             return
         if done:
@@ -123,10 +141,11 @@ class SkipDoneAndDedup(beam.PTransform):
     `pieces` are the segment pieces already in the output when the job was built.
     """
 
-    def __init__(self, pieces: Sequence[str], model: str):
+    def __init__(self, pieces: Sequence[str], model: str, failed: Optional[Dict[Tuple[str, str, str], dict]] = None):
         super().__init__()
         self._pieces = list(pieces)
         self._model = model
+        self._failed = dict(failed or {})
 
     def expand(self, items):
         model = self._model
@@ -139,7 +158,33 @@ class SkipDoneAndDedup(beam.PTransform):
         grouped = (
             {"items": keyed_items, "done": done}
             | "GroupByContent" >> beam.CoGroupByKey()
-            | "SkipAndDedup" >> beam.ParDo(_SkipAndDedupFn()).with_outputs(_SkipAndDedupFn.REUSE, main="to_call")
+            | "SkipAndDedup" >> beam.ParDo(_SkipAndDedupFn(self._failed)).with_outputs(
+                _SkipAndDedupFn.REUSE, _SkipAndDedupFn.CARRIED, main="to_call")
         )
         reused = grouped[_SkipAndDedupFn.REUSE] | "ReuseSaved" >> beam.ParDo(_ReuseSavedFn())
-        return {"to_call": grouped.to_call, "reused": reused}
+        return {"to_call": grouped.to_call, "reused": reused, "carried": grouped[_SkipAndDedupFn.CARRIED]}
+
+
+def read_permanent_failures(output: str) -> Dict[Tuple[str, str, str], dict]:
+    """Earlier runs' permanent call failures, by (id, modality, content hash): not paid for again."""
+    import json
+
+    from transforms.items import failure_kind
+    from transforms.sinks import DEAD_LETTER_DIR
+
+    try:
+        found = FileSystems.match([FileSystems.join(output, DEAD_LETTER_DIR, "*.jsonl")])[0].metadata_list
+    except Exception:
+        return {}
+    failed: Dict[Tuple[str, str, str], dict] = {}
+    for meta in found:
+        with FileSystems.open(meta.path, compression_type="uncompressed") as f:
+            for line in f.read().decode("utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if (record.get("stage") == "call" and record.get("content_hash") and record.get("id")
+                        and failure_kind(record.get("code", ""), record.get("http_status")) == "permanent"):
+                    failed[(record["id"], record.get("modality"), record["content_hash"])] = record
+    return failed

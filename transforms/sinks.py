@@ -177,10 +177,10 @@ class _JsonlPieceFn(_PieceWriterFn):
     def write(self, records, stream) -> None:
         lines = []
         for letter in records:
-            record = {name: scrub(value) if isinstance(value, str) else value
-                      for name, value in letter.as_dict().items()}
+            record = letter.as_dict()
             record["run_id"] = self._run_id
-            lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True))
+            # Scrubbed as a whole line: messages and the carried manifest row may quote keys or signed URLs.
+            lines.append(scrub(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)))
         stream.write(("\n".join(lines) + "\n").encode("utf-8"))
 
 

@@ -312,6 +312,14 @@ def _clip_length(modality: str, duration: float, media: dict, what: str) -> Opti
 
 def row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None) -> List[Union[Item, DeadLetter]]:
     """One Item per modality the row carries, or a DeadLetter per modality that is invalid."""
+    records = _row_to_items(row, model, plan)
+    for record in records:
+        if isinstance(record, DeadLetter):
+            record.row = row.fields
+    return records
+
+
+def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None) -> List[Union[Item, DeadLetter]]:
     plan = plan or RoutePlan(model)
     where = f"{row.source} row {row.row_number}"
     try:
@@ -445,7 +453,7 @@ def _keep_first(keyed: Tuple[str, Iterable[Tuple[ManifestRow, str]]]) -> Iterabl
         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
             item_id, row.source, row.row_number, None, "validate", "duplicate_id",
             f"{row.source} row {row.row_number}: `id` {item_id!r} is already used by "
-            f"{first.source} row {first.row_number}"))
+            f"{first.source} row {first.row_number}", row=row.fields))
 
 
 def _key_by_id(row: ManifestRow):
