@@ -24,7 +24,7 @@ from transforms.calling import CallSettings
 from transforms.calling_v2 import read_task_journal
 from transforms.manifests import check_manifest_columns, expand_manifest_patterns
 from transforms.resume import list_segment_pieces, read_permanent_failures
-from transforms.sinks import SEGMENT_DIR
+from transforms.sinks import SEGMENT_DIR, recover_journals
 
 __all__ = ["run_job", "embedded_backend"]
 
@@ -169,6 +169,10 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         settings = call_settings(config, base_url, run_id)
         _check_key_up_front(settings)
         started = datetime.datetime.now(datetime.timezone.utc)
+        # A killed run's journals become pieces first: what it paid for counts as done.
+        recovered = recover_journals(config.output)
+        if recovered:
+            _LOGGER.info("recovered %d records a killed run had journaled but not committed", recovered)
         # What earlier runs (finished or killed) committed: those items are not paid for again.
         saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))
         _refuse_other_model(saved_pieces, config.model, config.output, settings.dims)

@@ -45,12 +45,15 @@ def _start_emulator_process(*args):
     return proc, line.split("=", 1)[1]
 
 
-def test_killed_job_is_resumed_without_paying_twice(tmp_path):
+@pytest.mark.parametrize("flush_sec", [0, None], ids=["flush_0", "defaults"])
+def test_killed_job_is_resumed_without_paying_twice(tmp_path, flush_sec):
+    """With the defaults (pieces every 5 s, results journaled as they come) as with a piece per call."""
     rows = [{"id": f"k{i}", "text": f"kill test caption {i} " + "x" * (i % 7)} for i in range(400)]
     manifest = _write_manifest(tmp_path / "m.jsonl", rows)
     output = str(tmp_path / "out")
     max_in_flight = 4
-    config = {"manifests": [manifest], "output": {"path": output, "flush_sec": 0},
+    config = {"manifests": [manifest], "output": {"path": output, **({} if flush_sec is None else
+                                                                      {"flush_sec": flush_sec})},
               "api": {"base_url": "http://unused"}, "calls": {"max_in_flight": max_in_flight},
               "beam": {"args": ["--runner=DirectRunner"]}}
     (tmp_path / "configs").mkdir()
@@ -62,13 +65,19 @@ def test_killed_job_is_resumed_without_paying_twice(tmp_path):
         env = dict(os.environ, PYTHONPATH=ROOT)
         job = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while len(glob.glob(os.path.join(output, "segments", "*.parquet"))) < 20 and time.monotonic() < deadline:
+        stats_url = url.replace("/v1.3", "/emulator/stats")
+        while requests.get(stats_url).json()["requests"] < 60 and time.monotonic() < deadline:
             time.sleep(0.05)
         job.send_signal(signal.SIGKILL)
         job.wait()
-        first = requests.get(url.replace("/v1.3", "/emulator/stats")).json()
+        first = requests.get(stats_url).json()
+        if flush_sec is None:  # what the killed run journaled becomes pieces before the rerun reads them
+            from transforms.sinks import recover_journals
+
+            assert glob.glob(os.path.join(output, "segments", "*.journal"))
+            recover_journals(output)
         done_before = read_segments(output).num_rows
-        assert 20 <= done_before < 400, "the kill must land mid-run"
+        assert 40 <= done_before < 400, "the kill must land mid-run"
         rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         stats = requests.get(url.replace("/v1.3", "/emulator/stats?detail=1")).json()

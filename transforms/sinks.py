@@ -20,7 +20,7 @@ from embed_client.secrets import redact_url, scrub
 from transforms.calling import MODEL_DIMS
 from transforms.items import Outcome
 
-__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "SEGMENT_DIR", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
+__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
            "segment_schema", "segments_table"]
 
 _LOGGER = logging.getLogger(__name__)
@@ -112,8 +112,23 @@ def _commit(directory: str, name: str, write) -> str:
     return final
 
 
+JOURNAL_SUFFIX = ".journal"
+
+
+def _local_dir(path: str) -> Optional[str]:
+    """The OS path of a local output folder; None on object stores (no appends there)."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if "://" in path else path
+
+
 class _PieceWriterFn(beam.DoFn):
-    """Buffers records and commits a piece every `rows_per_piece` records or `flush_sec` seconds."""
+    """Buffers records and commits a piece every `rows_per_piece` records or `flush_sec` seconds.
+
+    On a local output every record is also appended to a journal as it arrives (one small write, no new
+    file), so a job killed between pieces loses nothing it paid for: the next run turns leftover journals
+    into pieces (`recover_journals`) before it reads what is done. Object stores cannot append: there
+    a kill loses up to `flush_sec` of results (0 commits each call's results as its own piece)."""
 
     suffix = ""
 
@@ -129,6 +144,8 @@ class _PieceWriterFn(beam.DoFn):
         _mkdirs(self._dir)
         self._worker = uuid.uuid4().hex[:8]
         self._sequence = 0
+        self._journal = None
+        self._journal_dir = _local_dir(self._dir) if self._flush_sec > 0 else None
 
     def start_bundle(self):
         self._buffer = []
@@ -136,6 +153,8 @@ class _PieceWriterFn(beam.DoFn):
 
     def process(self, record) -> Iterable[str]:
         self._buffer.append(record)
+        if self._journal_dir is not None:
+            self._append_journal(record)
         if self._oldest is None:
             self._oldest = time.monotonic()
         if len(self._buffer) >= self._rows_per_piece or time.monotonic() - self._oldest >= self._flush_sec:
@@ -150,10 +169,48 @@ class _PieceWriterFn(beam.DoFn):
         name = f"part-{self._run_id}-{self._worker}-{self._sequence:05d}{self.suffix}"
         path = _commit(self._dir, name, lambda stream: self.write(self._buffer, stream))
         self._buffer, self._oldest = [], None
+        self._drop_journal()  # its records are in the piece now
         return path
+
+    def _append_journal(self, record) -> None:
+        import os
+
+        if self._journal is None:
+            name = f"part-{self._run_id}-{self._worker}-{self._sequence + 1:05d}{self.suffix}{JOURNAL_SUFFIX}"
+            self._journal_path = os.path.join(self._journal_dir, name)
+            self._journal = open(self._journal_path, "wb")
+            self.open_journal(self._journal)
+        self.append(record, self._journal)
+        self._journal.flush()  # in the OS's hands: a killed process loses nothing
+
+    def _drop_journal(self) -> None:
+        import os
+
+        if self._journal is not None:
+            self.close_journal(self._journal)
+            self._journal.close()
+            self._journal = None
+            try:
+                os.remove(self._journal_path)
+            except OSError:
+                pass
+
+    def teardown(self):
+        journal = getattr(self, "_journal", None)
+        if journal is not None:
+            journal.close()  # kept: the next run recovers it
 
     def write(self, records, stream) -> None:
         raise NotImplementedError
+
+    def open_journal(self, stream) -> None:
+        pass
+
+    def append(self, record, stream) -> None:
+        raise NotImplementedError
+
+    def close_journal(self, stream) -> None:
+        pass
 
 
 class _SegmentPieceFn(_PieceWriterFn):
@@ -168,20 +225,33 @@ class _SegmentPieceFn(_PieceWriterFn):
         table = segments_table(outcomes, self._dims, self._run_id, self._run_time)
         pq.write_table(table, stream, row_group_size=READER_ROW_GROUP, compression="zstd")
 
+    # The journal is an Arrow IPC stream: one small batch per outcome, readable up to a torn last one.
+    def open_journal(self, stream) -> None:
+        self._ipc = pa.ipc.new_stream(stream, segment_schema(self._dims))
+
+    def append(self, outcome, stream) -> None:
+        self._ipc.write_table(segments_table([outcome], self._dims, self._run_id, self._run_time))
+
+    def close_journal(self, stream) -> None:
+        self._ipc.close()
+
 
 class _JsonlPieceFn(_PieceWriterFn):
     """One JSON object a line: dead letters and deferred items, readable with any tool."""
 
     suffix = ".jsonl"
 
+    def _line(self, letter) -> str:
+        record = letter.as_dict()
+        record["run_id"] = self._run_id
+        # Scrubbed as a whole line: messages and the carried manifest row may quote keys or signed URLs.
+        return scrub(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str))
+
     def write(self, records, stream) -> None:
-        lines = []
-        for letter in records:
-            record = letter.as_dict()
-            record["run_id"] = self._run_id
-            # Scrubbed as a whole line: messages and the carried manifest row may quote keys or signed URLs.
-            lines.append(scrub(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)))
-        stream.write(("\n".join(lines) + "\n").encode("utf-8"))
+        stream.write(("\n".join(self._line(r) for r in records) + "\n").encode("utf-8"))
+
+    def append(self, record, stream) -> None:
+        stream.write((self._line(record) + "\n").encode("utf-8"))
 
 
 class WriteSegments(beam.PTransform):
@@ -222,3 +292,42 @@ class WriteDeferred(_WriteJsonl):
     """Deferred -> committed JSONL pieces under OUTPUT/deferred/."""
 
     folder = DEFERRED_DIR
+
+
+def recover_journals(output: str) -> int:
+    """Turns journals a killed run left (local outputs only) into committed pieces; returns records recovered.
+
+    Runs before a run reads what is done, under the output's lock, so what the killed run paid for counts."""
+    import glob
+    import os
+
+    root = _local_dir(output)
+    if root is None:
+        return 0
+    recovered = 0
+    for folder in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
+        for journal in sorted(glob.glob(os.path.join(root, folder, "*" + JOURNAL_SUFFIX))):
+            final = journal[: -len(JOURNAL_SUFFIX)]
+            if final.endswith(".parquet"):
+                batches = []
+                try:
+                    with pa.ipc.open_stream(pa.OSFile(journal, "rb")) as reader:
+                        for batch in reader:
+                            batches.append(batch)
+                except Exception:
+                    pass  # a torn last batch: everything before it is whole
+                if batches:
+                    table = pa.Table.from_batches(batches)
+                    _commit(os.path.dirname(final), os.path.basename(final),
+                            lambda stream: pq.write_table(table, stream, row_group_size=READER_ROW_GROUP,
+                                                          compression="zstd"))
+                    recovered += table.num_rows
+            else:
+                with open(journal, "rb") as f:
+                    data = f.read()
+                whole = data[: data.rfind(b"\n") + 1]  # a torn last line is dropped
+                if whole:
+                    _commit(os.path.dirname(final), os.path.basename(final), lambda stream: stream.write(whole))
+                    recovered += whole.count(b"\n")
+            os.remove(journal)
+    return recovered
