@@ -25,13 +25,16 @@ def _rows(path, n):
 
 
 def test_progress_line_counts_eta_and_rate():
-    snap = {"rows_read": 50, "items": 100, "done": 60, "embedded": 55, "skipped": 0, "dead_letters": 5,
-            "deferred": 0, "calls": 30, "http_429": 2, "elapsed": 10.0}
+    snap = {"rows_read": 50, "items": 100, "rejected": 0, "done": 60, "embedded": 55, "skipped": 0,
+            "dead_letters": 5, "deferred": 0, "calls": 30, "http_429": 2, "elapsed": 10.0}
     line = format_progress(snap, rows_total=100, rate_per_minute=240)
     assert line.startswith("rows 50/100 | items 60 of ~200 done: 55 embedded, 0 skipped, 5 dead, 0 deferred")
     assert "3.0 calls/s of 4.0" in line and "429s 2" in line
-    # 200 items expected, 55 finished at 5.5/s: 145 left take 26 s.
-    assert "ETA 0m26s" in line
+    # 200 items expected, 60 finished at 6/s: 140 left take 23 s.
+    assert "ETA 0m23s" in line
+    # rows rejected before they became items are units too: done never exceeds the total
+    final = dict(snap, rows_read=18, items=15, rejected=8, done=23, embedded=15, dead_letters=8)
+    assert "items 23 of 23 done" in format_progress(final, rows_total=18, rate_per_minute=None)
 
 
 def test_manifest_rows_are_counted_without_loading_them(tmp_path):
@@ -80,8 +83,9 @@ def test_report_renders_in_headless_chromium_with_the_json_numbers(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TWELVE_LABS_API_KEY"}
     env["PYTHONPATH"] = ROOT
     output = str(tmp_path / "out")
-    subprocess.run([sys.executable, "-m", "pipeline", "--config", "configs/local.yaml", "--output", output],
-                   check=True, capture_output=True, cwd=ROOT, env=env, timeout=300)
+    job = subprocess.run([sys.executable, "-m", "pipeline", "--config", "configs/local.yaml", "--output", output],
+                         capture_output=True, cwd=ROOT, env=env, timeout=300)
+    assert job.returncode == 3, job.stderr[-1500:]  # the samples' bad rows are dead letters
     profile = tmp_path / "chromium-profile"
     dom = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
