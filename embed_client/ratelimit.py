@@ -15,6 +15,11 @@ BACKOFF_FACTOR = 0.7
 RECOVERY_STEP = 0.02
 # Never slow below this fraction of the configured rate: a wrong guess must not stall the job.
 MIN_RATE_FRACTION = 0.05
+# After a 429 that states no limit, the pace climbs back fast to this fraction of the rate that drew it
+# (the ceiling), then probes above it slowly: a configured rate above the real limit converges under
+# it instead of a sawtooth of 429 bursts and full stops.
+CEILING_MARGIN = 0.95
+PROBE_PER_MINUTE = 0.01  # above the ceiling, the pace rises by 1% of the rate per minute
 # With no configured rate, a 429 that states the per-minute limit (X-Ratelimit-Limit) sets the
 # pace to it times this margin; one that does not (a burst) only pauses callers for Retry-After.
 LEARNED_RATE_MARGIN = 0.95
@@ -44,6 +49,7 @@ class TokenBucket:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._fraction = 1.0
+        self._ceiling = 1.0  # as a fraction of configured_rate
         self._tokens = self.burst
         self._updated = clock()
         self._paused_until = 0.0
@@ -78,12 +84,15 @@ class TokenBucket:
                         limit_per_minute: Optional[float] = None) -> None:
         """A 429: pause for `retry_after_sec`; slow down, or with no rate yet, learn the stated limit."""
         with self._lock:
-            if self.configured_rate is None:
-                if limit_per_minute:
-                    self.configured_rate = max(1.0, limit_per_minute * LEARNED_RATE_MARGIN)
-                    self.learned = True
-                    self._tokens, self._updated = 0.0, self._clock()
-            else:
+            stated = None if not limit_per_minute else max(1.0, limit_per_minute * LEARNED_RATE_MARGIN)
+            if stated is not None and (self.configured_rate is None or stated < self.configured_rate * self._fraction):
+                # The server said what its limit is: pace just under it, with no cut and no sawtooth.
+                self.configured_rate = stated
+                self._fraction = self._ceiling = 1.0
+                self.learned = True
+                self._tokens, self._updated = 0.0, self._clock()
+            elif self.configured_rate is not None and stated is None:
+                self._ceiling = max(MIN_RATE_FRACTION, self._fraction * CEILING_MARGIN)
                 self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
             if retry_after_sec:
                 self._paused_until = max(self._paused_until, self._clock() + retry_after_sec)
@@ -91,7 +100,12 @@ class TokenBucket:
     def on_success(self) -> None:
         if self._fraction < 1.0:
             with self._lock:
-                self._fraction = min(1.0, self._fraction + RECOVERY_STEP)
+                # Fast back to the ceiling; above it, a step per call that adds up to 1% of the rate a minute.
+                per_minute = max(1.0, (self.configured_rate or 1.0) * self._fraction)
+                step = RECOVERY_STEP if self._fraction < self._ceiling else PROBE_PER_MINUTE / per_minute
+                self._fraction = min(1.0, self._fraction + step)
+                if self._fraction > self._ceiling:
+                    self._ceiling = self._fraction
 
 
 class MediaMinutesBudget:

@@ -50,9 +50,13 @@ def test_429_pauses_everyone_and_slows_down_then_recovers():
     bucket.acquire()
     assert clock.now - before >= 5  # Retry-After obeyed by the next caller
     assert bucket.current_rate_per_minute == pytest.approx(420)
-    for _ in range(100):
+    for _ in range(20):
         bucket.on_success()
-    assert bucket.current_rate_per_minute == pytest.approx(600)
+    # fast back to just under the rate that drew the 429, then a slow probe above it (1% a minute)
+    assert bucket.current_rate_per_minute == pytest.approx(570, abs=7)
+    for _ in range(600):
+        bucket.on_success()
+    assert 580 < bucket.current_rate_per_minute <= 600
 
 
 def test_repeated_429s_never_stop_the_bucket():
@@ -168,3 +172,42 @@ def test_unknown_limit_is_learned_from_a_429_that_states_it():
     assert times[-1] - times[0] == pytest.approx(60, rel=0.015)  # then paced to 0.95 of the limit
     bucket.on_rate_limited()
     assert bucket.current_rate_per_minute == pytest.approx(570 * 0.7)  # and AIMD from there
+
+
+def _sliding_window_server(bucket, clock, limit, minutes, retry_after=None):
+    """One caller against a server allowing `limit` calls in any 60 s; returns (accepted times, 429 times)."""
+    import collections
+
+    window, accepted, refused = collections.deque(), [], []
+    end = clock.now + minutes * 60
+    while clock.now < end:
+        bucket.acquire()
+        while window and window[0] <= clock.now - 60:
+            window.popleft()
+        if len(window) >= limit:
+            refused.append(clock.now)
+            wait = retry_after if retry_after is not None else window[0] + 60 - clock.now
+            bucket.on_rate_limited(retry_after_sec=wait)
+        else:
+            window.append(clock.now)
+            accepted.append(clock.now)
+            bucket.on_success()
+    return accepted, refused
+
+
+def test_a_configured_rate_above_a_stated_limit_is_replaced_by_the_limit_without_a_cut():
+    bucket = TokenBucket(1200)
+    bucket.on_rate_limited(retry_after_sec=1, limit_per_minute=900)
+    assert bucket.learned and bucket.current_rate_per_minute == pytest.approx(855)
+    bucket.on_rate_limited(retry_after_sec=1, limit_per_minute=900)  # the same news again: no further cut
+    assert bucket.current_rate_per_minute == pytest.approx(855)
+
+
+def test_a_configured_rate_above_an_unstated_limit_converges_under_it_without_a_sawtooth():
+    clock = FakeClock()
+    bucket = TokenBucket(1200, clock=clock, sleep=clock.sleep)
+    accepted, refused = _sliding_window_server(bucket, clock, limit=900, minutes=12)
+    last = clock.now
+    held = sum(1 for t in accepted if t > last - 300) / 5  # calls per minute over the last 5 minutes
+    assert held >= 0.9 * 900, held
+    assert sum(1 for t in refused if t > last - 300) <= 5  # a probe now and then, not bursts
