@@ -38,6 +38,7 @@ usage: ./run.sh                 install into .venv on first use, run the job on 
        ./run.sh bench [--full]  the benchmark against peers (see BENCHMARKS.md)
        ./run.sh [JOB ARGS]      run the job:  ./run.sh --config configs/twelvelabs.yaml --manifest 'data/*.jsonl'
        ./run.sh search ...      nearest rows: ./run.sh search --text 'a dog in a park' -k 5
+       ./run.sh config          every config key: type, range, default, meaning
 USAGE
     ensure_venv main
     exec "$PY" -m pipeline --help

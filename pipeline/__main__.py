@@ -49,6 +49,11 @@ def main(argv=None) -> int:
     # --debug: the traceback of any failure, for a bug report; without it, one line.
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    if argv[:1] == ["config"]:
+        from pipeline.settings import reference
+
+        print(reference())
+        return 0
     if argv[:1] == ["search"]:
         from pipeline.search import search_main
 

@@ -80,80 +80,31 @@ def load_config(path: str) -> JobConfig:
         raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', None) or exc})")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a YAML mapping")
+    from pipeline.settings import check_settings
+
     root = os.path.dirname(os.path.abspath(path))
-    api, calls, output, beam_cfg, rate_limit = (raw.get(k) or {} for k in ("api", "calls", "output", "beam",
-                                                                              "rate_limit"))
-    known = {"manifests", "output", "model", "api", "calls", "beam", "emulator", "samples", "rate_limit", "embedding",
-             "columns"}
-    _refuse_unknown(path, "", raw, known)
-    embedding = raw.get("embedding") or {}
-    _refuse_unknown(path, "embedding.", embedding, _EMBEDDING_KEYS)
-    _refuse_unknown(path, "api.", api, _API_KEYS)
-    _refuse_unknown(path, "calls.", calls, _CALLS_KEYS)
-    if "api_key" in api or "key" in api:
-        raise ConfigError(f"{path}: do not put the API key in a config; use TWELVE_LABS_API_KEY or api.key_file")
-    manifests = raw.get("manifests") or []
-    if isinstance(manifests, str):
-        manifests = [manifests]
-    config = JobConfig(
-        manifests=[_resolve_path(m, root) for m in manifests],
-        output=_resolve_path(output.get("path", "output"), root),
-        model=raw.get("model", "marengo3.0"),
-        base_url=api.get("base_url", EMBEDDED),
-        key_file=_resolve_path(api.get("key_file"), root),
-        connect_timeout_sec=float(api.get("connect_timeout_sec", 10.0)),
-        read_timeout_sec=float(api.get("read_timeout_sec", 120.0)),
-        requests_per_minute=calls.get("requests_per_minute"),
-        requests_per_day=calls.get("requests_per_day"),
-        max_calls=calls.get("max_calls"),
-        max_workers=int(calls.get("max_workers", 1)),
-        rate_limit_backend=rate_limit.get("backend", "local"),
-        redis_url=rate_limit.get("redis_url"),
-        rate_limit_key=rate_limit.get("key", "tl-embed:ratelimit"),
-        max_in_flight=int(calls.get("max_in_flight", 8)),
-        pack=bool(calls.get("pack", True)),
-        max_attempts=int(calls.get("max_attempts", 6)),
-        item_deadline_sec=float(calls.get("item_deadline_sec", 300.0)),
-        rows_per_piece=int(output.get("rows_per_piece", 4096)),
-        flush_sec=float(output.get("flush_sec", 5.0)),
-        emulator=dict(raw.get("emulator") or {}),
-        samples=_resolve_path(raw.get("samples"), root),
-        beam_args=[_resolve_beam_arg(str(a), root) for a in (beam_cfg.get("args") or [])],
-        config_path=os.path.abspath(path),
-        api_version=str(api.get("version", "auto")),
-        embedding_dimension=embedding.get("dimension"),
-        embedding_options=_as_list(embedding.get("options")),
-        embedding_scopes=_as_list(embedding.get("scopes")),
-        embedding_type=_as_list(embedding.get("type")),
-        segmentation=embedding.get("segmentation"),
-        task_deadline_sec=float(calls.get("task_deadline_sec", 3600.0)),
-        task_poll_sec=float(calls.get("task_poll_sec", 5.0)),
-        max_tasks_in_flight=int(calls.get("max_tasks_in_flight", 32)),
-        media_minutes_per_hour=calls.get("media_minutes_per_hour"),
-        outage_after_failures=int(calls.get("outage_after_failures", 20)),
-        columns=check_columns(raw.get("columns") or {}, f"{path}: columns"),
-    )
-    return config
+    fields = check_settings(raw, path)
+    fields["manifests"] = [_resolve_path(m, root) for m in fields["manifests"]]
+    for name in ("output", "key_file", "samples"):
+        fields[name] = _resolve_path(fields[name], root)
+    fields["beam_args"] = [_resolve_beam_arg(a, root) for a in fields["beam_args"]]
+    fields["columns"] = check_columns(fields["columns"], f"{path}: columns")
+    fields["emulator"] = _check_emulator(fields["emulator"], path)
+    return JobConfig(config_path=os.path.abspath(path), **fields)
 
 
-_EMBEDDING_KEYS = {"dimension", "options", "scopes", "type", "segmentation"}
-_API_KEYS = {"base_url", "key_file", "connect_timeout_sec", "read_timeout_sec", "version"}
-_CALLS_KEYS = {"requests_per_minute", "requests_per_day", "max_calls", "max_workers", "max_in_flight", "pack",
-               "max_attempts", "item_deadline_sec", "task_deadline_sec", "task_poll_sec", "max_tasks_in_flight",
-               "media_minutes_per_hour", "outage_after_failures"}
-
-
-def _refuse_unknown(path: str, prefix: str, block: Any, known) -> None:
+def _check_emulator(knobs: Dict[str, Any], path: str) -> Dict[str, Any]:
     import difflib
 
-    if not isinstance(block, dict):
-        raise ConfigError(f"{path}: `{prefix.rstrip('.') or 'the config'}` must be a mapping")
-    for key in sorted(set(block) - set(known)):
-        if prefix == "api." and key in ("api_key", "key"):
-            continue  # refused below with its own message
-        near = difflib.get_close_matches(str(key), sorted(known), n=1)
-        hint = f" (did you mean {prefix}{near[0]}?)" if near else f"; known: {', '.join(sorted(known))}"
-        raise ConfigError(f"{path}: unknown setting `{prefix}{key}`{hint}")
+    from embed_emulator.config import EmulatorConfig
+
+    known = [f.name for f in dataclasses.fields(EmulatorConfig)]
+    for name in knobs:
+        if name not in known:
+            near = difflib.get_close_matches(str(name), known, n=1)
+            raise ConfigError(f"{path}: unknown setting `emulator.{name}`"
+                              + (f" (did you mean emulator.{near[0]}?)" if near else ""))
+    return dict(knobs)
 
 
 _PATH_FLAGS = ("--setup_file", "--requirements_file", "--extra_package")
@@ -187,12 +138,6 @@ def check_columns(columns: Any, where: str) -> Dict[str, str]:
     return {str(k): str(v) for k, v in columns.items()}
 
 
-def _as_list(value: Any) -> Optional[List[str]]:
-    if value is None:
-        return None
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _is_secret_flag(arg: str) -> bool:
     name = arg.split("=", 1)[0].lower()
     if not name.startswith("--"):
@@ -221,7 +166,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                "  python -m pipeline --config configs/twelvelabs.yaml --manifest 'data/*.jsonl' --output out/\n"
                "  python -m pipeline --config configs/twelvelabs.yaml --manifest big.csv --dry-run\n"
                "  python -m pipeline --config configs/local.yaml --no-pack --direct_num_workers=2\n"
-               "  python -m pipeline search --text 'a dog in a park' -k 5   (nearest rows of an output)",
+               "  python -m pipeline search --text 'a dog in a park' -k 5   (nearest rows of an output)\n"
+               "  python -m pipeline config   (every config key: type, range, default, meaning)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="YAML config file (see configs/)")

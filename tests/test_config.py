@@ -109,7 +109,12 @@ def test_run_sh_keeps_the_callers_folder(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("manifests: [a\n", "is not valid YAML"),
     ("manifests: [nothing-here-*.jsonl]\napi: {base_url: embedded}\n", "matched no files"),
-    ("model: marengo9\nmanifests: [x]\n", "unknown model 'marengo9'"),
+    ("model: marengo9\nmanifests: [x]\n", "`model` must be one of marengo3.0, marengo3.5"),
+    ("manifests: [x]\ncalls: {pack: 'false'}\n", "`calls.pack` must be true or false (unquoted), got 'false'"),
+    ("manifests: [x]\ncalls: {max_in_flight: many}\n", "`calls.max_in_flight` must be an integer, got 'many'"),
+    ("manifests: [x]\noutput: {pth: o}\n", "unknown setting `output.pth` (did you mean output.path?)"),
+    ("manifests: [x]\ncalls: {max_in_flight: 0}\n", "`calls.max_in_flight` must be >= 1, got 0"),
+    ("manifests: [x]\nemulator: {latency: 3}\n", "unknown setting `emulator.latency` (did you mean"),
 ])
 def test_ordinary_mistakes_are_one_line_and_exit_2(tmp_path, text, expected):
     import subprocess
@@ -123,3 +128,20 @@ def test_ordinary_mistakes_are_one_line_and_exit_2(tmp_path, text, expected):
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_settings_reference_lists_every_key_and_fills_every_config_field():
+    import dataclasses
+    import subprocess
+    import sys
+
+    from pipeline.config import JobConfig
+    from pipeline.settings import SETTINGS
+
+    fields = {f.name for f in dataclasses.fields(JobConfig)}
+    assert {s.field for s in SETTINGS} == fields - {"dry_run", "retry_dead_letters", "config_path"}
+    out = subprocess.run([sys.executable, "-m", "pipeline", "config"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0
+    for setting in SETTINGS:
+        assert f"\n{setting.key} " in out.stdout, setting.key
