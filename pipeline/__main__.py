@@ -91,7 +91,12 @@ def main(argv=None) -> int:
         print(f"error: the job failed: {type(exc).__name__}: {reason[:500]} (run again with --debug for the "
               "traceback)", file=sys.stderr)
         return 1
-    print(format_summary(summary))
+    if getattr(config, "json_output", False):
+        import json
+
+        print(json.dumps(summary, indent=2, default=str))  # machine-readable: the plan or the run's summary
+    else:
+        print(format_summary(summary))
     return int(summary.get("exit_code", 0))
 
 

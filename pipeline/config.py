@@ -55,6 +55,7 @@ class JobConfig:
     outage_after_failures: int = 20
     columns: Dict[str, str] = dataclasses.field(default_factory=dict)  # manifest column -> the job's field
     retry_dead_letters: bool = False   # re-drive earlier runs' permanent call failures
+    json_output: bool = False          # print the plan or summary as JSON
     beam_args: List[str] = dataclasses.field(default_factory=list)
     config_path: Optional[str] = None
 
@@ -185,6 +186,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests-per-minute", type=float, help="the account's limit, shared by all workers")
     parser.add_argument("--max-in-flight", type=int, help="concurrent calls per worker process")
     parser.add_argument("--no-pack", action="store_true", help="one item per call instead of packing")
+    parser.add_argument("--json", action="store_true", help="print the plan (--dry-run) or the summary as JSON")
     parser.add_argument("--retry-dead-letters", action="store_true",
                         help="call again the items an earlier run's API refused for good (by default they are "
                              "reported again without a call until their content changes)")
@@ -223,6 +225,8 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
         config.pack = False
     if args.retry_dead_letters:
         config.retry_dead_letters = True
+    if args.json:
+        config.json_output = True
     if args.column:
         pairs = {}
         for given in args.column:

@@ -110,11 +110,9 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
     dead = {name.split(".", 1)[1]: n for name, n in metrics.items() if name.startswith("planned_dead_letters.")}
     rpm, rpd = config.requests_per_minute, config.requests_per_day
     minutes = calls / rpm if rpm else None
-    days = None
-    if rpd:
-        days = -(-calls // rpd) if calls else 0
-        if config.max_calls is not None:
-            days = max(days, -(-calls // max(1, config.max_calls)) if calls else 0)
+    # The daily quota and this run's call budget are different limits: each gets its own estimate.
+    days = (-(-calls // rpd) if calls else 0) if rpd else None
+    runs = (-(-calls // max(1, config.max_calls)) if calls else 0) if config.max_calls is not None else None
     plan = {
         "run_id": run_id,
         "dry_run": True,
@@ -132,6 +130,8 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
         "requests_per_day": rpd,
         "minutes_at_rate": None if minutes is None else round(minutes, 1),
         "days_at_daily_quota": days,
+        "max_calls": config.max_calls,
+        "runs_at_call_budget": runs,
     }
     return plan
 
@@ -142,14 +142,17 @@ def format_plan(plan: dict) -> str:
     if plan["minutes_at_rate"] is not None:
         timing.append(f"{plan['minutes_at_rate']} min at {plan['requests_per_minute']:g} calls/min")
     if plan["days_at_daily_quota"] is not None:
-        timing.append(f"{plan['days_at_daily_quota']} day(s) at {plan['requests_per_day']} calls/day")
+        timing.append(f"{plan['days_at_daily_quota']} day(s) at the daily quota of {plan['requests_per_day']} calls")
+    if plan.get("runs_at_call_budget") is not None:
+        timing.append(f"{plan['runs_at_call_budget']} run(s) at the budget of {plan['max_calls']} calls a run")
     return "\n".join([
         f"dry run ({plan['model']}): nothing was called",
         f"  rows read        {plan['rows_read']}",
         f"  items            {_items_line(items)}",
         f"  already done     {plan['items_already_done']} items (skipped)",
         f"  deduplicated     {plan['items_deduplicated']} items reuse another item's vectors",
-        f"  calls needed     {plan['calls_needed']} ({plan['items_per_call']} items per call)",
+        f"  calls needed     {plan['calls_needed']} ({plan['items_per_call']} items per call; "
+        + ", ".join(f"{route} {n}" for route, n in plan["calls_by_route"].items()) + ")",
         f"  time             {'; '.join(timing) or 'set calls.requests_per_minute / requests_per_day to estimate'}",
         f"  rejected rows    {sum(plan['dead_letters_by_reason'].values())}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in plan["dead_letters_by_reason"].items()) + ")"

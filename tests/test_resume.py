@@ -222,7 +222,24 @@ def test_dry_run_prints_the_plan_and_calls_nothing(tmp_path):
     from pipeline.summary import format_summary
 
     text = format_summary(plan)
-    assert "calls needed     30" in text and "3 day(s) at 12 calls/day" in text
+    assert "calls needed     30" in text and "3 day(s) at the daily quota of 12 calls" in text
+    # a call budget is its own limit, reported as runs, not folded into the daily quota
+    budget = run(make_config(output, [manifest], dry_run=True, requests_per_day=2000, max_calls=8), "http://unused")
+    assert budget["days_at_daily_quota"] == 1 and budget["runs_at_call_budget"] == 4
+    assert "4 run(s) at the budget of 8 calls a run" in format_summary(budget)
+
+
+def test_dry_run_json_is_machine_readable(tmp_path):
+    manifest = _write_manifest(tmp_path / "p.jsonl", [{"id": f"j{i}", "text": f"t{i}"} for i in range(5)])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"manifests": [manifest], "output": {"path": str(tmp_path / "o")},
+                                                     "api": {"base_url": "embedded"},
+                                                     "beam": {"args": ["--runner=DirectRunner"]}}))
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(tmp_path / "c.yaml"), "--dry-run",
+                          "--json"], capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads(out.stdout)
+    assert plan["dry_run"] is True and plan["calls_needed"] == 5 and plan["calls_by_route"]["v1"] == 5
 
 
 def test_finalize_keeps_this_runs_content_even_within_the_same_clock_tick(tmp_path):
