@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Dict, List, Sequence, Set, Tuple
+import re
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.summary import RUNS_DIR
 from transforms.resume import list_segment_pieces
 from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, READER_ROW_GROUP, SEGMENT_DIR
 
@@ -40,42 +43,153 @@ def _remove_stale_temps(folder: str) -> None:
         FileSystems.delete(stale)
 
 
-def _dedupe_segments(folder: str, run_id: str) -> int:
-    """Drops rows of superseded content and repeated (id, modality, segment) rows; returns rows dropped.
+# part-RUN_ID-WORKER-00001.parquet, part-RUN_ID-compact-00001.parquet (run ids hold dashes themselves).
+_RUN_OF_PIECE = re.compile(r"^part-(.+?)-[^-]+-\d{5}(?:-[^.]*)?\.parquet$")
+FINALIZED_MARKER = "finalized"
 
-    The newest content of an (id, modality) wins: this run's rows first, then the latest run time."""
+
+def _piece_run(path: str) -> Optional[str]:
+    found = _RUN_OF_PIECE.match(path.replace("\\", "/").rsplit("/", 1)[-1])
+    return found.group(1) if found else None
+
+
+def _finalized_runs(output: str) -> Set[str]:
+    try:
+        found = FileSystems.match([FileSystems.join(output, RUNS_DIR, "*", FINALIZED_MARKER)])[0].metadata_list
+    except Exception:
+        return set()
+    return {m.path.replace("\\", "/").rsplit("/", 2)[-2] for m in found}
+
+
+def _mark_finalized(output: str, run_ids: Sequence[str]) -> None:
+    for run_id in run_ids:
+        folder = FileSystems.join(output, RUNS_DIR, run_id)
+        try:
+            FileSystems.mkdirs(folder)
+        except IOError:
+            pass
+        with FileSystems.create(FileSystems.join(folder, FINALIZED_MARKER), compression_type="uncompressed") as f:
+            f.write(b"")
+
+
+def _key_column(table: pa.Table) -> pa.Array:
+    """`id` + U+001F + `modality` per row, as one Arrow string column (ids never hold control characters)."""
+    return pc.binary_join_element_wise(table.column("id"), table.column("modality"), "\x1f")
+
+
+def _superseded_by_run(output: str, run_id: str) -> Tuple[Set[str], Set[str]]:
+    """(id, modality) keys and whole ids whose saved vectors this run's dead letters and deferred items replace:
+    a row that turned invalid, or changed and could not be embedded yet, must not keep its old vectors."""
+    import json as _json
+
+    keys: Set[str] = set()
+    ids: Set[str] = set()
+    for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
+        try:
+            found = FileSystems.match([FileSystems.join(output, sub, f"part-{run_id}-*.jsonl")])[0].metadata_list
+        except Exception:
+            continue
+        for meta in found:
+            with FileSystems.open(meta.path, compression_type="uncompressed") as f:
+                for line in f.read().decode("utf-8").splitlines():
+                    try:
+                        record = _json.loads(line)
+                    except ValueError:
+                        continue
+                    # duplicate_id: the id belongs to the row that kept it, whose vectors stay.
+                    if not record.get("id") or record.get("code") == "duplicate_id":
+                        continue
+                    if record.get("modality"):
+                        keys.add(f"{record['id']}\x1f{record['modality']}")
+                    else:
+                        ids.add(str(record["id"]))
+    return keys, ids
+
+
+def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str]]:
+    """Leaves each (id, modality, segment) once, at its newest content. Returns (rows dropped, bytes rewritten,
+    the runs it settled).
+
+    In proportion to the work since the last finalize: only the pieces of runs not yet finalized (this one,
+    and any killed since) are read whole; earlier files are read for their `id` and `modality` columns and
+    rewritten only when they hold rows the new runs supersede (Arrow compute, no Python row objects)."""
+    folder = FileSystems.join(output, SEGMENT_DIR)
     pieces = list_segment_pieces(folder)
-    rows: List[Tuple[str, int, str, str, int, str, object]] = []
-    for path in pieces:
+    settled = _finalized_runs(output)
+    pending_runs = sorted({r for r in map(_piece_run, pieces) if r and r not in settled} | {run_id})
+    pending = [p for p in pieces if _piece_run(p) in pending_runs]
+    older = [p for p in pieces if p not in pending]
+    # Newest content per key among the pending runs: this run's first, then the latest run time.
+    tables = []
+    for index, path in enumerate(pending):
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f, columns=_KEYS)
-        for position, (item_id, modality, index, digest, run_time, row_run) in enumerate(
-                zip(*(table.column(c).to_pylist() for c in _KEYS))):
-            rows.append((path, position, item_id, modality, index, digest, (row_run == run_id, run_time)))
-    newest: Dict[Tuple[str, str], Tuple[object, str]] = {}
-    for _, _, item_id, modality, _, digest, recency in rows:
-        key = (item_id, modality)
-        if key not in newest or recency > newest[key][0]:
-            newest[key] = (recency, digest)
-    seen: Set[Tuple[str, str, int]] = set()
+        tables.append(table.append_column("piece", pa.array([index] * table.num_rows, pa.int32()))
+                      .append_column("position", pa.array(range(table.num_rows), pa.int64())))
     drop: Dict[str, List[int]] = {}
-    for path, position, item_id, modality, index, digest, _ in rows:
-        segment = (item_id, modality, index)
-        if digest != newest[(item_id, modality)][1] or segment in seen:
-            drop.setdefault(path, []).append(position)
-        else:
-            seen.add(segment)
+    new_keys: Set[str] = set()
+    if tables:
+        rows = pa.concat_tables(tables)
+        keys = _key_column(rows).to_pylist()
+        digests = rows.column("content_hash").to_pylist()
+        recency = list(zip((r == run_id for r in rows.column("run_id").to_pylist()),
+                           rows.column("run_time").to_pylist()))
+        newest: Dict[str, Tuple[object, str]] = {}
+        for key, digest, when in zip(keys, digests, recency):
+            if key not in newest or when > newest[key][0]:
+                newest[key] = (when, digest)
+        seen: Set[Tuple[str, int]] = set()
+        for key, digest, index, piece, position in zip(keys, digests, rows.column("segment_index").to_pylist(),
+                                                       rows.column("piece").to_pylist(),
+                                                       rows.column("position").to_pylist()):
+            if digest != newest[key][1] or (key, index) in seen:
+                drop.setdefault(pending[piece], []).append(position)
+            else:
+                seen.add((key, index))
+        new_keys = set(newest)
+    gone_keys, gone_ids = _superseded_by_run(output, run_id)
+    for path in pending:  # a key this run dead-lettered or deferred keeps no vectors, whichever run wrote them
+        if not (gone_keys or gone_ids):
+            break
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            table = pq.read_table(f, columns=["id", "modality"])
+        mask = _superseded_mask(table, gone_keys, gone_ids)
+        positions = [i for i, hit in enumerate(mask) if hit]
+        if positions:
+            drop[path] = sorted(set(drop.get(path, [])) | set(positions))
+    supersede = new_keys | gone_keys
+    for path in older:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            table = pq.read_table(f, columns=["id", "modality"])
+        mask = _superseded_mask(table, supersede, gone_ids)
+        positions = [i for i, hit in enumerate(mask) if hit]
+        if positions:
+            drop[path] = positions
+    rewritten = 0
     for path, positions in drop.items():
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f)
-        keep = sorted(set(range(table.num_rows)) - set(positions))
-        if not keep:
+        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), pa.array(positions, pa.int64())))
+        kept = table.filter(keep)
+        if kept.num_rows == 0:
             FileSystems.delete([path])
             continue
-        kept = table.take(pa.array(keep, type=pa.int64()))
-        _rewrite(path, lambda stream: pq.write_table(kept, stream, row_group_size=READER_ROW_GROUP,
-                                                     compression="zstd"))
-    return sum(len(p) for p in drop.values())
+        sink = pa.BufferOutputStream()
+        pq.write_table(kept, sink, row_group_size=READER_ROW_GROUP, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        rewritten += len(data)
+        _rewrite(path, lambda stream: stream.write(data))
+    return sum(len(set(p)) for p in drop.values()), rewritten, pending_runs
+
+
+def _superseded_mask(table: pa.Table, keys: Set[str], ids: Set[str]) -> List[bool]:
+    if table.num_rows == 0 or not (keys or ids):
+        return [False] * table.num_rows
+    hit = pc.is_in(_key_column(table), value_set=pa.array(sorted(keys), pa.string())) if keys else None
+    if ids:
+        by_id = pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string()))
+        hit = by_id if hit is None else pc.or_(hit, by_id)
+    return hit.to_pylist()
 
 
 def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
@@ -100,7 +214,7 @@ def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
 
 # This run's small pieces (written every few seconds so a kill loses little) are merged into files of
 # up to this many rows, so a long backfill does not leave thousands of tiny files behind.
-COMPACT_ROWS = 65536
+COMPACT_ROWS = 8192  # a file a later change rewrites is at most ~16 MB of 512-d vectors
 
 
 def _compact_run_pieces(folder: str, run_id: str) -> int:
@@ -141,10 +255,11 @@ def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[st
     segment_dir = FileSystems.join(output, SEGMENT_DIR)
     for sub in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
         _remove_stale_temps(FileSystems.join(output, sub))
-    dropped = _dedupe_segments(segment_dir, run_id)
+    dropped, rewritten, settled = _dedupe_segments(output, run_id)
     compacted = _compact_run_pieces(segment_dir, run_id)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))
+    _mark_finalized(output, settled)
     if dropped:
-        _LOGGER.info("dropped %d duplicate or superseded segment rows", dropped)
-    return {"segment_rows_dropped": dropped, "pieces_compacted": compacted}
+        _LOGGER.info("dropped %d duplicate or superseded segment rows (%d bytes rewritten)", dropped, rewritten)
+    return {"segment_rows_dropped": dropped, "segment_bytes_rewritten": rewritten, "pieces_compacted": compacted}

@@ -287,6 +287,12 @@ def check_manifest_columns(paths: Sequence[str], columns: Optional[Dict[str, str
         found[path] = names
         mapped = map_columns(dict.fromkeys(names, 1), columns)
         used = [f for f in inputs if f in mapped]
+        if not used and any(f in mapped for f in INPUT_FIELDS):
+            # Known fields but no input in the first rows (ids only, say): each row says why it is rejected.
+            logging.getLogger(__name__).warning(
+                "manifest %s: no input column among %s; rows without one become no_input dead letters (map "
+                "columns with `columns:` or --column)", path, ", ".join(names[:20]))
+            continue
         if not used:
             raise ConfigError(
                 f"manifest {path} has columns {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}; none is an "

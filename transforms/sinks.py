@@ -236,6 +236,9 @@ class _SegmentPieceFn(_PieceWriterFn):
         self._ipc.close()
 
 
+_LINE_BREAKS_ESCAPED = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
+
+
 class _JsonlPieceFn(_PieceWriterFn):
     """One JSON object a line: dead letters and deferred items, readable with any tool."""
 
@@ -245,7 +248,9 @@ class _JsonlPieceFn(_PieceWriterFn):
         record = letter.as_dict()
         record["run_id"] = self._run_id
         # Scrubbed as a whole line: messages and the carried manifest row may quote keys or signed URLs.
-        return scrub(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str))
+        line = scrub(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str))
+        # Characters Python's splitlines (and some editors) treat as line ends stay escaped: one record a line.
+        return line.translate(_LINE_BREAKS_ESCAPED)
 
     def write(self, records, stream) -> None:
         stream.write(("\n".join(self._line(r) for r in records) + "\n").encode("utf-8"))
