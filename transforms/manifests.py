@@ -100,17 +100,30 @@ def _clean_value(value: Any) -> Any:
     return value
 
 
+def _universal_lines(stream) -> Iterator[bytes]:
+    """Lines ended by LF, CRLF or a lone CR (old Mac tools): a raw CR can never be inside a JSON value."""
+    pending = b""
+    for chunk in iter(lambda: stream.read(1 << 16), b""):
+        pending += chunk
+        held = pending.endswith(b"\r")  # maybe the first half of a CRLF split across chunks
+        body = pending[:-1] if held else pending
+        lines = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        pending = lines.pop() + (b"\r" if held else b"")
+        yield from lines
+    if pending:
+        yield pending.rstrip(b"\r")
+
+
 def _jsonl_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
-    for row_number, raw in enumerate(stream, start=1):
+    for row_number, raw in enumerate(_universal_lines(stream), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             yield _dead(source, row_number, "invalid_encoding", f"line is not valid UTF-8 (byte {exc.start})")
             continue
         # Without the line end, the decoder's positions read "column N" of this line, not "line 2".
-        line = line.rstrip("\r\n")
-        if row_number == 1:
-            line = line.removeprefix("\ufeff")  # a byte order mark from Windows tools
+        # A byte order mark from Windows tools, at the start or where files were concatenated.
+        line = line.removeprefix("\ufeff")
         if not line.strip():
             yield _dead(source, row_number, "empty_row", "line is empty")
             continue

@@ -8,6 +8,7 @@ import math
 import os
 import posixpath
 import re
+import unicodedata
 import urllib.parse
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
@@ -227,9 +228,13 @@ def _row_id(row: ManifestRow) -> str:
         stem = name.split(".", 1)[0]
         digest = content_hash(name, json.dumps(row.fields, sort_keys=True, default=str))[:16]
         return f"{stem}-{digest}"
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)  # pandas writes integer ids as floats (1.0) once a column has a gap
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        raise _Invalid("invalid_id", f"`id` must be a string or an integer, got {type(raw).__name__}")
-    value = str(raw).strip()
+        got = f"{raw!r}" if isinstance(raw, float) else type(raw).__name__
+        raise _Invalid("invalid_id", f"`id` must be a string or an integer, got {got}")
+    # Spaces around an id are dropped and Unicode is NFC-normalised: ids that look the same are the same id.
+    value = unicodedata.normalize("NFC", str(raw).strip())
     if len(value) > MAX_ID_CHARS:
         raise _Invalid("invalid_id", f"`id` is {len(value)} characters; the limit is {MAX_ID_CHARS}")
     control = _CONTROL_CHARS.search(value)
