@@ -1,6 +1,7 @@
 """CreateEmbeddings: concurrent, paced, retried API calls; one Outcome or DeadLetter per item."""
 from __future__ import annotations
 
+import bisect
 import collections
 import concurrent.futures
 import dataclasses
@@ -13,7 +14,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.ratelimit import TokenBucket
@@ -39,6 +40,25 @@ class _Attempts:
     """How many times a call was sent, readable after it raised."""
 
     count = 0
+
+
+def _latency_edges() -> List[int]:
+    """Lower edges (ms) of the call latency histogram: 1 ms wide up to 16 ms, then 8 per doubling (~9%)."""
+    edges, x = list(range(16)), 16.0
+    while x < 3_600_000:
+        if int(round(x)) > edges[-1]:
+            edges.append(int(round(x)))
+        x *= 2 ** 0.125
+    return edges
+
+
+# The timeline pieces carry a latency histogram keyed by these lower edges; the report reads them back.
+LATENCY_EDGES_MS = _latency_edges()
+
+
+def latency_bucket(ms: float) -> int:
+    """The lower edge of the histogram bucket holding `ms`."""
+    return LATENCY_EDGES_MS[max(0, bisect.bisect_right(LATENCY_EDGES_MS, ms) - 1)]
 
 
 @dataclasses.dataclass
@@ -338,33 +358,46 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._pool = concurrent.futures.ThreadPoolExecutor(self._in_flight, thread_name_prefix=f"embed-{self._kind}")
         self._throttled_remainder = 0.0
         self._timeline: Dict[int, List[int]] = {}
+        self._latency_hist: Dict[int, int] = {}
+        self._latency_stats: List[int] = []  # count, sum, min, max of this piece's call latencies
         self._worker = uuid.uuid4().hex[:8]
         self._timeline_pieces = 0
 
     def start_bundle(self):
         self._pending: collections.deque = collections.deque()
 
-    def process(self, call: Call) -> Iterable:
-        self._pending.append(self._pool.submit(self._caller.run, call))
+    def process(self, call: Call, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam) -> Iterable:
+        future = self._pool.submit(self._caller.run, call)
+        # A call's records leave in its own window, whichever later element or bundle end drains them.
+        future.window, future.timestamp = window, timestamp
+        self._pending.append(future)
         yield from self._drain(self._in_flight)
 
     def finish_bundle(self):
-        for output in self._drain(0):
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
-            else:
-                yield GlobalWindows.windowed_value(output)
+        yield from self._drain(0)
         self._write_timeline()
 
     def _write_timeline(self) -> None:
-        """Per-second call counts of this bundle, for the run report (works on every runner)."""
-        if not self._timeline or not self._settings.timeline_dir:
+        """Per-second call counts of this bundle, for the run report (works on every runner).
+
+        One more record closes the piece: the bundle's call latency histogram ({lower edge ms: calls}, see
+        LATENCY_EDGES_MS) with its count, sum, min and max. It also carries "t" and zero counts, so a reader
+        that only sums calls per second reads it as nothing."""
+        if not (self._timeline or self._latency_hist) or not self._settings.timeline_dir:
             return
         self._timeline_pieces += 1
         path = FileSystems.join(self._settings.timeline_dir,
                                 f"calls-{self._worker}-{self._timeline_pieces:05d}.jsonl")
         lines = "".join(json.dumps({"t": t, "calls": c, "http_429": r}) + "\n"
                         for t, (c, r) in sorted(self._timeline.items()))
+        if self._latency_hist:
+            count, total, low, high = self._latency_stats
+            lines += json.dumps({"t": max(self._timeline) if self._timeline else int(time.time()), "calls": 0,
+                                 "http_429": 0,
+                                 "latency_ms_hist": {str(k): n for k, n in sorted(self._latency_hist.items())},
+                                 "latency_ms": {"count": count, "sum": total, "min": low, "max": high}}) + "\n"
+        self._latency_hist = {}
+        self._latency_stats = []
         try:
             with FileSystems.create(path, compression_type="uncompressed") as f:
                 f.write(lines.encode("utf-8"))
@@ -384,18 +417,19 @@ class _CreateEmbeddingsFn(beam.DoFn):
                 self._pending.remove(future)
                 records, stats = future.result()  # ApiKeyRejected propagates and fails the job
                 self._record(stats)
+                windowed = lambda record: WindowedValue(record, future.timestamp, [future.window])
                 for record in records:
                     if isinstance(record, DeadLetter):
                         PROGRESS.add(done=1, dead_letters=1)
-                        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
+                        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, windowed(record))
                     elif isinstance(record, Deferred):
                         self._deferred.inc()
                         PROGRESS.add(done=1, deferred=1)
-                        yield beam.pvalue.TaggedOutput(DEFERRED, record)
+                        yield beam.pvalue.TaggedOutput(DEFERRED, windowed(record))
                     else:
                         self._embedded.inc()
                         PROGRESS.add(done=1, embedded=1)
-                        yield record
+                        yield windowed(record)
 
     def _record(self, stats: _CallStats) -> None:
         PROGRESS.add(calls=stats.calls, http_429=stats.rate_limited)
@@ -422,6 +456,11 @@ class _CreateEmbeddingsFn(beam.DoFn):
             self._items_per_call.update(n)
         for ms in stats.latencies_ms:
             self._latency_ms.update(ms)
+            edge = latency_bucket(ms)
+            self._latency_hist[edge] = self._latency_hist.get(edge, 0) + 1
+            seen = self._latency_stats
+            self._latency_stats = [seen[0] + 1, seen[1] + ms, min(seen[2], ms), max(seen[3], ms)] if seen \
+                else [1, ms, ms, ms]
         self._throttled_ms.inc(int(stats.throttled_sec * 1000))
         self._throttled_remainder += stats.throttled_sec
         whole = int(self._throttled_remainder)

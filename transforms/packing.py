@@ -5,7 +5,7 @@ import collections
 from typing import Deque, Dict, Iterable, List
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.items import MODALITIES, Call, Item
 
@@ -44,19 +44,27 @@ class CallPacker:
 
 
 class _PackCallsFn(beam.DoFn):
+    """Packs within a window only: items of different windows never share a call, and what is left at the
+    end of a bundle goes out in its own window (any windowing, batch or streaming)."""
+
     def __init__(self, pack: bool, max_waiting: int):
         self._pack = pack
         self._max_waiting = max_waiting
 
     def start_bundle(self):
-        self._packer = CallPacker(self._pack, self._max_waiting)
+        self._packers: Dict[object, CallPacker] = {}
 
-    def process(self, item: Item) -> Iterable[Call]:
-        yield from self._packer.add(item)
+    def process(self, item: Item, window=beam.DoFn.WindowParam) -> Iterable[Call]:
+        packer = self._packers.get(window)
+        if packer is None:
+            packer = self._packers[window] = CallPacker(self._pack, self._max_waiting)
+        yield from packer.add(item)
 
     def finish_bundle(self):
-        for call in self._packer.flush():
-            yield GlobalWindows.windowed_value(call)
+        for window, packer in self._packers.items():
+            for call in packer.flush():
+                yield WindowedValue(call, window.max_timestamp(), [window])
+        self._packers = {}
 
 
 class PackCalls(beam.PTransform):

@@ -1,0 +1,220 @@
+"""`EmbedWithTwelveLabs`: TwelveLabs embeddings as one step of any Beam pipeline.
+
+(No `from __future__ import annotations` here: Beam reads the row types' field types at run time.)
+
+    import apache_beam as beam
+    from transforms import EmbedWithTwelveLabs, TwelveLabsOptions
+
+    with beam.Pipeline() as p:
+        result = (p | beam.Create([{"id": "a", "text": "a dog in a park"}])
+                    | EmbedWithTwelveLabs(TwelveLabsOptions(requests_per_minute=600)))
+        result["embeddings"] | beam.Map(print)      # EmbeddingRow, a schema'd row per segment
+        result["dead_letters"] | beam.Map(print)    # DeadLetterRow, one per rejected input and modality
+        result["deferred"] | beam.Map(print)        # DeferredRow: quota or budget spent, run again later
+
+The same validation, routing (v1 packed, v2, async tasks), pacing, retries and error mapping as the batch
+job, without its output folder: nothing is skipped as "already done" (that is the job's resume feature),
+but identical inputs inside the transform (per window) are called once.
+"""
+
+import dataclasses
+import json
+import os
+import uuid
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import apache_beam as beam
+from apache_beam import coders
+
+from embed_client.secrets import redact_url
+from transforms.call_settings import CallSettings, EmbeddingSettings
+from transforms.calling import DEFERRED, CreateEmbeddings
+from transforms.items import ROUTES, DeadLetter, Deferred, Item, ManifestRow, Outcome, failure_kind
+from transforms.manifests import DEAD_LETTERS, map_columns
+from transforms.packing import PackCalls
+from transforms.validation import RoutePlan, ValidateRows
+
+__all__ = ["DeadLetterRow", "DeferredRow", "EMBEDDINGS", "EmbedWithTwelveLabs", "EmbeddingRow", "TwelveLabsOptions"]
+
+EMBEDDINGS = "embeddings"
+_DEFAULT_BASE_URL = "https://api.twelvelabs.io/v1.3"
+
+
+class EmbeddingRow(NamedTuple):
+    """One returned vector: a segment of an input (text and images have one, segment_index 0)."""
+
+    id: str
+    modality: str
+    model_name: str
+    segment_index: int
+    start_sec: Optional[float]
+    end_sec: Optional[float]
+    embedding: List[float]
+    embedding_option: Optional[str]
+    embedding_scope: Optional[str]
+    input_text: Optional[str]
+    input_url: Optional[str]
+    input_file: Optional[str]
+    content_hash: str
+    attributes: str
+
+
+class DeadLetterRow(NamedTuple):
+    """An input (and modality) that could not be embedded, and why."""
+
+    id: Optional[str]
+    modality: Optional[str]
+    stage: str
+    code: str
+    kind: str            # transient (try again later) | permanent
+    message: str
+    http_status: Optional[int]
+    attempts: int
+    row: str             # the input's fields as JSON
+
+
+class DeferredRow(NamedTuple):
+    """An input not called because the quota or call budget was spent, or whose task had not finished."""
+
+    id: str
+    modality: str
+    reason: str
+    resets_at: Optional[str]
+    detail: Optional[str]
+
+
+for _row_type in (EmbeddingRow, DeadLetterRow, DeferredRow):
+    coders.registry.register_coder(_row_type, coders.RowCoder)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwelveLabsOptions:
+    """Everything the transform needs, in one object. The key comes from TWELVE_LABS_API_KEY on every
+    worker, or from `key_file` (any FileSystems path): never from an option that lands in pipeline options."""
+
+    model: str = "marengo3.0"
+    api_version: str = "auto"
+    base_url: str = _DEFAULT_BASE_URL
+    requests_per_minute: Optional[float] = None
+    max_workers: int = 1
+    max_in_flight: int = 8
+    pack: bool = True
+    max_attempts: int = 6
+    item_deadline_sec: float = 300.0
+    key_file: Optional[str] = None
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    max_calls: Optional[int] = None
+    task_deadline_sec: float = 3600.0
+    task_poll_sec: float = 5.0
+
+    def call_settings(self, run_id: str) -> CallSettings:
+        return CallSettings(
+            base_url=self.base_url, model=self.model, api_version=self.api_version,
+            requests_per_minute=self.requests_per_minute, max_workers=self.max_workers,
+            max_in_flight=self.max_in_flight, max_attempts=self.max_attempts,
+            item_deadline_sec=self.item_deadline_sec, key_file=self.key_file, embedding=self.embedding,
+            max_calls=self.max_calls, run_id=run_id, task_deadline_sec=self.task_deadline_sec,
+            task_poll_sec=self.task_poll_sec)
+
+
+class _ToManifestRow(beam.DoFn):
+    def __init__(self, source: str, columns: Mapping[str, str]):
+        self._source = source
+        self._columns = dict(columns)
+
+    def process(self, element: Union[dict, beam.Row, Any]):
+        if isinstance(element, dict):
+            fields = dict(element)
+        elif hasattr(element, "_asdict"):
+            fields = element._asdict()
+        elif isinstance(element, beam.Row):
+            fields = element.as_dict()
+        else:
+            raise TypeError(f"EmbedWithTwelveLabs takes dicts or beam.Rows, got {type(element).__name__}")
+        fields = {k: v for k, v in map_columns(fields, self._columns).items() if v is not None}
+        yield ManifestRow(self._source, 0, fields)
+
+
+def _elect(keyed):
+    """Identical inputs (same content, model and options) are called once; the others get its vectors."""
+    _, items = keyed
+    items = sorted(items, key=lambda i: (i.id, i.modality))
+    first = items[0]
+    first.copies = items[1:]
+    yield first
+
+
+def _embedding_rows(outcome: Outcome):
+    item = outcome.item
+    labels = outcome.labels or [(None, None)] * len(outcome.segments)
+    for index, ((start, end, vector), (option, scope)) in enumerate(zip(outcome.segments, labels)):
+        yield EmbeddingRow(item.id, item.modality, outcome.model_name, index, start, end,
+                           [float(v) for v in vector], option, scope, item.text, redact_url(item.url),
+                           item.input_file_name, item.content_hash, item.attributes)
+
+
+def _dead_letter_row(letter: DeadLetter) -> DeadLetterRow:
+    return DeadLetterRow(letter.id, letter.modality, letter.stage, letter.code,
+                         failure_kind(letter.code, letter.http_status), letter.message, letter.http_status,
+                         letter.attempts, json.dumps(letter.row or {}, default=str, sort_keys=True))
+
+
+def _deferred_row(record: Deferred) -> DeferredRow:
+    return DeferredRow(record.id, record.modality, record.reason, record.as_dict()["resets_at"], record.detail)
+
+
+def _deferred_as_dead_letter(record: DeferredRow) -> DeadLetterRow:
+    return DeadLetterRow(record.id, record.modality, "call", f"deferred_{record.reason}", "transient",
+                         f"not called: {record.reason}" + (f" ({record.detail})" if record.detail else ""),
+                         None, 0, "{}")
+
+
+class EmbedWithTwelveLabs(beam.PTransform):
+    """PCollection[dict | beam.Row] -> {"embeddings": EmbeddingRow, "dead_letters": DeadLetterRow,
+    "deferred": DeferredRow}.
+
+    Input fields are the manifest's (`id`, `text`, `image_url`, `image_file`, `audio_url`, `audio_file`,
+    `video_url`, `video_file`, `asset_id` + `media_type`, `start_sec`, `end_sec`, ...), or any fields with
+    `columns` mapping them ({"description": "text"}); other fields travel as `attributes` (JSON). With
+    `deferred_as_dead_letters`, deferred inputs join the dead letters (code `deferred_<reason>`) and the
+    `deferred` output is empty: for scripts that only watch one failure output.
+    Works under any windowing: inputs are packed, deduplicated and called within their window.
+    """
+
+    def __init__(self, options: Optional[TwelveLabsOptions] = None, *, columns: Optional[Mapping[str, str]] = None,
+                 deferred_as_dead_letters: bool = False, source_name: str = "pipeline"):
+        super().__init__()
+        self._options = options or TwelveLabsOptions()
+        self._settings = self._options.call_settings(run_id=uuid.uuid4().hex[:12])  # checks every option now
+        self._columns = dict(columns or {})
+        self._deferred_as_dead_letters = deferred_as_dead_letters
+        self._source = source_name
+
+    def expand(self, inputs) -> Dict[str, beam.PCollection]:
+        settings = self._settings
+        rows = inputs | "ToRows" >> beam.ParDo(_ToManifestRow(self._source, self._columns))
+        valid = rows | "Validate" >> ValidateRows(settings.model, RoutePlan.from_settings(settings))
+        unique = (valid["items"]
+                  | "KeyByContent" >> beam.Map(lambda item: (item.content_hash, item))
+                  | "GroupByContent" >> beam.GroupByKey()
+                  | "CallOncePerContent" >> beam.FlatMap(_elect))
+        by_route = unique | "Route" >> beam.Partition(lambda item, _: ROUTES.index(item.route), len(ROUTES))
+        outcomes, dead, deferred = [], [valid[DEAD_LETTERS]], []
+        for route, items in zip(ROUTES, by_route):
+            calls = items | f"Pack_{route}" >> PackCalls(pack=self._options.pack and route == "v1")
+            called = calls | f"Call_{route}" >> CreateEmbeddings(settings, kind=route)
+            outcomes.append(called.outcomes)
+            dead.append(called[DEAD_LETTERS])
+            deferred.append(called[DEFERRED])
+        embeddings = (tuple(outcomes) | "MergeOutcomes" >> beam.Flatten()
+                      | "ToEmbeddingRows" >> beam.FlatMap(_embedding_rows).with_output_types(EmbeddingRow))
+        dead_rows = (tuple(dead) | "MergeDeadLetters" >> beam.Flatten()
+                     | "ToDeadLetterRows" >> beam.Map(_dead_letter_row).with_output_types(DeadLetterRow))
+        deferred_rows = (tuple(deferred) | "MergeDeferred" >> beam.Flatten()
+                         | "ToDeferredRows" >> beam.Map(_deferred_row).with_output_types(DeferredRow))
+        if self._deferred_as_dead_letters:
+            as_dead = deferred_rows | "DeferredAsDeadLetters" >> beam.Map(
+                _deferred_as_dead_letter).with_output_types(DeadLetterRow)
+            dead_rows = (dead_rows, as_dead) | "JoinDeferred" >> beam.Flatten()
+            deferred_rows = deferred_rows | "NoneLeft" >> beam.Filter(lambda _: False).with_output_types(DeferredRow)
+        return {EMBEDDINGS: embeddings, DEAD_LETTERS: dead_rows, DEFERRED: deferred_rows}
