@@ -7,9 +7,10 @@ from typing import Dict, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.calling import DEFERRED, CallSettings, CreateEmbeddings
+from transforms.calling import CallSettings, CreateEmbeddings
+from transforms.constants import DEAD_LETTERS, DEFERRED, NAMESPACE
 from transforms.items import ROUTES, Call, DeadLetter
-from transforms.manifests import DEAD_LETTERS, NAMESPACE, ReadManifests
+from transforms.manifests import ReadManifests
 from transforms.packing import PackCalls
 from transforms.resume import SkipDoneAndDedup
 from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteSegments

@@ -11,7 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from embed_client.ratelimit import TokenBucket, make_bucket
+from embed_client.pacing import make_bucket
+from embed_client.ratelimit import TokenBucket
 from embed_client.redis_bucket import RedisTokenBucket
 
 TEST_KEY = "tlk_TEST_KEY_do_not_leak_7f3a9c"

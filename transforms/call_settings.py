@@ -11,11 +11,11 @@ from apache_beam.io.filesystems import FileSystems
 from embed_client import API_KEY_ENV
 from embed_client.retry import RetryPolicy
 from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
+from transforms.constants import MODEL_DIMS
 
 __all__ = ["API_VERSIONS", "MODEL_DIMS", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
            "V2_MODELS", "resolve_api_key"]
 
-MODEL_DIMS = {"marengo3.0": 512, "marengo3.5": 512, "marengo2.7": 1024, "Marengo-retrieval-2.7": 1024}
 # Models Embed API v2 serves; Marengo 2.7 is v1 only, Marengo 3.5 is v2 only.
 V2_MODELS = ("marengo3.0", "marengo3.5")
 V1_MODELS = ("marengo3.0", "marengo2.7", "Marengo-retrieval-2.7")

@@ -19,9 +19,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.ratelimit import TokenBucket
 from embed_client.retry import call_with_retries
-from transforms.call_settings import MODEL_DIMS, ApiKeyRejected, CallSettings, resolve_api_key
+from transforms.call_settings import ApiKeyRejected, CallSettings, resolve_api_key
+from transforms.constants import DEAD_LETTERS, DEFERRED, MODEL_DIMS, NAMESPACE
 from transforms.items import Call, DeadLetter, Deferred, Item, Outcome, item_row
-from transforms.manifests import DEAD_LETTERS, NAMESPACE
 from transforms.progress import PROGRESS
 from transforms.worker_state import QuotaState, process_bucket, process_media_budget, process_quota
 
@@ -29,7 +29,6 @@ from transforms.worker_state import QuotaState, process_bucket, process_media_bu
 # re-exported here because callers think of them as the calling step's.
 __all__ = ["DEFERRED", "MODEL_DIMS", "CallSettings", "CreateEmbeddings", "ApiKeyRejected", "resolve_api_key"]
 
-DEFERRED = "deferred"
 
 _LOGGER = logging.getLogger(__name__)
 class _NotCalled(Exception):

@@ -28,9 +28,10 @@ from apache_beam import coders
 
 from embed_client.secrets import redact_url
 from transforms.call_settings import CallSettings, EmbeddingSettings
-from transforms.calling import DEFERRED, CreateEmbeddings
+from transforms.calling import CreateEmbeddings
+from transforms.constants import DEAD_LETTERS, DEFERRED
 from transforms.items import ROUTES, DeadLetter, Deferred, Item, ManifestRow, Outcome, failure_kind
-from transforms.manifests import DEAD_LETTERS, map_columns
+from transforms.manifests import map_columns
 from transforms.packing import PackCalls
 from transforms.validation import RoutePlan, ValidateRows
 

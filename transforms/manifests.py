@@ -15,13 +15,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.items import DeadLetter, ManifestRow
+from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
 from transforms.progress import PROGRESS
 
 __all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
 
 _LOGGER = logging.getLogger(__name__)
-DEAD_LETTERS = "dead_letters"
-NAMESPACE = "tl_embed"
 # Parquet manifests are read this many rows at a time, so a large file never sits in memory.
 _PARQUET_BATCH_ROWS = 1024
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}

@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.items import DeadLetter, Item, Outcome
-from transforms.manifests import NAMESPACE
+from transforms.constants import NAMESPACE
 from transforms.progress import PROGRESS
 
 __all__ = ["DoneRecord", "SkipDoneAndDedup", "canonical_model", "list_segment_pieces", "read_done_records"]

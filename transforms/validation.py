@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 
 from embed_client.secrets import redact_url
 from transforms.items import INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, Item, ManifestRow, content_hash
-from transforms.manifests import DEAD_LETTERS, NAMESPACE
+from transforms.constants import DEAD_LETTERS, NAMESPACE
 from transforms.progress import PROGRESS
 
 __all__ = ["MEDIA_RULES", "RejectDuplicateIds", "RoutePlan", "ValidateRows", "row_to_items"]

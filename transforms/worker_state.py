@@ -5,7 +5,8 @@ import logging
 import threading
 from typing import Dict, Optional, Tuple
 
-from embed_client.ratelimit import MediaMinutesBudget, TokenBucket, make_bucket
+from embed_client.pacing import make_bucket
+from embed_client.ratelimit import MediaMinutesBudget, TokenBucket
 from transforms.call_settings import CallSettings
 
 __all__ = ["QuotaState", "process_bucket", "process_media_budget", "process_quota"]
