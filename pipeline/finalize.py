@@ -12,9 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.summary import RUNS_DIR
+from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
-from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, READER_ROW_GROUP, SEGMENT_DIR
+from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace
+from transforms.sinks import READER_ROW_GROUP
 
 __all__ = ["finalize_output"]
 
@@ -22,16 +23,7 @@ _LOGGER = logging.getLogger(__name__)
 _KEYS = ["id", "modality", "segment_index", "content_hash", "run_time", "run_id"]
 
 
-def _rewrite(path: str, write) -> None:
-    """Replaces a file through a temporary one, so a reader sees the old or the new file, never half."""
-    temp = path + ".tmp"
-    with FileSystems.create(temp, compression_type="uncompressed") as f:
-        write(f)
-    try:
-        FileSystems.rename([temp], [path])  # replaces atomically on local disks and object stores
-    except Exception:
-        FileSystems.delete([path])
-        FileSystems.rename([temp], [path])
+_rewrite = replace
 
 
 def _remove_stale_temps(folder: str) -> None:
@@ -80,29 +72,18 @@ def _key_column(table: pa.Table) -> pa.Array:
 def _superseded_by_run(output: str, run_id: str) -> Tuple[Set[str], Set[str]]:
     """(id, modality) keys and whole ids whose saved vectors this run's dead letters and deferred items replace:
     a row that turned invalid, or changed and could not be embedded yet, must not keep its old vectors."""
-    import json as _json
-
     keys: Set[str] = set()
     ids: Set[str] = set()
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
-        try:
-            found = FileSystems.match([FileSystems.join(output, sub, f"part-{run_id}-*.jsonl")])[0].metadata_list
-        except Exception:
-            continue
-        for meta in found:
-            with FileSystems.open(meta.path, compression_type="uncompressed") as f:
-                for line in f.read().decode("utf-8").splitlines():
-                    try:
-                        record = _json.loads(line)
-                    except ValueError:
-                        continue
-                    # duplicate_id: the id belongs to the row that kept it, whose vectors stay.
-                    if not record.get("id") or record.get("code") == "duplicate_id":
-                        continue
-                    if record.get("modality"):
-                        keys.add(f"{record['id']}\x1f{record['modality']}")
-                    else:
-                        ids.add(str(record["id"]))
+        for path in list_files(FileSystems.join(output, sub), f"part-{run_id}-*.jsonl"):
+            for record in read_jsonl(path):
+                # duplicate_id: the id belongs to the row that kept it, whose vectors stay.
+                if not record.get("id") or record.get("code") == "duplicate_id":
+                    continue
+                if record.get("modality"):
+                    keys.add(f"{record['id']}\x1f{record['modality']}")
+                else:
+                    ids.add(str(record["id"]))
     return keys, ids
 
 

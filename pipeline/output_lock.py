@@ -18,10 +18,11 @@ from typing import List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.layout import LOCKS_DIR
+
 __all__ = ["LOCKS_DIR", "OutputLocked", "OutputLock"]
 
 _LOGGER = logging.getLogger(__name__)
-LOCKS_DIR = "locks"
 HEARTBEAT_SEC = 30.0
 STALE_SEC = 180.0
 

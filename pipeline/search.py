@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from embed_client import EmbedClient
 from pipeline.config import load_config
 from transforms.calling import resolve_api_key
-from transforms.sinks import SEGMENT_DIR
+from transforms.layout import SEGMENT_DIR
 
 __all__ = ["batch_vectors", "nearest", "search_main"]
 

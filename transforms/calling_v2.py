@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
 import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -15,11 +16,11 @@ from embed_client import errors
 from transforms.call_settings import CallSettings
 from transforms.calling import _Attempts, _Caller, _CallStats, _NotCalled
 from transforms.items import DeadLetter, Deferred, Item, Outcome
+from transforms.layout import TASKS_DIR, commit, list_files, piece_name, read_jsonl
 
 __all__ = ["SyncV2Caller", "TaskCaller", "TASKS_DIR", "TaskRecord", "read_task_journal", "segments_from_data"]
 
 _LOGGER = logging.getLogger(__name__)
-TASKS_DIR = "tasks"
 _MODALITY_OPTIONS = {"audio": ("audio", "transcription"), "video": ("visual", "audio", "transcription")}
 _SCOPE_ORDER = {None: 0, "clip": 0, "page": 0, "chunk": 0, "asset": 1}
 _OPTION_ORDER = {None: 0, "visual": 1, "audio": 2, "transcription": 3, "text": 4, "fused": 5}
@@ -192,42 +193,36 @@ class TaskJournal:
         self._run_id = run_id
         self._worker = uuid.uuid4().hex[:8]
         self._sequence = 0
+        self._lock = threading.Lock()  # tasks are created from many pool threads
 
     def record(self, item: Item, task_id: str, created_at: float) -> None:
         if self._dir is None:
             return
-        self._sequence += 1
+        with self._lock:
+            self._sequence += 1
+            sequence = self._sequence
         line = json.dumps({"key": task_key(item), "task_id": task_id, "created_at": created_at, "id": item.id,
                            "modality": item.modality, "source": item.source, "row_number": item.row_number,
                            "run_id": self._run_id}) + "\n"
-        final = FileSystems.join(self._dir, f"part-{self._run_id}-{self._worker}-{self._sequence:05d}.jsonl")
-        temp = final + ".tmp"
         try:
             FileSystems.mkdirs(self._dir)
         except IOError:
             pass
-        with FileSystems.create(temp, compression_type="uncompressed") as f:
-            f.write(line.encode("utf-8"))
-        FileSystems.rename([temp], [final])
+        commit(self._dir, piece_name(self._run_id, self._worker, sequence, ".jsonl"),
+               lambda f: f.write(line.encode("utf-8")))
 
 
 def read_task_journal(output: str) -> Dict[str, TaskRecord]:
     """The newest recorded task per item key, from every run's journal."""
-    try:
-        found = FileSystems.match([FileSystems.join(output, TASKS_DIR, "*.jsonl")])[0].metadata_list
-    except Exception:
-        return {}
     tasks: Dict[str, TaskRecord] = {}
-    for meta in sorted(found, key=lambda m: m.path):
-        with FileSystems.open(meta.path, compression_type="uncompressed") as f:
-            for line in f.read().decode("utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    key, task_id, created = record["key"], str(record["task_id"]), float(record["created_at"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn line from a killed write; the task is created again
-                if key not in tasks or created >= tasks[key][1]:
-                    tasks[key] = (task_id, created)
+    for path in list_files(FileSystems.join(output, TASKS_DIR), "*.jsonl"):
+        for record in read_jsonl(path):
+            try:
+                key, task_id, created = record["key"], str(record["task_id"]), float(record["created_at"])
+            except (KeyError, TypeError, ValueError):
+                continue  # a torn or foreign record; the task is created again
+            if key not in tasks or created >= tasks[key][1]:
+                tasks[key] = (task_id, created)
     return tasks
 
 

@@ -41,10 +41,9 @@ class DoneRecord:
 
 def list_segment_pieces(segment_dir: str) -> List[str]:
     """Committed pieces (temporary files of unfinished writes end in .tmp and are not matched)."""
-    try:
-        return sorted(m.path for m in FileSystems.match([FileSystems.join(segment_dir, "*.parquet")])[0].metadata_list)
-    except Exception:
-        return []
+    from transforms.layout import list_files
+
+    return list_files(segment_dir, "*.parquet")
 
 
 def read_done_records(path: str, model: str) -> Iterable[Tuple[str, DoneRecord]]:
@@ -167,24 +166,13 @@ class SkipDoneAndDedup(beam.PTransform):
 
 def read_permanent_failures(output: str) -> Dict[Tuple[str, str, str], dict]:
     """Earlier runs' permanent call failures, by (id, modality, content hash): not paid for again."""
-    import json
-
     from transforms.items import failure_kind
-    from transforms.sinks import DEAD_LETTER_DIR
+    from transforms.layout import DEAD_LETTER_DIR, list_files, read_jsonl
 
-    try:
-        found = FileSystems.match([FileSystems.join(output, DEAD_LETTER_DIR, "*.jsonl")])[0].metadata_list
-    except Exception:
-        return {}
     failed: Dict[Tuple[str, str, str], dict] = {}
-    for meta in found:
-        with FileSystems.open(meta.path, compression_type="uncompressed") as f:
-            for line in f.read().decode("utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if (record.get("stage") == "call" and record.get("content_hash") and record.get("id")
-                        and failure_kind(record.get("code", ""), record.get("http_status")) == "permanent"):
-                    failed[(record["id"], record.get("modality"), record["content_hash"])] = record
+    for path in list_files(FileSystems.join(output, DEAD_LETTER_DIR), "*.jsonl"):
+        for record in read_jsonl(path):
+            if (record.get("stage") == "call" and record.get("content_hash") and record.get("id")
+                    and failure_kind(record.get("code", ""), record.get("http_status")) == "permanent"):
+                failed[(record["id"], record.get("modality"), record["content_hash"])] = record
     return failed

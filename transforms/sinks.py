@@ -18,20 +18,17 @@ from apache_beam.transforms.window import GlobalWindows
 
 from embed_client.secrets import redact_url, scrub
 from transforms.constants import MODEL_DIMS
+from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, TMP_SUFFIX, commit, piece_name
 from transforms.items import Outcome
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
            "segment_schema", "segments_table"]
 
 _LOGGER = logging.getLogger(__name__)
-SEGMENT_DIR = "segments"
-DEAD_LETTER_DIR = "dead_letters"
-DEFERRED_DIR = "deferred"
 # A piece is written when it holds this many rows or is this old: small enough to lose little on a
 # kill, large enough for sensible Parquet row groups (4096 x 512 float32 is 8 MiB).
 DEFAULT_ROWS_PER_PIECE = 4096
 DEFAULT_FLUSH_SEC = 5.0
-_TMP_SUFFIX = ".tmp"
 # Row groups of this many rows let readers (search, DuckDB, Polars) stream in bounded memory.
 READER_ROW_GROUP = 8192
 
@@ -102,14 +99,7 @@ def _mkdirs(path: str) -> None:
         pass  # already there, or an object store without folders
 
 
-def _commit(directory: str, name: str, write) -> str:
-    """Writes through `write(stream)` to a temporary name, then renames: a piece is whole or absent."""
-    final = FileSystems.join(directory, name)
-    temp = final + _TMP_SUFFIX
-    with FileSystems.create(temp, compression_type="uncompressed") as stream:
-        write(stream)
-    FileSystems.rename([temp], [final])
-    return final
+_commit = commit
 
 
 JOURNAL_SUFFIX = ".journal"
@@ -166,7 +156,7 @@ class _PieceWriterFn(beam.DoFn):
 
     def _flush(self) -> str:
         self._sequence += 1
-        name = f"part-{self._run_id}-{self._worker}-{self._sequence:05d}{self.suffix}"
+        name = piece_name(self._run_id, self._worker, self._sequence, self.suffix)
         path = _commit(self._dir, name, lambda stream: self.write(self._buffer, stream))
         self._buffer, self._oldest = [], None
         self._drop_journal()  # its records are in the piece now

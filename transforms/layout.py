@@ -1,0 +1,73 @@
+"""The output folder's layout, in one place: folder names, piece names, atomic writes, listing, reading.
+
+    OUTPUT/segments/part-RUN-WORKER-00001.parquet   vectors (compacted: part-RUN-compact-00001.parquet)
+    OUTPUT/dead_letters/part-RUN-WORKER-00001.jsonl one rejected input and modality a line
+    OUTPUT/deferred/part-RUN-WORKER-00001.jsonl     inputs left for the next run
+    OUTPUT/tasks/part-RUN-WORKER-00001.jsonl        v2 async tasks created (before their first poll)
+    OUTPUT/runs/RUN/                                a run's summary, report, call timeline, `finalized` mark
+    OUTPUT/locks/RUN.json                           the claim of the run writing the output
+Everything goes through Beam FileSystems, so local disks and object stores behave alike.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterator, List
+
+from apache_beam.io.filesystems import FileSystems
+
+__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "TMP_SUFFIX",
+           "commit", "list_files", "piece_name", "read_jsonl", "replace"]
+
+SEGMENT_DIR = "segments"
+DEAD_LETTER_DIR = "dead_letters"
+DEFERRED_DIR = "deferred"
+TASKS_DIR = "tasks"
+RUNS_DIR = "runs"
+LOCKS_DIR = "locks"
+TMP_SUFFIX = ".tmp"
+
+
+def piece_name(run_id: str, worker: str, sequence: int, suffix: str) -> str:
+    return f"part-{run_id}-{worker}-{sequence:05d}{suffix}"
+
+
+def commit(directory: str, name: str, write: Callable) -> str:
+    """Writes through `write(stream)` to a temporary name, then renames: the file is whole or absent."""
+    final = FileSystems.join(directory, name)
+    temp = final + TMP_SUFFIX
+    with FileSystems.create(temp, compression_type="uncompressed") as stream:
+        write(stream)
+    FileSystems.rename([temp], [final])
+    return final
+
+
+def replace(path: str, write: Callable) -> None:
+    """Replaces a file through a temporary one, so a reader sees the old or the new file, never half."""
+    temp = path + TMP_SUFFIX
+    with FileSystems.create(temp, compression_type="uncompressed") as f:
+        write(f)
+    try:
+        FileSystems.rename([temp], [path])  # replaces atomically on local disks and object stores
+    except Exception:
+        FileSystems.delete([path])
+        FileSystems.rename([temp], [path])
+
+
+def list_files(folder: str, pattern: str) -> List[str]:
+    """Committed files of `folder` matching `pattern` (temporary files end in .tmp and are not matched)."""
+    try:
+        return sorted(m.path for m in FileSystems.match([FileSystems.join(folder, pattern)])[0].metadata_list)
+    except Exception:
+        return []
+
+
+def read_jsonl(path: str) -> Iterator[dict]:
+    """The records of one JSONL file; a torn or foreign line is skipped."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        data = f.read().decode("utf-8")
+    for line in data.split("\n"):  # not splitlines: U+2028 and friends may sit inside a value
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
