@@ -196,6 +196,10 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     resets = [r["resets_at"] for r in deferred if r.get("resets_at")]
     items_per_call = metrics.get("items_per_call") or {}
     by_reason = collections.Counter(r["reason"] for r in deferred)
+    from pipeline.report import read_calls, write_report
+
+    run_dir = FileSystems.join(config.output, RUNS_DIR, run_id)
+    timeline, latency = read_calls(run_dir)
     status = run_status(len(deferred), by_reason, sum(dead_by_code.values()), new_letters)
     summary = {
         "run_id": run_id,
@@ -225,8 +229,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "retries": metrics.get("retries", 0),
         "http_429": metrics.get("http_429", 0),
         "split_calls": metrics.get("split_calls", 0),
-        "call_latency_ms": {k: round(v, 1) for k, v in (metrics.get("call_latency_ms") or {}).items()
-                            if k in ("mean", "min", "max")},
+        "call_latency_ms": _call_latency(metrics.get("call_latency_ms") or {}, latency),
         "seconds_throttled": round(metrics.get("throttled_msecs", 0) / 1000.0, 3),
         "items_already_done": metrics.get("items_already_done", 0),
         "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
@@ -246,10 +249,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "deferred_files": deferred_files,
     }
     _LOGGER.info("run %s finished", run_id)
-    from pipeline.report import write_report
-
-    run_dir = FileSystems.join(config.output, RUNS_DIR, run_id)
-    summary["report_file"] = write_report(config.output, summary, run_dir, config.requests_per_minute)
+    summary["report_file"] = FileSystems.join(config.output, "report.html")
     text = json.dumps(summary, indent=2).encode("utf-8")
     for folder in (run_dir, config.output):
         try:
@@ -259,7 +259,26 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         with FileSystems.create(FileSystems.join(folder, "summary.json"), compression_type="uncompressed") as f:
             f.write(text)
     summary["summary_file"] = FileSystems.join(config.output, "summary.json")
+    # After the summaries: runs/index.html lists runs/*/summary.json, this run's included. The report is for
+    # people; failing to write it must not change the run's status.
+    try:
+        write_report(config.output, summary, run_dir, config.requests_per_minute, letters=letters, timeline=timeline)
+    except Exception as exc:
+        _LOGGER.warning("could not write the run report %s: %s", summary["report_file"], exc, exc_info=True)
     return summary
+
+
+def _call_latency(distribution: dict, latency: dict) -> dict:
+    """p50/p90/p99 from the timeline pieces' histogram; mean, min and max from the Beam distribution (exact, and
+    the numbers the runner's UI shows), or from the pieces when the runner reports no metrics."""
+    from pipeline.report import latency_percentiles
+
+    exact = {k: round(distribution[k], 1) for k in ("max", "mean", "min") if k in distribution}
+    estimated = latency_percentiles(latency) or {}
+    if latency.get("min") is not None:
+        estimated["min"] = float(latency["min"])
+    merged = dict(estimated, **exact)
+    return {k: merged[k] for k in ("p50", "p90", "p99", "max", "mean", "min") if k in merged}
 
 
 def _items_line(items: dict) -> str:
