@@ -20,6 +20,8 @@ MIN_RATE_FRACTION = 0.05
 # it instead of a sawtooth of 429 bursts and full stops.
 CEILING_MARGIN = 0.95
 PROBE_PER_MINUTE = 0.01  # above the ceiling, the pace rises by 1% of the rate per minute
+# 429s within this long of a cut (or of its Retry-After) are the same event and cut no further.
+CUT_QUIET_SEC = 2.0
 # With no configured rate, a 429 that states the per-minute limit (X-Ratelimit-Limit) sets the
 # pace to it times this margin; one that does not (a burst) only pauses callers for Retry-After.
 LEARNED_RATE_MARGIN = 0.95
@@ -50,6 +52,7 @@ class TokenBucket:
         self._lock = threading.Lock()
         self._fraction = 1.0
         self._ceiling = 1.0  # as a fraction of configured_rate
+        self._last_cut = float("-inf")
         self._tokens = self.burst
         self._updated = clock()
         self._paused_until = 0.0
@@ -92,8 +95,12 @@ class TokenBucket:
                 self.learned = True
                 self._tokens, self._updated = 0.0, self._clock()
             elif self.configured_rate is not None and stated is None:
-                self._ceiling = max(MIN_RATE_FRACTION, self._fraction * CEILING_MARGIN)
-                self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
+                now = self._clock()
+                # The calls in flight when the limit is crossed all come back 429 together: one event, one cut.
+                if now - self._last_cut >= max(CUT_QUIET_SEC, retry_after_sec or 0.0):
+                    self._ceiling = max(MIN_RATE_FRACTION, self._fraction * CEILING_MARGIN)
+                    self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
+                    self._last_cut = now
             if retry_after_sec:
                 self._paused_until = max(self._paused_until, self._clock() + retry_after_sec)
 

@@ -37,6 +37,8 @@ class EmulatorConfig:
     audio_segment_sec: float = 6.0
     max_audio_sec_30: float = 600.0
     fetch_timeout_sec: float = 10.0
+    # Whether answers state the limit (X-Ratelimit-Limit/-Remaining/-Used/-Reset); Retry-After is always sent.
+    rate_limit_headers: bool = True
     # Count embedded items by content key, so tests can spot double work.
     record_keys: bool = True
 

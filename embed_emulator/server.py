@@ -34,6 +34,9 @@ EMBED_PATH = API_PREFIX + "/embed"
 MAX_BODY_BYTES = 100 * 1024 * 1024  # emulator choice: above the 36 MB audio limit plus form overhead
 
 
+# The headers that state the limit; `rate_limit_headers: false` leaves them out (Retry-After stays).
+_LIMIT_STATEMENT = frozenset({"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-used", "x-ratelimit-reset"})
+
 class _BodyError(Exception):
     """The request body could not be read; the connection must close."""
 
@@ -243,7 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
                  f"Date: {self.date_time_string()}",
                  f"Content-Type: {reply.content_type}",
                  f"Content-Length: {len(reply.body)}"]
-        lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+        stated = self.server.emulator.config.rate_limit_headers
+        lines += [f"{name}: {value}" for name, value in reply.headers.items()
+                  if stated or name.lower() not in _LIMIT_STATEMENT]
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

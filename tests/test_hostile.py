@@ -148,3 +148,46 @@ def test_rows_that_are_almost_right(tmp_path, monkeypatch):
     assert embedded == {"cr1", "cr2", "c1", "c2", "sp", "caf\u00e9", "7"}
     letters = sorted((l["row_number"], l["code"]) for l in read_dead_letters(output) if l["source"].endswith("ids.jsonl"))
     assert letters == [(2, "duplicate_id"), (4, "duplicate_id"), (6, "invalid_id")]
+
+
+_FULL_DISK = '''
+import errno, os
+from apache_beam.io.filesystems import FileSystems
+_create, _count = FileSystems.create, [0]
+def _full(path, *args, **kwargs):
+    if "/segments/" in str(path):
+        _count[0] += 1
+        if _count[0] > int(os.environ["FAIL_AFTER_PIECES"]):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return _create(path, *args, **kwargs)
+FileSystems.create = staticmethod(_full)
+'''
+
+
+def test_a_disk_that_fills_mid_run_stops_the_job_in_one_line_and_the_rerun_pays_only_the_rest(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_FULL_DISK)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"d{i}", "text": f"disk {i}"}) + "\n" for i in range(120)))
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig(latency_ms=10)) as emu:
+        config = _config(tmp_path, [str(manifest)], emu.base_url, output)
+        raw = json.loads(open(config).read())
+        raw["output"]["rows_per_piece"] = 10  # pieces every 10 items: the 4th one hits the full disk
+        open(config, "w").write(json.dumps(raw))
+        env = dict(os.environ, PYTHONPATH=f"{shim}:{ROOT}", TWELVE_LABS_API_KEY=TEST_KEY, FAIL_AFTER_PIECES="3")
+        full = subprocess.run([sys.executable, "-m", "pipeline", "--config", config], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=300)
+        paid_first = emu.stats()["requests"]
+        again = _cli(["--config", config])
+        paid_total = emu.stats()["requests"]
+    assert full.returncode == 1, full.stderr[-2000:]
+    (error,) = [l for l in full.stderr.splitlines() if l.startswith("error:")]
+    assert "No space left on device" in error and "Traceback" not in full.stderr
+    assert paid_first < 120  # calling stopped with the failure, not after the whole manifest
+    assert again.returncode == 0, again.stderr[-2000:]
+    # everything the first run was paid for was kept (pieces, or the journal the rerun recovers)
+    assert paid_total - paid_first <= 120 - paid_first + 8
+    assert paid_total <= 120 + 8
+    assert_exactly_once(output, 120)

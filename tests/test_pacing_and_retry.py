@@ -60,10 +60,23 @@ def test_429_pauses_everyone_and_slows_down_then_recovers():
 
 
 def test_repeated_429s_never_stop_the_bucket():
-    bucket = TokenBucket(600)
+    clock = FakeClock()
+    bucket = TokenBucket(600, clock=clock, sleep=clock.sleep)
     for _ in range(100):
         bucket.on_rate_limited()
+        clock.now += 3  # separate events
     assert bucket.current_rate_per_minute == pytest.approx(30)
+
+
+def test_429s_that_come_back_together_cut_the_pace_once():
+    clock = FakeClock()
+    bucket = TokenBucket(600, clock=clock, sleep=clock.sleep)
+    for _ in range(8):  # the calls in flight when the limit was crossed
+        bucket.on_rate_limited(retry_after_sec=1)
+    assert bucket.current_rate_per_minute == pytest.approx(420)
+    clock.now += 5
+    bucket.on_rate_limited()
+    assert bucket.current_rate_per_minute == pytest.approx(294)
 
 
 def test_unlimited_bucket_does_not_wait():
@@ -201,6 +214,32 @@ def test_a_configured_rate_above_a_stated_limit_is_replaced_by_the_limit_without
     assert bucket.learned and bucket.current_rate_per_minute == pytest.approx(855)
     bucket.on_rate_limited(retry_after_sec=1, limit_per_minute=900)  # the same news again: no further cut
     assert bucket.current_rate_per_minute == pytest.approx(855)
+
+
+def test_a_configured_rate_above_an_unstated_limit_converges_with_calls_in_flight_too():
+    """8 calls in flight all come back 429 when the window fills: still one cut, still >= 0.9 of the limit."""
+    import collections
+
+    clock = FakeClock()
+    bucket = TokenBucket(1200, clock=clock, sleep=clock.sleep)
+    window, accepted = collections.deque(), []
+    end = clock.now + 12 * 60
+    while clock.now < end:
+        batch = []
+        for _ in range(8):
+            bucket.acquire()
+            batch.append(clock.now)
+        for sent in batch:
+            while window and window[0] <= sent - 60:
+                window.popleft()
+            if len(window) >= 900:
+                bucket.on_rate_limited(retry_after_sec=window[0] + 60 - sent)
+            else:
+                window.append(sent)
+                accepted.append(sent)
+                bucket.on_success()
+    held = sum(1 for t in accepted if t > clock.now - 300) / 5
+    assert held >= 0.9 * 900, held
 
 
 def test_a_configured_rate_above_an_unstated_limit_converges_under_it_without_a_sawtooth():

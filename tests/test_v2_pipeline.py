@@ -302,3 +302,54 @@ def test_asset_ids_go_to_v2_and_an_unknown_one_is_a_dead_letter(tmp_path, media,
     letters = {l["id"]: l["code"] for l in read_dead_letters(output)}
     assert letters == {"unknown": "resource_not_exist", "no-type": "invalid_media_type"}
     assert_exactly_once(output, 3)
+
+
+def test_a_recorded_task_past_retention_or_gone_is_created_again_and_the_summary_says_so(tmp_path, media,
+                                                                                         monkeypatch):
+    import time as _time
+
+    from transforms.calling_v2 import task_key
+    from transforms.items import Item
+
+    monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "old", "video_file": str(media / "long.mp4")}) + "\n"
+                        + json.dumps({"id": "lost", "video_file": str(media / "long.mp4"), "end_sec": 8}) + "\n")
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig(task_ready_after_sec=0.2)) as emu:
+        # learn each item's content key from a dry run of the real routing, then plant journal records:
+        # one 8 days old (past the 7-day retention), one recent that the API does not know (purged)
+        from pipeline.run import call_settings
+        from transforms.items import ManifestRow
+        from transforms.validation import RoutePlan, row_to_items
+
+        config = make_config(output, [str(manifest)], model="marengo3.5", task_poll_sec=0.1)
+        plan = RoutePlan.from_settings(call_settings(config, emu.base_url))
+        items = [i for n, line in enumerate(manifest.read_text().splitlines(), 1)
+                 for i in row_to_items(ManifestRow(str(manifest), n, json.loads(line)), "marengo3.5", plan)]
+        os.makedirs(os.path.join(output, "tasks"))
+        with open(os.path.join(output, "tasks", "part-planted-0-00001.jsonl"), "w") as f:
+            for item, task_id, age in ((items[0], "t-expired", 8 * 86400), (items[1], "t-purged", 60)):
+                f.write(json.dumps({"key": task_key(item), "task_id": task_id,
+                                    "created_at": _time.time() - age}) + "\n")
+        summary = run(config, emu.base_url)
+        stats = emu.stats()
+    assert summary["tasks"]["recreated"] == 2 and summary["tasks"]["created"] == 2
+    assert summary["tasks"]["resumed"] == 1  # the recent one was polled first (404), then re-created
+    assert stats["tasks"]["created"] == 2
+    assert "2 re-created (past retention)" in __import__("pipeline.summary", fromlist=["x"]).format_summary(summary)
+    assert_exactly_once(output, 2)
+
+
+def test_embedding_options_scopes_and_segmentation_reach_the_output(tmp_path, media, monkeypatch):
+    monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "v", "video_file": str(media / "short.mp4")}) + "\n")
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        run(make_config(output, [str(manifest)], embedding_options=["visual"], embedding_scopes=["clip"],
+                        segmentation={"strategy": "fixed", "duration_sec": 2}), emu.base_url)
+    rows = read_segments(output).to_pylist()
+    assert {(r["embedding_option"], r["embedding_scope"]) for r in rows} == {("visual", "clip")}
+    assert [(r["start_offset_sec"], r["end_offset_sec"]) for r in rows] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0),
+                                                                          (6.0, 8.0)]
