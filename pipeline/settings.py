@@ -54,8 +54,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "--dry-run's estimate)", low=1, optional=True),
     Setting("calls.max_calls", "max_calls", "int", None, "a budget of calls for this run; the rest is deferred",
             low=0, optional=True),
-    Setting("calls.max_workers", "max_workers", "int", 1, "worker processes sharing the limit (each paces to "
-            "its share)", low=1),
+    Setting("calls.worker_processes", "max_workers", "int", 1, "worker processes sharing the limit: each paces "
+            "to requests_per_minute / worker_processes (without Redis) and takes its share of max_calls "
+            "(formerly calls.max_workers, still read)", low=1),
     Setting("calls.max_in_flight", "max_in_flight", "int", 8, "concurrent calls per worker process", low=1,
             high=1024),
     Setting("calls.pack", "pack", "bool", True, "v1: pack up to one text, image and audio per call"),
@@ -101,6 +102,10 @@ def _nearest(name: str, known: Sequence[str]) -> str:
     return f" (did you mean {near[0]}?)" if near else f"; known: {', '.join(sorted(known))}"
 
 
+# Old names still read, and the key they became.
+_RENAMED = {"calls.max_workers": "calls.worker_processes"}
+
+
 def _flatten(raw: Dict[str, Any], where: str) -> Dict[str, Any]:
     values: Dict[str, Any] = {}
     for top, value in raw.items():
@@ -114,6 +119,12 @@ def _flatten(raw: Dict[str, Any], where: str) -> Dict[str, Any]:
                 raise ConfigError(f"{where}: `{top}` must be a mapping of settings (e.g. {top}: {{...}})")
             keys = [s.key.split(".", 1)[1] for s in SETTINGS if s.key.startswith(top + ".")]
             for name, inner in value.items():
+                renamed = _RENAMED.get(f"{top}.{name}")
+                if renamed is not None:
+                    if renamed in values or renamed.split(".", 1)[1] in value:
+                        raise ConfigError(f"{where}: `{top}.{name}` is the old name of `{renamed}`; give only one")
+                    values[renamed] = inner
+                    continue
                 if top == "api" and name in ("api_key", "key"):
                     raise ConfigError(f"{where}: do not put the API key in a config; use TWELVE_LABS_API_KEY or "
                                       "api.key_file")

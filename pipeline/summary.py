@@ -231,6 +231,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "split_calls": metrics.get("split_calls", 0),
         "call_latency_ms": _call_latency(metrics.get("call_latency_ms") or {}, latency),
         "seconds_throttled": round(metrics.get("throttled_msecs", 0) / 1000.0, 3),
+        "seconds_throttled_wall": round(metrics.get("throttled_wall_msecs", 0) / 1000.0, 3),
         "items_already_done": metrics.get("items_already_done", 0),
         "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
         "deferred": len(deferred),
@@ -316,7 +317,8 @@ def format_summary(summary: dict) -> str:
         f"  embedded         {sum(summary['items_embedded'].values())} items, "
         f"{summary['segments_written']} segment rows",
         f"  calls            {summary['calls']} ({summary['items_per_call']} items per call), "
-        f"{summary['retries']} retries, {summary['http_429']} x 429, {summary['seconds_throttled']} thread-s waited on the limit",
+        f"{summary['retries']} retries, {summary['http_429']} x 429, {summary.get('seconds_throttled_wall', 0)} s waiting on the limit "
+        f"({summary['seconds_throttled']} thread-s)",
         f"  skipped          {summary['items_already_done']} already done, {summary['items_deduplicated']} "
         f"deduplicated (reused vectors instead of calls)",
         f"  deferred         {summary['deferred']}"

@@ -145,3 +145,32 @@ def test_the_settings_reference_lists_every_key_and_fills_every_config_field():
     assert out.returncode == 0
     for setting in SETTINGS:
         assert f"\n{setting.key} " in out.stdout, setting.key
+
+
+def test_worker_processes_is_the_new_name_of_max_workers(tmp_path):
+    from transforms.call_settings import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("manifests: [x]\ncalls: {worker_processes: 3}\n")
+    assert load_config(str(path)).max_workers == 3
+    path.write_text("manifests: [x]\ncalls: {max_workers: 4}\n")  # the old name is still read
+    assert load_config(str(path)).max_workers == 4
+    path.write_text("manifests: [x]\ncalls: {max_workers: 4, worker_processes: 2}\n")
+    with pytest.raises(ConfigError, match="old name of `calls.worker_processes`; give only one"):
+        load_config(str(path))
+
+
+def test_wall_time_waiting_counts_overlapping_waits_once():
+    import threading
+    import time
+
+    from transforms.worker_state import WaitMeter
+
+    meter = WaitMeter()
+    first = threading.Thread(target=meter.wait, args=(lambda: time.sleep(0.4),))
+    first.start()
+    time.sleep(0.2)
+    meter.wait(lambda: time.sleep(0.4))  # overlaps the first wait by 0.2 s
+    first.join()
+    assert meter.take() == pytest.approx(0.6, abs=0.1)  # 0.6 s of wall time, 0.8 thread-s
+    assert meter.take() == 0.0

@@ -23,7 +23,8 @@ from transforms.call_settings import ApiKeyRejected, CallSettings, resolve_api_k
 from transforms.constants import DEAD_LETTERS, DEFERRED, MODEL_DIMS, NAMESPACE
 from transforms.items import Call, DeadLetter, Deferred, Item, Outcome, item_row
 from transforms.progress import PROGRESS
-from transforms.worker_state import QuotaState, process_bucket, process_media_budget, process_quota
+from transforms.worker_state import (QuotaState, process_bucket, process_media_budget, process_quota,
+                                     process_wait_meter)
 
 # CallSettings, MODEL_DIMS, ApiKeyRejected and resolve_api_key live in call_settings; they are
 # re-exported here because callers think of them as the calling step's.
@@ -138,6 +139,7 @@ class _Caller:
         self.client = client
         self.bucket = bucket
         self.quota = quota or QuotaState(settings.max_calls, settings.outage_after_failures)
+        self.meter = process_wait_meter(settings)
         self.policy = settings.retry_policy()
         self.dims = settings.dims
 
@@ -202,7 +204,7 @@ class _Caller:
         """Runs `send` paced and retried; a 401/403 stops the job. Raises _NotCalled when the budget is spent."""
 
         def attempt():
-            stats.throttled_sec += self.bucket.acquire()
+            stats.throttled_sec += self.meter.wait(self.bucket.acquire)
             if paid and not self.quota.take_call():
                 raise _NotCalled()
             counter.count += 1
@@ -461,6 +463,9 @@ class _CreateEmbeddingsFn(beam.DoFn):
             self._latency_stats = [seen[0] + 1, seen[1] + ms, min(seen[2], ms), max(seen[3], ms)] if seen \
                 else [1, ms, ms, ms]
         self._throttled_ms.inc(int(stats.throttled_sec * 1000))
+        wall = self._caller.meter.take()
+        if wall:
+            Metrics.counter(NAMESPACE, "throttled_wall_msecs").inc(int(wall * 1000))
         self._throttled_remainder += stats.throttled_sec
         whole = int(self._throttled_remainder)
         if whole:

@@ -9,7 +9,7 @@ from embed_client.pacing import make_bucket
 from embed_client.ratelimit import MediaMinutesBudget, TokenBucket
 from transforms.call_settings import CallSettings
 
-__all__ = ["QuotaState", "process_bucket", "process_media_budget", "process_quota"]
+__all__ = ["QuotaState", "WaitMeter", "process_bucket", "process_media_budget", "process_quota", "process_wait_meter"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -103,3 +103,47 @@ def process_media_budget(settings: CallSettings) -> Optional[MediaMinutesBudget]
         if key not in _MEDIA_BUDGETS:
             _MEDIA_BUDGETS[key] = MediaMinutesBudget(settings.media_minutes_per_hour / settings.max_workers)
         return _MEDIA_BUDGETS[key]
+
+
+class WaitMeter:
+    """Wall seconds during which at least one caller of this process waited for its turn at the limit
+    (thread-seconds add up every waiting thread and can exceed the run's length)."""
+
+    def __init__(self, clock=None):
+        import time
+
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._since = 0.0
+        self._total = 0.0
+
+    def wait(self, acquire) -> float:
+        with self._lock:
+            if self._waiting == 0:
+                self._since = self._clock()
+            self._waiting += 1
+        try:
+            return acquire()
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                if self._waiting == 0:
+                    self._total += self._clock() - self._since
+
+    def take(self) -> float:
+        """The wall seconds gathered since the last take (each second is reported once, whoever takes it)."""
+        with self._lock:
+            total, self._total = self._total, 0.0
+            return total
+
+
+_METERS: Dict[Tuple, WaitMeter] = {}
+
+
+def process_wait_meter(settings: CallSettings) -> WaitMeter:
+    key = (settings.run_id, settings.base_url)
+    with _BUCKETS_LOCK:
+        if key not in _METERS:
+            _METERS[key] = WaitMeter()
+        return _METERS[key]
