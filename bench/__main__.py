@@ -22,6 +22,15 @@ Scenarios:
                 with api.version v2, then auto (text/image/audio packed on v1, video on v2).
                 Default 340 items, --full 1530. Calls are embed POSTs (sync calls and task creates),
                 polls are task GETs: the emulator counts both against the limit.
+  adaptive      the pipeline told 1200 calls/min against an emulator allowing 900 (sliding 60 s window,
+                200 +- 50 ms), text manifest (one item per call) of 1800 items (~2 min), --full 3600
+                (~4.5 min): calls/s as a fraction of the real limit over the run and over its last 60 s,
+                429s, and calls per 10 s (a sawtooth shows as bins near 0 between full ones). The
+                emulator's 429s state X-Ratelimit-Limit and cannot be told to hide it, so the job
+                always learns the limit from the header here.
+  durable       the cost of durability: text manifest (5000, --full 20000), no limit, no latency, the
+                default output.flush_sec (5 s, every result journaled) against flush_sec 0 (a Parquet
+                piece per call's results); two alternating rounds (--full: one).
 
 Columns: items/s and calls/s over the arm's wall time (Beam start-up included); calls are the
 emulator's answered requests (429s excluded); "of limit" is calls/s over limit/60; 429s come from
@@ -47,6 +56,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -55,15 +65,47 @@ from bench.arm import ARMS
 from bench.emulator import ROOT, EmulatorProcess, RequestSampler
 from bench.manifests import MediaServer, head_manifest, mixed_manifest, text_manifest, v2_counts, v2_manifest
 
-SCENARIOS = ("rate-limited", "overhead", "memory", "v2")
+SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable")
 # (default, --full); None means no cap.
 SIZES = {"rate_items": (360, 3000), "rate_peer_items": (40, 600),
          "text_items": (5000, 20000), "mixed_items": (900, 3000), "overhead_peer_items": (1000, None),
-         "memory_rows": (20000, 100000), "memory_base_rows": (3000, 3000), "v2_items": (340, 1530)}
+         "memory_rows": (20000, 100000), "memory_base_rows": (3000, 3000), "v2_items": (340, 1530),
+         "adaptive_items": (1800, 3600), "durable_items": (5000, 20000)}
 RPM, LATENCY_MS, JITTER_MS, THREADS = 600, 200.0, 50.0, 8
 TASK_READY_AFTER_SEC, TASK_POLL_SEC = 3.0, 1.0
+# adaptive: the job is told more than the server allows and must find the real limit.
+ADAPTIVE_TOLD_RPM, ADAPTIVE_SERVER_RPM = 1200, 900
+# durable: the two arms alternate, so drift in the machine's load hits both; (default, --full) rounds.
+DURABLE_ROUNDS = (2, 1)
 LABELS = {"sdk": "twelvelabs SDK loop", "runinference": "RunInference remote",
           "threads": f"requests x{THREADS} threads"}
+
+
+class PieceWatcher:
+    """Counts the Parquet pieces in a folder every `interval` s in a thread (in the bench's process, not the
+    arm's); `most` is the largest count seen."""
+
+    def __init__(self, folder: str, interval: float = 0.5):
+        self.folder, self.interval, self.most = folder, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-pieces", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.most = max(self.most, sum(1 for n in os.listdir(self.folder) if n.endswith(".parquet")))
+            except OSError:
+                pass
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "PieceWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 class Bench:
@@ -78,9 +120,10 @@ class Bench:
 
     def run_arm(self, emu: EmulatorProcess, arm: str, manifest: str, label: str,
                 rpm: Optional[float] = None, emu_rpm: Optional[float] = None,
-                arm_args: Sequence[str] = (), sample: bool = False) -> Optional[dict]:
+                arm_args: Sequence[str] = (), sample: bool = False, watch_pieces: bool = False) -> Optional[dict]:
         """One arm's raw numbers; `arm_args` go to `bench.arm`; `sample` splits its wall time into phases
-        from the emulator's counters (then the caller derives the rates)."""
+        from the emulator's counters (then the caller derives the rates); `watch_pieces` counts the segment
+        pieces the pipeline committed (the most seen at once: the job's finalize step may merge them)."""
         if arm not in self.arms:
             return None
         emu.reset()
@@ -92,7 +135,8 @@ class Bench:
         cmd += list(arm_args)
         env = dict(os.environ, TWELVE_LABS_API_KEY=os.environ.get("TWELVE_LABS_API_KEY", "bench-key"))
         cpu0 = emu.cpu_sec()
-        with (RequestSampler(emu) if sample else contextlib.nullcontext()) as sampler:
+        with (RequestSampler(emu) if sample else contextlib.nullcontext()) as sampler, \
+                (PieceWatcher(os.path.join(output, "segments")) if watch_pieces else contextlib.nullcontext()) as pieces:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
         shutil.rmtree(output, ignore_errors=True)
@@ -102,8 +146,11 @@ class Bench:
             result = json.load(f)
         result.update(arm=arm, label=label, manifest=os.path.basename(manifest), told_rpm=rpm,
                       emulator=emu.stats(), emulator_cpu_sec=emu.cpu_sec() - cpu0, load_1m=os.getloadavg()[0])
+        if pieces is not None:
+            result["pieces"] = pieces.most
         if sampler is not None:
             result["phases"] = sampler.phases(result["started_at"], result["ended_at"])
+            result["pace"] = sampler.pace(result["started_at"], result["ended_at"])
             return result
         return report.derive(result, emu_rpm)
 
@@ -181,6 +228,60 @@ class Bench:
         if not self.full:
             print("  note: wall time includes start-up and the last tasks' wait, which nothing else overlaps:\n"
                   "  a short run is weighed down by them; use --full")
+        print(flush=True)
+
+    def adaptive(self) -> None:
+        items = self.size("adaptive_items")
+        manifest = text_manifest(self.workdir, items)
+        rows = []
+        with EmulatorProcess(ADAPTIVE_SERVER_RPM, LATENCY_MS, JITTER_MS) as emu:
+            result = self.run_arm(emu, "pipeline", manifest, f"pipeline (rpm={ADAPTIVE_TOLD_RPM}, headers)",
+                                  ADAPTIVE_TOLD_RPM, ADAPTIVE_SERVER_RPM, sample=True)
+            if result:
+                rows.append(report.derive_adaptive(result, ADAPTIVE_SERVER_RPM))
+            emu.configure(rate_limit_headers=False)  # the limit unstated: learned from the 429 pattern
+            result = self.run_arm(emu, "pipeline", manifest, f"pipeline (rpm={ADAPTIVE_TOLD_RPM}, no headers)",
+                                  ADAPTIVE_TOLD_RPM, ADAPTIVE_SERVER_RPM, sample=True)
+            emu.configure(rate_limit_headers=True)
+            if result:
+                rows.append(report.derive_adaptive(result, ADAPTIVE_SERVER_RPM))
+        self.results.setdefault("adaptive", []).extend(rows)
+        print(report.adaptive_table(
+            f"== adaptive: told {ADAPTIVE_TOLD_RPM} calls/min, the server allows {ADAPTIVE_SERVER_RPM} (sliding 60 s), "
+            f"{LATENCY_MS:.0f} +- {JITTER_MS:.0f} ms, text manifest of {items} items (1 item per call)",
+            rows, ADAPTIVE_SERVER_RPM))
+        print("  'of limit': calls/s over the arm's wall time / (limit/60); 'active': over first to last answer;\n"
+              "  'last 60 s': the 60 s before the last answer; '10 s min/max': calls per 10 s from 60 s after the\n"
+              "  first answer (the first window filled and slid out) to the last whole 10 s.\n"
+              "  'no headers': the emulator's rate_limit_headers off, so the limit is learned from 429s alone.",
+              flush=True)
+        print(flush=True)
+
+    def durable(self) -> None:
+        items = self.size("durable_items")
+        manifest = text_manifest(self.workdir, items)
+        rows, rounds = [], DURABLE_ROUNDS[1 if self.full else 0]
+        with EmulatorProcess() as emu:
+            for _ in range(rounds):
+                for flush, label in ((None, "pipeline (flush_sec 5, journal)"), (0, "pipeline (flush_sec 0)")):
+                    args = [] if flush is None else ["--flush-sec", str(flush)]
+                    result = self.run_arm(emu, "pipeline", manifest, label, arm_args=args, sample=True,
+                                          watch_pieces=True)
+                    if result:
+                        rows.append(report.derive_durable(result))
+        self.results.setdefault("durable", []).extend(rows)
+        print(report.durable_table(f"== durable: no limit, no latency, text manifest of {items} items, default "
+                                   f"flush vs a piece per call ({rounds} round{'s' if rounds > 1 else ''}, alternating)", rows))
+        by: Dict[str, List[dict]] = {}
+        for r in rows:
+            by.setdefault(r["label"], []).append(r)
+        if len(by) == 2:
+            (a_label, a), (b_label, b) = by.items()
+            rate = lambda rs: sum(r["items"] for r in rs) / sum(r["wall_sec"] for r in rs)  # noqa: E731
+            per_round = ", ".join(f"{x['items_per_sec'] / y['items_per_sec']:.2f}" for x, y in zip(b, a))
+            active = lambda rs: sum(r["items"] for r in rs) / sum(r["active_sec"] for r in rs)  # noqa: E731
+            print(f"  {b_label} / {a_label}: items/s x{rate(b) / rate(a):.2f} over all rounds (per round: "
+                  f"{per_round}); over the calls' span only x{active(b) / active(a):.2f}")
         print(flush=True)
 
     @staticmethod

@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--api-version", choices=("auto", "v1", "v2"), help="pipeline: api.version (default: the job's)")
     parser.add_argument("--task-poll-sec", type=float, help="pipeline: calls.task_poll_sec (default: the job's)")
     parser.add_argument("--max-tasks-in-flight", type=int, help="pipeline: calls.max_tasks_in_flight")
+    parser.add_argument("--flush-sec", type=float, help="pipeline: output.flush_sec (0: a piece per call's results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TWELVE_LABS_API_KEY", "bench-key")
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         import twelvelabs  # noqa: F401
     from bench import peers
 
-    settings = {name: getattr(args, name) for name in ("api_version", "task_poll_sec", "max_tasks_in_flight")
+    settings = {name: getattr(args, name) for name in ("api_version", "task_poll_sec", "max_tasks_in_flight", "flush_sec")
                 if getattr(args, name) is not None}
     extra: dict = {}
     runners = {

@@ -72,11 +72,12 @@ class EmulatorProcess:
 class RequestSampler:
     """Samples the emulator's answered requests (429s excluded) every `interval` s in a thread, so a run's
     wall time splits into phases. Reading /emulator/stats is not an API request: it counts against no limit.
-    Samples are (time, embed POSTs, task polls)."""
+    Samples are (time, embed POSTs, task polls); `refused` holds (time, 429s so far) at the same times."""
 
     def __init__(self, emu: EmulatorProcess, interval: float = 0.2):
         self.emu, self.interval = emu, interval
         self.samples: List[Tuple[float, int, int]] = []
+        self.refused: List[Tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
 
@@ -89,7 +90,9 @@ class RequestSampler:
             if stats is not None:
                 limited = stats["rate_limited"] + stats["faults"].get("429_burst", 0)
                 polls = stats.get("tasks", {}).get("polled", 0)
-                self.samples.append((time.time(), stats["requests"] - limited - polls, polls))
+                now = time.time()
+                self.samples.append((now, stats["requests"] - limited - polls, polls))
+                self.refused.append((now, limited))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RequestSampler":
@@ -138,3 +141,25 @@ class RequestSampler:
                 "active_rate": total[moves[-1]] / active,
                 "steady_rate": (self.count_at(hi) - self.count_at(lo)) / (hi - lo) if hi > lo else None,
                 "sample_sec": self.interval}
+
+    def pace(self, started_at: float, ended_at: float, bin_sec: float = 10.0, window_sec: float = 60.0) -> dict:
+        """The pace of answered requests over time, for a run under a sliding-window limit: the count in the
+        last `window_sec` before the last answer, the counts per `bin_sec` from the first answer (whole bins
+        only), and when the 429s came (seconds after the first answer, to within the sampling interval)."""
+        phases = self.phases(started_at, ended_at)
+        if not phases:
+            return {}
+        last_at = self._last_move(lambda x: x[1] + x[2])
+        first_at = last_at - phases["active_sec"]
+        bins, t = [], first_at
+        while t + bin_sec <= last_at + 1e-9:
+            bins.append(self.count_at(t + bin_sec) - self.count_at(t))
+            t += bin_sec
+        moves = [i for i in range(1, len(self.refused)) if self.refused[i][1] != self.refused[i - 1][1]]
+        refused_at = [(self.refused[i][0] - first_at, self.refused[i][1] - self.refused[i - 1][1]) for i in moves]
+        if self.refused and self.refused[0][1]:
+            refused_at.insert(0, (self.refused[0][0] - first_at, self.refused[0][1]))
+        window = min(window_sec, phases["active_sec"])
+        return dict(phases, first_at=first_at, last_at=last_at, bin_sec=bin_sec, bins=bins,
+                    last_window_sec=window, last_window_count=phases["active_requests"] - self.count_at(last_at - window),
+                    refused_at=refused_at)

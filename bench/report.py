@@ -106,3 +106,86 @@ def v2_table(title: str, rows: List[dict]) -> str:
                            _fmt(r.get("load_1m"), ".2f"), _fmt(r["cpu_per_1k"], ".2f"),
                            _fmt(r.get("emulator_cpu_sec"), ".1f")), widths))
     return "\n".join(lines)
+
+
+def derive_adaptive(result: dict, rpm: float, steady_after_sec: float = 60.0, episode_gap_sec: float = 2.0) -> dict:
+    """The adaptive scenario's numbers: `derive`'s, then from the sampled pace: calls/s over the last 60 s
+    of calls (ending at the last answer, so the ~1 s of writing after it is left out) as a fraction of
+    the limit, the 10 s counts from `steady_after_sec` after the first answer (the first window filled
+    and slid out) with their min/max, and the 429s grouped into episodes (429s less than
+    `episode_gap_sec` apart are one episode)."""
+    derive(result, rpm)
+    pace = result.get("pace") or {}
+    limit = rpm / 60.0
+    bins = pace.get("bins") or []
+    skip = int(steady_after_sec // pace["bin_sec"]) if pace else 0
+    steady = bins[skip:]
+    episodes: List[list] = []
+    for at, n in pace.get("refused_at") or []:
+        if episodes and at - episodes[-1][1] <= episode_gap_sec:
+            episodes[-1][1], episodes[-1][2] = at, episodes[-1][2] + n
+        else:
+            episodes.append([at, at, n])
+    result.update(
+        last_window_ratio=pace["last_window_count"] / pace["last_window_sec"] / limit if pace else None,
+        active_ratio=pace["active_rate"] / limit if pace else None,
+        steady_bins=steady, steady_min=min(steady) if steady else None, steady_max=max(steady) if steady else None,
+        episodes=episodes)
+    return result
+
+
+ADAPTIVE_COLUMNS = ("arm", "items", "wall s", "calls", "calls/s", "of limit", "active", "last 60 s", "429s",
+                    "429 episodes", "10 s min/max", "load 1m")
+
+
+def adaptive_table(title: str, rows: List[dict], rpm: float) -> str:
+    """One line per arm, then each arm's calls per 10 s and its 429 episodes (seconds after the first answer)."""
+    widths = (30, 6, 7, 6, 8, 8, 7, 9, 5, 12, 12, 7)
+    lines = [title, _row(ADAPTIVE_COLUMNS, widths)]
+    for r in rows:
+        span = "-" if r["steady_min"] is None else f"{r['steady_min']:.0f}/{r['steady_max']:.0f}"
+        lines.append(_row((r["label"], str(r["items"]), _fmt(r["wall_sec"], ".1f"), str(r["calls"]),
+                           _fmt(r["calls_per_sec"], ".2f"), _fmt(r["limit_ratio"], ".3f"),
+                           _fmt(r["active_ratio"], ".3f"), _fmt(r["last_window_ratio"], ".3f"), str(r["http_429"]),
+                           str(len(r["episodes"])), span, _fmt(r.get("load_1m"), ".2f")), widths))
+    full = rpm / 6.0
+    for r in rows:
+        pace = r.get("pace") or {}
+        bins = " ".join(f"{b:.0f}" for b in pace.get("bins") or [])
+        lines.append(f"  {r['label']}: calls per 10 s from the first answer (the limit allows {full:.0f}): {bins}")
+        episodes = ", ".join(f"{a:.1f}-{b:.1f} s ({n})" if b > a else f"{a:.1f} s ({n})" for a, b, n in r["episodes"])
+        s = r.get("summary") or {}
+        lines.append(f"    429s at {episodes or 'none'}; start-up {pace.get('startup_sec', 0):.1f} s, tail "
+                     f"{pace.get('tail_sec', 0):.1f} s; job counted {s.get('calls')} calls, {s.get('http_429')} 429s, "
+                     f"{s.get('retries')} retries, {s.get('seconds_throttled')} s throttled, "
+                     f"{s.get('dead_letters')} dead letters")
+    return "\n".join(lines)
+
+
+def derive_durable(result: dict) -> dict:
+    """`derive`'s numbers, plus the span of calls (first to last answer) from the sampled phases: items/s
+    over it leaves out start-up and the end (finalize reads every piece the run committed)."""
+    derive(result, None)
+    phases = result.get("phases") or {}
+    result.update(active_sec=phases.get("active_sec"), startup_sec=phases.get("startup_sec"),
+                  tail_sec=phases.get("tail_sec"),
+                  active_items_per_sec=result["items"] / phases["active_sec"] if phases.get("active_sec") else None)
+    return result
+
+
+DURABLE_COLUMNS = ("arm", "items", "wall s", "items/s", "start-up s", "calls s", "tail s", "calls' items/s",
+                   "pieces", "CPU s/1k", "RSS MB", "load 1m")
+
+
+def durable_table(title: str, rows: List[dict]) -> str:
+    """`calls s`: first to last answer; `tail s`: last answer to the arm's end (writing, finalize);
+    `pieces`: the most segment pieces seen at once in OUTPUT/segments."""
+    widths = (31, 6, 6, 7, 10, 7, 6, 14, 6, 8, 6, 7)
+    lines = [title, _row(DURABLE_COLUMNS, widths)]
+    for r in rows:
+        lines.append(_row((r["label"], str(r["items"]), _fmt(r["wall_sec"], ".1f"), _fmt(r["items_per_sec"], ".1f"),
+                           _fmt(r["startup_sec"], ".1f"), _fmt(r["active_sec"], ".1f"), _fmt(r["tail_sec"], ".1f"),
+                           _fmt(r["active_items_per_sec"], ".1f"), str(r.get("pieces", "-")),
+                           _fmt(r["cpu_per_1k"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"), _fmt(r.get("load_1m"), ".2f")),
+                          widths))
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """A thread-safe token bucket that paces calls to a per-minute limit and slows down on 429s (AIMD)."""
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -22,6 +23,11 @@ CEILING_MARGIN = 0.95
 PROBE_PER_MINUTE = 0.01  # above the ceiling, the pace rises by 1% of the rate per minute
 # 429s within this long of a cut (or of its Retry-After) are the same event and cut no further.
 CUT_QUIET_SEC = 2.0
+# A 429 that states no limit, after this long watching and when the calls that got through in the last
+# minute are between this share of what we sent and all of it, teaches the limit: the pace holds just under
+# it instead of cutting and climbing back (a burst 429 at the start, or one far under the pace, only cuts).
+OBSERVE_MIN_SEC = 30.0
+OBSERVED_SHARE_MIN = 0.5
 # With no configured rate, a 429 that states the per-minute limit (X-Ratelimit-Limit) sets the
 # pace to it times this margin; one that does not (a burst) only pauses callers for Retry-After.
 LEARNED_RATE_MARGIN = 0.95
@@ -53,6 +59,8 @@ class TokenBucket:
         self._fraction = 1.0
         self._ceiling = 1.0  # as a fraction of configured_rate
         self._last_cut = float("-inf")
+        self._recent: collections.deque = collections.deque(maxlen=100_000)  # success times, last minute
+        self._watch_start = 0.0
         self._tokens = self.burst
         self._updated = clock()
         self._paused_until = 0.0
@@ -98,13 +106,38 @@ class TokenBucket:
                 now = self._clock()
                 # The calls in flight when the limit is crossed all come back 429 together: one event, one cut.
                 if now - self._last_cut >= max(CUT_QUIET_SEC, retry_after_sec or 0.0):
-                    self._ceiling = max(MIN_RATE_FRACTION, self._fraction * CEILING_MARGIN)
-                    self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
+                    observed = self._observed_per_minute(now)
+                    if observed is not None:
+                        # What the server let through in the last minute is its limit: hold just under it.
+                        self._ceiling = self._fraction = max(MIN_RATE_FRACTION,
+                                                             observed * CEILING_MARGIN / self.configured_rate)
+                    else:
+                        self._ceiling = max(MIN_RATE_FRACTION, self._fraction * CEILING_MARGIN)
+                        self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
                     self._last_cut = now
             if retry_after_sec:
                 self._paused_until = max(self._paused_until, self._clock() + retry_after_sec)
 
+    def _observed_per_minute(self, now: float) -> Optional[float]:
+        """Calls that got through in the last 60 s, when that reads as a per-minute limit: we have watched
+        for at least OBSERVE_MIN_SEC and it is well under what we were sending (not a passing burst 429)."""
+        while self._recent and self._recent[0] < now - 60.0:
+            self._recent.popleft()
+        if not self._recent or now - self._watch_start < OBSERVE_MIN_SEC:
+            return None
+        observed = float(len(self._recent))
+        sending = (self.configured_rate or 0.0) * self._fraction
+        if observed < 10 or not OBSERVED_SHARE_MIN * sending <= observed < sending:
+            return None
+        return observed
+
     def on_success(self) -> None:
+        if self.configured_rate is not None:
+            now = self._clock()
+            with self._lock:
+                if not self._watch_start:
+                    self._watch_start = now
+                self._recent.append(now)
         if self._fraction < 1.0:
             with self._lock:
                 # Fast back to the ceiling; above it, a step per call that adds up to 1% of the rate a minute.

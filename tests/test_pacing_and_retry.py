@@ -250,3 +250,6 @@ def test_a_configured_rate_above_an_unstated_limit_converges_under_it_without_a_
     held = sum(1 for t in accepted if t > last - 300) / 5  # calls per minute over the last 5 minutes
     assert held >= 0.9 * 900, held
     assert sum(1 for t in refused if t > last - 300) <= 5  # a probe now and then, not bursts
+    # no sawtooth: every minute of the last five holds between 0.85 and 1.0 of the limit
+    minutes = [sum(1 for t in accepted if last - 60 * (k + 1) < t <= last - 60 * k) for k in range(5)]
+    assert all(0.85 * 900 <= n <= 900 for n in minutes), minutes
