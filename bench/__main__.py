@@ -7,6 +7,7 @@ Arms (each in its own subprocess, `python -m bench.arm`, so peak RSS is that arm
   pipeline      `pipeline.run.run_job` on the DirectRunner (pinned to FnApiRunner), packing on,
                 max_in_flight 8; told the limit (`requests_per_minute`) or not.
   sdk           a loop over the official `twelvelabs` SDK 1.3.6, one item per call.
+  handler       Beam `RunInference` + this project's TwelveLabsEmbeddingModelHandler (packed, paced, concurrent).
   runinference  Beam `RunInference` + a `RemoteModelHandler` posting with `requests`, one item per call.
   threads       8 threads posting with `requests`, one item per call, token bucket at the limit.
 
@@ -77,7 +78,8 @@ TASK_READY_AFTER_SEC, TASK_POLL_SEC = 3.0, 1.0
 ADAPTIVE_TOLD_RPM, ADAPTIVE_SERVER_RPM = 1200, 900
 # durable: the two arms alternate, so drift in the machine's load hits both; (default, --full) rounds.
 DURABLE_ROUNDS = (2, 1)
-LABELS = {"sdk": "twelvelabs SDK loop", "runinference": "RunInference remote",
+LABELS = {"handler": "RunInference + our handler", "sdk": "twelvelabs SDK loop",
+          "runinference": "RunInference remote",
           "threads": f"requests x{THREADS} threads"}
 
 
@@ -171,7 +173,8 @@ class Bench:
         peer_manifest = head_manifest(manifest, cap) if cap else manifest
         with EmulatorProcess(RPM, LATENCY_MS, JITTER_MS) as emu:
             rows = [self.run_arm(emu, "pipeline", manifest, f"pipeline (rpm={RPM} given)", RPM, RPM),
-                    self.run_arm(emu, "pipeline", manifest, "pipeline (rpm unknown)", None, RPM)]
+                    self.run_arm(emu, "pipeline", manifest, "pipeline (rpm unknown)", None, RPM),
+                    self.run_arm(emu, "handler", manifest, LABELS["handler"], RPM, RPM)]
             rows += [self.run_arm(emu, arm, peer_manifest, LABELS[arm], RPM if arm == "threads" else None, RPM)
                      for arm in ("sdk", "runinference", "threads")]
         note = "" if self.full else (

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-ARMS = ("pipeline", "sdk", "runinference", "threads")
+ARMS = ("pipeline", "handler", "sdk", "runinference", "threads")
 
 
 def _cpu() -> float:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     # Each arm imports only what it needs, before the clock starts: an SDK loop carries no Beam.
     if args.arm == "pipeline":
         import pipeline.run  # noqa: F401
-    elif args.arm == "runinference":
+    elif args.arm in ("runinference", "handler"):
         import apache_beam.ml.inference.base  # noqa: F401
     elif args.arm == "sdk":
         import twelvelabs  # noqa: F401
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
                                          extra, **settings),
         "sdk": lambda: peers.run_sdk(args.manifest, args.base_url),
         "runinference": lambda: peers.run_runinference(args.manifest, args.base_url),
+        "handler": lambda: peers.run_handler(args.manifest, args.base_url, args.rpm),
         "threads": lambda: peers.run_threads(args.manifest, args.base_url, args.rpm, args.threads),
     }
     start_rss, cpu0, started_at, t0 = _rss_mb(), _cpu(), time.time(), time.perf_counter()

@@ -98,6 +98,39 @@ def run_threads(manifest: str, base_url: str, rpm: Optional[float], threads: int
         return sum(pool.map(work, iter_items(manifest), chunksize=1))
 
 
+def run_handler(manifest: str, base_url: str, rpm: Optional[float]) -> int:
+    """RunInference with this project's TwelveLabsEmbeddingModelHandler: packed, paced, concurrent calls."""
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms import TwelveLabsEmbeddingModelHandler, TwelveLabsOptions
+
+    folder = os.path.dirname(os.path.abspath(manifest))
+    counted = Metrics.counter("bench", "items")
+
+    def absolute(row: dict) -> dict:
+        return {k: (os.path.join(folder, v) if k.endswith("_file") and isinstance(v, str) else v)
+                for k, v in row.items()}
+
+    def count(result):
+        inference = result.inference
+        counted.inc(len(inference) if isinstance(inference, dict) else 1)
+
+    options = TwelveLabsOptions(base_url=base_url, requests_per_minute=rpm, max_in_flight=8)
+    p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    _ = (p | beam.io.ReadFromText(manifest)
+         | beam.Map(lambda line: absolute(json.loads(line)))
+         | RunInference(TwelveLabsEmbeddingModelHandler(options))
+         | beam.Map(count))
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("items"))["counters"]
+    return sum(c.committed for c in counters)
+
+
 def run_runinference(manifest: str, base_url: str) -> int:
     import apache_beam as beam
     from apache_beam.metrics import Metrics
