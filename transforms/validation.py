@@ -231,7 +231,7 @@ def _row_id(row: ManifestRow) -> str:
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)  # pandas writes integer ids as floats (1.0) once a column has a gap
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        got = f"{raw!r}" if isinstance(raw, float) else type(raw).__name__
+        got = f"float {raw!r}" if isinstance(raw, float) else type(raw).__name__
         raise _Invalid("invalid_id", f"`id` must be a string or an integer, got {got}")
     # Spaces around an id are dropped and Unicode is NFC-normalised: ids that look the same are the same id.
     value = unicodedata.normalize("NFC", str(raw).strip())
