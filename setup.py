@@ -30,7 +30,11 @@ setuptools.setup(
         "redis>=5",
     ],
     # Tests also read the output with DuckDB, Polars and pandas, as users do.
+    # `dask`: the job on a Dask cluster (--runner dask, pipeline/dask_runner.py); the versions Beam's own
+    # [dask] extra asks for. The tests run it on a LocalCluster, so the test extra holds it too.
     extras_require={
-        "test": ["pytest>=8", "twelvelabs==1.3.6", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100"],
+        "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
+        "test": ["pytest>=8", "twelvelabs==1.3.6", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100",
+                 "dask>=2024.4.2", "distributed>=2024.4.2"],
     },
 )

@@ -34,6 +34,10 @@ EMULATOR_PLACEHOLDER_KEY = "local-emulator"
 # DirectRunner first tries Prism, a download that fails or hangs offline; FnApiRunner is the engine it
 # then falls back to for batch jobs, so the local runner is pinned to it.
 PINNED_LOCAL_RUNNER = "FnApiRunner"
+# `--runner dask` (or Beam's own DaskRunner by any of its names) runs on a Dask cluster through this class;
+# `--dask_client_address=tcp://HOST:8786` names the scheduler (none: a local cluster on this machine).
+DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+_DASK_NAMES = ("dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner", DASK_RUNNER.lower())
 
 
 @contextlib.contextmanager
@@ -63,6 +67,10 @@ def beam_options(config: JobConfig) -> PipelineOptions:
             args.append(arg)
     if runner is None or runner.lower() in ("direct", "directrunner", "switchingdirectrunner"):
         runner = PINNED_LOCAL_RUNNER
+    elif runner.lower() in _DASK_NAMES:
+        # Beam's own DaskRunner (2.77) mixes tagged outputs, drops finish_bundle outputs and runs only the last sink:
+        # this job would lose its output without an error. pipeline.dask_runner fixes those gaps.
+        runner = DASK_RUNNER
     return PipelineOptions([f"--runner={runner}"] + args)
 
 
@@ -78,6 +86,8 @@ def _runs_in_process(options: PipelineOptions) -> bool:
     from apache_beam.options.pipeline_options import DirectOptions, PortableOptions, StandardOptions
 
     runner = (options.view_as(StandardOptions).runner or "").lower()
+    if runner in _DASK_NAMES:
+        return False  # the work runs in the Dask workers' processes, not here
     if runner in _IN_PROCESS_RUNNERS:
         return options.view_as(DirectOptions).direct_running_mode != "multi_processing"
     return runner == "portablerunner" and options.view_as(PortableOptions).environment_type == "LOOPBACK"
