@@ -54,7 +54,11 @@ def translate(argv, default_config=DEFAULT_CONFIG):
 
 
 def main():
-    sys.argv = [sys.argv[0]] + translate(sys.argv[1:])
+    # A Flex Template launch must exit once the job is submitted: the next run finalizes the output.
+    args = translate(sys.argv[1:])
+    if "--no-wait" not in args and "--dry-run" not in args and not any(a in ("-h", "--help") for a in args):
+        args.append("--no-wait")
+    sys.argv = [sys.argv[0]] + args
     runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
 
 

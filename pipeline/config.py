@@ -56,6 +56,7 @@ class JobConfig:
     columns: Dict[str, str] = dataclasses.field(default_factory=dict)  # manifest column -> the job's field
     retry_dead_letters: bool = False   # re-drive earlier runs' permanent call failures
     json_output: bool = False          # print the plan or summary as JSON
+    no_wait: bool = False              # submit the job and exit (Flex Template launches)
     beam_args: List[str] = dataclasses.field(default_factory=list)
     config_path: Optional[str] = None
 
@@ -187,6 +188,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-in-flight", type=int, help="concurrent calls per worker process")
     parser.add_argument("--no-pack", action="store_true", help="one item per call instead of packing")
     parser.add_argument("--json", action="store_true", help="print the plan (--dry-run) or the summary as JSON")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="submit the job and exit without waiting (a Dataflow Flex Template launch must); the "
+                             "next run finalizes this one's output; the output's claim covers the submission only")
     parser.add_argument("--retry-dead-letters", action="store_true",
                         help="call again the items an earlier run's API refused for good (by default they are "
                              "reported again without a call until their content changes)")
@@ -227,6 +231,8 @@ def parse_args(argv: Sequence[str]) -> Tuple[JobConfig, List[str]]:
         config.retry_dead_letters = True
     if args.json:
         config.json_output = True
+    if args.no_wait:
+        config.no_wait = True
     if args.column:
         pairs = {}
         for given in args.column:

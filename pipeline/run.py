@@ -200,6 +200,9 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         if progress and _runs_in_process(options):
             stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()
+        if config.no_wait and not config.dry_run:
+            # Submitted (a Flex Template launch must exit now): the next run finalizes this one's output.
+            return summary_mod.submitted_summary(config, result, run_id)
         result.wait_until_finish()
     if config.dry_run:
         return summary_mod.plan_summary(config, result, run_id, manifest_paths)

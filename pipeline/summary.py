@@ -65,7 +65,7 @@ def _read_jsonl(paths: List[str]) -> List[dict]:
 
 
 # The job's exit status, also `status` in summary.json (README: "Exit codes").
-EXIT_CODES = {"done": 0, "done_with_known_dead_letters": 0, "usage_error": 2, "finished_with_dead_letters": 3,
+EXIT_CODES = {"done": 0, "done_with_known_dead_letters": 0, "submitted": 0, "usage_error": 2, "finished_with_dead_letters": 3,
               "deferred": 4, "stopped_service_unavailable": 5, "locked": 6}
 STATUS_TEXT = {"done": "done: every item is embedded",
                "done_with_known_dead_letters": "done; the dead letters are the same as the last run's (nothing new)",
@@ -73,6 +73,13 @@ STATUS_TEXT = {"done": "done: every item is embedded",
                "deferred": "deferred: some items wait for the quota, the call budget or their task; run again",
                "stopped_service_unavailable": "stopped: the API was unreachable or failing; the rest is deferred, "
                                               "run again when it is back"}
+
+
+def submitted_summary(config, result, run_id: str) -> dict:
+    """--no-wait: the job is submitted; no counts yet. Its output is finalized by the next run."""
+    job_id = getattr(result, "job_id", None)
+    return {"run_id": run_id, "status": "submitted", "exit_code": 0, "model": config.model,
+            "output": config.output, "job_id": job_id() if callable(job_id) else job_id}
 
 
 def run_status(deferred: int, deferred_by_reason, dead_letters: int, new_dead_letters: Optional[int] = None) -> str:
@@ -308,6 +315,10 @@ def _api_lines(summary: dict) -> List[str]:
 def format_summary(summary: dict) -> str:
     if summary.get("dry_run"):
         return format_plan(summary)
+    if summary.get("status") == "submitted":
+        return (f"run {summary['run_id']} ({summary['model']}) submitted"
+                + (f" as job {summary['job_id']}" if summary.get("job_id") else "")
+                + f"; its output {summary['output']} is finalized by the next run (--no-wait)")
     items = summary["items"]
     lines = [
         f"run {summary['run_id']} ({summary['model']}) finished in {summary['seconds']:.1f} s",

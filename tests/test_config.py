@@ -139,7 +139,8 @@ def test_the_settings_reference_lists_every_key_and_fills_every_config_field():
     from pipeline.settings import SETTINGS
 
     fields = {f.name for f in dataclasses.fields(JobConfig)}
-    assert {s.field for s in SETTINGS} == fields - {"dry_run", "retry_dead_letters", "config_path", "json_output"}
+    assert {s.field for s in SETTINGS} == fields - {"dry_run", "retry_dead_letters", "config_path", "json_output",
+                                                    "no_wait"}
     out = subprocess.run([sys.executable, "-m", "pipeline", "config"], capture_output=True, text=True, cwd=ROOT,
                          timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0

@@ -152,4 +152,10 @@ def test_the_images_entry_point_runs(sdist, tmp_path):
                              env=env, capture_output=True, text=True, timeout=300)
     assert planned.returncode == 0, planned.stderr[-3000:]
     assert "dry run (marengo3.0): nothing was called" in planned.stdout, planned.stdout
+    # ... and a launch exits once the job is submitted (--no-wait added by main.py): the next run finalizes it
+    launched = subprocess.run([sys.executable, str(template / "main.py"), f"--config={template}/configs/local.yaml",
+                               f"--output={tmp_path}/launched"], cwd=str(tmp_path), env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "submitted" in launched.stdout and "finalized by the next run (--no-wait)" in launched.stdout
     print(f"\n{os.path.basename(sdist)} unpacked as the image's {workdir}; main.py --help and a dry run: ok")

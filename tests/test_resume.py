@@ -299,3 +299,19 @@ def test_small_pieces_of_a_run_are_compacted_when_it_finishes(tmp_path, monkeypa
     assert [pq.read_metadata(f).num_rows for f in files] == [25, 25, 10]
     assert summary["segments_written"] == 60 and summary["segment_files"] == files
     assert_exactly_once(output, 60)
+
+
+def test_no_wait_submits_and_the_next_run_finalizes_it(tmp_path):
+    import pipeline.finalize as finalize
+
+    manifest = _write_manifest(tmp_path / "n.jsonl", [{"id": f"n{i}", "text": f"no wait {i}"} for i in range(5)])
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        submitted = run(make_config(output, [manifest], no_wait=True), emu.base_url)
+        assert submitted["status"] == "submitted" and submitted["exit_code"] == 0
+        assert not glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZED_MARKER))
+        second = run(make_config(output, [manifest]), emu.base_url)
+        assert emu.stats()["requests"] == 5  # the submitted job's results count: nothing paid twice
+    assert second["items_already_done"] == 5 and second["status"] == "done"
+    assert len(glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZED_MARKER))) == 2
+    assert_exactly_once(output, 5)
