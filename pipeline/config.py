@@ -39,7 +39,7 @@ class JobConfig:
     max_attempts: int = 6
     item_deadline_sec: float = 300.0
     rows_per_piece: int = 4096
-    flush_sec: float = 5.0
+    flush_sec: Optional[float] = None  # None: durable by default (see the settings table)
     emulator: Dict[str, Any] = dataclasses.field(default_factory=dict)
     samples: Optional[str] = None      # folder of generated sample media/manifests (local config)
     api_version: str = "auto"          # v1 | v2 | auto (v1 where it can, v2 for video and marengo3.5)

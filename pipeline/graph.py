@@ -44,7 +44,7 @@ class _CountDeadLetters(beam.DoFn):
 
 def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: str, settings: CallSettings,
                    run_id: str, run_time: datetime.datetime, saved_pieces: Sequence[str] = (),
-                   pack: bool = True, rows_per_piece: int = 4096, flush_sec: float = 5.0,
+                   pack: bool = True, rows_per_piece: int = 4096, flush_sec: Optional[float] = None,
                    dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None,
                    columns: Optional[Dict[str, str]] = None, failed: Optional[Dict] = None
                    ) -> Dict[str, beam.PCollection]:

@@ -35,8 +35,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("samples", "samples", "path", None, "folder of generated sample media and manifests (local config)",
             optional=True),
     Setting("output.path", "output", "path", "output", "output folder (local or any FileSystems URL)"),
-    Setting("output.flush_sec", "flush_sec", "float", 5.0, "commit a piece at least this often (0: every call's "
-            "results; local outputs also journal each result)", low=0),
+    Setting("output.flush_sec", "flush_sec", "float", None, "commit a piece at least this often (unset: 5 s plus a "
+            "journal of every result on local outputs, a piece per call's results on object stores; 0: a piece "
+            "per call's results everywhere)", low=0, optional=True),
     Setting("output.rows_per_piece", "rows_per_piece", "int", 4096, "commit a piece when it holds this many "
             "items", low=1),
     Setting("api.base_url", "base_url", "str", "embedded", "API base URL ending in /v1.3, or `embedded` for the "

@@ -118,12 +118,14 @@ class _PieceWriterFn(beam.DoFn):
     On a local output every record is also appended to a journal as it arrives (one small write, no new
     file), so a job killed between pieces loses nothing it paid for: the next run turns leftover journals
     into pieces (`recover_journals`) before it reads what is done. Object stores cannot append: there
-    a kill loses up to `flush_sec` of results (0 commits each call's results as its own piece)."""
+    a kill loses up to `flush_sec` of results (0 commits each call's results as its own piece). With
+    `flush_sec` None (the default) a local output gets 5 s pieces plus the journal and an object store a
+    piece per call: either way a kill loses nothing that was paid for."""
 
     suffix = ""
 
-    def __init__(self, output_dir: str, run_id: str, rows_per_piece: int, flush_sec: float):
-        if rows_per_piece < 1 or flush_sec < 0:
+    def __init__(self, output_dir: str, run_id: str, rows_per_piece: int, flush_sec: Optional[float]):
+        if rows_per_piece < 1 or (flush_sec is not None and flush_sec < 0):
             raise ValueError("rows_per_piece must be >= 1 and flush_sec >= 0 (0: a piece per call's results)")
         self._dir = output_dir
         self._run_id = run_id
@@ -135,7 +137,10 @@ class _PieceWriterFn(beam.DoFn):
         self._worker = uuid.uuid4().hex[:8]
         self._sequence = 0
         self._journal = None
-        self._journal_dir = _local_dir(self._dir) if self._flush_sec > 0 else None
+        local = _local_dir(self._dir)
+        if self._flush_sec is None:  # durable by default, cheaply where the filesystem allows appends
+            self._flush_sec = DEFAULT_FLUSH_SEC if local is not None else 0.0
+        self._journal_dir = local if self._flush_sec > 0 else None
 
     def start_bundle(self):
         self._buffer = []
@@ -253,7 +258,7 @@ class WriteSegments(beam.PTransform):
     """Outcome -> committed Parquet pieces under OUTPUT/segments/ (emits their paths)."""
 
     def __init__(self, output: str, run_id: str, run_time: datetime.datetime, model: str,
-                 rows_per_piece: int = DEFAULT_ROWS_PER_PIECE, flush_sec: float = DEFAULT_FLUSH_SEC,
+                 rows_per_piece: int = DEFAULT_ROWS_PER_PIECE, flush_sec: Optional[float] = None,
                  dims: Optional[int] = None):
         super().__init__()
         self._fn = _SegmentPieceFn(FileSystems.join(output, SEGMENT_DIR), run_id, run_time, model,
@@ -269,7 +274,7 @@ class _WriteJsonl(beam.PTransform):
     folder = ""
 
     def __init__(self, output: str, run_id: str, rows_per_piece: int = DEFAULT_ROWS_PER_PIECE,
-                 flush_sec: float = DEFAULT_FLUSH_SEC):
+                 flush_sec: Optional[float] = None):
         super().__init__()
         self._fn = _JsonlPieceFn(FileSystems.join(output, self.folder), run_id, rows_per_piece, flush_sec)
 
