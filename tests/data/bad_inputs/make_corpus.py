@@ -139,6 +139,16 @@ JSONL_CASES = [
     ("text:invalid_text_truncate", {"id": "j-trunc-word", "text": "x", "text_truncate": "middle"}, "middle"),
     ("text:invalid_text_truncate", {"id": "j-trunc-number", "text": "x", "text_truncate": 5}, "'5'"),
     ("text:text_too_long", {"id": "j-huge", "text": "y" * 100_001}, "100001"),
+    # Rows that are almost right (README "Manifests"): a BOM where files were joined; ids equal after
+    # stripping or NFC normalisation; an integral float id; a URL with a line break.
+    ("text:ok", b'\xef\xbb\xbf{"id": "j-bom-mid", "text": "a byte order mark where two files were joined", '
+                b'"expect": "text:ok"}\n', None),
+    ("duplicate_id", {"id": " j-ok-text ", "text": "spaces around a used id"}, "row 2"),
+    ("text:ok", {"id": "j-caf\u00e9", "text": "an id written composed"}, None),
+    ("duplicate_id", {"id": "j-cafe\u0301", "text": "the same id written decomposed"}, "already used"),
+    ("text:ok", {"id": 77.0, "text": "an integral float id, as pandas writes"}, None),
+    ("image:invalid_url", {"id": "j-url-newline", "image_url": "http://127.0.0.1:9/a.png\nX-Evil: 1"},
+     "line break"),
     ("text:ok", b'{"id": "j-crlf", "text": "a windows line end", "expect": "text:ok"}\r\n', None),
     ("text:ok", b'{"id": "j-last", "text": "the last line has no newline", "expect": "text:ok"}', None),
 ]
