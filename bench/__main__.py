@@ -1,4 +1,4 @@
-"""python -m bench [--scenario NAME ...] [--full] [--json PATH] [--workdir DIR]
+"""python -m bench [--scenario NAME ...] [--full] [--scale-rows N,N,...] [--json PATH] [--workdir DIR]
 
 Throughput of this pipeline against the peers a user would otherwise write, measured in one run
 against one emulator (`python -m embed_emulator`, its own process, reset between arms).
@@ -29,6 +29,12 @@ Scenarios:
                 429s, and calls per 10 s (a sawtooth shows as bins near 0 between full ones). The
                 emulator's 429s state X-Ratelimit-Limit and cannot be told to hide it, so the job
                 always learns the limit from the header here.
+  scale         cost by output size (issue 13): text manifests of N rows (default 10000 and 30000, --full
+                10000, 100000, 300000; --scale-rows to choose), no limit, no latency, one output per N run
+                three times: fresh; again on the manifest plus 1% new rows (calls must equal the new rows);
+                again with 2 rows' text changed (the rewrite finalize does for them). Per run: wall time, time
+                to the first answered call (the emulator sampled every 0.2 s), finalize's time (timed in the
+                arm) and bytes rewritten, peak RSS; then the ratios of the largest N to the smallest.
   durable       the cost of durability: text manifest (5000, --full 20000), no limit, no latency, the
                 default output.flush_sec (5 s, every result journaled) against flush_sec 0 (a Parquet
                 piece per call's results); two alternating rounds (--full: one).
@@ -64,14 +70,18 @@ from typing import Dict, List, Optional, Sequence
 from bench import report
 from bench.arm import ARMS
 from bench.emulator import ROOT, EmulatorProcess, RequestSampler
-from bench.manifests import MediaServer, head_manifest, mixed_manifest, text_manifest, v2_counts, v2_manifest
+from bench.manifests import (MediaServer, edited_manifest, head_manifest, mixed_manifest, text_manifest, v2_counts,
+                             v2_manifest)
 
-SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable")
+SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable", "scale")
 # (default, --full); None means no cap.
 SIZES = {"rate_items": (360, 3000), "rate_peer_items": (40, 600),
          "text_items": (5000, 20000), "mixed_items": (900, 3000), "overhead_peer_items": (1000, None),
          "memory_rows": (20000, 100000), "memory_base_rows": (3000, 3000), "v2_items": (340, 1530),
-         "adaptive_items": (1800, 3600), "durable_items": (5000, 20000)}
+         "adaptive_items": (1800, 3600), "durable_items": (5000, 20000),
+         "scale_rows": ((10000, 30000), (10000, 100000, 300000))}
+# scale: the rerun adds this fraction of new rows; the third run changes the text of this many rows.
+SCALE_ADDED, SCALE_EDITED = 0.01, 2
 RPM, LATENCY_MS, JITTER_MS, THREADS = 600, 200.0, 50.0, 8
 TASK_READY_AFTER_SEC, TASK_POLL_SEC = 3.0, 1.0
 # adaptive: the job is told more than the server allows and must find the real limit.
@@ -113,6 +123,7 @@ class PieceWatcher:
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: str):
         self.full, self.arms, self.peer_cap, self.workdir = args.full, args.arms, args.peer_cap, workdir
+        self.scale_rows = args.scale_rows
         self.results: Dict[str, list] = {}
 
     def size(self, name: str) -> Optional[int]:
@@ -122,16 +133,21 @@ class Bench:
 
     def run_arm(self, emu: EmulatorProcess, arm: str, manifest: str, label: str,
                 rpm: Optional[float] = None, emu_rpm: Optional[float] = None,
-                arm_args: Sequence[str] = (), sample: bool = False, watch_pieces: bool = False) -> Optional[dict]:
+                arm_args: Sequence[str] = (), sample: bool = False, watch_pieces: bool = False,
+                output: Optional[str] = None) -> Optional[dict]:
         """One arm's raw numbers; `arm_args` go to `bench.arm`; `sample` splits its wall time into phases
         from the emulator's counters (then the caller derives the rates); `watch_pieces` counts the segment
-        pieces the pipeline committed (the most seen at once: the job's finalize step may merge them)."""
+        pieces the pipeline committed (the most seen at once: the job's finalize step may merge them);
+        `output`: the pipeline's output folder, kept before and after (the caller clears it), for reruns;
+        default a folder cleared before and removed after."""
         if arm not in self.arms:
             return None
         emu.reset()
         out = os.path.join(self.workdir, "arm.json")
-        output = os.path.join(self.workdir, "pipeline-output")
-        shutil.rmtree(output, ignore_errors=True)  # a kept workdir must not hold a killed run's results
+        keep = output is not None
+        output = output or os.path.join(self.workdir, "pipeline-output")
+        if not keep:
+            shutil.rmtree(output, ignore_errors=True)  # a kept workdir must not hold a killed run's results
         cmd = [sys.executable, "-m", "bench.arm", arm, "--manifest", manifest, "--base-url", emu.base_url,
                "--out", out, "--output", output, "--threads", str(THREADS)] + (["--rpm", str(rpm)] if rpm else [])
         cmd += list(arm_args)
@@ -141,7 +157,8 @@ class Bench:
                 (PieceWatcher(os.path.join(output, "segments")) if watch_pieces else contextlib.nullcontext()) as pieces:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
-        shutil.rmtree(output, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(output, ignore_errors=True)
         if proc.returncode:
             raise SystemExit(f"arm {label} failed:\n{proc.stderr[-3000:]}")
         with open(out, encoding="utf-8") as f:
@@ -287,6 +304,38 @@ class Bench:
                   f"{per_round}); over the calls' span only x{active(b) / active(a):.2f}")
         print(flush=True)
 
+    def scale(self) -> None:
+        sizes = self.scale_rows or self.size("scale_rows")
+        output = os.path.join(self.workdir, "scale-output")
+        rows: List[dict] = []
+        load0 = os.getloadavg()
+        with EmulatorProcess() as emu:
+            for n in sizes:
+                added = max(1, int(n * SCALE_ADDED))
+                grown = text_manifest(self.workdir, n + added)
+                # rows spread over the output (a third and two thirds in), not its newest piece
+                edited = edited_manifest(grown, [(k + 1) * n // (SCALE_EDITED + 1) for k in range(SCALE_EDITED)])
+                runs = (("fresh", text_manifest(self.workdir, n), n),
+                        (f"+{SCALE_ADDED:.0%} rows", grown, added),
+                        (f"{SCALE_EDITED} rows edited", edited, SCALE_EDITED))
+                shutil.rmtree(output, ignore_errors=True)
+                try:
+                    for run, manifest, expected in runs:
+                        result = self.run_arm(emu, "pipeline", manifest, f"{n} rows, {run}", output=output,
+                                              sample=True)
+                        if result:
+                            rows.append(report.derive_scale(dict(result, rows=n, run=run, expected_calls=expected),
+                                                            _read_summary(output)))
+                finally:
+                    shutil.rmtree(output, ignore_errors=True)
+        self.results.setdefault("scale", []).extend(rows)
+        print(report.scale_table(
+            f"== scale: text manifests of {', '.join(map(str, sizes))} rows, no limit, no latency; each output run "
+            f"fresh, then +{SCALE_ADDED:.0%} new rows, then {SCALE_EDITED} rows' text changed "
+            f"(load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at the start)", rows))
+        print(report.scale_ratios(rows), flush=True)
+        print(flush=True)
+
     @staticmethod
     def _v2_check(row: dict) -> str:
         """The job's own counts beside the emulator's; dead letters and deferrals would shrink 'items'."""
@@ -320,6 +369,15 @@ class Bench:
         return "  items per call: " + "; ".join(parts)
 
 
+def _read_summary(output: str) -> dict:
+    """OUTPUT/summary.json, the last run's (empty if it is missing)."""
+    try:
+        with open(os.path.join(output, "summary.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -329,6 +387,9 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     parser.add_argument("--peer-cap", type=int, help="items the slow peers run over (0: the whole manifest); "
                         "default 40 under the limit (--full 600) and 1000 for the sequential ones without")
+    parser.add_argument("--scale-rows", type=lambda v: tuple(int(n) for n in v.split(",") if n.strip()),
+                        help="scale: comma-separated manifest sizes (default 10000,30000; --full "
+                             "10000,100000,300000); ratios are to the first")
     parser.add_argument("--json", help="also save the raw numbers here")
     parser.add_argument("--workdir", help="where generated manifests and media go (kept, and reused); "
                                           "default a temp folder removed at the end")

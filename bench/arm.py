@@ -4,7 +4,9 @@ Its own process so that peak RSS (`ru_maxrss`) belongs to that arm alone. CPU an
 measured around the work only (after imports), and include any child processes it waited for.
 Writes {"items", "wall_sec", "cpu_sec", "peak_rss_mb", "start_rss_mb", "started_at", "ended_at"} as JSON
 to FILE (the two epoch times bound the work, so the bench can place the emulator's samples in it); the
-pipeline arm adds "summary": the job's own counts (calls, task polls, tasks, 429s, items by route).
+pipeline arm adds "summary": the job's own counts (calls, task polls, tasks, 429s, items by route), and
+"finalize": the job's finalize step timed from here ({"sec", "segment_rows_dropped", "segment_bytes_rewritten",
+"pieces_compacted"}: what `pipeline.finalize.finalize_output` returned).
 """
 from __future__ import annotations
 
@@ -33,15 +35,28 @@ def _rss_mb() -> float:
 
 # The job's summary keys the bench keeps (the v2 scenario cross-checks the emulator's counts with them).
 SUMMARY_KEYS = ("api", "tasks", "task_polls", "calls", "http_429", "retries", "items_embedded", "dead_letters",
-                "dead_letters_by_reason", "deferred", "deferred_by_reason", "seconds_throttled", "call_latency_ms")
+                "dead_letters_by_reason", "deferred", "deferred_by_reason", "seconds_throttled", "call_latency_ms",
+                "items_already_done", "items_deduplicated", "segment_rows_dropped", "seconds")
 
 
 def run_pipeline(manifest: str, base_url: str, rpm, output: str, max_in_flight: int, extra=None,
                  **settings) -> int:
     """`settings`: more JobConfig fields (api_version, task_poll_sec, ...); `extra` gets the summary's counts."""
+    import pipeline.run
     from pipeline.config import JobConfig
     from pipeline.run import run_job
 
+    # The job's finalize step, timed around the call run_job makes (its summary keeps only the rows dropped).
+    finalize = pipeline.run.finalize_output
+
+    def timed_finalize(*args, **kwargs):
+        t0 = time.perf_counter()
+        counts = finalize(*args, **kwargs)
+        if extra is not None:
+            extra["finalize"] = dict(counts or {}, sec=time.perf_counter() - t0)
+        return counts
+
+    pipeline.run.finalize_output = timed_finalize
     config = JobConfig(manifests=[manifest], output=output, base_url=base_url, requests_per_minute=rpm,
                        max_in_flight=max_in_flight, pack=True, beam_args=["--runner=DirectRunner"], **settings)
     summary = run_job(config, base_url=base_url)
@@ -121,7 +136,10 @@ def main(argv=None) -> int:
     result = {"items": items, "wall_sec": wall, "cpu_sec": cpu, "peak_rss_mb": _rss_mb(),
               "start_rss_mb": start_rss, "started_at": started_at, "ended_at": ended_at}
     if extra:
+        finalize = extra.pop("finalize", None)
         result["summary"] = extra
+        if finalize is not None:
+            result["finalize"] = finalize
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f)
     return 0

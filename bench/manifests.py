@@ -35,6 +35,22 @@ def text_manifest(folder: str, rows: int) -> str:
     return path
 
 
+def edited_manifest(path: str, rows) -> str:
+    """A copy of a text manifest with the text of the rows at the given indices changed (their ids kept):
+    a rerun on it embeds those rows again and supersedes their saved vectors. Written every time."""
+    rows = set(rows)
+    edited = path.replace(".jsonl", f".edited{len(rows)}.jsonl")
+    with open(path, encoding="utf-8") as src, open(edited + ".tmp", "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            if i in rows:
+                record = json.loads(line)
+                record["text"] = "edited " + record["text"]
+                line = json.dumps(record) + "\n"
+            dst.write(line)
+    os.replace(edited + ".tmp", edited)
+    return edited
+
+
 def mixed_manifest(folder: str, items: int) -> str:
     """Rows of text / JPEG 128x128 / 1 s WAV until `items` items; each medium its own file."""
     path = os.path.join(folder, f"mixed-{items}.jsonl")

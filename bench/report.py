@@ -189,3 +189,60 @@ def durable_table(title: str, rows: List[dict]) -> str:
                            _fmt(r["cpu_per_1k"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"), _fmt(r.get("load_1m"), ".2f")),
                           widths))
     return "\n".join(lines)
+
+
+def derive_scale(result: dict, summary: dict) -> dict:
+    """The scale scenario's numbers: `derive`'s, the time to the first answered call (the arm's start to the
+    emulator's first answer, sampled), and finalize's time (timed in the arm) and bytes rewritten (the run's
+    OUTPUT/summary.json if it states them, else what finalize returned to the arm)."""
+    derive(result, None)
+    phases = result.get("phases") or {}
+    finalize = result.get("finalize") or {}
+    rewritten = summary.get("segment_bytes_rewritten", finalize.get("segment_bytes_rewritten"))
+    result.update(first_call_sec=phases.get("startup_sec"), finalize_sec=finalize.get("sec"),
+                  finalize_share=finalize["sec"] / result["wall_sec"] if finalize.get("sec") is not None else None,
+                  bytes_rewritten=rewritten, job_seconds=summary.get("seconds"))
+    return result
+
+
+SCALE_COLUMNS = ("output rows", "run", "wall s", "first call s", "calls", "of expected", "finalize s", "share",
+                 "MB rewritten", "peak RSS MB", "load 1m")
+
+
+def scale_table(title: str, rows: List[dict]) -> str:
+    """`first call s`: the arm's start to the emulator's first answered request (to within 0.2 s); `calls`: answered
+    by the emulator, against the rows the run adds or changes; `share`: finalize's part of the wall time."""
+    widths = (11, 15, 7, 12, 6, 11, 10, 6, 12, 11, 7)
+    lines = [title, _row(SCALE_COLUMNS, widths)]
+    for r in rows:
+        mb = None if r["bytes_rewritten"] is None else r["bytes_rewritten"] / 1e6
+        lines.append(_row((str(r["rows"]), r["run"], _fmt(r["wall_sec"], ".1f"), _fmt(r["first_call_sec"], ".1f"),
+                           str(r["calls"]), f"{r['calls']}/{r['expected_calls']}" + ("" if r["calls"] == r[
+                               "expected_calls"] else " !"), _fmt(r["finalize_sec"], ".2f"),
+                           _fmt(r["finalize_share"], ".0%"), _fmt(mb, ".1f"), _fmt(r["peak_rss_mb"], ".0f"),
+                           _fmt(r.get("load_1m"), ".2f")), widths))
+    return "\n".join(lines)
+
+
+def scale_ratios(rows: List[dict]) -> str:
+    """The issue's targets: the largest output against the smallest (each within 1.25x)."""
+    by = {(r["rows"], r["run"].split()[0]): r for r in rows}
+    sizes = sorted({r["rows"] for r in rows})
+    if len(sizes) < 2:
+        return "  ratios: need two sizes"
+    lo, hi = sizes[0], sizes[-1]
+    parts = []
+
+    def ratio(kind: str, key: str) -> Optional[float]:
+        a, b = by.get((hi, kind)), by.get((lo, kind))
+        return a[key] / b[key] if a and b and a.get(key) is not None and b.get(key) else None
+
+    parts.append(f"  {hi} / {lo} rows (target: each <= 1.25x): fresh run peak RSS "
+                 f"x{_fmt(ratio('fresh', 'peak_rss_mb'), '.2f')}; +1% rerun peak RSS "
+                 f"x{_fmt(ratio('+1%', 'peak_rss_mb'), '.2f')}, time to first call "
+                 f"x{_fmt(ratio('+1%', 'first_call_sec'), '.2f')}, wall x{_fmt(ratio('+1%', 'wall_sec'), '.2f')}")
+    edited = next((r for r in rows if r["rows"] == hi and r["run"].endswith("edited")), None)
+    if edited and edited.get("bytes_rewritten") is not None:
+        parts.append(f"  {edited['run']} on {hi} rows rewrote {edited['bytes_rewritten'] / 1e6:.1f} MB "
+                     f"(target: a few MB at 300k)")
+    return "\n".join(parts)

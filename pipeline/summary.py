@@ -245,6 +245,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "deferred_by_reason": dict(sorted(collections.Counter(r["reason"] for r in deferred).items())),
         "quota_resets_at": max(resets) if resets else None,
         "segment_rows_dropped": (finalized or {}).get("segment_rows_dropped", 0),
+        "segment_bytes_rewritten": (finalized or {}).get("segment_bytes_rewritten", 0),
         "dead_letters": sum(dead_by_code.values()),
         "dead_letters_by_reason": dict(sorted(dead_by_code.items())),
         "dead_letters_transient": dead_by_kind.get("transient", 0),
