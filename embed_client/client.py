@@ -328,28 +328,8 @@ class EmbedClient:
 
     # ---------------------------------------------------------------- Embed API v2
 
-    def build_create_v2(
-        self,
-        input_type: str,
-        model_name: str,
-        *,
-        text: Any = None,
-        image: Any = None,
-        text_image: Any = None,
-        audio: Any = None,
-        video: Any = None,
-        multi_input: Any = None,
-        auto_truncate: Optional[bool] = None,
-        embedding_uncertainty: Optional[bool] = None,
-        embedding_dimension: Optional[int] = None,
-        additional_body_parameters: Optional[Mapping[str, Any]] = None,
-    ) -> bytes:
-        """The exact JSON bytes of a `POST /embed-v2` (see `embed_client.v2`), for `send_v2`."""
-        return v2.build_create_body(
-            input_type, model_name, text=text, image=image, text_image=text_image, audio=audio, video=video,
-            multi_input=multi_input, auto_truncate=auto_truncate, embedding_uncertainty=embedding_uncertainty,
-            embedding_dimension=embedding_dimension, additional_body_parameters=additional_body_parameters)
-
+    # The exact JSON bytes of a `POST /embed-v2`, for `send_v2` (built once, resent as is on a retry).
+    build_create_v2 = staticmethod(v2.build_create_body)
     build_v2_body = build_create_v2
 
     def send_v2(self, body: bytes, timeout: Optional[Timeout] = None,
@@ -389,24 +369,8 @@ class EmbedClient:
             additional_body_parameters=options.get("additional_body_parameters"))
         return self.send_v2(body, timeout=options.get("timeout_in_seconds"), headers=options.get("additional_headers"))
 
-    def build_task_create(
-        self,
-        input_type: str,
-        model_name: str,
-        *,
-        audio: Any = None,
-        video: Any = None,
-        image: Any = None,
-        document: Any = None,
-        embedding_uncertainty: Optional[bool] = None,
-        embedding_dimension: Optional[int] = None,
-        additional_body_parameters: Optional[Mapping[str, Any]] = None,
-    ) -> bytes:
-        """The exact JSON bytes of a `POST /embed-v2/tasks`, for `send_task_create`."""
-        return v2.build_task_create_body(
-            input_type, model_name, audio=audio, video=video, image=image, document=document,
-            embedding_uncertainty=embedding_uncertainty, embedding_dimension=embedding_dimension,
-            additional_body_parameters=additional_body_parameters)
+    # The exact JSON bytes of a `POST /embed-v2/tasks`, for `send_task_create`.
+    build_task_create = staticmethod(v2.build_task_create_body)
 
     def send_task_create(self, body: bytes, timeout: Optional[Timeout] = None,
                          headers: Optional[Mapping[str, str]] = None) -> TaskCreated:
