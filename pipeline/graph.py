@@ -9,9 +9,9 @@ from apache_beam.metrics import Metrics
 
 from transforms.calling import CallSettings, CreateEmbeddings
 from transforms.constants import DEAD_LETTERS, DEFERRED, NAMESPACE
-from transforms.items import ROUTES, Call, DeadLetter
+from transforms.items import Call, DeadLetter
 from transforms.manifests import ReadManifests
-from transforms.packing import PackCalls
+from transforms.packing import RouteAndPack
 from transforms.resume import SkipDoneAndDedup
 from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteSegments
 from transforms.validation import RoutePlan, ValidateRows
@@ -53,12 +53,7 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns)
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings))
     todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(saved_pieces, settings.model, failed)
-    # v1 items are packed several to a call; v2 takes one input per call; long media become async tasks.
-    v1_items, v2_items, task_items = todo["to_call"] | "Route" >> beam.Partition(
-        lambda item, _: ROUTES.index(item.route), len(ROUTES))
-    routes = {"v1": v1_items | "PackCalls" >> PackCalls(pack=pack),
-              "v2": v2_items | "OneItemPerV2Call" >> PackCalls(pack=False),
-              "task": task_items | "OneItemPerTask" >> PackCalls(pack=False)}
+    routes = todo["to_call"] | "RouteAndPack" >> RouteAndPack(pack)
     if dry_run:
         for route, calls in routes.items():
             calls | f"CountCalls_{route}" >> beam.ParDo(_CountPlannedCalls(route))

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from apache_beam.io.filesystems import FileSystems
 

@@ -19,9 +19,8 @@ but identical inputs inside the transform (per window) are called once.
 
 import dataclasses
 import json
-import os
 import uuid
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import apache_beam as beam
 from apache_beam import coders
@@ -30,9 +29,9 @@ from embed_client.secrets import redact_url
 from transforms.call_settings import CallSettings, EmbeddingSettings
 from transforms.calling import CreateEmbeddings
 from transforms.constants import DEAD_LETTERS, DEFERRED
-from transforms.items import ROUTES, DeadLetter, Deferred, Item, ManifestRow, Outcome, failure_kind
+from transforms.items import DeadLetter, Deferred, ManifestRow, Outcome, failure_kind
 from transforms.manifests import map_columns
-from transforms.packing import PackCalls
+from transforms.packing import RouteAndPack
 from transforms.validation import RoutePlan, ValidateRows
 
 __all__ = ["DeadLetterRow", "DeferredRow", "EMBEDDINGS", "EmbedWithTwelveLabs", "EmbeddingRow", "TwelveLabsOptions"]
@@ -199,10 +198,9 @@ class EmbedWithTwelveLabs(beam.PTransform):
                   | "KeyByContent" >> beam.Map(lambda item: (item.content_hash, item))
                   | "GroupByContent" >> beam.GroupByKey()
                   | "CallOncePerContent" >> beam.FlatMap(_elect))
-        by_route = unique | "Route" >> beam.Partition(lambda item, _: ROUTES.index(item.route), len(ROUTES))
+        routes = unique | "RouteAndPack" >> RouteAndPack(self._options.pack)
         outcomes, dead, deferred = [], [valid[DEAD_LETTERS]], []
-        for route, items in zip(ROUTES, by_route):
-            calls = items | f"Pack_{route}" >> PackCalls(pack=self._options.pack and route == "v1")
+        for route, calls in routes.items():
             called = calls | f"Call_{route}" >> CreateEmbeddings(settings, kind=route)
             outcomes.append(called.outcomes)
             dead.append(called[DEAD_LETTERS])

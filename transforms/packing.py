@@ -7,9 +7,9 @@ from typing import Deque, Dict, Iterable, List
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.items import MODALITIES, Call, Item
+from transforms.items import MODALITIES, ROUTES, Call, Item
 
-__all__ = ["CallPacker", "PackCalls"]
+__all__ = ["CallPacker", "PackCalls", "RouteAndPack"]
 
 # Items of one modality waiting for partners; past this, a call goes out part-filled so memory stays flat.
 DEFAULT_MAX_WAITING = 32
@@ -77,3 +77,17 @@ class PackCalls(beam.PTransform):
 
     def expand(self, items):
         return items | "Pack" >> beam.ParDo(_PackCallsFn(self._pack, self._max_waiting))
+
+
+class RouteAndPack(beam.PTransform):
+    """Item -> {route: Call}: v1 items packed several to a call (with `pack`), v2 items and async tasks one
+    item per call; each route then goes to its own calling step."""
+
+    def __init__(self, pack: bool = True):
+        super().__init__()
+        self._pack = pack
+
+    def expand(self, items):
+        parts = items | "Route" >> beam.Partition(lambda item, _: ROUTES.index(item.route), len(ROUTES))
+        return {route: part | f"Pack_{route}" >> PackCalls(pack=self._pack and route == "v1")
+                for route, part in zip(ROUTES, parts)}
