@@ -12,12 +12,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+import numpy as np
+
+from transforms.key_index import (IndexEntries, build_from_segments, compact_index, concat, fingerprint, has_index,
+                                  index_entries_of, load_entries, write_index)
 from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
 from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace
 from transforms.sinks import READER_ROW_GROUP
 
-__all__ = ["finalize_output"]
+__all__ = ["finalize_output", "settle_earlier_runs"]
 
 _LOGGER = logging.getLogger(__name__)
 _KEYS = ["id", "modality", "segment_index", "content_hash", "run_time", "run_id"]
@@ -138,14 +142,27 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str]]:
         positions = [i for i, hit in enumerate(mask) if hit]
         if positions:
             drop[path] = sorted(set(drop.get(path, [])) | set(positions))
+    # Older files are found through the key index (fingerprints), not by reading each one: only files that
+    # hold rows this run supersedes are opened, so a rerun costs its own rows, not the output's.
     supersede = new_keys | gone_keys
-    for path in older:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            table = pq.read_table(f, columns=["id", "modality"])
-        mask = _superseded_mask(table, supersede, gone_ids)
-        positions = [i for i, hit in enumerate(mask) if hit]
-        if positions:
-            drop[path] = positions
+    entries = load_entries(output)
+    removed = np.zeros(0, np.uint64)
+    if older and (supersede or gone_ids) and len(entries):
+        hit = np.isin(entries.item_fp, np.fromiter((fingerprint(k) for k in supersede), np.uint64))
+        if gone_ids:
+            hit |= np.isin(entries.id_fp, np.fromiter((fingerprint(i) for i in gone_ids), np.uint64))
+        removed = entries.key_fp[hit]
+        by_name = {_name(path): path for path in older}
+        for name in entries.file_names(hit):
+            path = by_name.get(name)
+            if path is None:
+                continue
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                table = pq.read_table(f, columns=["id", "modality"])
+            mask = _superseded_mask(table, supersede, gone_ids)
+            positions = [i for i, hit_row in enumerate(mask) if hit_row]
+            if positions:
+                drop[path] = positions
     rewritten = 0
     for path, positions in drop.items():
         with FileSystems.open(path, compression_type="uncompressed") as f:
@@ -160,7 +177,60 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str]]:
         data = sink.getvalue().to_pybytes()
         rewritten += len(data)
         _rewrite(path, lambda stream: stream.write(data))
-    return sum(len(set(p)) for p in drop.values()), rewritten, pending_runs
+    return sum(len(set(p)) for p in drop.values()), rewritten, pending_runs, removed
+
+
+def _name(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _index_pending_runs(output: str, run_id: str, runs: Sequence[str], removed: np.ndarray) -> int:
+    """Adds what the settled runs saved (their files as they are now) to the key index, with the entries
+    this finalize removed; returns the entries added."""
+    folder = FileSystems.join(output, SEGMENT_DIR)
+    parts = []
+    for path in list_segment_pieces(folder):
+        if _piece_run(path) in runs:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                table = pq.read_table(f, columns=["id", "modality", "content_hash"])
+            parts.append(index_entries_of(table, _name(path)))
+    added = concat(parts) if parts else IndexEntries()
+    write_index(output, run_id, added, removed)
+    compact_index(output, run_id)
+    return len(added)
+
+
+def ensure_index(output: str, run_id: str) -> int:
+    """An output written before the key index existed gets one, from its finalized files (once)."""
+    if has_index(output):
+        return 0
+    pieces = list_segment_pieces(FileSystems.join(output, SEGMENT_DIR))
+    settled = _finalized_runs(output)
+    finalized = [p for p in pieces if _piece_run(p) in settled]
+    if not pieces:
+        return 0
+    # Named before every run not finalized yet, so their deltas (written next) apply after it.
+    built = build_from_segments(output, max(settled) if settled else "00000000T000000Z-000000", finalized)
+    _LOGGER.info("indexed the %d items earlier runs saved (once; later runs update the index)", built)
+    return built
+
+
+def settle_earlier_runs(output: str, run_id: str) -> Dict[str, int]:
+    """Before a run: runs that were killed or submitted without waiting are finalized first, so the key index
+    holds everything saved (their pieces and journals are already committed by then)."""
+    ensure_index(output, run_id)
+    pieces = list_segment_pieces(FileSystems.join(output, SEGMENT_DIR))
+    settled = _finalized_runs(output)
+    pending = sorted({r for r in map(_piece_run, pieces) if r and r not in settled})
+    if not pending:
+        return {}
+    latest = pending[-1]
+    dropped, rewritten, runs, removed = _dedupe_segments(output, latest)
+    added = _index_pending_runs(output, latest, runs, removed)
+    _mark_finalized(output, runs)
+    _LOGGER.info("settled %d earlier unfinished run(s): %d items indexed, %d segment rows dropped",
+                 len(runs), added, dropped)
+    return {"runs": len(runs), "items_indexed": added, "segment_rows_dropped": dropped}
 
 
 def _superseded_mask(table: pa.Table, keys: Set[str], ids: Set[str]) -> List[bool]:
@@ -193,17 +263,30 @@ def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
             _rewrite(path, lambda stream: stream.write(("\n".join(kept) + "\n").encode("utf-8")))
 
 
-# This run's small pieces (written every few seconds so a kill loses little) are merged into files of
-# up to this many rows, so a long backfill does not leave thousands of tiny files behind.
-COMPACT_ROWS = 8192  # a file a later change rewrites is at most ~16 MB of 512-d vectors
+# This run's small pieces (written every few seconds so a kill loses little) are merged into files of about
+# this size, so a long backfill does not leave thousands of tiny files behind, and a later change to one row
+# rewrites one such file, not more (about 930 rows of 512-d vectors; 1,850 of 256-d).
+COMPACT_BYTES = 2 << 20
+COMPACT_ROWS: Optional[int] = None  # a fixed number of rows instead (tests)
+
+
+def compact_rows(dims: int) -> int:
+    if COMPACT_ROWS:
+        return COMPACT_ROWS
+    return max(256, COMPACT_BYTES // (dims * 4 + 240))  # the vector, and about 240 bytes of other columns
 
 
 def _compact_run_pieces(folder: str, run_id: str) -> int:
     """Merges this run's pieces; returns how many files it replaced. A crash midway leaves
     duplicate rows, which the next run's dedupe step removes."""
     pieces = [p for p in list_segment_pieces(folder) if f"part-{run_id}-" in p and "-compact-" not in p]
-    if len(pieces) < 2:
+    if not pieces:
         return 0
+    if len(pieces) == 1:
+        with FileSystems.open(pieces[0], compression_type="uncompressed") as f:
+            meta = pq.ParquetFile(f)
+            if meta.metadata.num_rows <= compact_rows(meta.schema_arrow.field("embedding").type.list_size):
+                return 0
     group: List = []
     rows = 0
     written = 0
@@ -222,10 +305,14 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
     for path in pieces:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f)
-        if rows and rows + table.num_rows > COMPACT_ROWS:
-            flush()
-        group.append(table)
-        rows += table.num_rows
+        limit = compact_rows(table.schema.field("embedding").type.list_size)
+        while table.num_rows:
+            take = min(limit - rows, table.num_rows)
+            group.append(table.slice(0, take))
+            rows += take
+            table = table.slice(take)
+            if rows >= limit:
+                flush()
     flush()
     FileSystems.delete(pieces)
     return len(pieces)
@@ -236,8 +323,10 @@ def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[st
     segment_dir = FileSystems.join(output, SEGMENT_DIR)
     for sub in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
         _remove_stale_temps(FileSystems.join(output, sub))
-    dropped, rewritten, settled = _dedupe_segments(output, run_id)
+    ensure_index(output, run_id)
+    dropped, rewritten, settled, removed = _dedupe_segments(output, run_id)
     compacted = _compact_run_pieces(segment_dir, run_id)
+    _index_pending_runs(output, run_id, settled, removed)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))
     _mark_finalized(output, settled)

@@ -12,7 +12,8 @@ from transforms.constants import DEAD_LETTERS, DEFERRED, NAMESPACE
 from transforms.items import Call, DeadLetter
 from transforms.manifests import ReadManifests
 from transforms.packing import RouteAndPack
-from transforms.resume import SkipDoneAndDedup
+from transforms.resume import FanOutCopies, ResolveLateCopies, SkipDoneAndDedup
+from transforms.run_state import SharedRunState
 from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteSegments
 from transforms.validation import RoutePlan, ValidateRows
 
@@ -46,13 +47,20 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
                    run_id: str, run_time: datetime.datetime, saved_pieces: Sequence[str] = (),
                    pack: bool = True, rows_per_piece: int = 4096, flush_sec: Optional[float] = None,
                    dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None,
-                   columns: Optional[Dict[str, str]] = None, failed: Optional[Dict] = None
-                   ) -> Dict[str, beam.PCollection]:
-    """Adds the job to `p`. `saved_pieces` are the segment pieces earlier runs committed to `output`;
-    `known_tasks` the v2 tasks they created (polled again, never created twice)."""
+                   columns: Optional[Dict[str, str]] = None, failed: Optional[Dict] = None,
+                   grouping: str = "stream") -> Dict[str, beam.PCollection]:
+    """Adds the job to `p`. What earlier runs saved is looked up in `output`'s key index; `known_tasks` are
+    the v2 tasks they created (polled again, never created twice).
+
+    `grouping`: "stream" when the whole job runs in one process (the local runner): ids and identical
+    inputs are checked as rows pass, so calls start with the first rows and memory stays flat; "shuffle"
+    on runners with several worker processes: rows are grouped by id and by content."""
+    del saved_pieces  # the key index replaced reading every saved piece
+    state = SharedRunState(f"{output}:{run_id}") if grouping == "stream" else None
     read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns)
-    valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings))
-    todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(saved_pieces, settings.model, failed)
+    valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings), state)
+    todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(
+        output, settings.model, failed, grouping=grouping, token=f"{output}:{run_id}", state=state)
     routes = todo["to_call"] | "RouteAndPack" >> RouteAndPack(pack)
     if dry_run:
         for route, calls in routes.items():
@@ -60,21 +68,33 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
         ((read[DEAD_LETTERS], valid[DEAD_LETTERS], todo["carried"]) | "MergeDeadLetters" >> beam.Flatten()
          | "CountDeadLetters" >> beam.ParDo(_CountDeadLetters()))
         return {}
-    dead_letters = [read[DEAD_LETTERS], valid[DEAD_LETTERS], todo["carried"]]
-    deferred = []
+    dead_letters = [read[DEAD_LETTERS], valid[DEAD_LETTERS], todo["carried"], todo[DEAD_LETTERS]]
+    deferred = [todo[DEFERRED]]
     segments = []
+
+    def write(outcomes, name):
+        return outcomes | name >> WriteSegments(output, run_id, run_time, settings.model, rows_per_piece, flush_sec,
+                                                dims=settings.dims)
+
     for route, calls in routes.items():
         name = "" if route == "v1" else f"_{route}"
         called = calls | f"CreateEmbeddings{name}" >> CreateEmbeddings(
             settings, kind=route, output=output, known_tasks=known_tasks if route == "task" else None)
-        # The writer follows the caller with nothing in between so the runner fuses them: each result is
+        results = {"outcomes": called.outcomes, DEAD_LETTERS: called[DEAD_LETTERS], DEFERRED: called[DEFERRED]}
+        if state is not None:  # identical items that waited for this item's result get it too
+            results = results | f"FanOutCopies{name}" >> FanOutCopies(state)
+        # The writer follows the caller with only ParDos in between so the runner fuses them: each result is
         # committed as soon as its call returns (a Flatten here made FnApiRunner hold all results to the end).
-        segments.append(called.outcomes | f"WriteSegments{name}" >> WriteSegments(
-            output, run_id, run_time, settings.model, rows_per_piece, flush_sec, dims=settings.dims))
-        dead_letters.append(called[DEAD_LETTERS])
-        deferred.append(called[DEFERRED])
-    todo["reused"] | "WriteReusedSegments" >> WriteSegments(
-        output, run_id, run_time, settings.model, rows_per_piece, flush_sec, dims=settings.dims)
+        segments.append(write(results["outcomes"], f"WriteSegments{name}"))
+        dead_letters.append(results[DEAD_LETTERS])
+        deferred.append(results[DEFERRED])
+    segments.append(write(todo["reused"], "WriteReusedSegments"))
+    if state is not None:
+        # Identical items that came after their first one's vectors were written: copied once all are written.
+        pieces = tuple(segments) | "ThisRunsPieces" >> beam.Flatten()
+        late = todo["late"] | "ResolveLateCopies" >> ResolveLateCopies(pieces)
+        segments.append(write(late["outcomes"], "WriteLateCopies"))
+        deferred.append(late[DEFERRED])
     dead = (
         tuple(dead_letters)
         | "MergeDeadLetters" >> beam.Flatten()

@@ -17,7 +17,7 @@ from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
 from pipeline.progress_line import ProgressPrinter, count_manifest_rows
 from pipeline.summary import RUNS_DIR
-from pipeline.finalize import finalize_output
+from pipeline.finalize import finalize_output, settle_earlier_runs
 from pipeline.output_lock import OutputLock
 from transforms.call_settings import ConfigError, EmbeddingSettings
 from transforms.calling import CallSettings
@@ -183,7 +183,11 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         recovered = recover_journals(config.output)
         if recovered:
             _LOGGER.info("recovered %d records a killed run had journaled but not committed", recovered)
-        # What earlier runs (finished or killed) committed: those items are not paid for again.
+        settled = {}
+        if not config.dry_run:
+            # Runs killed (or submitted without waiting) are finalized first: the key index then holds every
+            # item earlier runs paid for, and this run looks items up in it instead of reading the output.
+            settled = settle_earlier_runs(config.output, run_id)
         saved_pieces = list_segment_pieces(FileSystems.join(config.output, SEGMENT_DIR))
         _refuse_other_model(saved_pieces, config.model, config.output, settings.dims)
         known_tasks = read_task_journal(config.output)
@@ -196,7 +200,8 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
                        run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
                        rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run,
-                       known_tasks=known_tasks, columns=config.columns, failed=failed)
+                       known_tasks=known_tasks, columns=config.columns, failed=failed,
+                       grouping="stream" if _runs_in_process(options) else "shuffle")
         if progress and _runs_in_process(options):
             stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()
@@ -207,6 +212,7 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
     if config.dry_run:
         return summary_mod.plan_summary(config, result, run_id, manifest_paths)
     finalized = finalize_output(config.output, run_id, manifest_paths)
+    finalized["segment_rows_dropped"] += settled.get("segment_rows_dropped", 0)
     finished = datetime.datetime.now(datetime.timezone.utc)
     return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized,
                                      known_failures=known_failures)

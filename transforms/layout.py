@@ -4,6 +4,7 @@
     OUTPUT/dead_letters/part-RUN-WORKER-00001.jsonl one rejected input and modality a line
     OUTPUT/deferred/part-RUN-WORKER-00001.jsonl     inputs left for the next run
     OUTPUT/tasks/part-RUN-WORKER-00001.jsonl        v2 async tasks created (before their first poll)
+    OUTPUT/index/base-RUN.parquet, delta-RUN.parquet what finished runs saved, as fingerprints (key_index)
     OUTPUT/runs/RUN/                                a run's summary, report, call timeline, `finalized` mark
     OUTPUT/locks/RUN.json                           the claim of the run writing the output
 Everything goes through Beam FileSystems, so local disks and object stores behave alike.
@@ -15,13 +16,14 @@ from typing import Callable, Iterator, List
 
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "TMP_SUFFIX",
+__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "TMP_SUFFIX",
            "commit", "list_files", "piece_name", "read_jsonl", "replace"]
 
 SEGMENT_DIR = "segments"
 DEAD_LETTER_DIR = "dead_letters"
 DEFERRED_DIR = "deferred"
 TASKS_DIR = "tasks"
+INDEX_DIR = "index"
 RUNS_DIR = "runs"
 LOCKS_DIR = "locks"
 TMP_SUFFIX = ".tmp"

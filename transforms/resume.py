@@ -1,42 +1,44 @@
-"""SkipDone and Dedup: never pay twice. Items whose embedding an earlier run saved are skipped, identical
-inputs are embedded once, and content embedded before under another id reuses the saved vectors."""
+"""SkipDone and Dedup: never pay twice. Items an earlier run saved are skipped (looked up in the output's key
+index), content embedded before under another id reuses the saved vectors, and identical inputs of one run
+are embedded once: the first is called and the others get its result.
+
+Two ways to find identical inputs within a run: `stream` (one worker process, the local runner) asks a
+per-process RunState as items pass, so nothing waits for the whole manifest; `shuffle` (several worker
+processes) groups items by content, as a cluster's shuffle does on disk.
+"""
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
 
-from transforms.items import DeadLetter, Item, Outcome
+from transforms import run_state
 from transforms.constants import NAMESPACE
+from transforms.items import DeadLetter, Deferred, Item, Outcome, item_row
+from transforms.key_index import KeyLookup
 from transforms.progress import PROGRESS
 
-__all__ = ["DoneRecord", "SkipDoneAndDedup", "canonical_model", "list_segment_pieces", "read_done_records"]
+__all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup", "canonical_model",
+           "list_segment_pieces", "read_permanent_failures"]
 
 _LOGGER = logging.getLogger(__name__)
-_KEY_COLUMNS = ["id", "modality", "model_name", "content_hash", "segment_index"]
+GROUPINGS = ("stream", "shuffle")
+_SAVED_COLUMNS = ["id", "modality", "model_name", "segment_index", "start_offset_sec", "end_offset_sec", "embedding",
+                  "content_hash"]
 
 
 def canonical_model(name: str) -> str:
     """The API answers with either spelling of Marengo 2.7; both mean one model."""
     lowered = name.lower()
     return "marengo2.7" if lowered in ("marengo2.7", "marengo-retrieval-2.7") else lowered
-
-
-@dataclasses.dataclass
-class DoneRecord:
-    """An (id, modality, content) whose segments an earlier run committed, and where they are."""
-
-    id: str
-    modality: str
-    content_hash: str
-    path: str
-    rows: List[int]  # row positions of its segments in the piece, in segment order
 
 
 def list_segment_pieces(segment_dir: str) -> List[str]:
@@ -46,122 +48,275 @@ def list_segment_pieces(segment_dir: str) -> List[str]:
     return list_files(segment_dir, "*.parquet")
 
 
-def read_done_records(path: str, model: str) -> Iterable[Tuple[str, DoneRecord]]:
-    """(content_hash, DoneRecord) for every item of `model` in one piece; reads the key columns only."""
+def _carried(item: Item, earlier: dict) -> DeadLetter:
+    return DeadLetter(item.id, item.source, item.row_number, item.modality, earlier.get("stage", "call"),
+                      earlier["code"], earlier.get("message", ""), earlier.get("http_status"),
+                      earlier.get("attempts", 0), item.content_hash, earlier.get("row"), carried=True)
+
+
+def outcome_from_saved(item: Item, table: pa.Table) -> Optional[Outcome]:
+    """An Outcome for `item` from saved rows of its content (one key's segments, in order); None if absent."""
+    rows = table.filter(pc.equal(table.column("content_hash"), item.content_hash))
+    if rows.num_rows == 0:
+        return None
+    first = (rows.column("id")[0].as_py(), rows.column("modality")[0].as_py())
+    records = sorted((r for r in rows.to_pylist() if (r["id"], r["modality"]) == first),
+                     key=lambda r: r["segment_index"])
+    segments = [(r["start_offset_sec"], r["end_offset_sec"], r["embedding"]) for r in records]
+    labels = [(r.get("embedding_option"), r.get("embedding_scope")) for r in records]
+    return Outcome(item, records[0]["model_name"], segments, attempts=0,
+                   labels=labels if any(a or b for a, b in labels) else None)
+
+
+def _read_saved(path: str) -> pa.Table:
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        table = pq.read_table(f, columns=_KEY_COLUMNS)
-    wanted = canonical_model(model)
-    grouped: Dict[Tuple[str, str, str], List[Tuple[int, int]]] = collections.OrderedDict()
-    columns = [table.column(c).to_pylist() for c in _KEY_COLUMNS]
-    for row, (item_id, modality, model_name, digest, index) in enumerate(zip(*columns)):
-        if canonical_model(model_name) == wanted:
-            grouped.setdefault((item_id, modality, digest), []).append((index, row))
-    for (item_id, modality, digest), segments in grouped.items():
-        yield digest, DoneRecord(item_id, modality, digest, path, [row for _, row in sorted(segments)])
+        parquet = pq.ParquetFile(f)
+        # Outputs written before v2 have no option/scope columns.
+        labelled = "embedding_option" in parquet.schema_arrow.names
+        return parquet.read(columns=_SAVED_COLUMNS + (["embedding_option", "embedding_scope"] if labelled else []))
 
 
-class _SkipAndDedupFn(beam.DoFn):
-    """Per content key: drop items already done, reuse earlier vectors, or elect one item to call."""
+class _SkipSavedFn(beam.DoFn):
+    """Item -> Item not saved yet; `reused` Outcomes from saved vectors of the same content under another key;
+    `carried` dead letters for content the API refused for good in an earlier run (not paid for again).
 
-    REUSE = "reuse"
+    Reused vectors are read here, not in a step of their own: joining two paths again (a Flatten) would make
+    the local runner hold every item until the last one is read."""
+
+    REUSED = "reused"
     CARRIED = "carried"
 
-    def __init__(self, failed: Optional[Dict[Tuple[str, str, str], dict]] = None):
+    def __init__(self, output: Optional[str], failed: Dict[Tuple[str, str, str], dict], shared: Shared, token: str):
+        self._output = output
+        self._failed = failed
+        self._shared = shared
+        self._token = token
         self._done = Metrics.counter(NAMESPACE, "items_already_done")
-        self._deduped = Metrics.counter(NAMESPACE, "calls_saved_by_dedup")
+        self._reused = Metrics.counter(NAMESPACE, "calls_saved_by_dedup")
         self._carried = Metrics.counter(NAMESPACE, "dead_letters_carried")
-        self._failed = failed or {}
-
-    def process(self, keyed) -> Iterable:
-        _, groups = keyed
-        items: List[Item] = sorted(groups["items"], key=lambda i: (i.id, i.modality, i.source, i.row_number))
-        done: List[DoneRecord] = list(groups["done"])
-        done_keys = {(r.id, r.modality) for r in done}
-        remaining = [i for i in items if (i.id, i.modality) not in done_keys]
-        self._done.inc(len(items) - len(remaining))
-        PROGRESS.add(done=len(items) - len(remaining), skipped=len(items) - len(remaining))
-        if self._failed:
-            # The API refused this content for good in an earlier run: report it again, do not pay again.
-            still = []
-            for item in remaining:
-                earlier = self._failed.get((item.id, item.modality, item.content_hash))
-                if earlier is None:
-                    still.append(item)
-                    continue
-                self._carried.inc()
-                PROGRESS.add(done=1, dead_letters=1)
-                yield beam.pvalue.TaggedOutput(self.CARRIED, DeadLetter(
-                    item.id, item.source, item.row_number, item.modality, earlier.get("stage", "call"),
-                    earlier["code"], earlier.get("message", ""), earlier.get("http_status"),
-                    earlier.get("attempts", 0), item.content_hash, earlier.get("row"), carried=True))
-            remaining = still
-        if not remaining:
-            return
-        if done:
-            # Embedded before under another id: copy the saved vectors instead of calling again.
-            self._deduped.inc(len(remaining))
-            for item in remaining:
-                yield beam.pvalue.TaggedOutput(self.REUSE, (item, done[0]))
-            return
-        elected = remaining[0]
-        elected.copies = remaining[1:]
-        self._deduped.inc(len(elected.copies))
-        yield elected
-
-
-class _ReuseSavedFn(beam.DoFn):
-    """Builds an Outcome for an item from segments an earlier run saved."""
 
     def setup(self):
+        output = self._output
+        # One copy of the index per process, whatever the number of DoFn instances and threads.
+        self._index = (self._shared.acquire(lambda: KeyLookup.load(output), tag=self._token)
+                       if output else None)
         self._cached_path: Optional[str] = None
         self._cached = None
 
-    def process(self, pair) -> Iterable[Outcome]:
-        item, record = pair
-        if record.path != self._cached_path:
-            with FileSystems.open(record.path, compression_type="uncompressed") as f:
-                parquet = pq.ParquetFile(f)
-                # Outputs written before v2 have no option/scope columns.
-                labelled = "embedding_option" in parquet.schema_arrow.names
-                self._cached = parquet.read(columns=["model_name", "start_offset_sec", "end_offset_sec", "embedding"]
-                                            + (["embedding_option", "embedding_scope"] if labelled else []))
-            self._cached_path = record.path
-        rows = self._cached.take(record.rows).to_pylist()
-        segments = [(r["start_offset_sec"], r["end_offset_sec"], r["embedding"]) for r in rows]
-        labels = [(r.get("embedding_option"), r.get("embedding_scope")) for r in rows]
-        PROGRESS.add(done=1, skipped=1)
-        yield Outcome(item, rows[0]["model_name"], segments, attempts=0,
-                      labels=labels if any(a or b for a, b in labels) else None)
+    def process(self, item: Item) -> Iterable:
+        if self._index is not None and self._index.saved(item.id, item.modality, item.content_hash):
+            self._done.inc()
+            PROGRESS.add(done=1, skipped=1)
+            return
+        earlier = self._failed.get((item.id, item.modality, item.content_hash)) if self._failed else None
+        if earlier is not None:
+            self._carried.inc()
+            PROGRESS.add(done=1, dead_letters=1)
+            yield beam.pvalue.TaggedOutput(self.CARRIED, _carried(item, earlier))
+            return
+        saved_in = self._index.content_file(item.content_hash) if self._index is not None else None
+        if saved_in is not None:
+            outcome = self._reuse(item, saved_in)
+            if outcome is not None:
+                self._reused.inc()
+                PROGRESS.add(done=1, skipped=1)
+                yield beam.pvalue.TaggedOutput(self.REUSED, outcome)
+                return
+        yield item
+
+    def _reuse(self, item: Item, path: str) -> Optional[Outcome]:
+        if path != self._cached_path:
+            try:
+                self._cached, self._cached_path = _read_saved(path), path
+            except (IOError, OSError) as exc:
+                _LOGGER.warning("cannot read %s (%s): %s %s is embedded again", path, exc, item.id, item.modality)
+                return None
+        outcome = outcome_from_saved(item, self._cached)
+        if outcome is None:  # the index and the file disagree (a file replaced by hand): call it instead
+            _LOGGER.warning("%s holds no vectors of %s %s's content any more; it is embedded again", path,
+                            item.id, item.modality)
+        return outcome
+
+
+class _StreamDedupFn(beam.DoFn):
+    """The first item of each content is called; later ones wait for its result (see FanOutCopies)."""
+
+    LATE = "late"
+
+    def __init__(self, state: run_state.SharedRunState):
+        self._state_handle = state
+        self._deduped = Metrics.counter(NAMESPACE, "calls_saved_by_dedup")
+
+    def setup(self):
+        self._state = self._state_handle.acquire()
+
+    def process(self, item: Item) -> Iterable:
+        fate, record = self._state.claim(item)
+        if fate == run_state.CALL:
+            yield item
+            return
+        self._deduped.inc()
+        if fate == run_state.EMBEDDED:  # the first item's vectors are written already: copied after the run
+            yield beam.pvalue.TaggedOutput(self.LATE, item)
+        elif fate != run_state.COPY:
+            yield from _share_fate(item, record)
+
+
+def _share_fate(copy: Item, record) -> Iterable:
+    """The first item's dead letter or deferral, for an identical item."""
+    if isinstance(record, DeadLetter):
+        prefix = f"{record.source} row {record.row_number}: "
+        message = record.message[len(prefix):] if record.message.startswith(prefix) else record.message
+        PROGRESS.add(done=1, dead_letters=1)
+        yield beam.pvalue.TaggedOutput("dead_letters", DeadLetter(
+            copy.id, copy.source, copy.row_number, copy.modality, record.stage, record.code,
+            f"{copy.source} row {copy.row_number}: {message}", record.http_status, record.attempts,
+            copy.content_hash, item_row(copy)))
+    elif isinstance(record, Deferred):
+        PROGRESS.add(done=1, deferred=1)
+        yield beam.pvalue.TaggedOutput("deferred", Deferred(copy.id, copy.source, copy.row_number, copy.modality,
+                                                            record.reason, record.resets_at, record.detail))
+
+
+class FanOutCopies(beam.PTransform):
+    """After a calling step (stream grouping): each first item's outcome, dead letter or deferral is also
+    given to the identical items that waited for it. Returns {outcomes, dead_letters, deferred}."""
+
+    def __init__(self, state: run_state.SharedRunState):
+        super().__init__()
+        self._state = state
+
+    def expand(self, called):
+        state = self._state
+        return {
+            "outcomes": called["outcomes"] | "FanOutOutcomes" >> beam.ParDo(_FanOutFn(state, Outcome)),
+            "dead_letters": called["dead_letters"] | "FanOutDeadLetters" >> beam.ParDo(_FanOutFn(state, DeadLetter)),
+            "deferred": called["deferred"] | "FanOutDeferred" >> beam.ParDo(_FanOutFn(state, Deferred)),
+        }
+
+
+class _FanOutFn(beam.DoFn):
+    def __init__(self, state: run_state.SharedRunState, kind: type):
+        self._state_handle = state
+        self._kind = kind
+        self._embedded = Metrics.counter(NAMESPACE, "items_embedded")
+        self._deferred = Metrics.counter(NAMESPACE, "items_deferred")
+
+    def setup(self):
+        self._state = self._state_handle.acquire()
+
+    def process(self, record) -> Iterable:
+        yield record
+        if isinstance(record, Outcome):
+            copies = self._state.settle(record.item.id, record.item.modality, run_state.EMBEDDED, None)
+            for copy in copies:
+                self._embedded.inc()
+                PROGRESS.add(done=1, embedded=1)
+                yield Outcome(copy, record.model_name, record.segments, record.attempts, record.labels)
+            return
+        fate = run_state.FAILED if isinstance(record, DeadLetter) else run_state.DEFERRED
+        for copy in self._state.settle(record.id, record.modality, fate, record):
+            for shared in _share_fate(copy, record):
+                if fate == run_state.DEFERRED:
+                    self._deferred.inc()
+                yield shared.value
+
+
+class _ResolveLateFn(beam.DoFn):
+    """Identical items that arrived after the first one's vectors were written: copied from this run's pieces
+    once every piece is committed (a side input, so this waits for the writers)."""
+
+    def process(self, item: Item, pieces: List[str]) -> Iterable:
+        if not hasattr(self, "_by_content"):
+            self._by_content: Dict[str, List[Item]] = collections.defaultdict(list)
+            self._pieces = pieces
+        self._by_content[item.content_hash].append(item)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        waiting = getattr(self, "_by_content", None)
+        if not waiting:
+            return
+        wanted = pa.array(sorted(waiting), pa.string())
+        for path in self._pieces:
+            if not path.endswith(".parquet") or not waiting:
+                continue
+            table = _read_saved(path)
+            table = table.filter(pc.is_in(table.column("content_hash"), value_set=wanted))
+            for digest in set(table.column("content_hash").to_pylist()):
+                for item in waiting.pop(digest, []):
+                    outcome = outcome_from_saved(item, table)
+                    PROGRESS.add(done=1, embedded=1)
+                    yield GlobalWindows.windowed_value(outcome)
+        for items in waiting.values():  # cannot happen unless a piece vanished: the next run embeds them
+            for item in items:
+                PROGRESS.add(done=1, deferred=1)
+                yield beam.pvalue.TaggedOutput("deferred", GlobalWindows.windowed_value(Deferred(
+                    item.id, item.source, item.row_number, item.modality, "duplicate_pending",
+                    detail="identical to an item of this run whose vectors could not be read back")))
+        self._by_content = collections.defaultdict(list)
+
+
+class ResolveLateCopies(beam.PTransform):
+    """late items + this run's committed segment pieces -> {outcomes, deferred}."""
+
+    def __init__(self, pieces):
+        super().__init__()
+        self._pieces = pieces
+
+    def expand(self, late):
+        resolved = late | "CopyFromThisRun" >> beam.ParDo(
+            _ResolveLateFn(), beam.pvalue.AsList(self._pieces)).with_outputs("deferred", main="outcomes")
+        return {"outcomes": resolved.outcomes, "deferred": resolved.deferred}
+
+
+def _elect(keyed) -> Iterable:
+    _, items = keyed
+    items = sorted(items, key=lambda i: (i.id, i.modality, i.source, i.row_number))
+    elected = items[0]
+    elected.copies = items[1:]
+    if elected.copies:
+        Metrics.counter(NAMESPACE, "calls_saved_by_dedup").inc(len(elected.copies))
+    yield elected
 
 
 class SkipDoneAndDedup(beam.PTransform):
-    """Item -> Item to call (with `copies`), plus a `reused` output of Outcomes built from saved vectors.
+    """Item -> {to_call, reused, carried, late, dead_letters, deferred}.
 
-    `pieces` are the segment pieces already in the output when the job was built.
-    """
+    `output` is the output folder whose key index says what is saved (None: nothing is). With the `stream`
+    grouping the items to call have no `copies`: apply FanOutCopies(self.state) to the calling step's
+    results, and ResolveLateCopies to `late` once the writers are done."""
 
-    def __init__(self, pieces: Sequence[str], model: str, failed: Optional[Dict[Tuple[str, str, str], dict]] = None):
+    def __init__(self, output: Optional[str], model: str, failed: Optional[Dict[Tuple[str, str, str], dict]] = None,
+                 grouping: str = "stream", token: str = "", state: Optional[run_state.SharedRunState] = None):
         super().__init__()
-        self._pieces = list(pieces)
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+        self._output = output
         self._model = model
         self._failed = dict(failed or {})
+        self._grouping = grouping
+        self._token = token or f"{output}:{id(self)}"
+        self.state = state or run_state.SharedRunState(self._token + ":run")
 
     def expand(self, items):
-        model = self._model
-        done = (
-            items.pipeline
-            | "SavedPieces" >> beam.Create(self._pieces or [None])
-            | "ReadSavedKeys" >> beam.FlatMap(lambda path: read_done_records(path, model) if path else [])
-        )
-        keyed_items = items | "KeyByContent" >> beam.Map(lambda item: (item.content_hash, item))
-        grouped = (
-            {"items": keyed_items, "done": done}
-            | "GroupByContent" >> beam.CoGroupByKey()
-            | "SkipAndDedup" >> beam.ParDo(_SkipAndDedupFn(self._failed)).with_outputs(
-                _SkipAndDedupFn.REUSE, _SkipAndDedupFn.CARRIED, main="to_call")
-        )
-        reused = grouped[_SkipAndDedupFn.REUSE] | "ReuseSaved" >> beam.ParDo(_ReuseSavedFn())
-        return {"to_call": grouped.to_call, "reused": reused, "carried": grouped[_SkipAndDedupFn.CARRIED]}
+        checked = items | "SkipSaved" >> beam.ParDo(
+            _SkipSavedFn(self._output, self._failed, Shared(), self._token + ":index")).with_outputs(
+            _SkipSavedFn.REUSED, _SkipSavedFn.CARRIED, main="new")
+        fresh, reused = checked.new, checked[_SkipSavedFn.REUSED]
+        empty = items.pipeline | "NoLateItems" >> beam.Create([])
+        if self._grouping == "shuffle":
+            to_call = (fresh | "KeyByContent" >> beam.Map(lambda item: (item.content_hash, item))
+                       | "GroupByContent" >> beam.GroupByKey() | "Elect" >> beam.FlatMap(_elect))
+            return {"to_call": to_call, "reused": reused, "carried": checked[_SkipSavedFn.CARRIED],
+                    "late": empty, "dead_letters": items.pipeline | "NoDedupDeadLetters" >> beam.Create([]),
+                    "deferred": items.pipeline | "NoDedupDeferred" >> beam.Create([])}
+        deduped = fresh | "DedupInRun" >> beam.ParDo(_StreamDedupFn(self.state)).with_outputs(
+            _StreamDedupFn.LATE, "dead_letters", "deferred", main="to_call")
+        return {"to_call": deduped.to_call, "reused": reused, "carried": checked[_SkipSavedFn.CARRIED],
+                "late": deduped[_StreamDedupFn.LATE], "dead_letters": deduped.dead_letters,
+                "deferred": deduped.deferred}
 
 
 def read_permanent_failures(output: str) -> Dict[Tuple[str, str, str], dict]:

@@ -476,10 +476,45 @@ def _key_by_id(row: ManifestRow):
     return key, (row, item_id)
 
 
+class _FirstRowKeepsIdFn(beam.DoFn):
+    """Stream grouping: the first row read with an id keeps it (manifests are read in order, one process)."""
+
+    def __init__(self, state):
+        self._state_handle = state
+
+    def setup(self):
+        self._state = self._state_handle.acquire()
+
+    def process(self, row: ManifestRow) -> Iterable:
+        key, (_, item_id) = _key_by_id(row)
+        if item_id is None:
+            yield row
+            return
+        first = self._state.first_row(key, row.source, row.row_number)
+        if first is None:
+            yield row
+            return
+        PROGRESS.add(done=1, dead_letters=1, rejected=1)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
+            item_id, row.source, row.row_number, None, "validate", "duplicate_id",
+            f"{row.source} row {row.row_number}: `id` {item_id!r} is already used by "
+            f"{first[0]} row {first[1]}", row=row.fields))
+
+
 class RejectDuplicateIds(beam.PTransform):
-    """Keeps the first row (by manifest and row number) of each id; later ones become dead letters."""
+    """Keeps the first row of each id; later ones become dead letters.
+
+    With `state` (a SharedRunState: the job in one process) rows pass as they are read and the first read
+    keeps the id; without, rows are grouped by id and the first by manifest and row number keeps it."""
+
+    def __init__(self, state=None):
+        super().__init__()
+        self._state = state
 
     def expand(self, rows):
+        if self._state is not None:
+            return rows | "FirstRowKeepsId" >> beam.ParDo(_FirstRowKeepsIdFn(self._state)).with_outputs(
+                DEAD_LETTERS, main="rows")
         return (
             rows
             | "KeyById" >> beam.Map(_key_by_id)
@@ -489,17 +524,20 @@ class RejectDuplicateIds(beam.PTransform):
 
 
 class ValidateRows(beam.PTransform):
-    """ManifestRow -> Item (one per modality), with a `dead_letters` output for what the API would reject."""
+    """ManifestRow -> Item (one per modality), with a `dead_letters` output for what the API would reject.
 
-    def __init__(self, model: str, plan: Optional[RoutePlan] = None):
+    `state`: see RejectDuplicateIds."""
+
+    def __init__(self, model: str, plan: Optional[RoutePlan] = None, state=None):
         super().__init__()
         if model not in MEDIA_RULES:
             raise ValueError(f"unknown model {model!r}; use one of {sorted(MEDIA_RULES)}")
         self._model = model
         self._plan = plan
+        self._state = state
 
     def expand(self, rows):
-        unique = rows | "RejectDuplicateIds" >> RejectDuplicateIds()
+        unique = rows | "RejectDuplicateIds" >> RejectDuplicateIds(self._state)
         items = unique.rows | "ToItems" >> beam.ParDo(_ToItems(self._model, self._plan)).with_outputs(
             DEAD_LETTERS, main="items")
         return {"items": items.items, DEAD_LETTERS: (unique[DEAD_LETTERS], items[DEAD_LETTERS])

@@ -1,0 +1,199 @@
+"""Reruns cost what they add (issue 13): the output's key index, the stream grouping (calls start while the
+manifest is still being read; ids and identical inputs are checked as rows pass) and finalize rewriting only
+the files an edit touches."""
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import random
+import threading
+import time
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from embed_emulator import Emulator, EmulatorConfig
+from tests.helpers import assert_exactly_once, make_config, read_dead_letters, read_segments, run
+from transforms import key_index
+from transforms.calling import CallSettings
+from transforms.progress import PROGRESS
+from transforms.run_state import CALL, COPY, DEFERRED, EMBEDDED, FAILED, RunState
+
+
+def _write(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_fingerprint_table_keeps_every_entry_through_growth():
+    table = key_index.FingerprintTable(capacity=16)
+    rng = random.Random(7)
+    keys = [rng.getrandbits(64) for _ in range(10_000)] + [0, 1]  # 0 is the empty marker, stored as 1
+    stored = {}
+    for value, key in enumerate(keys):
+        before = table.put_if_absent(key, value)
+        assert before == stored.get(key or 1)
+        stored.setdefault(key or 1, value)
+    assert len(table) == len(stored)
+    assert all(table.get(key) == stored[key or 1] for key in keys)
+    assert table.get(12345) is None
+    table.set(keys[3], -1)
+    assert table.get(keys[3]) == -1
+
+
+def _entries(rows, file_name):
+    import pyarrow as pa
+
+    return key_index.index_entries_of(pa.table({"id": [r[0] for r in rows], "modality": [r[1] for r in rows],
+                                                "content_hash": [r[2] for r in rows]}), file_name)
+
+
+def test_index_applies_each_runs_removals_then_additions_in_run_order(tmp_path, monkeypatch):
+    output = str(tmp_path)
+    fp = key_index.fingerprint
+    key_index.write_index(output, "R1", _entries([("a", "text", "h1"), ("b", "text", "h2")], "f1.parquet"),
+                          np.zeros(0, np.uint64))
+    # R2 changed a's text; R3 changed it back (the same key as R1's, now in another file).
+    key_index.write_index(output, "R2", _entries([("a", "text", "h9")], "f2.parquet"),
+                          np.array([fp("a", "text", "h1")], np.uint64))
+    key_index.write_index(output, "R3", _entries([("a", "text", "h1")], "f3.parquet"),
+                          np.array([fp("a", "text", "h9")], np.uint64))
+    lookup = key_index.KeyLookup.load(output)
+    assert len(lookup) == 2
+    assert lookup.saved("a", "text", "h1") and lookup.saved("b", "text", "h2")
+    assert not lookup.saved("a", "text", "h9") and not lookup.saved("a", "image", "h1")
+    assert lookup.content_file("h1").endswith("f3.parquet") and lookup.content_file("h9") is None
+    # Past MAX_DELTAS the deltas fold into one base with the same live entries.
+    monkeypatch.setattr(key_index, "MAX_DELTAS", 3)
+    key_index.write_index(output, "R4", _entries([("c", "image", "h3")], "f4.parquet"), np.zeros(0, np.uint64))
+    assert key_index.compact_index(output, "R4")
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(output, "index", "*"))] == ["base-R4.parquet"]
+    lookup = key_index.KeyLookup.load(output)
+    assert len(lookup) == 3 and lookup.saved("a", "text", "h1") and lookup.saved("c", "image", "h3")
+
+
+class _Item:
+    def __init__(self, item_id, digest):
+        self.id, self.modality, self.content_hash = item_id, "text", digest
+
+
+def test_run_state_gives_identical_items_the_first_ones_fate():
+    state = RunState()
+    assert state.first_row("x", "m.jsonl", 1) is None
+    assert state.first_row("x", "m.jsonl", 7) == ("m.jsonl", 1)
+    assert state.claim(_Item("a", "h")) == (CALL, None)
+    assert state.claim(_Item("b", "h")) == (COPY, None)
+    copies = state.settle("a", "text", EMBEDDED, None)
+    assert [c.id for c in copies] == ["b"]
+    assert state.claim(_Item("c", "h")) == (EMBEDDED, None)  # too late to wait: copied after the run
+    assert state.claim(_Item("d", "g")) == (CALL, None)
+    assert state.settle("d", "text", FAILED, "letter") == []
+    assert state.claim(_Item("e", "g")) == (FAILED, "letter")
+    assert state.settle("zz", "text", DEFERRED, None) == []  # not an item it elected
+
+
+def _first_call_watch(emu):
+    """rows_read (this process's progress counter) at the moment the emulator saw its first request."""
+    seen = {}
+    base = PROGRESS.snapshot()["rows_read"]
+
+    def watch():
+        while not seen.get("stop"):
+            if emu.stats()["requests"] > 0:
+                seen["rows_read"] = PROGRESS.snapshot()["rows_read"] - base
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return seen, thread
+
+
+def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path):
+    """9,045 rows (past an Arrow batch and the index table's growth): the first call goes out before the
+    manifest is read; identical texts are called once, also when the copy comes long after its first item;
+    duplicate ids keep the first row; +1% pays exactly the new rows; 2 edited rows rewrite at most 2 files."""
+    rows = [{"id": f"r{i}", "text": f"incremental row {i}"} for i in range(9000)]
+    rows += [{"id": f"copy{i}", "text": f"incremental row {i * 37}"} for i in range(40)]
+    rows += [{"id": f"r{i * 1000}", "text": f"taken id {i}"} for i in range(5)]
+    manifest = _write(tmp_path / "m.jsonl", rows)
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        seen, watcher = _first_call_watch(emu)
+        first = run(make_config(output, [manifest]), emu.base_url)
+        seen["stop"] = True
+        watcher.join()
+        assert emu.stats()["items"]["text"] == 9000
+        assert seen["rows_read"] < len(rows), "no call went out before the whole manifest was read"
+        assert first["items_deduplicated"] == 40
+        letters = read_dead_letters(output)
+        assert sorted((l["id"], l["code"]) for l in letters) == sorted((f"r{i * 1000}", "duplicate_id")
+                                                                      for i in range(5))
+        assert all(f"is already used by {manifest} row {i * 1000 + 1}" in l["message"]
+                   for i, l in zip(range(5), sorted(letters, key=lambda l: l["row_number"])))
+        assert_exactly_once(output, len(rows))
+        table = read_segments(output)
+        vectors = dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()))
+        assert all(vectors[f"copy{i}"] == vectors[f"r{i * 37}"] for i in range(40))
+
+        added = [{"id": f"new{i}", "text": f"added row {i}"} for i in range(90)]
+        manifest = _write(tmp_path / "m.jsonl", rows + added)
+        before = emu.stats()["requests"]
+        second = run(make_config(output, [manifest]), emu.base_url)
+        assert emu.stats()["requests"] - before == 90
+        assert second["items_already_done"] == 9040
+        assert_exactly_once(output, len(rows) + 90)
+
+        edited = [dict(r) for r in rows + added]
+        edited[3000]["text"] = "edited three thousand"
+        edited[6000]["text"] = "edited six thousand"
+        manifest = _write(tmp_path / "m.jsonl", edited)
+        sizes = {p: os.path.getsize(p) for p in glob.glob(os.path.join(output, "segments", "*.parquet"))}
+        mtimes = {p: os.stat(p).st_mtime_ns for p in sizes}
+        before = emu.stats()["requests"]
+        third = run(make_config(output, [manifest]), emu.base_url)
+        assert emu.stats()["requests"] - before == 2
+    touched = [p for p in sizes if not os.path.exists(p) or os.stat(p).st_mtime_ns != mtimes[p]]
+    assert len(touched) == 2 and third["segment_rows_dropped"] == 2
+    assert max(sizes[p] for p in touched) < 2.5 * 2 ** 20  # files of ~2 MiB: an edit rewrites little
+    final = read_segments(output)
+    texts = dict(zip(final.column("id").to_pylist(), final.column("input_text").to_pylist()))
+    assert texts["r3000"] == "edited three thousand" and texts["r6000"] == "edited six thousand"
+    assert_exactly_once(output, len(edited))
+
+
+OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
+
+
+@pytest.mark.parametrize("grouping", ["stream", "shuffle"])
+def test_both_groupings_give_the_same_output(tmp_path, grouping):
+    """The stream grouping (one process) and the shuffle grouping (clusters) agree on duplicate ids,
+    identical inputs and the fate a failed item shares with its copies."""
+    from pipeline.graph import build_pipeline
+
+    refused = "http://127.0.0.1:9/nothing-listens-here.png"
+    rows = [{"id": "a", "text": "same words"}, {"id": "b", "text": "other words"},
+            {"id": "c", "text": "same words"}, {"id": "a", "text": "a reused id"},
+            {"id": "d", "image_url": refused}, {"id": "e", "image_url": refused}]
+    rows += [{"id": f"f{i}", "text": f"filler {i}"} for i in range(30)] + [{"id": "g", "text": "same words"}]
+    manifest = _write(tmp_path / "m.jsonl", rows)
+    output = str(tmp_path / grouping)
+    with Emulator(EmulatorConfig(fetch_timeout_sec=2)) as emu:
+        settings = CallSettings(base_url=emu.base_url, model="marengo3.0", run_id="r1")
+        with beam.Pipeline(options=OPTIONS) as p:
+            build_pipeline(p, manifest_paths=[manifest], output=output, settings=settings, run_id="r1",
+                           run_time=datetime.datetime.now(datetime.timezone.utc), grouping=grouping)
+        served = emu.stats()
+    assert served["items"]["text"] == 32 and not served["items"].get("image")  # "same words" once, b, 30 fillers
+    table = read_segments(output)
+    vectors = dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()))
+    assert vectors["a"] == vectors["c"] == vectors["g"]
+    letters = sorted((l["id"], l["row_number"], l["code"]) for l in read_dead_letters(output))
+    assert letters == [("a", 4, "duplicate_id"), ("d", 5, "embedding_failed"), ("e", 6, "embedding_failed")]
+    assert_exactly_once(output, len(rows))

@@ -1,0 +1,292 @@
+"""The output's key index: what finished runs saved, as 8-byte fingerprints, so a rerun looks each item up
+instead of reading (or grouping) the whole output.
+
+    OUTPUT/index/base-RUN.parquet    every live entry as of RUN (written when deltas pile up, or to start one)
+    OUTPUT/index/delta-RUN.parquet   what RUN's finalize added (op 1) and removed (op 0)
+
+An entry is one saved (id, modality, content): `key_fp` of all three, `item_fp` of (id, modality), `id_fp`,
+`content_fp`, and `file`, the name of the segment file holding its vectors (finalize rewrites files in place,
+so a live entry's file stays valid). A process holds ~20 bytes per saved item; everything else stays on
+disk. Fingerprints are 64-bit blake2b: a false "already saved" needs a collision among 2^64 values, about
+5e-7 for a million new items against ten million saved ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.layout import INDEX_DIR, SEGMENT_DIR, list_files, replace
+
+__all__ = ["FingerprintTable", "IndexEntries", "KeyLookup", "fingerprint", "index_entries_of", "load_entries",
+           "write_index", "has_index", "compact_index"]
+
+_LOGGER = logging.getLogger(__name__)
+_SEP = "\x1f"  # ids never hold control characters (validation refuses them)
+_NAME = re.compile(r"^(base|delta)-(.+)\.parquet$")
+# Deltas folded into a new base past this many, so a start reads a handful of files, not one per run.
+MAX_DELTAS = 16
+_SCHEMA = pa.schema([("op", pa.int8()), ("key_fp", pa.uint64()), ("item_fp", pa.uint64()),
+                     ("id_fp", pa.uint64()), ("content_fp", pa.uint64()), ("file", pa.string())])
+
+
+def fingerprint(*parts: str) -> int:
+    digest = hashlib.blake2b(_SEP.join(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _fps(values: Iterable[Tuple[str, ...]]) -> np.ndarray:
+    return np.fromiter((fingerprint(*v) for v in values), dtype=np.uint64)
+
+
+class IndexEntries:
+    """Entries as parallel numpy arrays (files by position in `files`)."""
+
+    def __init__(self, key_fp=None, item_fp=None, id_fp=None, content_fp=None, file_index=None,
+                 files: Optional[List[str]] = None):
+        empty = np.zeros(0, np.uint64)
+        self.key_fp = empty if key_fp is None else key_fp
+        self.item_fp = empty if item_fp is None else item_fp
+        self.id_fp = empty if id_fp is None else id_fp
+        self.content_fp = empty if content_fp is None else content_fp
+        self.file_index = np.zeros(0, np.int32) if file_index is None else file_index
+        self.files = list(files or [])
+
+    def __len__(self) -> int:
+        return len(self.key_fp)
+
+    def take(self, mask: np.ndarray) -> "IndexEntries":
+        return IndexEntries(self.key_fp[mask], self.item_fp[mask], self.id_fp[mask], self.content_fp[mask],
+                            self.file_index[mask], self.files)
+
+    def file_names(self, mask: Optional[np.ndarray] = None) -> List[str]:
+        indices = self.file_index if mask is None else self.file_index[mask]
+        return [self.files[i] for i in np.unique(indices)]
+
+    def to_table(self, op: int = 1) -> pa.Table:
+        names = pa.array([self.files[i] for i in self.file_index], pa.string()) if len(self) else pa.array([], pa.string())
+        return pa.Table.from_arrays(
+            [pa.array(np.full(len(self), op, np.int8)), pa.array(self.key_fp), pa.array(self.item_fp),
+             pa.array(self.id_fp), pa.array(self.content_fp), names], schema=_SCHEMA)
+
+
+def index_entries_of(table: pa.Table, file_name: str) -> IndexEntries:
+    """One entry per distinct (id, modality, content) of a segment table (columns id, modality, content_hash)."""
+    if table.num_rows == 0:
+        return IndexEntries(files=[file_name])
+    distinct = table.select(["id", "modality", "content_hash"]).group_by(["id", "modality", "content_hash"]).aggregate([])
+    ids, modalities, digests = (distinct.column(c).to_pylist() for c in ("id", "modality", "content_hash"))
+    return IndexEntries(_fps(zip(ids, modalities, digests)), _fps(zip(ids, modalities)), _fps((i,) for i in ids),
+                        _fps((d,) for d in digests), np.zeros(len(ids), np.int32), [file_name])
+
+
+def concat(parts: Sequence[IndexEntries]) -> IndexEntries:
+    where: Dict[str, int] = {}
+    remapped = []
+    for part in parts:
+        mapping = np.array([where.setdefault(f, len(where)) for f in part.files] or [0], np.int32)
+        remapped.append(mapping[part.file_index] if len(part) else np.zeros(0, np.int32))
+    files = sorted(where, key=where.get)
+    return IndexEntries(*(np.concatenate([getattr(p, a) for p in parts]) if parts else None
+                          for a in ("key_fp", "item_fp", "id_fp", "content_fp")),
+                        np.concatenate(remapped) if parts else None, files)
+
+
+def _folder(output: str) -> str:
+    return FileSystems.join(output, INDEX_DIR)
+
+
+def _ordered_files(output: str) -> List[str]:
+    """The files a load reads, oldest first: the newest base, then the deltas after it."""
+    named = []
+    for path in list_files(_folder(output), "*.parquet"):
+        found = _NAME.match(path.replace("\\", "/").rsplit("/", 1)[-1])
+        if found:
+            named.append(((found.group(2), 0 if found.group(1) == "base" else 1), path))
+    named.sort()
+    bases = [i for i, ((_, kind), _) in enumerate(named) if kind == 0]
+    return [path for _, path in named[bases[-1]:]] if bases else [path for _, path in named]
+
+
+def has_index(output: str) -> bool:
+    return bool(_ordered_files(output))
+
+
+def _read(path: str) -> pa.Table:
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return pq.read_table(f)
+
+
+def _from_table(table: pa.Table) -> IndexEntries:
+    files = table.column("file").combine_chunks().dictionary_encode()
+    return IndexEntries(*(table.column(c).to_numpy() for c in ("key_fp", "item_fp", "id_fp", "content_fp")),
+                        files.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+                        files.dictionary.to_pylist())
+
+
+def load_entries(output: str) -> IndexEntries:
+    """The live entries: a base, then each delta's removals and additions in run order."""
+    live = IndexEntries()
+    for path in _ordered_files(output):
+        table = _read(path)
+        ops = table.column("op").to_numpy()
+        removed = table.column("key_fp").to_numpy()[ops == 0]
+        if len(removed) and len(live):
+            live = live.take(~np.isin(live.key_fp, removed))
+        added = _from_table(table.filter(pa.compute.equal(table.column("op"), 1)))
+        live = concat([live, added]) if len(added) else live
+    if len(live):
+        # A key saved twice (a crash between writing and finalizing) counts once, at its newest file.
+        _, last = np.unique(live.key_fp[::-1], return_index=True)
+        live = live.take(np.sort(len(live) - 1 - last))
+    return live
+
+
+def write_index(output: str, run_id: str, added: IndexEntries, removed_key_fps: np.ndarray, base: bool = False) -> str:
+    """Writes a run's delta (or a base: `added` is then every live entry). Safe to write again."""
+    parts = [added.to_table(1)] if len(added) else []
+    if len(removed_key_fps):
+        n = len(removed_key_fps)
+        zeros = pa.array(np.zeros(n, np.uint64))
+        parts.insert(0, pa.Table.from_arrays([pa.array(np.zeros(n, np.int8)), pa.array(removed_key_fps.astype(np.uint64)),
+                                              zeros, zeros, zeros, pa.array([""] * n, pa.string())], schema=_SCHEMA))
+    table = pa.concat_tables(parts) if parts else _SCHEMA.empty_table()
+    try:
+        FileSystems.mkdirs(_folder(output))
+    except IOError:
+        pass
+    path = FileSystems.join(_folder(output), f"{'base' if base else 'delta'}-{run_id}.parquet")
+    replace(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
+    return path
+
+
+def compact_index(output: str, run_id: str) -> bool:
+    """Folds the deltas into a new base once there are more than MAX_DELTAS; the old files go."""
+    files = _ordered_files(output)
+    if len(files) <= MAX_DELTAS:
+        return False
+    live = load_entries(output)
+    written = write_index(output, run_id, live, np.zeros(0, np.uint64), base=True)
+    stale = [p for p in list_files(_folder(output), "*.parquet") if p != written]
+    FileSystems.delete(stale)
+    return True
+
+
+def build_from_segments(output: str, run_id: str, pieces: Sequence[str]) -> int:
+    """An output written before the index existed: one pass over its pieces makes a base."""
+    parts = []
+    for path in pieces:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            table = pq.read_table(f, columns=["id", "modality", "content_hash"])
+        parts.append(index_entries_of(table, path.replace("\\", "/").rsplit("/", 1)[-1]))
+    live = concat(parts) if parts else IndexEntries()
+    write_index(output, run_id, live, np.zeros(0, np.uint64), base=True)
+    return len(live)
+
+
+class KeyLookup:
+    """What a worker needs to skip saved items and reuse saved content: sorted fingerprints, ~20 bytes an item."""
+
+    def __init__(self, entries: IndexEntries, segment_dir: str):
+        order = np.argsort(entries.key_fp, kind="stable")
+        self._keys = entries.key_fp[order]
+        order = np.argsort(entries.content_fp, kind="stable")
+        self._contents = entries.content_fp[order]
+        self._content_files = entries.file_index[order]
+        self._files = entries.files
+        self._segment_dir = segment_dir
+
+    @classmethod
+    def load(cls, output: str) -> "KeyLookup":
+        return cls(load_entries(output), FileSystems.join(output, SEGMENT_DIR))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @staticmethod
+    def _find(array: np.ndarray, value: int) -> int:
+        at = int(np.searchsorted(array, np.uint64(value)))
+        return at if at < len(array) and int(array[at]) == value else -1
+
+    def saved(self, item_id: str, modality: str, digest: str) -> bool:
+        return self._find(self._keys, fingerprint(item_id, modality, digest)) >= 0
+
+    def content_file(self, digest: str) -> Optional[str]:
+        """The segment file holding vectors of this content under some saved key, if any."""
+        at = self._find(self._contents, fingerprint(digest))
+        return None if at < 0 else FileSystems.join(self._segment_dir, self._files[self._content_files[at]])
+
+
+class FingerprintTable:
+    """uint64 -> int64 in two numpy arrays (open addressing, linear probing): about a third of the memory of a
+    dict of Python ints, which matters for a table with an entry per manifest row."""
+
+    _EMPTY = 0
+
+    def __init__(self, capacity: int = 1 << 12):
+        self._keys = np.zeros(capacity, np.uint64)
+        self._values = np.zeros(capacity, np.int64)
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._used
+
+    def _slot(self, key: int) -> int:
+        mask = len(self._keys) - 1
+        slot = (key ^ (key >> 29)) & mask
+        keys = self._keys
+        while True:
+            found = int(keys[slot])
+            if found == key or found == self._EMPTY:
+                return slot
+            slot = (slot + 1) & mask
+
+    @staticmethod
+    def _norm(key: int) -> int:
+        return key or 1  # 0 marks an empty slot
+
+    def get(self, key: int) -> Optional[int]:
+        key = self._norm(key)
+        with self._lock:
+            slot = self._slot(key)
+            return int(self._values[slot]) if int(self._keys[slot]) == key else None
+
+    def put_if_absent(self, key: int, value: int) -> Optional[int]:
+        """Stores `value` unless the key is there; returns the value already stored, or None."""
+        key = self._norm(key)
+        with self._lock:
+            slot = self._slot(key)
+            if int(self._keys[slot]) == key:
+                return int(self._values[slot])
+            self._keys[slot], self._values[slot] = key, value
+            self._used += 1
+            if self._used * 10 > len(self._keys) * 7:
+                self._grow()
+            return None
+
+    def set(self, key: int, value: int) -> None:
+        key = self._norm(key)
+        with self._lock:
+            slot = self._slot(key)
+            if int(self._keys[slot]) != key:
+                self._keys[slot] = key
+                self._used += 1
+            self._values[slot] = value
+            if self._used * 10 > len(self._keys) * 7:
+                self._grow()
+
+    def _grow(self) -> None:
+        keys, values = self._keys, self._values
+        self._keys = np.zeros(len(keys) * 2, np.uint64)
+        self._values = np.zeros(len(keys) * 2, np.int64)
+        for key, value in zip(keys[keys != 0].tolist(), values[keys != 0].tolist()):
+            slot = self._slot(key)
+            self._keys[slot], self._values[slot] = key, value

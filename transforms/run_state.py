@@ -1,0 +1,84 @@
+"""What one run has seen so far, per worker process: the first row of each id and the fate of each content.
+
+Used when the whole job runs in one process (the local runner): the duplicate-id rule and the dedup of
+identical inputs then need no grouping, so nothing holds every row and calls start with the first rows.
+Fingerprints in numpy tables keep it to a few dozen bytes a row. On runners with several worker processes
+the job groups by id and by content instead (a shuffle, which those runners keep on disk).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Optional, Tuple
+
+from apache_beam.utils.shared import Shared
+
+from transforms.key_index import FingerprintTable, fingerprint
+
+__all__ = ["RunState", "SharedRunState"]
+
+CALL, COPY, EMBEDDED, FAILED, DEFERRED = "call", "copy", "embedded", "failed", "deferred"
+_CODES = {CALL: 1, EMBEDDED: 2, FAILED: 3, DEFERRED: 4}
+_NAMES = {v: k for k, v in _CODES.items()}
+
+
+class RunState:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._ids = FingerprintTable()
+        self._sources: List[str] = []
+        self._source_index: Dict[str, int] = {}
+        self._contents = FingerprintTable()
+        self._elected: Dict[Tuple[str, str], int] = {}   # (id, modality) of an item in flight -> content
+        self._copies: Dict[int, list] = {}                # content in flight -> items waiting for its result
+        self._settled: Dict[int, object] = {}             # content that failed or was deferred -> its record
+
+    def first_row(self, item_id: str, source: str, row_number: int) -> Optional[Tuple[str, int]]:
+        """None when this row is the first with this id; else (manifest, row) of the row that has the id."""
+        with self._lock:
+            index = self._source_index.get(source)
+            if index is None:
+                index = self._source_index[source] = len(self._sources)
+                self._sources.append(source)
+        earlier = self._ids.put_if_absent(fingerprint(item_id), (index << 40) | row_number)
+        if earlier is None:
+            return None
+        return self._sources[earlier >> 40], earlier & ((1 << 40) - 1)
+
+    def claim(self, item) -> Tuple[str, Optional[object]]:
+        """What to do with an item whose content may be in this run already: (CALL, None) to call it,
+        (COPY, None) when it now waits for the first item's result, (EMBEDDED, None) when that result is
+        already written, (FAILED | DEFERRED, record) to share the first item's fate."""
+        content = fingerprint(item.content_hash)
+        with self._lock:
+            state = self._contents.put_if_absent(content, _CODES[CALL])
+            if state is None:
+                self._elected[(item.id, item.modality)] = content
+                self._copies[content] = []
+                return CALL, None
+            if content in self._copies:
+                self._copies[content].append(item)
+                return COPY, None
+            name = _NAMES[state]
+            return name, self._settled.get(content)
+
+    def settle(self, item_id: str, modality: str, fate: str, record) -> list:
+        """The first item's result is out: returns the items that waited for it (none for other items)."""
+        with self._lock:
+            content = self._elected.pop((item_id, modality), None)
+            if content is None:
+                return []
+            self._contents.set(content, _CODES[fate])
+            if fate != EMBEDDED:
+                self._settled[content] = record
+            return self._copies.pop(content, [])
+
+
+class SharedRunState:
+    """A handle pickled into the DoFns of one pipeline; each worker process resolves it to one RunState."""
+
+    def __init__(self, token: str):
+        self._token = token
+        self._shared = Shared()
+
+    def acquire(self) -> RunState:
+        return self._shared.acquire(RunState, tag=self._token)
