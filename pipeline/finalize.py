@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
 from transforms.key_index import (IndexEntries, build_from_segments, compact_index, concat, fingerprint, has_index,
-                                  index_entries_of, load_entries, write_index)
+                                  index_entries_of, load_entries, write_index, write_saved_rows)
 from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
 from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace
@@ -177,7 +177,8 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str]]:
         data = sink.getvalue().to_pybytes()
         rewritten += len(data)
         _rewrite(path, lambda stream: stream.write(data))
-    return sum(len(set(p)) for p in drop.values()), rewritten, pending_runs, removed
+    superseded_ids = {key.split("\x1f", 1)[0] for key in supersede} | gone_ids
+    return sum(len(set(p)) for p in drop.values()), rewritten, pending_runs, removed, superseded_ids
 
 
 def _name(path: str) -> str:
@@ -198,6 +199,44 @@ def _index_pending_runs(output: str, run_id: str, runs: Sequence[str], removed: 
     write_index(output, run_id, added, removed)
     compact_index(output, run_id)
     return len(added)
+
+
+def _run_outcome_rows(output: str, run_id: str) -> Set[str]:
+    """`manifest\x1frow` of every dead letter and deferral this run wrote."""
+    rows: Set[str] = set()
+    for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
+        for path in list_files(FileSystems.join(output, sub), f"part-{run_id}-*.jsonl"):
+            for record in read_jsonl(path):
+                rows.add(f"{record.get('source')}\x1f{record.get('row_number')}")
+    return rows
+
+
+def _update_saved_rows(output: str, run_id: str, superseded_ids: Set[str], finished: bool) -> int:
+    """Saved rows lose the ids whose vectors changed; with `finished` (a run that ran to its end), the rows it
+    read in full and whose items all ended saved are added. Returns the rows added."""
+    records = None
+    if finished:
+        parts = []
+        for path in list_files(FileSystems.join(output, RUNS_DIR, run_id), "rows-*.parquet"):
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                parts.append(pq.read_table(f))
+        if parts:
+            records = pa.concat_tables(parts)
+            failed = _run_outcome_rows(output, run_id)
+            if failed:
+                where = pc.binary_join_element_wise(records.column("source"),
+                                                    pc.cast(records.column("row_number"), pa.string()), "\x1f")
+                records = records.filter(pc.invert(pc.is_in(where, value_set=pa.array(sorted(failed), pa.string()))))
+    removed = np.fromiter((fingerprint(i) for i in superseded_ids), np.uint64)
+    if records is None or records.num_rows == 0:
+        if len(removed):
+            write_saved_rows(output, run_id, np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8),
+                             removed)
+        return 0
+    ids = records.column("id_fp").to_numpy()
+    write_saved_rows(output, run_id, records.column("row_fp").to_numpy(), ids, records.column("mask").to_numpy(),
+                     np.unique(np.concatenate([removed, ids])))
+    return records.num_rows
 
 
 def ensure_index(output: str, run_id: str) -> int:
@@ -225,7 +264,9 @@ def settle_earlier_runs(output: str, run_id: str) -> Dict[str, int]:
     if not pending:
         return {}
     latest = pending[-1]
-    dropped, rewritten, runs, removed = _dedupe_segments(output, latest)
+    dropped, rewritten, runs, removed, superseded_ids = _dedupe_segments(output, latest)
+    # A run that did not finish may not have met all its rows: none of them is listed as saved.
+    _update_saved_rows(output, latest, superseded_ids, finished=False)
     added = _index_pending_runs(output, latest, runs, removed)
     _mark_finalized(output, runs)
     _LOGGER.info("settled %d earlier unfinished run(s): %d items indexed, %d segment rows dropped",
@@ -324,8 +365,9 @@ def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[st
     for sub in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
         _remove_stale_temps(FileSystems.join(output, sub))
     ensure_index(output, run_id)
-    dropped, rewritten, settled, removed = _dedupe_segments(output, run_id)
+    dropped, rewritten, settled, removed, superseded_ids = _dedupe_segments(output, run_id)
     compacted = _compact_run_pieces(segment_dir, run_id)
+    _update_saved_rows(output, run_id, superseded_ids, finished=True)
     _index_pending_runs(output, run_id, settled, removed)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))

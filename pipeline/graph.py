@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 from typing import Dict, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -14,8 +15,8 @@ from transforms.manifests import ReadManifests
 from transforms.packing import RouteAndPack
 from transforms.resume import FanOutCopies, ResolveLateCopies, SkipDoneAndDedup
 from transforms.run_state import SharedRunState
-from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteSegments
-from transforms.validation import RoutePlan, ValidateRows
+from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteRowRecords, WriteSegments
+from transforms.validation import ROW_RECORDS, RoutePlan, ValidateRows
 
 __all__ = ["build_pipeline"]
 
@@ -43,6 +44,13 @@ class _CountDeadLetters(beam.DoFn):
         return []
 
 
+def row_key(settings: CallSettings, columns: Optional[Dict[str, str]]) -> bytes:
+    """What turns a manifest row into items besides the row itself: a saved row counts as saved only under
+    the same model, embedding settings and column mapping."""
+    shape = repr(("rows-v1", settings.model, settings.api_version, settings.embedding, sorted((columns or {}).items())))
+    return hashlib.blake2b(shape.encode("utf-8"), digest_size=16).digest()
+
+
 def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: str, settings: CallSettings,
                    run_id: str, run_time: datetime.datetime, saved_pieces: Sequence[str] = (),
                    pack: bool = True, rows_per_piece: int = 4096, flush_sec: Optional[float] = None,
@@ -57,8 +65,10 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     on runners with several worker processes: rows are grouped by id and by content."""
     del saved_pieces  # the key index replaced reading every saved piece
     state = SharedRunState(f"{output}:{run_id}") if grouping == "stream" else None
-    read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns)
+    read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns, state, output, row_key(settings, columns))
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings), state)
+    if state is not None and not dry_run:
+        valid[ROW_RECORDS] | "RecordRows" >> WriteRowRecords(output, run_id)
     todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(
         output, settings.model, failed, grouping=grouping, token=f"{output}:{run_id}", state=state)
     routes = todo["to_call"] | "RouteAndPack" >> RouteAndPack(pack)

@@ -17,11 +17,16 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from embed_emulator import Emulator, EmulatorConfig
-from tests.helpers import assert_exactly_once, make_config, read_dead_letters, read_segments, run
+from tests.helpers import TEST_KEY, assert_exactly_once, make_config, read_dead_letters, read_segments, run
 from transforms import key_index
 from transforms.calling import CallSettings
 from transforms.progress import PROGRESS
 from transforms.run_state import CALL, COPY, DEFERRED, EMBEDDED, FAILED, RunState
+
+
+@pytest.fixture(autouse=True)
+def _api_key(monkeypatch):
+    monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
 
 
 def _write(path, rows):
@@ -115,10 +120,13 @@ def _first_call_watch(emu):
     return seen, thread
 
 
-def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path):
+def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkeypatch):
     """9,045 rows (past an Arrow batch and the index table's growth): the first call goes out before the
     manifest is read; identical texts are called once, also when the copy comes long after its first item;
     duplicate ids keep the first row; +1% pays exactly the new rows; 2 edited rows rewrite at most 2 files."""
+    from transforms import sinks
+
+    monkeypatch.setattr(sinks._RowRecordsFn, "ROWS_PER_FILE", 1000)  # the row records span several files
     rows = [{"id": f"r{i}", "text": f"incremental row {i}"} for i in range(9000)]
     rows += [{"id": f"copy{i}", "text": f"incremental row {i * 37}"} for i in range(40)]
     rows += [{"id": f"r{i * 1000}", "text": f"taken id {i}"} for i in range(5)]
@@ -148,6 +156,9 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path):
         second = run(make_config(output, [manifest]), emu.base_url)
         assert emu.stats()["requests"] - before == 90
         assert second["items_already_done"] == 9040
+        # Saved rows are recognised as they are read (a fingerprint of the line), not parsed and validated.
+        assert second["rows_skipped_unread"] == 9040
+        assert sorted(l["id"] for l in read_dead_letters(output)) == sorted(f"r{i * 1000}" for i in range(5))
         assert_exactly_once(output, len(rows) + 90)
 
         edited = [dict(r) for r in rows + added]
@@ -159,6 +170,7 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path):
         before = emu.stats()["requests"]
         third = run(make_config(output, [manifest]), emu.base_url)
         assert emu.stats()["requests"] - before == 2
+        assert third["rows_skipped_unread"] == 9040 + 90 - 2
     touched = [p for p in sizes if not os.path.exists(p) or os.stat(p).st_mtime_ns != mtimes[p]]
     assert len(touched) == 2 and third["segment_rows_dropped"] == 2
     assert max(sizes[p] for p in touched) < 2.5 * 2 ** 20  # files of ~2 MiB: an edit rewrites little
@@ -166,6 +178,47 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path):
     texts = dict(zip(final.column("id").to_pylist(), final.column("input_text").to_pylist()))
     assert texts["r3000"] == "edited three thousand" and texts["r6000"] == "edited six thousand"
     assert_exactly_once(output, len(edited))
+    # Back to the first text: its old line is no longer listed as saved, so it is embedded again.
+    with Emulator(EmulatorConfig()) as emu:
+        fourth = run(make_config(output, [_write(tmp_path / "m.jsonl", rows + added)]), emu.base_url)
+        assert emu.stats()["requests"] == 2 and fourth["rows_skipped_unread"] == 9040 + 90 - 2
+    final = read_segments(output)
+    texts = dict(zip(final.column("id").to_pylist(), final.column("input_text").to_pylist()))
+    assert texts["r3000"] == "incremental row 3000" and texts["r6000"] == "incremental row 6000"
+    assert_exactly_once(output, len(rows) + 90)
+
+
+def test_saved_rows_of_csv_and_parquet_manifests_and_rows_of_local_files(tmp_path):
+    """CSV and Parquet rows are recognised from their parsed values; a row naming a local file is always read
+    (the file may change under it) and skipped through the key index instead."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    Image.new("RGB", (160, 160), (200, 30, 30)).save(tmp_path / "red.png")
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows([[f"c{i}", f"csv row {i}"] for i in range(20)])
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(20)], "text": [f"parquet row {i}" for i in range(20)]}),
+                   tmp_path / "m.parquet")
+    files = _write(tmp_path / "f.jsonl", [{"id": "file1", "image_file": str(tmp_path / "red.png")}])
+    manifests = [str(tmp_path / "m.csv"), str(tmp_path / "m.parquet"), files]
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        run(make_config(output, manifests, pack=False), emu.base_url)
+        assert emu.stats()["requests"] == 41
+        again = run(make_config(output, manifests, pack=False), emu.base_url)
+        assert emu.stats()["requests"] == 41
+    assert again["rows_skipped_unread"] == 40 and again["items_already_done"] == 41
+    # The picture changed under an unchanged row: embedded again.
+    Image.new("RGB", (160, 160), (30, 30, 200)).save(tmp_path / "red.png")
+    with Emulator(EmulatorConfig()) as emu:
+        third = run(make_config(output, manifests, pack=False), emu.base_url)
+        assert emu.stats()["requests"] == 1 and third["rows_skipped_unread"] == 40
+    assert_exactly_once(output, 41)
 
 
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
@@ -197,3 +250,20 @@ def test_both_groupings_give_the_same_output(tmp_path, grouping):
     letters = sorted((l["id"], l["row_number"], l["code"]) for l in read_dead_letters(output))
     assert letters == [("a", 4, "duplicate_id"), ("d", 5, "embedding_failed"), ("e", 6, "embedding_failed")]
     assert_exactly_once(output, len(rows))
+
+
+def test_an_output_without_an_index_gets_one_and_pays_nothing_again(tmp_path):
+    """Outputs written before the index existed (or whose index/ was deleted) are indexed once at start."""
+    import shutil
+
+    manifest = _write(tmp_path / "m.jsonl", [{"id": f"o{i}", "text": f"older output {i}"} for i in range(30)])
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig()) as emu:
+        run(make_config(output, [manifest]), emu.base_url)
+        shutil.rmtree(os.path.join(output, "index"))
+        again = run(make_config(output, [manifest]), emu.base_url)
+        assert emu.stats()["requests"] == 30
+    assert again["items_already_done"] == 30 and again["rows_skipped_unread"] == 0
+    assert glob.glob(os.path.join(output, "index", "base-*.parquet"))
+    assert len(key_index.KeyLookup.load(output)) == 30
+    assert_exactly_once(output, 30)

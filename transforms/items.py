@@ -27,6 +27,7 @@ class ManifestRow:
     source: str        # the manifest's path
     row_number: int    # 1-based data row number within the manifest
     fields: Dict[str, Any]
+    fingerprint: Optional[int] = None  # of the row as written (key_index.SavedRows), when the job keeps them
 
     __reduce__ = _compact_reduce
 

@@ -30,7 +30,8 @@ __all__ = ["FingerprintTable", "IndexEntries", "KeyLookup", "fingerprint", "inde
 
 _LOGGER = logging.getLogger(__name__)
 _SEP = "\x1f"  # ids never hold control characters (validation refuses them)
-_NAME = re.compile(r"^(base|delta)-(.+)\.parquet$")
+_NAME = re.compile(r"^(rows-)?(base|delta)-(.+)\.parquet$")
+KEYS, ROWS = "", "rows-"
 # Deltas folded into a new base past this many, so a start reads a handful of files, not one per run.
 MAX_DELTAS = 16
 _SCHEMA = pa.schema([("op", pa.int8()), ("key_fp", pa.uint64()), ("item_fp", pa.uint64()),
@@ -103,13 +104,13 @@ def _folder(output: str) -> str:
     return FileSystems.join(output, INDEX_DIR)
 
 
-def _ordered_files(output: str) -> List[str]:
+def _ordered_files(output: str, family: str = KEYS) -> List[str]:
     """The files a load reads, oldest first: the newest base, then the deltas after it."""
     named = []
     for path in list_files(_folder(output), "*.parquet"):
         found = _NAME.match(path.replace("\\", "/").rsplit("/", 1)[-1])
-        if found:
-            named.append(((found.group(2), 0 if found.group(1) == "base" else 1), path))
+        if found and (found.group(1) or "") == family:
+            named.append(((found.group(3), 0 if found.group(2) == "base" else 1), path))
     named.sort()
     bases = [i for i, ((_, kind), _) in enumerate(named) if kind == 0]
     return [path for _, path in named[bases[-1]:]] if bases else [path for _, path in named]
@@ -169,14 +170,124 @@ def write_index(output: str, run_id: str, added: IndexEntries, removed_key_fps: 
 
 def compact_index(output: str, run_id: str) -> bool:
     """Folds the deltas into a new base once there are more than MAX_DELTAS; the old files go."""
-    files = _ordered_files(output)
-    if len(files) <= MAX_DELTAS:
-        return False
-    live = load_entries(output)
-    written = write_index(output, run_id, live, np.zeros(0, np.uint64), base=True)
-    stale = [p for p in list_files(_folder(output), "*.parquet") if p != written]
-    FileSystems.delete(stale)
-    return True
+    folded = False
+    if len(_ordered_files(output, KEYS)) > MAX_DELTAS:
+        stale = _ordered_files(output, KEYS)
+        written = write_index(output, run_id, load_entries(output), np.zeros(0, np.uint64), base=True)
+        FileSystems.delete([p for p in stale if p != written])
+        folded = True
+    if len(_ordered_files(output, ROWS)) > MAX_DELTAS:
+        stale = _ordered_files(output, ROWS)
+        row_fp, id_fp, mask = load_saved_rows(output)
+        written = write_saved_rows(output, run_id, row_fp, id_fp, mask, np.zeros(0, np.uint64), base=True)
+        FileSystems.delete([p for p in stale if p != written])
+        folded = True
+    return folded
+
+
+# Saved rows: rows of earlier runs whose every item is saved, by a fingerprint of the row as written (keyed by
+# the settings that shape items). An unchanged row is then skipped as it is read, without parsing or
+# validating it, so a rerun reaches its new rows in a fraction of the time. Rows whose items read local
+# files are never listed (the file may change under an unchanged row).
+_ROWS_SCHEMA = pa.schema([("op", pa.int8()), ("row_fp", pa.uint64()), ("id_fp", pa.uint64()), ("mask", pa.uint8())])
+MODALITY_BITS = {"text": 1, "image": 2, "audio": 4, "video": 8}
+
+
+def write_saved_rows(output: str, run_id: str, row_fp: np.ndarray, id_fp: np.ndarray, mask: np.ndarray,
+                     removed_ids: np.ndarray, base: bool = False) -> str:
+    """A run's rows delta: entries of `removed_ids` go (op 0), then these rows are added (op 1)."""
+    n, r = len(row_fp), len(removed_ids)
+    table = pa.Table.from_arrays([
+        pa.array(np.concatenate([np.zeros(r, np.int8), np.ones(n, np.int8)])),
+        pa.array(np.concatenate([np.zeros(r, np.uint64), row_fp.astype(np.uint64)])),
+        pa.array(np.concatenate([removed_ids.astype(np.uint64), id_fp.astype(np.uint64)])),
+        pa.array(np.concatenate([np.zeros(r, np.uint8), mask.astype(np.uint8)]))], schema=_ROWS_SCHEMA)
+    try:
+        FileSystems.mkdirs(_folder(output))
+    except IOError:
+        pass
+    path = FileSystems.join(_folder(output), f"{ROWS}{'base' if base else 'delta'}-{run_id}.parquet")
+    replace(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
+    return path
+
+
+def load_saved_rows(output: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row_fp, id_fp, mask) of the live saved rows: one row an id at most."""
+    row_fp, id_fp, mask = np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8)
+    for path in _ordered_files(output, ROWS):
+        table = _read(path)
+        ops = table.column("op").to_numpy()
+        ids = table.column("id_fp").to_numpy()
+        gone = ids[ops == 0]
+        if len(gone) and len(row_fp):
+            keep = ~np.isin(id_fp, gone)
+            row_fp, id_fp, mask = row_fp[keep], id_fp[keep], mask[keep]
+        added = ops == 1
+        row_fp = np.concatenate([row_fp, table.column("row_fp").to_numpy()[added]])
+        id_fp = np.concatenate([id_fp, ids[added]])
+        mask = np.concatenate([mask, table.column("mask").to_numpy()[added]])
+    return row_fp, id_fp, mask
+
+
+class SavedRows:
+    """A worker's view of the saved rows for one run: which were met (skipped) and which ids new rows took."""
+
+    def __init__(self, row_fp: np.ndarray, id_fp: np.ndarray, mask: np.ndarray, key: bytes):
+        order = np.argsort(row_fp, kind="stable")
+        self._rows, self._ids, self._masks = row_fp[order], id_fp[order], mask[order]
+        by_id = np.argsort(self._ids, kind="stable")
+        self._id_sorted, self._id_positions = self._ids[by_id], by_id
+        self._met = np.zeros(len(self._rows), np.int64)  # (manifest, row) of the row that matched, packed
+        self._taken: set = set()
+        self._sources: List[str] = []
+        self._lock = threading.Lock()
+        self._key = key
+
+    @classmethod
+    def load(cls, output: str, key: bytes) -> "SavedRows":
+        return cls(*load_saved_rows(output), key=key)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def fingerprint(self, data: bytes) -> int:
+        return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=self._key).digest(), "little")
+
+    def find(self, fps: Sequence[int]) -> np.ndarray:
+        """Positions of these row fingerprints among the saved rows, -1 where absent."""
+        if not len(self._rows):
+            return np.full(len(fps), -1, np.int64)
+        values = np.asarray(fps, dtype=np.uint64)
+        at = np.minimum(np.searchsorted(self._rows, values), len(self._rows) - 1)
+        return np.where(self._rows[at] == values, at, -1)
+
+    def _pack(self, source: str, row_number: int) -> int:
+        if source not in self._sources:
+            self._sources.append(source)
+        return ((self._sources.index(source) + 1) << 40) | row_number
+
+    def meet(self, position: int, source: str, row_number: int) -> Optional[int]:
+        """This row matches a saved one: its modality mask if it is skipped, None if it must be read (the
+        saved row was met already: a repeated line; or a new row took its id first)."""
+        with self._lock:
+            if self._met[position] or int(self._ids[position]) in self._taken:
+                return None
+            self._met[position] = self._pack(source, row_number)
+            return int(self._masks[position])
+
+    def claim_id(self, id_fp: int, source: str, row_number: int) -> Optional[Tuple[str, int]]:
+        """A row read in full takes its id. Returns (manifest, row) of a skipped saved row that has the id
+        already; else the id is now this row's, and a saved row with it will not be skipped."""
+        at = int(np.searchsorted(self._id_sorted, np.uint64(id_fp)))
+        if at >= len(self._id_sorted) or int(self._id_sorted[at]) != id_fp:
+            return None
+        position = self._id_positions[at]
+        with self._lock:
+            met = int(self._met[position])
+            if met:
+                return self._sources[(met >> 40) - 1], met & ((1 << 40) - 1)
+            self._taken.add(id_fp)
+            return None
 
 
 def build_from_segments(output: str, run_id: str, pieces: Sequence[str]) -> int:

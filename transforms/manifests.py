@@ -7,7 +7,7 @@ import json
 import os
 import logging
 import math
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.items import DeadLetter, ManifestRow
+from transforms.key_index import MODALITY_BITS
 from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
 from transforms.progress import PROGRESS
 
@@ -113,8 +114,48 @@ def _universal_lines(stream) -> Iterator[bytes]:
         yield pending.rstrip(b"\r")
 
 
-def _jsonl_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
-    for row_number, raw in enumerate(_universal_lines(stream), start=1):
+class SkippedRow(NamedTuple):
+    """A row equal to one whose items an earlier run saved: counted, not read further."""
+
+    source: str
+    row_number: int
+    mask: int  # its modalities (key_index.MODALITY_BITS)
+
+
+def _batches(lines: Iterator[bytes], size: int = 2048) -> Iterator[List[bytes]]:
+    batch: List[bytes] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _jsonl_rows(source: str, stream, saved=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
+    if saved is None or not len(saved):
+        yield from _jsonl_parsed(source, enumerate(_universal_lines(stream), start=1), saved)
+        return
+    row_number = 0
+    for batch in _batches(_universal_lines(stream)):
+        fps = [saved.fingerprint(raw) for raw in batch]
+        positions = saved.find(fps)
+        for raw, fp, position in zip(batch, fps, positions.tolist()):
+            row_number += 1
+            if position >= 0:
+                mask = saved.meet(position, source, row_number)
+                if mask is not None:
+                    yield SkippedRow(source, row_number, mask)
+                    continue
+            for record in _jsonl_parsed(source, [(row_number, raw)], saved):
+                if isinstance(record, ManifestRow):
+                    record.fingerprint = fp
+                yield record
+
+
+def _jsonl_parsed(source: str, numbered, saved=None) -> Iterator[Union[ManifestRow, DeadLetter]]:
+    for row_number, raw in numbered:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -145,10 +186,26 @@ def _jsonl_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]
             yield _dead(source, row_number, "invalid_encoding",
                         "line holds a lone surrogate escape (half a UTF-16 pair), which is not valid UTF-8")
             continue
-        yield ManifestRow(source, row_number, fields)
+        row = ManifestRow(source, row_number, fields)
+        if saved is not None:
+            row.fingerprint = saved.fingerprint(raw)
+        yield row
 
 
-def _csv_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
+def _saved_or_row(source: str, row_number: int, fields: Dict[str, Any], written: bytes, saved):
+    """CSV and Parquet rows: the fingerprint is of the parsed values (parsing them is cheap; validating is not)."""
+    if saved is None:
+        return ManifestRow(source, row_number, fields)
+    fp = saved.fingerprint(written)
+    position = int(saved.find([fp])[0]) if len(saved) else -1
+    if position >= 0:
+        mask = saved.meet(position, source, row_number)
+        if mask is not None:
+            return SkippedRow(source, row_number, mask)
+    return ManifestRow(source, row_number, fields, fp)
+
+
+def _csv_rows(source: str, stream, saved=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
     # surrogateescape keeps a bad byte from ending the file: the row that holds it is rejected alone.
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
     # strict: a stray quote is an error, not silently dropped or merged into the next rows.
@@ -200,10 +257,12 @@ def _csv_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
             yield _dead(source, row_number, "invalid_encoding", "row is not valid UTF-8")
             continue
         # An empty CSV cell is an absent value.
-        yield ManifestRow(source, row_number, {k: v for k, v in zip(header, values) if v != ""})
+        written = ("\x1e".join(header) + "\x1d" + "\x1e".join(values)).encode("utf-8", "surrogateescape") \
+            if saved is not None else b""
+        yield _saved_or_row(source, row_number, {k: v for k, v in zip(header, values) if v != ""}, written, saved)
 
 
-def _parquet_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter]]:
+def _parquet_rows(source: str, stream, saved=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
     import pyarrow.parquet as pq
 
     try:
@@ -216,7 +275,9 @@ def _parquet_rows(source: str, stream) -> Iterator[Union[ManifestRow, DeadLetter
                 if not fields:
                     yield _dead(source, row_number, "empty_row", "row is empty (every column is null)")
                     continue
-                yield ManifestRow(source, row_number, fields)
+                written = json.dumps(fields, sort_keys=True, default=str).encode("utf-8", "surrogateescape") \
+                    if saved is not None else b""
+                yield _saved_or_row(source, row_number, fields, written, saved)
     except Exception as exc:  # pyarrow raises many types for a damaged file
         yield _dead(source, 0, "unreadable_manifest", f"Parquet file cannot be read ({exc})")
 
@@ -239,8 +300,9 @@ class _Readable(io.RawIOBase):
         return len(data)
 
 
-def parse_manifest(source: str) -> Iterator[Union[ManifestRow, DeadLetter]]:
-    """Streams one manifest's rows (ManifestRow) and unparsable rows (DeadLetter)."""
+def parse_manifest(source: str, saved=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
+    """Streams one manifest's rows (ManifestRow) and unparsable rows (DeadLetter); with `saved`
+    (key_index.SavedRows), rows an earlier run saved whole come out as SkippedRow."""
     fmt = manifest_format(source)
     compression = CompressionTypes.AUTO
     last_row = 0
@@ -250,7 +312,7 @@ def parse_manifest(source: str) -> Iterator[Union[ManifestRow, DeadLetter]]:
                 stream = io.BufferedReader(_Readable(stream))
             if fmt == "parquet" and not stream.seekable():
                 stream = io.BytesIO(stream.read())
-            for record in _READERS[fmt](source, stream):
+            for record in _READERS[fmt](source, stream, saved):
                 last_row = record.row_number
                 yield record
     except Exception as exc:  # a damaged or vanished file: report it, do not fail the job
@@ -318,13 +380,36 @@ def check_manifest_columns(paths: Sequence[str], columns: Optional[Dict[str, str
 
 
 class _ParseManifest(beam.DoFn):
-    def __init__(self, columns: Optional[Dict[str, str]] = None):
+    def __init__(self, columns: Optional[Dict[str, str]] = None, state=None, output: Optional[str] = None,
+                 row_key: bytes = b""):
         self._rows = Metrics.counter(NAMESPACE, "rows_read")
+        self._done = Metrics.counter(NAMESPACE, "items_already_done")
+        self._unread = Metrics.counter(NAMESPACE, "rows_skipped_unread")
+        self._items = {m: Metrics.counter(NAMESPACE, f"items_{m}") for m in MODALITY_BITS}
         self._columns = dict(columns or {})
+        self._state, self._output, self._row_key = state, output, row_key
+
+    def setup(self):
+        self._saved = None
+        if self._state is not None and self._output:
+            from transforms.key_index import SavedRows
+
+            output, key = self._output, self._row_key
+            self._saved = self._state.acquire().saved_rows(lambda: SavedRows.load(output, key))
 
     def process(self, source: str) -> Iterable:
-        for record in parse_manifest(source):
+        for record in parse_manifest(source, self._saved):
             self._rows.inc()
+            if isinstance(record, SkippedRow):
+                items = 0
+                for modality, bit in MODALITY_BITS.items():
+                    if record.mask & bit:
+                        self._items[modality].inc()
+                        items += 1
+                self._done.inc(items)
+                self._unread.inc()
+                PROGRESS.add(rows_read=1, items=items, done=items, skipped=items)
+                continue
             PROGRESS.add(rows_read=1)
             if isinstance(record, DeadLetter):
                 PROGRESS.add(done=1, dead_letters=1, rejected=1)
@@ -338,12 +423,16 @@ class _ParseManifest(beam.DoFn):
 class ReadManifests(beam.PTransform):
     """Manifest paths (already expanded) -> ManifestRow, with a `dead_letters` output."""
 
-    def __init__(self, paths: Sequence[str], columns: Optional[Dict[str, str]] = None):
+    def __init__(self, paths: Sequence[str], columns: Optional[Dict[str, str]] = None, state=None,
+                 output: Optional[str] = None, row_key: bytes = b""):
+        """With `state` (a SharedRunState: the job in one process) and `output`, rows an earlier run saved
+        whole are skipped as they are read (key_index.SavedRows, keyed by `row_key`)."""
         super().__init__()
         if not paths:
             raise ValueError("ReadManifests needs at least one manifest path")
         self._paths = list(paths)
         self._columns = dict(columns or {})
+        self._state, self._output, self._row_key = state, output, row_key
 
     def expand(self, pbegin):
         parsed = (
@@ -351,7 +440,8 @@ class ReadManifests(beam.PTransform):
             # In path order: with the stream grouping the first row read keeps a duplicated id, and that is
             # then the first by manifest path and row number, as with the grouped rule.
             | "ManifestPaths" >> beam.Create(sorted(self._paths))
-            | "ParseRows" >> beam.ParDo(_ParseManifest(self._columns)).with_outputs(DEAD_LETTERS, main="rows")
+            | "ParseRows" >> beam.ParDo(_ParseManifest(self._columns, self._state, self._output, self._row_key))
+            .with_outputs(DEAD_LETTERS, main="rows")
         )
         # No Reshuffle: on a cluster the duplicate-id grouping right after spreads rows across workers, and
         # on the local runner a shuffle would hold every row in memory and delay the first call.

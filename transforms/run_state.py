@@ -31,6 +31,14 @@ class RunState:
         self._elected: Dict[Tuple[str, str], int] = {}   # (id, modality) of an item in flight -> content
         self._copies: Dict[int, list] = {}                # content in flight -> items waiting for its result
         self._settled: Dict[int, object] = {}             # content that failed or was deferred -> its record
+        self._saved_rows = None
+
+    def saved_rows(self, load):
+        """The saved rows of earlier runs (key_index.SavedRows), loaded once per process and run."""
+        with self._lock:
+            if self._saved_rows is None:
+                self._saved_rows = load()
+            return self._saved_rows
 
     def first_row(self, item_id: str, source: str, row_number: int) -> Optional[Tuple[str, int]]:
         """None when this row is the first with this id; else (manifest, row) of the row that has the id."""

@@ -331,3 +331,56 @@ def recover_journals(output: str) -> int:
                     recovered += whole.count(b"\n")
             os.remove(journal)
     return recovered
+
+
+ROW_RECORDS_SCHEMA = pa.schema([("row_fp", pa.uint64()), ("id_fp", pa.uint64()), ("mask", pa.uint8()),
+                                ("source", pa.string()), ("row_number", pa.int64())])
+
+
+class _RowRecordsFn(beam.DoFn):
+    """(row fingerprint, id fingerprint, modalities, manifest, row) of each row read in full, for finalize to
+    list the ones that ended saved (key_index.SavedRows). Columns in lists, a file per 16,384 rows."""
+
+    ROWS_PER_FILE = 1 << 14
+
+    def __init__(self, folder: str):
+        self._folder = folder
+
+    def setup(self):
+        _mkdirs(self._folder)
+        self._worker = uuid.uuid4().hex[:8]
+        self._sequence = 0
+
+    def start_bundle(self):
+        self._columns = [[] for _ in ROW_RECORDS_SCHEMA.names]
+
+    def process(self, record) -> Iterable[str]:
+        for column, value in zip(self._columns, record):
+            column.append(value)
+        if len(self._columns[0]) >= self.ROWS_PER_FILE:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._columns[0]:
+            yield GlobalWindows.windowed_value(self._flush())
+
+    def _flush(self) -> str:
+        self._sequence += 1
+        table = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(self._columns, ROW_RECORDS_SCHEMA)],
+                                     schema=ROW_RECORDS_SCHEMA)
+        self._columns = [[] for _ in ROW_RECORDS_SCHEMA.names]
+        return _commit(self._folder, f"rows-{self._worker}-{self._sequence:05d}.parquet",
+                       lambda stream: pq.write_table(table, stream, compression="zstd"))
+
+
+class WriteRowRecords(beam.PTransform):
+    """Row records -> OUTPUT/runs/RUN/rows-*.parquet."""
+
+    def __init__(self, output: str, run_id: str):
+        super().__init__()
+        from transforms.layout import RUNS_DIR
+
+        self._folder = FileSystems.join(output, RUNS_DIR, run_id)
+
+    def expand(self, records):
+        return records | "WriteRowRecords" >> beam.ParDo(_RowRecordsFn(self._folder))

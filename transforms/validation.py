@@ -20,6 +20,7 @@ from apache_beam.metrics import Metrics
 from embed_client.secrets import redact_url
 from transforms.items import INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, Item, ManifestRow, content_hash
 from transforms.constants import DEAD_LETTERS, NAMESPACE
+from transforms.key_index import MODALITY_BITS, fingerprint
 from transforms.progress import PROGRESS
 
 __all__ = ["MEDIA_RULES", "RejectDuplicateIds", "RoutePlan", "ValidateRows", "row_to_items"]
@@ -429,6 +430,9 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
     return out
 
 
+ROW_RECORDS = "rows"
+
+
 class _ToItems(beam.DoFn):
     def __init__(self, model: str, plan: Optional[RoutePlan] = None):
         self._model = model
@@ -437,15 +441,25 @@ class _ToItems(beam.DoFn):
         self._routes = {r: Metrics.counter(NAMESPACE, f"route_{r}") for r in ROUTES}
 
     def process(self, row: ManifestRow) -> Iterable:
+        mask, whole = 0, row.fingerprint is not None
+        item_id = None
         for record in row_to_items(row, self._model, self._plan):
             if isinstance(record, DeadLetter):
+                whole = False
                 PROGRESS.add(done=1, dead_letters=1, rejected=1)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
             else:
                 self._items[record.modality].inc()
                 self._routes[record.route].inc()
                 PROGRESS.add(items=1)
+                mask |= MODALITY_BITS[record.modality]
+                item_id = record.id
+                whole = whole and record.file_path is None  # a local file may change under an unchanged row
                 yield record
+        if whole and mask:
+            # Finalize lists the row as saved if none of its items ends as a dead letter or deferred.
+            yield beam.pvalue.TaggedOutput(ROW_RECORDS, (row.fingerprint, fingerprint(item_id), mask, row.source,
+                                                         row.row_number))
 
 
 def _keep_first(keyed: Tuple[str, Iterable[Tuple[ManifestRow, str]]]) -> Iterable:
@@ -490,7 +504,10 @@ class _FirstRowKeepsIdFn(beam.DoFn):
         if item_id is None:
             yield row
             return
-        first = self._state.first_row(key, row.source, row.row_number)
+        saved = self._state.saved_rows(lambda: None)  # loaded by the reader, if it keeps them
+        first = saved.claim_id(fingerprint(key), row.source, row.row_number) if saved is not None else None
+        if first is None:
+            first = self._state.first_row(key, row.source, row.row_number)
         if first is None:
             yield row
             return
@@ -539,6 +556,7 @@ class ValidateRows(beam.PTransform):
     def expand(self, rows):
         unique = rows | "RejectDuplicateIds" >> RejectDuplicateIds(self._state)
         items = unique.rows | "ToItems" >> beam.ParDo(_ToItems(self._model, self._plan)).with_outputs(
-            DEAD_LETTERS, main="items")
-        return {"items": items.items, DEAD_LETTERS: (unique[DEAD_LETTERS], items[DEAD_LETTERS])
+            DEAD_LETTERS, ROW_RECORDS, main="items")
+        return {"items": items.items, ROW_RECORDS: items[ROW_RECORDS],
+                DEAD_LETTERS: (unique[DEAD_LETTERS], items[DEAD_LETTERS])
                 | "MergeValidationDeadLetters" >> beam.Flatten()}
