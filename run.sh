@@ -8,7 +8,11 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 
-stamp_of() { sha1sum < "$HERE/setup.py" | cut -c1-16; }
+# What each install holds: the library plus the emulator (the embedded default) and redis; tests add the rest.
+MAIN_EXTRAS="emulator,redis"
+TEST_EXTRAS="emulator,redis,dask,test"
+# A new setup.py or a new list of extras installs again.
+stamp_of() { { cat "$HERE/setup.py"; echo "$MAIN_EXTRAS $TEST_EXTRAS"; } | sha1sum | cut -c1-16; }
 
 ensure_venv() {
   local want="$1" stamp="$VENV/.installed-$1-$(stamp_of)"
@@ -20,8 +24,8 @@ ensure_venv() {
     python3 -m venv "$VENV"
   fi
   echo "run.sh: installing the project into $VENV ($want)" >&2
-  local spec="$HERE"
-  [ "$want" = test ] && spec="$HERE[test]"
+  local spec="$HERE[$MAIN_EXTRAS]"
+  [ "$want" = test ] && spec="$HERE[$TEST_EXTRAS]"
   if ! "$PY" -m pip install -q -e "$spec" >"$VENV/install.log" 2>&1; then
     cat "$VENV/install.log" >&2
     echo "run.sh: install failed (log above, also in $VENV/install.log)" >&2

@@ -1,6 +1,9 @@
 """Packaging for the embedding pipeline; also what Dataflow/Flink workers install via --setup_file."""
 import setuptools
 
+MEDIA = ["Pillow>=10", "soundfile>=0.12", "av>=14"]
+DASK = ["dask>=2024.4.2", "distributed>=2024.4.2"]
+
 setuptools.setup(
     name="tl-embed-pipeline",
     version="0.1.0",
@@ -9,32 +12,33 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["embed_client*", "embed_emulator*", "pipeline*", "transforms*"]),
     # The default configs live in configs/ at the top level, not inside a package, so package_data
     # cannot name them: MANIFEST.in puts them (and only them, besides the packages) into the sdist.
+    # What a pipeline using the transforms needs. The rest is optional (extras below): install the library
+    # without the emulator's media decoders or redis, and add them where they are used.
     install_requires=[
         "apache-beam>=2.77.0,<3",
         "pyarrow>=14,<26",
         "tenacity>=8.2",
         "requests>=2.31",
         "PyYAML>=6",
-        # The emulator: multipart parsing, image and audio decoding.
-        "python-multipart>=0.0.20",
-        "Pillow>=10",
-        "soundfile>=0.12",
-        "numpy>=1.24",
-        # The emulator's Embed API v2 video: PyAV decodes containers for real durations, frames and
-        # audio (and the pipeline may measure local video durations with it). Its wheels ship
-        # FFmpeg (with libx264 for the test clips), so nothing needs installing beside it.
-        "av>=14",
-        # One rate limit shared by every worker (embed_client.redis_bucket): an atomic Lua script on a
-        # Redis server. redis-py is the maintained client; without a reachable server the job falls back
-        # to a per-worker share of the limit, so the dependency is needed only to try.
-        "redis>=5",
+        "numpy>=1.24",  # the segment writer and the search command
     ],
-    # Tests also read the output with DuckDB, Polars and pandas, as users do.
+    # `media`: checking local media files before any call (image size, audio and video durations): Pillow,
+    #   soundfile, and PyAV for video (its wheels ship FFmpeg with libx264, so nothing needs installing beside
+    #   it). Needed wherever rows name `image_file`, `audio_file` or `video_file`, workers included.
+    # `emulator`: the local emulator (`api.base_url: embedded`, `python -m embed_emulator`, the tests): a
+    #   multipart parser and the same decoders, for real durations, frames and audio.
+    # `redis`: one rate limit shared by every worker (embed_client.redis_bucket); without it, or without a
+    #   reachable server, each worker paces to its share of the limit.
     # `dask`: the job on a Dask cluster (--runner dask, pipeline/dask_runner.py); the versions Beam's own
-    # [dask] extra asks for. The tests run it on a LocalCluster, so the test extra holds it too.
+    #   [dask] extra asks for.
+    # `test`: the suite also reads the output with DuckDB, Polars and pandas, as users do, and runs Dask.
+    # ./run.sh installs [emulator,redis]; ./run.sh test installs [emulator,redis,dask,test].
     extras_require={
-        "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
-        "test": ["pytest>=8", "twelvelabs==1.3.6", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100",
-                 "dask>=2024.4.2", "distributed>=2024.4.2"],
+        "media": MEDIA,
+        "emulator": ["python-multipart>=0.0.20"] + MEDIA,
+        "redis": ["redis>=5"],
+        "dask": DASK,
+        "test": ["pytest>=8", "twelvelabs==1.3.6", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100"]
+        + DASK,
     },
 )

@@ -79,7 +79,7 @@ def latency_percentiles(latency: dict) -> Optional[Dict[str, float]]:
 
     A percentile is the nearest-rank sample, placed inside its bucket by linear interpolation and kept within
     the exact min and max: off by at most a bucket's width (1 ms up to 16 ms, then ~9%)."""
-    from transforms.calling import LATENCY_EDGES_MS
+    from transforms.timeline import LATENCY_EDGES_MS
 
     hist = sorted(latency.get("hist", {}).items())
     n = sum(count for _, count in hist)

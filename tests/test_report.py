@@ -167,31 +167,29 @@ def _exact_percentile(samples, q):
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
-def test_latency_histogram_in_the_timeline_pieces_gives_percentiles(tmp_path, monkeypatch):
-    """Two workers write latency histograms into their timeline pieces; the report sums them."""
-    from transforms.call_settings import CallSettings
-    from transforms.calling import _CallStats, _CreateEmbeddingsFn
+def test_latency_histogram_in_the_timeline_pieces_gives_percentiles(tmp_path):
+    """Two workers' timeline sinks write latency histograms into their pieces; the report sums them."""
+    from transforms.call_policy import CallStats
+    from transforms.timeline import CallTimes, _WriteTimelineFn
 
-    monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
     folder = tmp_path / "timeline"
+    folder.mkdir()
     rng = random.Random(5)
     # a known distribution: uniform 20..100 ms, and a slow tail of 1% at 400..900 ms
     samples = [int(rng.uniform(20, 100)) for _ in range(4000)] + [rng.randint(400, 900) for _ in range(40)]
     rng.shuffle(samples)
-    settings = CallSettings(base_url="http://unused", model="marengo3.0", timeline_dir=str(folder))
     chunks = [samples[i:i + 250] for i in range(0, len(samples), 250)]
     for worker in range(2):
-        fn = _CreateEmbeddingsFn(settings)
+        fn = _WriteTimelineFn(str(folder))
         fn.setup()
-        try:
-            for chunk in chunks[worker::2]:
-                stats = _CallStats(calls=len(chunk), latencies_ms=list(chunk))
-                for _ in chunk:
+        for chunk in chunks[worker::2]:
+            fn.start_bundle()  # one piece per bundle
+            for start in range(0, len(chunk), 50):  # 50 latencies per "call" record
+                stats = CallStats(calls=50, latencies_ms=list(chunk[start:start + 50]))
+                for _ in range(len(stats.latencies_ms)):
                     stats.mark(False)
-                fn._record(stats)
-                fn._write_timeline()  # one piece per "bundle"
-        finally:
-            fn.teardown()
+                fn.process(CallTimes.from_stats(stats))
+            fn.finish_bundle()
     # a piece written before latencies were recorded: counted in the chart, adds nothing to the latency
     now = int(time.time())
     (folder / "calls-oldworkr-00001.jsonl").write_text(json.dumps({"t": now, "calls": 5, "http_429": 1}) + "\n")

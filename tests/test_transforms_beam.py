@@ -80,3 +80,33 @@ def test_build_pipeline_in_a_test_pipeline(tmp_path):
             assert_that(written[DEAD_LETTERS] | beam.Map(lambda path: path.endswith(".jsonl")), equal_to([True]))
     assert read_segments(output).column("id").to_pylist() == ["t1"]
     assert [l["code"] for l in read_dead_letters(output)] == ["no_input"]
+
+
+def test_two_calling_steps_of_a_run_share_one_call_budget_and_write_the_timeline(tmp_path):
+    """The process's quota (apache_beam.utils.shared) is shared by the DoFn instances of both steps: a budget of
+    3 calls allows 3 calls in all, not 3 per step; each sent call is one timeline record, written for the report."""
+    from pipeline.report import read_calls
+    from transforms.constants import DEFERRED
+    from transforms.timeline import TIMELINE, WriteTimeline
+
+    folder = tmp_path / "timeline"
+    folder.mkdir()
+    with Emulator(EmulatorConfig()) as emu:
+        settings = CallSettings(base_url=emu.base_url, model="marengo3.0", max_in_flight=1, max_calls=3,
+                                run_id="shared-budget")
+        with TestPipeline(options=OPTIONS) as p:
+            outcomes, deferred = [], []
+            for step in ("A", "B"):
+                calls = p | f"Calls{step}" >> beam.Create([Call([_item(i)]) for i in range(4)])
+                called = calls | f"Embed{step}" >> CreateEmbeddings(settings)
+                called[TIMELINE] | f"Timeline{step}" >> WriteTimeline(str(folder))
+                outcomes.append(called.outcomes)
+                deferred.append(called[DEFERRED])
+            assert_that(tuple(outcomes) | "AllOut" >> beam.Flatten() | beam.combiners.Count.Globally(),
+                        equal_to([3]), label="three_embedded")
+            assert_that(tuple(deferred) | "AllDeferred" >> beam.Flatten() | beam.Map(lambda d: d.reason),
+                        equal_to(["max_calls"] * 5), label="five_deferred")
+        served = emu.stats()
+    assert served["requests"] == 3
+    timeline, latency = read_calls(str(folder))
+    assert sum(c for _, c, _ in timeline) == 3 and latency["count"] == 3

@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
 from transforms.call_settings import CallSettings
-from transforms.calling import _Attempts, _Caller, _CallStats, _NotCalled
+from transforms.call_policy import Attempts, CallPolicy, CallStats, NotCalled
 from transforms.items import DeadLetter, Deferred, Item, Outcome
 from transforms.layout import TASKS_DIR, commit, list_files, piece_name, read_jsonl
 
@@ -143,7 +143,7 @@ class _MediaPaced:
 
     media = None  # a MediaMinutesBudget, set by the calling step
 
-    def _pace_media(self, item: Item, stats: _CallStats) -> None:
+    def _pace_media(self, item: Item, stats: CallStats) -> None:
         if self.media is not None:
             minutes = clip_minutes(item)
             if minutes is not None:
@@ -154,10 +154,10 @@ class _MediaPaced:
             self.media.charge(data_minutes(data))
 
 
-class SyncV2Caller(_MediaPaced, _Caller):
+class SyncV2Caller(_MediaPaced, CallPolicy):
     """One item per `POST /embed-v2` call; the same pacing, budget, retries and error mapping as v1."""
 
-    def _run(self, items: List[Item], stats: _CallStats):
+    def _run(self, items: List[Item], stats: CallStats):
         if not self.quota.stopped:
             self._pace_media(items[0], stats)
         return super()._run(items, stats)
@@ -230,7 +230,7 @@ class _TaskGone(Exception):
     """A recorded task the API no longer knows (expired or purged): it is created again."""
 
 
-class TaskCaller(_MediaPaced, _Caller):
+class TaskCaller(_MediaPaced, CallPolicy):
     """Audio and video too long for a sync call: create a task once, record it, poll it to the end."""
 
     def __init__(self, settings: CallSettings, client, bucket, quota=None, known: Optional[Dict[str, TaskRecord]] = None,
@@ -241,7 +241,7 @@ class TaskCaller(_MediaPaced, _Caller):
         self._clock = clock
         self._sleep = sleep
 
-    def _run(self, items: List[Item], stats: _CallStats):
+    def _run(self, items: List[Item], stats: CallStats):
         (item,) = items
         recorded = self.known.get(task_key(item))
         max_age = self.settings.task_retention_sec - _RETENTION_MARGIN_SEC
@@ -264,10 +264,10 @@ class TaskCaller(_MediaPaced, _Caller):
                                f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
                     for i in item.with_copies()]
         self._pace_media(item, stats)
-        counter = _Attempts()
+        counter = Attempts()
         try:
             created = self._send_paced(lambda: self._created(self.client.send_task_create(body)), 1, stats, counter)
-        except _NotCalled:
+        except NotCalled:
             return self._deferred(items)
         except errors.RateLimitError as exc:
             if self._quota_spent(exc):
@@ -292,13 +292,13 @@ class TaskCaller(_MediaPaced, _Caller):
             raise errors.MalformedResponseError("the task create answer has no _id", status=202)
         return response
 
-    def _poll(self, item: Item, task_id: str, stats: _CallStats, attempts: int):
+    def _poll(self, item: Item, task_id: str, stats: CallStats, attempts: int):
         deadline = time.monotonic() + self.settings.task_deadline_sec
         wait = self.settings.task_poll_sec
         while True:
             if self.quota.stopped:
                 return self._pending(item, task_id, self.quota.stopped, self.quota.resets_at)
-            counter = _Attempts()
+            counter = Attempts()
             try:
                 task = self._send_paced(lambda: self.client.tasks.retrieve(task_id), 1, stats, counter, paid=False)
             except errors.NotFoundError:

@@ -19,11 +19,13 @@ but identical inputs inside the transform (per window) are called once.
 
 import dataclasses
 import json
+import math
 import uuid
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import apache_beam as beam
 from apache_beam import coders
+from apache_beam.transforms import trigger, window
 
 from embed_client.secrets import redact_url
 from transforms.call_settings import CallSettings, EmbeddingSettings
@@ -31,7 +33,7 @@ from transforms.calling import CreateEmbeddings
 from transforms.constants import DEAD_LETTERS, DEFERRED
 from transforms.items import DeadLetter, Deferred, ManifestRow, Outcome, failure_kind
 from transforms.manifests import map_columns
-from transforms.packing import RouteAndPack
+from transforms.packing import DEFAULT_MAX_WAITING, CallPacker, RouteAndPack
 from transforms.validation import RoutePlan, ValidateRows
 
 __all__ = ["DeadLetterRow", "DeferredRow", "EMBEDDINGS", "EmbedWithTwelveLabs", "EmbeddingRow", "TwelveLabsOptions"]
@@ -106,6 +108,10 @@ class TwelveLabsOptions:
     max_calls: Optional[int] = None
     task_deadline_sec: float = 3600.0
     task_poll_sec: float = 5.0
+    # Streaming input: an input waits at most `max_wait_sec` (processing time) for identical inputs and
+    # call-mates before its call goes out; `max_waiting` bounds the inputs of one modality waiting to be packed.
+    max_wait_sec: float = 5.0
+    max_waiting: int = DEFAULT_MAX_WAITING
 
     def call_settings(self, run_id: str) -> CallSettings:
         return CallSettings(
@@ -133,6 +139,30 @@ class _ToManifestRow(beam.DoFn):
             raise TypeError(f"EmbedWithTwelveLabs takes dicts or beam.Rows, got {type(element).__name__}")
         fields = {k: v for k, v in map_columns(fields, self._columns).items() if v is not None}
         yield ManifestRow(self._source, 0, fields)
+
+
+class _KeepWindows(window.NonMergingWindowFn):
+    """Keeps each element's windows: WindowInto with it changes only the trigger (assigning sliding windows
+    anew would copy every element)."""
+
+    def __init__(self, coder):
+        self._coder = coder
+
+    def assign(self, context):
+        return [context.window]
+
+    def get_window_coder(self):
+        return self._coder
+
+
+def _same_windows(windowing) -> window.WindowFn:
+    fn = windowing.windowfn
+    return fn if fn.is_merging() else _KeepWindows(fn.get_window_coder())
+
+
+def _whole_seconds(seconds: float) -> int:
+    """AfterProcessingTime takes whole seconds (its proto holds milliseconds, read back as seconds)."""
+    return max(1, math.ceil(seconds))
 
 
 def _elect(keyed):
@@ -178,7 +208,10 @@ class EmbedWithTwelveLabs(beam.PTransform):
     `columns` mapping them ({"description": "text"}); other fields travel as `attributes` (JSON). With
     `deferred_as_dead_letters`, deferred inputs join the dead letters (code `deferred_<reason>`) and the
     `deferred` output is empty: for scripts that only watch one failure output.
-    Works under any windowing: inputs are packed, deduplicated and called within their window.
+    Works under any windowing: inputs are packed, deduplicated and called within their window. Streaming
+    (unbounded) input is called as it arrives, in any window including the global one: an input waits at
+    most `options.max_wait_sec` for identical inputs and call-mates, and no more than `options.max_waiting`
+    of one modality wait to be packed.
     """
 
     def __init__(self, options: Optional[TwelveLabsOptions] = None, *, columns: Optional[Mapping[str, str]] = None,
@@ -186,6 +219,9 @@ class EmbedWithTwelveLabs(beam.PTransform):
         super().__init__()
         self._options = options or TwelveLabsOptions()
         self._settings = self._options.call_settings(run_id=uuid.uuid4().hex[:12])  # checks every option now
+        if not self._options.max_wait_sec > 0:
+            raise ValueError(f"max_wait_sec must be > 0, got {self._options.max_wait_sec!r}")
+        CallPacker(True, self._options.max_waiting, self._options.max_wait_sec)
         self._columns = dict(columns or {})
         self._deferred_as_dead_letters = deferred_as_dead_letters
         self._source = source_name
@@ -193,12 +229,27 @@ class EmbedWithTwelveLabs(beam.PTransform):
     def expand(self, inputs) -> Dict[str, beam.PCollection]:
         settings = self._settings
         rows = inputs | "ToRows" >> beam.ParDo(_ToManifestRow(self._source, self._columns))
+        streaming = not inputs.is_bounded
+        if streaming:
+            # The groupings below (ids, identical inputs) must not wait for the window's end, or forever in the
+            # global window: they fire max_wait_sec after an input arrives (duplicates are found within that
+            # time), and at the window's end for what is left.
+            original = rows.windowing
+            wait = trigger.AfterProcessingTime(_whole_seconds(self._options.max_wait_sec))
+            rows = rows | "BufferByTime" >> beam.WindowInto(
+                _same_windows(original), trigger=trigger.Repeatedly(trigger.AfterAll(trigger.AfterCount(1), wait)),
+                accumulation_mode=trigger.AccumulationMode.DISCARDING, allowed_lateness=original.allowed_lateness)
         valid = rows | "Validate" >> ValidateRows(settings.model, RoutePlan.from_settings(settings))
         unique = (valid["items"]
                   | "KeyByContent" >> beam.Map(lambda item: (item.content_hash, item))
                   | "GroupByContent" >> beam.GroupByKey()
                   | "CallOncePerContent" >> beam.FlatMap(_elect))
-        routes = unique | "RouteAndPack" >> RouteAndPack(self._options.pack)
+        if streaming:  # the outputs keep the input's trigger
+            unique = unique | "RestoreTrigger" >> beam.WindowInto(
+                _same_windows(original), trigger=original.triggerfn, accumulation_mode=original.accumulation_mode,
+                timestamp_combiner=original.timestamp_combiner, allowed_lateness=original.allowed_lateness)
+        routes = unique | "RouteAndPack" >> RouteAndPack(self._options.pack, self._options.max_waiting,
+                                                         self._options.max_wait_sec if streaming else None)
         outcomes, dead, deferred = [], [valid[DEAD_LETTERS]], []
         for route, calls in routes.items():
             called = calls | f"Call_{route}" >> CreateEmbeddings(settings, kind=route)

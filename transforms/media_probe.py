@@ -4,12 +4,22 @@ from __future__ import annotations
 import io
 from typing import Union
 
-__all__ = ["video_duration"]
+__all__ = ["MEDIA_EXTRA", "MissingMediaDecoder", "video_duration"]
+
+# Pillow, soundfile and PyAV: what checks local media files before any call (and what the emulator decodes with).
+MEDIA_EXTRA = "pip install 'tl-embed-pipeline[media]'"
+
+
+class MissingMediaDecoder(ImportError):
+    """A local media file needs a decoder that is not installed (the `media` extra)."""
 
 
 def video_duration(data: Union[bytes, str]) -> float:
     """Seconds of the longest stream: container metadata first, decoding the timestamps only if absent."""
-    import av  # PyAV: FFmpeg in its wheels; imported here so v1-only jobs never load it
+    try:
+        import av  # PyAV: FFmpeg in its wheels; imported here so v1-only jobs never load it
+    except ImportError as exc:
+        raise MissingMediaDecoder(f"measuring a local video's duration needs PyAV: {MEDIA_EXTRA}") from exc
 
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     with av.open(source, mode="r") as container:

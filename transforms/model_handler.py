@@ -13,7 +13,7 @@
 Unlike a `RemoteModelHandler` (one request per batch, retried whole), each batch is validated, packed (v1: up
 to one text, image and audio per call), deduplicated, and its calls run concurrently on a bounded pool of
 `max_in_flight` threads shared by the process, paced by the process's token bucket, with the job's retries,
-400 splitting and error mapping (`transforms.calling._Caller` and the v2 callers). An example that cannot be
+400 splitting and error mapping (`transforms.call_policy`). An example that cannot be
 embedded gets an `EmbeddingError` as its inference; nothing raises for one bad example. A refused key
 (401/403) raises `ApiKeyRejected`: every other call would fail the same way.
 """
@@ -30,16 +30,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from embed_client import EmbedClient
+from transforms.call_metrics import CallMetrics
+from transforms.call_policy import CallPolicy, make_policy
 from transforms.call_settings import ApiKeyRejected, CallSettings, resolve_api_key
-from transforms.calling import _Caller
-from transforms.calling_v2 import SyncV2Caller, TaskCaller, TaskJournal
 from transforms.constants import NAMESPACE
 from transforms.embed import TwelveLabsOptions
 from transforms.items import MODALITIES, Call, DeadLetter, Deferred, Item, ManifestRow, Outcome, failure_kind, iso_utc
 from transforms.manifests import map_columns
 from transforms.packing import CallPacker
 from transforms.validation import RoutePlan, row_to_items
-from transforms.worker_state import process_bucket, process_media_budget, process_quota
+from transforms.worker_state import acquire_worker_state
 
 __all__ = ["EmbeddingError", "OUTPUTS", "TwelveLabsEmbeddingModel", "TwelveLabsEmbeddingModelHandler"]
 
@@ -94,76 +94,6 @@ def _error(record: Union[DeadLetter, Deferred]) -> EmbeddingError:
                           failure_kind(record.code, record.http_status), record.modality, record.http_status)
 
 
-class _Stats:
-    """The job's call counters, summed over a batch's calls and added to Beam metrics in the bundle's thread
-    (metrics set from the pool's threads would be lost: Beam's metrics container is per thread)."""
-
-    def __init__(self):
-        self.calls = self.retries = self.rate_limited = self.split = self.polls = 0
-        self.throttled_sec = 0.0
-        self.items_per_call: List[int] = []
-        self.latencies_ms: List[int] = []
-        self.tasks: Dict[str, int] = {}
-        self.limited_dimensions: List[str] = []
-
-    def add(self, stats) -> None:
-        self.calls += stats.calls
-        self.retries += stats.retries
-        self.rate_limited += stats.rate_limited
-        self.split += stats.split_calls
-        self.polls += stats.polls
-        self.throttled_sec += stats.throttled_sec
-        self.items_per_call += stats.items_per_call
-        self.latencies_ms += stats.latencies_ms
-        self.limited_dimensions += getattr(stats, "limited_dimensions", [])
-        for name in ("tasks_created", "tasks_ready", "tasks_failed"):
-            value = getattr(stats, name, 0)
-            if value:
-                self.tasks[name] = self.tasks.get(name, 0) + value
-
-
-class _JobMetrics:
-    """The job's counters (namespace `tl_embed`) for RunInference steps, besides Beam's own RunInference metrics."""
-
-    def __init__(self):
-        counter = lambda name: Metrics.counter(NAMESPACE, name)  # noqa: E731
-        self.calls, self.retries, self.http_429 = counter("calls"), counter("retries"), counter("http_429")
-        self.split, self.polls = counter("split_calls"), counter("task_polls")
-        self.throttled_ms = counter("throttled_msecs")
-        self.throttled_sec = counter("cumulativeThrottlingSeconds")
-        self.embedded, self.deferred = counter("items_embedded"), counter("items_deferred")
-        self.failed = counter("inference_errors")
-        self.items_per_call = Metrics.distribution(NAMESPACE, "items_per_call")
-        self.latency_ms = Metrics.distribution(NAMESPACE, "call_latency_ms")
-        self._throttled_remainder = 0.0
-        self._lock = threading.Lock()
-
-    def record(self, stats: _Stats, embedded: int, deferred: int, failed: int) -> None:
-        self.calls.inc(stats.calls)
-        self.retries.inc(stats.retries)
-        self.http_429.inc(stats.rate_limited)
-        self.split.inc(stats.split)
-        self.polls.inc(stats.polls)
-        self.embedded.inc(embedded)
-        self.deferred.inc(deferred)
-        self.failed.inc(failed)
-        for name, value in stats.tasks.items():
-            Metrics.counter(NAMESPACE, name).inc(value)
-        for dimension in stats.limited_dimensions:
-            Metrics.counter(NAMESPACE, f"http_429.{dimension}").inc()
-        for n in stats.items_per_call:
-            self.items_per_call.update(n)
-        for ms in stats.latencies_ms:
-            self.latency_ms.update(ms)
-        self.throttled_ms.inc(int(stats.throttled_sec * 1000))
-        with self._lock:
-            self._throttled_remainder += stats.throttled_sec
-            whole = int(self._throttled_remainder)
-            self._throttled_remainder -= whole
-        if whole:
-            self.throttled_sec.inc(whole)
-
-
 class TwelveLabsEmbeddingModel:
     """What `load_model` returns: one client, this process's bucket and quota, the v1/v2/task callers, and the
     bounded pools their calls run on. Shared (through RunInference's `Shared`) by every thread of the process."""
@@ -175,21 +105,20 @@ class TwelveLabsEmbeddingModel:
         self.client = EmbedClient(api_key=resolve_api_key(settings), base_url=settings.base_url,
                                   timeout=(settings.connect_timeout_sec, settings.read_timeout_sec),
                                   max_connections=settings.max_in_flight + settings.max_tasks_in_flight)
-        bucket, quota, media = process_bucket(settings), process_quota(settings), process_media_budget(settings)
-        self.callers: Dict[str, _Caller] = {"v1": _Caller(settings, self.client, bucket, quota)}
-        self.callers["v2"] = SyncV2Caller(settings, self.client, bucket, quota)
+        # Held for the model's life: Shared keeps the process's state only while someone holds it.
+        self.state = acquire_worker_state(settings)
         # No output folder: a task is polled until it ends or `task_deadline_sec` passes, then deferred.
-        self.callers["task"] = TaskCaller(settings, self.client, bucket, quota, known={},
-                                          journal=TaskJournal(None, settings.run_id))
-        self.callers["v2"].media = self.callers["task"].media = media
-        self.bucket, self.quota = bucket, quota
+        self.callers: Dict[str, CallPolicy] = {kind: make_policy(kind, settings, self.client, self.state)
+                                               for kind in ("v1", "v2", "task")}
+        self.bucket, self.quota = self.state.bucket, self.state.quota
         self._calls_pool = concurrent.futures.ThreadPoolExecutor(settings.max_in_flight,
                                                                  thread_name_prefix="tl-infer")
         self._tasks_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._lock = threading.Lock()
         self._stopped_since: Optional[float] = None
         self.clock = time.time
-        self.metrics = _JobMetrics()
+        self.metrics = CallMetrics(progress=False)
+        self.inference_errors = Metrics.counter(NAMESPACE, "inference_errors")
 
     def _pool(self, route: str) -> concurrent.futures.ThreadPoolExecutor:
         if route != "task":
@@ -223,7 +152,6 @@ class TwelveLabsEmbeddingModel:
         calls = self._pack(self._dedup(items))
         futures = {self._pool(call.items[0].route).submit(self.callers[call.items[0].route].run, call): call
                    for call in calls}
-        stats = _Stats()
         key_rejected: Optional[ApiKeyRejected] = None
         for future in concurrent.futures.as_completed(futures):
             call = futures[future]
@@ -237,7 +165,7 @@ class TwelveLabsEmbeddingModel:
                                                   f"{type(exc).__name__}: {exc}")
                                        for item in call.items for i in item.with_copies()], None
             if call_stats is not None:
-                stats.add(call_stats)
+                self.metrics.call(call_stats)  # here, in the bundle's thread (see CallMetrics)
             for record in records:
                 row_number = record.item.row_number if isinstance(record, Outcome) else record.row_number
                 per_example[row_number - 1].append(record)
@@ -246,7 +174,8 @@ class TwelveLabsEmbeddingModel:
         embedded = sum(isinstance(r, Outcome) for records in per_example for r in records)
         deferred = sum(isinstance(r, Deferred) for records in per_example for r in records)
         failed = sum(not any(isinstance(r, Outcome) for r in records) for records in per_example)
-        self.metrics.record(stats, embedded, deferred, failed)
+        self.metrics.results(embedded=embedded, deferred=deferred)
+        self.inference_errors.inc(failed)
         return per_example
 
     def _reopen(self) -> None:

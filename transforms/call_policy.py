@@ -1,0 +1,438 @@
+"""The call policy: build a request, pace it, send it with retries, split a packed call on 400, and map the
+answer to outcomes, dead letters or deferred items. No Beam in here: the calling step's DoFn, the
+RunInference handler and the unit tests drive the same objects.
+
+    policy = CallPolicy(settings, client, bucket)      # bucket: any embed_client.pacing.Pacer
+    records, stats = policy.run(Call([item, ...]))     # never raises for an item; ApiKeyRejected for a bad key
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+
+from embed_client import API_KEY_ENV, EmbedClient, errors
+from embed_client.pacing import Pacer
+from embed_client.ratelimit import MediaMinutesBudget
+from embed_client.retry import call_with_retries
+from transforms.call_settings import ApiKeyRejected, CallSettings
+from transforms.items import Call, DeadLetter, Deferred, Item, Outcome, item_row
+
+__all__ = ["Attempts", "CallPolicy", "CallRecord", "CallResult", "CallStats", "NotCalled", "QuotaState",
+           "WaitMeter", "WorkerState", "make_policy", "read_file"]
+
+_LOGGER = logging.getLogger(__name__)
+
+CallRecord = Union[Outcome, DeadLetter, Deferred]
+
+
+class NotCalled(Exception):
+    """The quota or budget stopped this call before it was made."""
+
+
+class Attempts:
+    """How many times a call was sent, readable after it raised."""
+
+    def __init__(self):
+        self.count = 0
+
+
+@dataclasses.dataclass
+class CallStats:
+    """What one call (with its retries, splits and polls) cost; the calling step turns it into metrics."""
+
+    calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    throttled_sec: float = 0.0
+    items_per_call: List[int] = dataclasses.field(default_factory=list)
+    split_calls: int = 0
+    polls: int = 0                  # v2 task status reads: paced like calls, not paid for
+    tasks_created: int = 0
+    tasks_resumed: int = 0          # recorded by an earlier run: polled, not created again
+    tasks_recreated: int = 0        # recorded, but past the API's retention: created again
+    tasks_ready: int = 0
+    tasks_failed: int = 0
+    # v2 usage: input tokens by kind (text, image, audio, video) and how many answers were truncated.
+    usage_tokens: Dict[str, int] = dataclasses.field(default_factory=dict)
+    truncated: int = 0
+    limited_dimensions: List[str] = dataclasses.field(default_factory=list)  # X-Ratelimit-Dimensions of 429s
+    latencies_ms: List[int] = dataclasses.field(default_factory=list)
+    # Whole UTC second -> [calls answered, of which 429], for the run report's chart.
+    timeline: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
+
+    def add_usage(self, usage) -> None:
+        if usage is None:
+            return
+        for kind, tokens in (usage.input_tokens or {}).items():
+            self.usage_tokens[kind] = self.usage_tokens.get(kind, 0) + int(tokens or 0)
+        self.truncated += int(bool(usage.truncated))
+
+    def mark(self, rate_limited: bool) -> None:
+        bucket = self.timeline.setdefault(int(time.time()), [0, 0])
+        bucket[0] += 1
+        bucket[1] += int(rate_limited)
+
+
+class CallResult(NamedTuple):
+    records: List[CallRecord]
+    stats: CallStats
+
+
+class QuotaState:
+    """Per process and run: once the quota, the call budget or the service is gone, nothing more is called."""
+
+    def __init__(self, max_calls: Optional[int], outage_after: int = 0):
+        self._lock = threading.Lock()
+        self.max_calls = max_calls
+        self.calls = 0
+        self.stopped: Optional[str] = None
+        self.resets_at: Optional[float] = None
+        # Consecutive attempts that failed for the service's reason (refused, timed out, 5xx, no endpoint).
+        self.outage_after = outage_after
+        self.service_failures = 0
+        self.last_service_error: Optional[str] = None
+
+    def service_result(self, failed: bool, error: Optional[str] = None) -> None:
+        """Counts an attempt's outcome; past `outage_after` failures in a row, calling stops for this run."""
+        with self._lock:
+            if not failed:
+                self.service_failures = 0
+                return
+            self.service_failures += 1
+            self.last_service_error = error
+            if self.outage_after and self.service_failures >= self.outage_after and not self.stopped:
+                self.stopped = "service_unavailable"
+                _LOGGER.warning("the API failed %d attempts in a row (last: %s): calling stops and the rest is "
+                                "deferred to the next run", self.service_failures, error)
+
+    def take_call(self) -> bool:
+        """Counts a call against the budget; False when it may not be made."""
+        with self._lock:
+            if self.stopped:
+                return False
+            if self.max_calls is not None and self.calls >= self.max_calls:
+                self.stopped = "max_calls"
+                _LOGGER.warning("the run's budget of %d calls is spent; the rest is deferred to the next run",
+                                self.max_calls)
+                return False
+            self.calls += 1
+            return True
+
+    def stop(self, reason: str, resets_at: Optional[float]) -> None:
+        with self._lock:
+            if not self.stopped:
+                from transforms.items import iso_utc
+
+                _LOGGER.warning("the API quota is spent (resets at %s); the rest is deferred to the next run",
+                                iso_utc(resets_at) or "an unknown time")
+                self.stopped, self.resets_at = reason, resets_at
+
+    def spent_by(self, exc: errors.RateLimitError, deadline_sec: float) -> bool:
+        """A 429 whose reset lies beyond what a call may wait: the quota is spent (calling stops), not the items."""
+        if exc.is_retryable and exc.wait_seconds is not None and exc.wait_seconds <= deadline_sec:
+            return False
+        wait = exc.wait_seconds
+        resets_at = exc.rate_limit.reset_at or (None if wait is None else exc.rate_limit.received_at + wait)
+        self.stop("quota_exhausted", resets_at)
+        return True
+
+    def deferred(self, items: List[Item]) -> List[Deferred]:
+        """The items of a call not made, for the next run."""
+        reason, resets_at = self.stopped or "quota_exhausted", self.resets_at
+        return [Deferred(i.id, i.source, i.row_number, i.modality, reason, resets_at)
+                for item in items for i in item.with_copies()]
+
+
+class WaitMeter:
+    """Wall seconds during which at least one caller of this process waited for its turn at the limit
+    (thread-seconds add up every waiting thread and can exceed the run's length)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._since = 0.0
+        self._total = 0.0
+
+    def wait(self, acquire: Callable[[], float]) -> float:
+        with self._lock:
+            if self._waiting == 0:
+                self._since = self._clock()
+            self._waiting += 1
+        try:
+            return acquire()
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                if self._waiting == 0:
+                    self._total += self._clock() - self._since
+
+    def take(self) -> float:
+        """The wall seconds gathered since the last take (each second is reported once, whoever takes it)."""
+        with self._lock:
+            total, self._total = self._total, 0.0
+            return total
+
+
+@dataclasses.dataclass(eq=False)
+class WorkerState:
+    """What every caller of one process shares for a run: the pace, the quota, the wait meter and the
+    media-minutes budget (None when not configured). transforms.worker_state hands these out per process."""
+
+    bucket: Pacer
+    quota: QuotaState
+    meter: WaitMeter = dataclasses.field(default_factory=WaitMeter)
+    media: Optional[MediaMinutesBudget] = None
+
+    @classmethod
+    def for_settings(cls, settings: CallSettings, bucket: Pacer) -> "WorkerState":
+        """A fresh state with this process's share of the run's call budget and media minutes."""
+        budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
+        media = None if settings.media_minutes_per_hour is None else \
+            MediaMinutesBudget(settings.media_minutes_per_hour / settings.max_workers)
+        return cls(bucket, QuotaState(budget, settings.outage_after_failures), WaitMeter(), media)
+
+
+def read_file(path: str) -> Tuple[str, bytes, str]:
+    """(name, bytes, content type) of a local or FileSystems file, as the multipart body takes it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from embed_client.multipart import guess_content_type
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        data = f.read()
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return name, data, guess_content_type(name)
+
+
+def _per_minute_limit(info: errors.RateLimitInfo) -> Optional[float]:
+    """The limit a 429 states, when its window resets within a minute (so it is the per-minute one)."""
+    wait = info.wait_seconds()
+    if info.limit and info.reset_at is not None and wait is not None and wait <= 61:
+        return float(info.limit)
+    return None
+
+
+_SERVICE_FAILURES = (errors.ConnectionFailedError, errors.EmbedTimeoutError, errors.ServerError,
+                     errors.MalformedResponseError)
+
+
+def _is_service_failure(exc: errors.EmbedError, paid: bool) -> bool:
+    """Fails every item alike: unreachable, hanging, 5xx, lying, or (for an embed call) no such endpoint."""
+    return isinstance(exc, _SERVICE_FAILURES) or (paid and isinstance(exc, errors.NotFoundError))
+
+
+def error_code(exc: errors.EmbedError) -> str:
+    """The dead-letter code of a failed call."""
+    if exc.code:
+        return exc.code
+    return {errors.EmbedTimeoutError: "timeout", errors.ConnectionFailedError: "connection_failed",
+            errors.MalformedResponseError: "malformed_response", errors.ServerError: "server_error",
+            errors.RateLimitError: "too_many_requests"}.get(type(exc), "bad_request")
+
+
+class CallPolicy:
+    """Embed API v1: one packed `POST /embed` call per Call. Thread-safe: one instance serves a pool.
+
+    The v2 callers (transforms.calling_v2) override `_run`, `_build`, `_send`, `_check` and `_map`."""
+
+    def __init__(self, settings: CallSettings, client: EmbedClient, bucket: Pacer,
+                 quota: Optional[QuotaState] = None, meter: Optional[WaitMeter] = None,
+                 read: Callable[[str], Tuple[str, bytes, str]] = read_file):
+        self.settings = settings
+        self.client = client
+        self.bucket = bucket
+        self.quota = quota or QuotaState(settings.max_calls, settings.outage_after_failures)
+        self.meter = meter or WaitMeter()
+        self.policy = settings.retry_policy()
+        self.dims = settings.dims
+        self._read = read
+
+    def run(self, call: Call) -> CallResult:
+        stats = CallStats()
+        records = self._run(call.items, stats)
+        # A call's dead letter carries what was sent: its content key (a later run re-tries it only if that
+        # changed) and the manifest fields (to fix or re-drive it).
+        by_key = {(i.id, i.source, i.row_number, i.modality): i for item in call.items for i in item.with_copies()}
+        for record in records:
+            if isinstance(record, DeadLetter) and record.row is None:
+                item = by_key.get((record.id, record.source, record.row_number, record.modality))
+                if item is not None:
+                    record.content_hash, record.row = item.content_hash, item_row(item)
+        return CallResult(records, stats)
+
+    def _deferred(self, items: List[Item]) -> List[Deferred]:
+        return self.quota.deferred(items)
+
+    def _run(self, items: List[Item], stats: CallStats) -> List[CallRecord]:
+        if self.quota.stopped:
+            return self._deferred(items)
+        try:
+            request = self._build(items)
+        except errors.BadRequestError as exc:
+            return [d for item in items for d in self._dead(item, exc, 0)]
+        except OSError as exc:
+            return [DeadLetter(i.id, i.source, i.row_number, i.modality, "call", "unreadable_file",
+                               f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
+                    for item in items for i in item.with_copies()]
+        counter = Attempts()
+        try:
+            response = self._send_paced(lambda: self._checked(items, self._send(request)), len(items), stats,
+                                        counter)
+        except NotCalled:
+            return self._deferred(items)
+        except errors.RateLimitError as exc:
+            if self._quota_spent(exc):
+                return self._deferred(items)
+            return [d for item in items for d in self._dead(item, exc, counter.count)]
+        except errors.BadRequestError as exc:
+            if len(items) > 1:
+                # One bad item must not sink its call-mates: retry each alone.
+                stats.split_calls += 1
+                return [r for item in items for r in self._run([item], stats)]
+            return self._dead(items[0], exc, counter.count)
+        except errors.EmbedError as exc:
+            return [d for item in items for d in self._dead(item, exc, counter.count)]
+        return self._map(items, response, counter.count, stats)
+
+    def attempt(self, send: Callable[[], object], items_in_call: int, stats: CallStats, counter: Attempts,
+                paid: bool = True):
+        """One try: wait for a turn at the limit, take the budget (paid calls only), send, and tell the
+        bucket and the quota how it went. Raises NotCalled when the budget is spent."""
+        stats.throttled_sec += self.meter.wait(self.bucket.acquire)
+        if paid and not self.quota.take_call():
+            raise NotCalled()
+        counter.count += 1
+        if paid:
+            stats.calls += 1
+            stats.items_per_call.append(items_in_call)
+        else:
+            stats.polls += 1
+        sent = time.monotonic()
+        try:
+            response = send()
+        except errors.EmbedError as exc:
+            # The service's failure, not the item's: enough in a row and the run stops calling.
+            self.quota.service_result(_is_service_failure(exc, paid), f"{error_code(exc)}: {exc.message}")
+            if isinstance(exc, errors.RateLimitError):
+                stats.mark(True)
+                stats.rate_limited += 1
+                dimension = getattr(exc.rate_limit, "dimensions", None)
+                if dimension:
+                    stats.limited_dimensions.append(dimension)
+                self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
+                                            _per_minute_limit(exc.rate_limit))
+            raise
+        stats.latencies_ms.append(int((time.monotonic() - sent) * 1000))
+        stats.mark(False)
+        self.quota.service_result(False)
+        self.bucket.on_success()
+        return response
+
+    def _send_paced(self, send, items_in_call: int, stats: CallStats, counter: Attempts, paid: bool = True):
+        """`attempt`, retried by the policy; a 401/403 stops the job."""
+
+        def on_retry(exc, seconds):
+            stats.retries += 1
+            stats.throttled_sec += seconds
+
+        try:
+            return call_with_retries(lambda: self.attempt(send, items_in_call, stats, counter, paid), self.policy,
+                                     on_retry=on_retry)
+        except errors.AuthError as exc:
+            raise ApiKeyRejected(f"The API refused the key ({exc}). Check {API_KEY_ENV} or the key file; "
+                                 "no further calls were made by this worker.") from None
+
+    def _quota_spent(self, exc: errors.RateLimitError) -> bool:
+        return self.quota.spent_by(exc, self.policy.deadline_sec)
+
+    def _checked(self, items: List[Item], response):
+        self._check(items, response)
+        return response
+
+    def _send(self, request):
+        fields, files = request
+        return self.client.send(fields, files)
+
+    def _build(self, items: List[Item]):
+        kwargs = {}
+        for item in items:
+            if item.modality == "text":
+                kwargs.update(text=item.text, text_truncate=item.text_truncate)
+            elif item.url is not None:
+                kwargs[f"{item.modality}_url"] = item.url
+            else:
+                kwargs[f"{item.modality}_file"] = self._read(item.file_path)
+            if item.modality == "audio" and item.audio_start_offset_sec is not None:
+                kwargs["audio_start_offset_sec"] = item.audio_start_offset_sec
+        return self.client.build_request(self.settings.model, **kwargs)
+
+    def _check(self, items: List[Item], response) -> None:
+        """A response that does not answer what was asked is treated as malformed (and retried)."""
+        for item in items:
+            result = getattr(response, f"{item.modality}_embedding")
+            if result is None:
+                raise errors.MalformedResponseError(f"no {item.modality}_embedding in the response", status=200)
+            if result.error_message is not None:
+                continue
+            if not result.segments:
+                raise errors.MalformedResponseError(f"{item.modality}_embedding has no segments", status=200)
+            for segment in result.segments:
+                if segment.float_ is None or len(segment.float_) != self.dims:
+                    raise errors.MalformedResponseError(
+                        f"{item.modality} vector has {len(segment.float_ or [])} values, expected {self.dims}",
+                        status=200)
+            meta = getattr(result, "metadata", None)
+            if meta is not None and item.url is not None and meta.input_url not in (None, item.url):
+                raise errors.MalformedResponseError(f"{item.modality} result is for another input", status=200)
+
+    def _map(self, items, response, attempts, stats=None) -> List[CallRecord]:
+        out: List[CallRecord] = []
+        for item in items:
+            result = getattr(response, f"{item.modality}_embedding")
+            for each in item.with_copies():
+                if result.error_message is not None:
+                    out.append(DeadLetter(each.id, each.source, each.row_number, each.modality, "call",
+                                          "embedding_failed", f"{each.source} row {each.row_number}: "
+                                          f"the API could not embed the {each.modality}: {result.error_message}",
+                                          200, attempts))
+                    continue
+                segments = [(getattr(s, "start_offset_sec", None), getattr(s, "end_offset_sec", None), s.float_)
+                            for s in result.segments]
+                out.append(Outcome(each, response.model_name, segments, attempts))
+        return out
+
+    @staticmethod
+    def _dead(item: Item, exc: errors.EmbedError, attempts: int) -> List[DeadLetter]:
+        code = error_code(exc)
+        return [DeadLetter(each.id, each.source, each.row_number, each.modality, "call", code,
+                           f"{each.source} row {each.row_number}: {exc.message}", exc.status,
+                           getattr(exc, "attempts", attempts) or attempts)
+                for each in item.with_copies()]
+
+
+CALL_KINDS = ("v1", "v2", "task")
+
+
+def make_policy(kind: str, settings: CallSettings, client: EmbedClient, state: WorkerState, *,
+                known_tasks: Optional[Dict[str, Tuple[str, float]]] = None, output: Optional[str] = None
+                ) -> CallPolicy:
+    """The policy of one route: "v1" packed calls, "v2" one item per sync call, or "task" (v2 async tasks,
+    recorded under `output`/tasks/ when given; `known_tasks` are earlier runs' records)."""
+    if kind not in CALL_KINDS:
+        raise ValueError(f"kind must be one of {CALL_KINDS}")
+    if kind == "v1":
+        return CallPolicy(settings, client, state.bucket, state.quota, state.meter)
+    from transforms.calling_v2 import SyncV2Caller, TaskCaller, TaskJournal  # it builds on CallPolicy
+
+    if kind == "v2":
+        policy: CallPolicy = SyncV2Caller(settings, client, state.bucket, state.quota)
+    else:
+        policy = TaskCaller(settings, client, state.bucket, state.quota, known=known_tasks or {},
+                            journal=TaskJournal(output, settings.run_id))
+    policy.meter = state.meter
+    policy.media = state.media
+    return policy
