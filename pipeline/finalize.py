@@ -24,7 +24,6 @@ from transforms.sinks import READER_ROW_GROUP
 __all__ = ["finalize_output", "settle_earlier_runs"]
 
 _LOGGER = logging.getLogger(__name__)
-_KEYS = ["id", "modality", "segment_index", "content_hash", "run_time", "run_id"]
 
 
 _rewrite = replace
@@ -91,66 +90,89 @@ def _superseded_by_run(output: str, run_id: str) -> Tuple[Set[str], Set[str]]:
     return keys, ids
 
 
-def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str]]:
+def _fps(values) -> np.ndarray:
+    return np.fromiter((fingerprint(v) for v in values), np.uint64)
+
+
+def _row_fps(table: pa.Table) -> Tuple[np.ndarray, np.ndarray]:
+    """(id, modality) and id fingerprints of a segment table's rows, one file at a time."""
+    return _fps(_key_column(table).to_pylist()), _fps(table.column("id").to_pylist())
+
+
+def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str], np.ndarray, np.ndarray]:
     """Leaves each (id, modality, segment) once, at its newest content. Returns (rows dropped, bytes rewritten,
-    the runs it settled).
+    the runs it settled, key fingerprints of index entries it removed, id fingerprints whose vectors changed).
 
     In proportion to the work since the last finalize: only the pieces of runs not yet finalized (this one,
-    and any killed since) are read whole; earlier files are read for their `id` and `modality` columns and
-    rewritten only when they hold rows the new runs supersede (Arrow compute, no Python row objects)."""
+    and any killed since) are read, for their key columns, as numpy fingerprint arrays (no Python object a
+    row); earlier files are found through the key index and rewritten only where the new runs supersede."""
     folder = FileSystems.join(output, SEGMENT_DIR)
     pieces = list_segment_pieces(folder)
     settled = _finalized_runs(output)
     pending_runs = sorted({r for r in map(_piece_run, pieces) if r and r not in settled} | {run_id})
     pending = [p for p in pieces if _piece_run(p) in pending_runs]
     older = [p for p in pieces if p not in pending]
-    # Newest content per key among the pending runs: this run's first, then the latest run time.
-    tables = []
-    for index, path in enumerate(pending):
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            table = pq.read_table(f, columns=_KEYS)
-        tables.append(table.append_column("piece", pa.array([index] * table.num_rows, pa.int32()))
-                      .append_column("position", pa.array(range(table.num_rows), pa.int64())))
-    drop: Dict[str, List[int]] = {}
-    new_keys: Set[str] = set()
-    if tables:
-        rows = pa.concat_tables(tables)
-        keys = _key_column(rows).to_pylist()
-        digests = rows.column("content_hash").to_pylist()
-        recency = list(zip((r == run_id for r in rows.column("run_id").to_pylist()),
-                           rows.column("run_time").to_pylist()))
-        newest: Dict[str, Tuple[object, str]] = {}
-        for key, digest, when in zip(keys, digests, recency):
-            if key not in newest or when > newest[key][0]:
-                newest[key] = (when, digest)
-        seen: Set[Tuple[str, int]] = set()
-        for key, digest, index, piece, position in zip(keys, digests, rows.column("segment_index").to_pylist(),
-                                                       rows.column("piece").to_pylist(),
-                                                       rows.column("position").to_pylist()):
-            if digest != newest[key][1] or (key, index) in seen:
-                drop.setdefault(pending[piece], []).append(position)
-            else:
-                seen.add((key, index))
-        new_keys = set(newest)
-    gone_keys, gone_ids = _superseded_by_run(output, run_id)
-    for path in pending:  # a key this run dead-lettered or deferred keeps no vectors, whichever run wrote them
-        if not (gone_keys or gone_ids):
-            break
+    # Pass 1: the (id, modality) and id fingerprints of every pending row, 16 bytes a row.
+    item_parts, id_parts = [], []
+    for path in pending:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f, columns=["id", "modality"])
-        mask = _superseded_mask(table, gone_keys, gone_ids)
-        positions = [i for i, hit in enumerate(mask) if hit]
-        if positions:
-            drop[path] = sorted(set(drop.get(path, [])) | set(positions))
+        item_fps, id_fps = _row_fps(table)
+        item_parts.append(item_fps)
+        id_parts.append(id_fps)
+    items = np.concatenate(item_parts) if item_parts else np.zeros(0, np.uint64)
+    ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.uint64)
+    sizes = np.array([len(part) for part in item_parts], np.int64)
+    piece_of = np.repeat(np.arange(len(pending)), sizes)
+    position = np.arange(len(items)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    n = len(items)
+    dropped = np.zeros(n, bool)
+    new_items, inverse, counts = np.unique(items, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)  # keys written more than once: the only ones to settle
+    if len(repeated):
+        # Pass 2, for those rows only: content, segment and recency decide which rows stay.
+        digest = np.zeros(len(repeated), np.uint64)
+        segment = np.zeros(len(repeated), np.int64)
+        recency = np.zeros(len(repeated), np.int64)
+        for index in np.unique(piece_of[repeated]):
+            here = np.flatnonzero(piece_of[repeated] == index)
+            with FileSystems.open(pending[index], compression_type="uncompressed") as f:
+                table = pq.read_table(f, columns=["content_hash", "segment_index", "run_time", "run_id"]).take(
+                    pa.array(position[repeated[here]]))
+            digest[here] = _fps(table.column("content_hash").to_pylist())
+            segment[here] = table.column("segment_index").to_numpy()
+            # Newest first: this run's rows, then the latest run time.
+            when = pc.cast(table.column("run_time"), pa.int64()).to_numpy(zero_copy_only=False)
+            this_run = pc.equal(table.column("run_id"), run_id).to_numpy(zero_copy_only=False)
+            recency[here] = np.where(this_run, np.int64(1) << 62, 0) + when
+        item = items[repeated]
+        # Newest content per (id, modality): sort by key, newest first; a key's first row names its content.
+        order = np.lexsort((-recency, item))
+        starts = np.r_[True, item[order][1:] != item[order][:-1]]
+        newest = digest[order][starts][np.cumsum(starts) - 1]
+        stale = np.zeros(len(repeated), bool)
+        stale[order[digest[order] != newest]] = True
+        # One row per (key, segment) among the newest content's rows (a retried bundle's twins).
+        kept = np.flatnonzero(~stale)
+        order = kept[np.lexsort((-recency[kept], segment[kept], item[kept]))]
+        same = np.r_[False, (item[order][1:] == item[order][:-1]) & (segment[order][1:] == segment[order][:-1])]
+        stale[order[same]] = True
+        dropped[repeated[stale]] = True
+    gone_keys, gone_ids = _superseded_by_run(output, run_id)
+    gone_items, gone_id_fps = _fps(gone_keys), _fps(gone_ids)
+    if n and (len(gone_items) or len(gone_id_fps)):
+        # A key this run dead-lettered or deferred keeps no vectors, whichever run wrote them.
+        dropped |= np.isin(items, gone_items) | np.isin(ids, gone_id_fps)
+    drop: Dict[str, np.ndarray] = {}
+    for index in np.unique(piece_of[dropped]) if n else []:
+        drop[pending[index]] = position[dropped & (piece_of == index)]
     # Older files are found through the key index (fingerprints), not by reading each one: only files that
     # hold rows this run supersedes are opened, so a rerun costs its own rows, not the output's.
-    supersede = new_keys | gone_keys
+    supersede = np.union1d(new_items, gone_items)
     entries = load_entries(output)
     removed = np.zeros(0, np.uint64)
-    if older and (supersede or gone_ids) and len(entries):
-        hit = np.isin(entries.item_fp, np.fromiter((fingerprint(k) for k in supersede), np.uint64))
-        if gone_ids:
-            hit |= np.isin(entries.id_fp, np.fromiter((fingerprint(i) for i in gone_ids), np.uint64))
+    if older and (len(supersede) or len(gone_id_fps)) and len(entries):
+        hit = np.isin(entries.item_fp, supersede) | np.isin(entries.id_fp, gone_id_fps)
         removed = entries.key_fp[hit]
         by_name = {_name(path): path for path in older}
         for name in entries.file_names(hit):
@@ -159,16 +181,17 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str]]:
                 continue
             with FileSystems.open(path, compression_type="uncompressed") as f:
                 table = pq.read_table(f, columns=["id", "modality"])
-            mask = _superseded_mask(table, supersede, gone_ids)
-            positions = [i for i, hit_row in enumerate(mask) if hit_row]
-            if positions:
+            item_fps, id_fps = _row_fps(table)
+            positions = np.flatnonzero(np.isin(item_fps, supersede) | np.isin(id_fps, gone_id_fps))
+            if len(positions):
                 drop[path] = positions
     rewritten = 0
     for path, positions in drop.items():
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f)
-        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), pa.array(positions, pa.int64())))
-        kept = table.filter(keep)
+        keep = np.ones(table.num_rows, bool)
+        keep[positions] = False
+        kept = table.filter(pa.array(keep))
         if kept.num_rows == 0:
             FileSystems.delete([path])
             continue
@@ -177,8 +200,10 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str]]:
         data = sink.getvalue().to_pybytes()
         rewritten += len(data)
         _rewrite(path, lambda stream: stream.write(data))
-    superseded_ids = {key.split("\x1f", 1)[0] for key in supersede} | gone_ids
-    return sum(len(set(p)) for p in drop.values()), rewritten, pending_runs, removed, superseded_ids
+    # Ids whose vectors this finalize settled or dropped: their saved-row entries are stale.
+    changed_ids = np.union1d(np.unique(ids), np.union1d(gone_id_fps, _fps(k.split("\x1f", 1)[0]
+                                                                               for k in gone_keys)))
+    return int(sum(len(p) for p in drop.values())), rewritten, pending_runs, removed, changed_ids
 
 
 def _name(path: str) -> str:
@@ -211,7 +236,7 @@ def _run_outcome_rows(output: str, run_id: str) -> Set[str]:
     return rows
 
 
-def _update_saved_rows(output: str, run_id: str, superseded_ids: Set[str], finished: bool) -> int:
+def _update_saved_rows(output: str, run_id: str, changed_ids: np.ndarray, finished: bool) -> int:
     """Saved rows lose the ids whose vectors changed; with `finished` (a run that ran to its end), the rows it
     read in full and whose items all ended saved are added. Returns the rows added."""
     records = None
@@ -227,7 +252,7 @@ def _update_saved_rows(output: str, run_id: str, superseded_ids: Set[str], finis
                 where = pc.binary_join_element_wise(records.column("source"),
                                                     pc.cast(records.column("row_number"), pa.string()), "\x1f")
                 records = records.filter(pc.invert(pc.is_in(where, value_set=pa.array(sorted(failed), pa.string()))))
-    removed = np.fromiter((fingerprint(i) for i in superseded_ids), np.uint64)
+    removed = changed_ids.astype(np.uint64)
     if records is None or records.num_rows == 0:
         if len(removed):
             write_saved_rows(output, run_id, np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8),
@@ -264,24 +289,14 @@ def settle_earlier_runs(output: str, run_id: str) -> Dict[str, int]:
     if not pending:
         return {}
     latest = pending[-1]
-    dropped, rewritten, runs, removed, superseded_ids = _dedupe_segments(output, latest)
+    dropped, rewritten, runs, removed, changed_ids = _dedupe_segments(output, latest)
     # A run that did not finish may not have met all its rows: none of them is listed as saved.
-    _update_saved_rows(output, latest, superseded_ids, finished=False)
+    _update_saved_rows(output, latest, changed_ids, finished=False)
     added = _index_pending_runs(output, latest, runs, removed)
     _mark_finalized(output, runs)
     _LOGGER.info("settled %d earlier unfinished run(s): %d items indexed, %d segment rows dropped",
                  len(runs), added, dropped)
     return {"runs": len(runs), "items_indexed": added, "segment_rows_dropped": dropped}
-
-
-def _superseded_mask(table: pa.Table, keys: Set[str], ids: Set[str]) -> List[bool]:
-    if table.num_rows == 0 or not (keys or ids):
-        return [False] * table.num_rows
-    hit = pc.is_in(_key_column(table), value_set=pa.array(sorted(keys), pa.string())) if keys else None
-    if ids:
-        by_id = pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string()))
-        hit = by_id if hit is None else pc.or_(hit, by_id)
-    return hit.to_pylist()
 
 
 def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
@@ -365,9 +380,9 @@ def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[st
     for sub in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
         _remove_stale_temps(FileSystems.join(output, sub))
     ensure_index(output, run_id)
-    dropped, rewritten, settled, removed, superseded_ids = _dedupe_segments(output, run_id)
+    dropped, rewritten, settled, removed, changed_ids = _dedupe_segments(output, run_id)
     compacted = _compact_run_pieces(segment_dir, run_id)
-    _update_saved_rows(output, run_id, superseded_ids, finished=True)
+    _update_saved_rows(output, run_id, changed_ids, finished=True)
     _index_pending_runs(output, run_id, settled, removed)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))

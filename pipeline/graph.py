@@ -15,6 +15,7 @@ from transforms.manifests import ReadManifests
 from transforms.packing import RouteAndPack
 from transforms.resume import FanOutCopies, ResolveLateCopies, SkipDoneAndDedup
 from transforms.run_state import SharedRunState
+from transforms.timeline import TIMELINE, WriteTimeline  # the run report's calls per second
 from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteRowRecords, WriteSegments
 from transforms.validation import ROW_RECORDS, RoutePlan, ValidateRows
 
@@ -90,6 +91,7 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
         name = "" if route == "v1" else f"_{route}"
         called = calls | f"CreateEmbeddings{name}" >> CreateEmbeddings(
             settings, kind=route, output=output, known_tasks=known_tasks if route == "task" else None)
+        called[TIMELINE] | f"WriteTimeline{name}" >> WriteTimeline(settings.timeline_dir)
         results = {"outcomes": called.outcomes, DEAD_LETTERS: called[DEAD_LETTERS], DEFERRED: called[DEFERRED]}
         if state is not None:  # identical items that waited for this item's result get it too
             results = results | f"FanOutCopies{name}" >> FanOutCopies(state)

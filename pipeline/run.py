@@ -93,6 +93,16 @@ def _runs_in_process(options: PipelineOptions) -> bool:
     return runner == "portablerunner" and options.view_as(PortableOptions).environment_type == "LOOPBACK"
 
 
+def _grouping(options: PipelineOptions) -> str:
+    """"stream" when one process runs the job one bundle at a time (ids and identical inputs checked as rows
+    pass, in manifest order); "shuffle" when several processes or threads share the work."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if not _runs_in_process(options):
+        return "shuffle"
+    return "stream" if options.view_as(DirectOptions).direct_num_workers == 1 else "shuffle"  # 0: one a core
+
+
 def _refuse_other_model(pieces, model: str, output: str, dims: Optional[int] = None) -> None:
     """One output holds one model's vectors of one size: reruns must not mix them."""
     if not pieces:
@@ -201,7 +211,7 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
                        run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
                        rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run,
                        known_tasks=known_tasks, columns=config.columns, failed=failed,
-                       grouping="stream" if _runs_in_process(options) else "shuffle")
+                       grouping=_grouping(options))
         if progress and _runs_in_process(options):
             stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()

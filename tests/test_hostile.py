@@ -1,5 +1,4 @@
 """Hostile input and hostile conditions, through the CLI the way users run the job (issue: adversarial run)."""
-import gzip
 import json
 import os
 import subprocess

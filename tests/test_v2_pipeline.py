@@ -309,7 +309,6 @@ def test_a_recorded_task_past_retention_or_gone_is_created_again_and_the_summary
     import time as _time
 
     from transforms.calling_v2 import task_key
-    from transforms.items import Item
 
     monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
     manifest = tmp_path / "m.jsonl"

@@ -77,7 +77,7 @@ class Call:
 
 # Dead-letter codes of failures that are the service's or the moment's, not the item's: the next run
 # tries them again. Every other code is the item's own (bad input, refused by the API): permanent.
-TRANSIENT_CODES = frozenset({"connection_failed", "timeout", "server_error", "malformed_response",
+TRANSIENT_CODES = frozenset({"connection_failed", "timeout", "server_error", "malformed_response", "decoder_missing",
                              "too_many_requests", "unreadable_file", "internal_error", "service_unavailable"})
 
 

@@ -148,18 +148,19 @@ def _reason(exc: Exception) -> str:
 
 def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
     if kind in _KINDS["video"]:
-        from transforms.media_probe import video_duration
+        from transforms.media_probe import MissingMediaDecoder, video_duration
 
         try:
             duration = video_duration(data)
+        except MissingMediaDecoder as exc:
+            raise _Invalid("decoder_missing", f"`{field}` {path}: {exc}")
         except Exception as exc:
             raise _Invalid("corrupt_file", f"`{field}` {path} is not a readable video ({_reason(exc)})")
         if not duration or duration <= 0:
             raise _Invalid("corrupt_file", f"`{field}` {path} holds no video frames")
         return duration
     if kind in ("png", "jpeg"):
-        from PIL import Image
-
+        Image = _decoder("PIL.Image", "checking a local image", field, path)
         try:
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
@@ -177,8 +178,7 @@ def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
                            f"`{field}` {path} is {width}x{height}; images must be at least "
                            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
         return 0.0
-    import soundfile
-
+    soundfile = _decoder("soundfile", "checking local audio", field, path)
     try:
         info = soundfile.info(io.BytesIO(data))
         duration = info.frames / float(info.samplerate)
@@ -188,6 +188,19 @@ def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
     if duration <= 0:
         raise _Invalid("corrupt_file", f"`{field}` {path} holds no audio")
     return duration
+
+
+def _decoder(module: str, what: str, field: str, path: str):
+    """A media decoder of the `media` extra; its absence is the deployment's, named in a dead letter (validation
+    runs again on every run, so installing it is all a rerun needs)."""
+    import importlib
+
+    from transforms.media_probe import MEDIA_EXTRA
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise _Invalid("decoder_missing", f"`{field}` {path}: {what} needs {module.split('.')[0]}: {MEDIA_EXTRA}")
 
 
 def _check_url(url: Any, field: str) -> str:
@@ -465,6 +478,8 @@ class _ToItems(beam.DoFn):
 def _keep_first(keyed: Tuple[str, Iterable[Tuple[ManifestRow, str]]]) -> Iterable:
     _, rows = keyed
     ordered = sorted(rows, key=lambda pair: (pair[0].source, pair[0].row_number))
+    if not ordered:  # an empty pane (streaming triggers can fire one)
+        return
     first = ordered[0][0]
     yield first
     for row, item_id in ordered[1:]:
