@@ -158,12 +158,16 @@ def write_index(output: str, run_id: str, added: IndexEntries, removed_key_fps: 
         zeros = pa.array(np.zeros(n, np.uint64))
         parts.insert(0, pa.Table.from_arrays([pa.array(np.zeros(n, np.int8)), pa.array(removed_key_fps.astype(np.uint64)),
                                               zeros, zeros, zeros, pa.array([""] * n, pa.string())], schema=_SCHEMA))
-    table = pa.concat_tables(parts) if parts else _SCHEMA.empty_table()
+    return _write(output, f"{'base' if base else 'delta'}-{run_id}.parquet",
+                  pa.concat_tables(parts) if parts else _SCHEMA.empty_table())
+
+
+def _write(output: str, name: str, table: pa.Table) -> str:
     try:
         FileSystems.mkdirs(_folder(output))
     except IOError:
         pass
-    path = FileSystems.join(_folder(output), f"{'base' if base else 'delta'}-{run_id}.parquet")
+    path = FileSystems.join(_folder(output), name)
     replace(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
     return path
 
@@ -202,13 +206,7 @@ def write_saved_rows(output: str, run_id: str, row_fp: np.ndarray, id_fp: np.nda
         pa.array(np.concatenate([np.zeros(r, np.uint64), row_fp.astype(np.uint64)])),
         pa.array(np.concatenate([removed_ids.astype(np.uint64), id_fp.astype(np.uint64)])),
         pa.array(np.concatenate([np.zeros(r, np.uint8), mask.astype(np.uint8)]))], schema=_ROWS_SCHEMA)
-    try:
-        FileSystems.mkdirs(_folder(output))
-    except IOError:
-        pass
-    path = FileSystems.join(_folder(output), f"{ROWS}{'base' if base else 'delta'}-{run_id}.parquet")
-    replace(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
-    return path
+    return _write(output, f"{ROWS}{'base' if base else 'delta'}-{run_id}.parquet", table)
 
 
 def load_saved_rows(output: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
