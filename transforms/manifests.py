@@ -1,6 +1,7 @@
 """ReadManifests: stream JSONL, CSV and Parquet manifests row by row; unparsable rows become dead letters."""
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
@@ -398,26 +399,38 @@ class _ParseManifest(beam.DoFn):
             self._saved = self._state.acquire().saved_rows(lambda: SavedRows.load(output, key))
 
     def process(self, source: str) -> Iterable:
-        for record in parse_manifest(source, self._saved):
-            self._rows.inc()
-            if isinstance(record, SkippedRow):
-                items = 0
-                for modality, bit in MODALITY_BITS.items():
-                    if record.mask & bit:
-                        self._items[modality].inc()
-                        items += 1
-                self._done.inc(items)
-                self._unread.inc()
-                PROGRESS.add(rows_read=1, items=items, done=items, skipped=items)
-                continue
-            PROGRESS.add(rows_read=1)
-            if isinstance(record, DeadLetter):
-                PROGRESS.add(done=1, dead_letters=1, rejected=1)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
-            else:
-                if self._columns:
-                    record.fields = map_columns(record.fields, self._columns)
-                yield record
+        skipped = collections.Counter()  # counted in bulk: a rerun may skip millions of rows
+        try:
+            for record in parse_manifest(source, self._saved):
+                if isinstance(record, SkippedRow):
+                    skipped[record.mask] += 1
+                    if len(skipped) > 1 or sum(skipped.values()) >= 4096:
+                        self._count_skipped(skipped)
+                    continue
+                self._rows.inc()
+                PROGRESS.add(rows_read=1)
+                if isinstance(record, DeadLetter):
+                    PROGRESS.add(done=1, dead_letters=1, rejected=1)
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
+                else:
+                    if self._columns:
+                        record.fields = map_columns(record.fields, self._columns)
+                    yield record
+        finally:
+            self._count_skipped(skipped)
+
+    def _count_skipped(self, skipped: "collections.Counter") -> None:
+        for mask, rows in skipped.items():
+            items = 0
+            for modality, bit in MODALITY_BITS.items():
+                if mask & bit:
+                    self._items[modality].inc(rows)
+                    items += rows
+            self._rows.inc(rows)
+            self._unread.inc(rows)
+            self._done.inc(items)
+            PROGRESS.add(rows_read=rows, items=items, done=items, skipped=items)
+        skipped.clear()
 
 
 class ReadManifests(beam.PTransform):
