@@ -275,7 +275,8 @@ def ensure_index(output: str, run_id: str) -> int:
         return 0
     # Named before every run not finalized yet, so their deltas (written next) apply after it.
     built = build_from_segments(output, max(settled) if settled else "00000000T000000Z-000000", finalized)
-    _LOGGER.info("indexed the %d items earlier runs saved (once; later runs update the index)", built)
+    if built:
+        _LOGGER.info("indexed the %d items earlier runs saved (once; later runs update the index)", built)
     return built
 
 
