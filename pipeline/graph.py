@@ -53,7 +53,7 @@ def row_key(settings: CallSettings, columns: Optional[Dict[str, str]]) -> bytes:
 
 
 def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: str, settings: CallSettings,
-                   run_id: str, run_time: datetime.datetime, saved_pieces: Sequence[str] = (),
+                   run_id: str, run_time: datetime.datetime,
                    pack: bool = True, rows_per_piece: int = 4096, flush_sec: Optional[float] = None,
                    dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None,
                    columns: Optional[Dict[str, str]] = None, failed: Optional[Dict] = None,
@@ -64,7 +64,6 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     `grouping`: "stream" when the whole job runs in one process (the local runner): ids and identical
     inputs are checked as rows pass, so calls start with the first rows and memory stays flat; "shuffle"
     on runners with several worker processes: rows are grouped by id and by content."""
-    del saved_pieces  # the key index replaced reading every saved piece
     state = SharedRunState(f"{output}:{run_id}") if grouping == "stream" else None
     read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns, state, output, row_key(settings, columns))
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings), state)

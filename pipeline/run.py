@@ -208,7 +208,7 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         options = beam_options(config)
         p = beam.Pipeline(options=options)
         build_pipeline(p, manifest_paths=manifest_paths, output=config.output, settings=settings,
-                       run_id=run_id, run_time=run_time, saved_pieces=saved_pieces, pack=config.pack,
+                       run_id=run_id, run_time=run_time, pack=config.pack,
                        rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run,
                        known_tasks=known_tasks, columns=config.columns, failed=failed,
                        grouping=_grouping(options))

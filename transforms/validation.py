@@ -513,13 +513,16 @@ class _FirstRowKeepsIdFn(beam.DoFn):
 
     def setup(self):
         self._state = self._state_handle.acquire()
+        self._saved = None
 
     def process(self, row: ManifestRow) -> Iterable:
         key, (_, item_id) = _key_by_id(row)
         if item_id is None:
             yield row
             return
-        saved = self._state.saved_rows(lambda: None)  # loaded by the reader, if it keeps them
+        if self._saved is None:  # loaded by the reader's setup, if it keeps them; asked once, not per row
+            self._saved = self._state.saved_rows(lambda: None)
+        saved = self._saved
         first = saved.claim_id(fingerprint(key), row.source, row.row_number) if saved is not None else None
         if first is None:
             first = self._state.first_row(key, row.source, row.row_number)
