@@ -340,6 +340,52 @@ def test_a_recorded_task_past_retention_or_gone_is_created_again_and_the_summary
     assert_exactly_once(output, 2)
 
 
+def test_a_task_created_but_never_recorded_is_found_in_the_task_list_not_paid_again(tmp_path, media, monkeypatch):
+    """A kill between the API creating a task and the journal recording its id leaves only the intent; the
+    rerun finds each such task by its source and span in `GET /embed-v2/tasks` and polls it."""
+    import time as _time
+
+    from pipeline.run import call_settings
+    from transforms.calling_v2 import task_key, task_request
+    from transforms.items import ManifestRow
+    from transforms.validation import RoutePlan, row_to_items
+
+    monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
+    spans = {"a": (0, 6), "b": (2, 8), "c": (4, 10), "d": (6, 12)}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": key, "video_file": str(media / "long.mp4"), "start_sec": start,
+                                            "end_sec": end}) + "\n" for key, (start, end) in spans.items()))
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig(task_ready_after_sec=0.2)) as emu:
+        config = make_config(output, [str(manifest)], model="marengo3.5", task_poll_sec=0.1)
+        settings = call_settings(config, emu.base_url)
+        plan = RoutePlan.from_settings(settings)
+        items = {i.id: i for n, line in enumerate(manifest.read_text().splitlines(), 1)
+                 for i in row_to_items(ManifestRow(str(manifest), n, json.loads(line)), "marengo3.5", plan)}
+        client = EmbedClient(api_key=TEST_KEY, base_url=emu.base_url)
+        # The killed run: b and a were created (in that order) but not recorded, d was recorded, c never sent.
+        sent_at = _time.time()
+        orphans = {key: client.tasks.create(**task_request(items[key], settings)).id for key in ("b", "a")}
+        recorded = client.tasks.create(**task_request(items["d"], settings)).id
+        os.makedirs(os.path.join(output, "tasks"))
+        with open(os.path.join(output, "tasks", "part-planted-0-00001.jsonl"), "w") as f:
+            for key in ("a", "b", "c", "d"):
+                f.write(json.dumps({"key": task_key(items[key]), "intent_at": sent_at}) + "\n")
+            f.write(json.dumps({"key": task_key(items["d"]), "task_id": recorded, "created_at": sent_at + 1}) + "\n")
+        summary = run(config, emu.base_url)
+        stats = emu.stats()
+        rows = read_segments(output).to_pylist()
+        from transforms.calling_v2 import read_task_journal
+        journal = read_task_journal(output)
+    assert stats["tasks"]["created"] == 4  # 3 by the killed run, 1 (for c) by the rerun
+    assert summary["tasks"]["created"] == 1 and summary["tasks"]["resumed"] == 3
+    assert_exactly_once(output, 4)
+    for row in rows:  # each id got the vectors of its own span, not a neighbour's task
+        start, end = spans[row["id"]]
+        assert start - 0.01 <= row["start_offset_sec"] and row["end_offset_sec"] <= end + 0.01, row
+    assert {key: journal[task_key(items[key])][0] for key in ("a", "b")} == orphans
+
+
 def test_embedding_options_scopes_and_segmentation_reach_the_output(tmp_path, media, monkeypatch):
     monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
     manifest = tmp_path / "m.jsonl"

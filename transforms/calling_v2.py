@@ -3,6 +3,7 @@ the output before they are polled, and polled (paced like calls) until ready, fa
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import logging
 import threading
@@ -31,6 +32,16 @@ _POLL_CAP_SEC = 60.0
 _RETENTION_MARGIN_SEC = 3600.0
 
 TaskRecord = Tuple[str, float]  # (task id, created at: UTC epoch seconds)
+# The task id of a record whose create was sent but whose answer was never recorded (a kill in between):
+# the next run looks for that task in the API's task list before it pays for another.
+UNRECORDED = ""
+# How far the API's clock may differ from ours, and how long a create (with its retries) may take.
+_CLOCK_SKEW_SEC = 300.0
+_CREATE_WINDOW_SEC = 1800.0
+# Bounds on the search for an unrecorded task: list pages, and candidates read one by one.
+_LIST_PAGES = 20
+_CANDIDATES = 20
+_OFFSET_TOLERANCE_SEC = 0.01
 
 
 def _media_source(item: Item) -> Dict[str, str]:
@@ -195,15 +206,22 @@ class TaskJournal:
         self._sequence = 0
         self._lock = threading.Lock()  # tasks are created from many pool threads
 
+    def intend(self, item: Item, at: float) -> None:
+        """Before a create is sent: if the run dies before its answer is recorded, the next run knows to look
+        for the task instead of paying for another."""
+        self._write(item, {"key": task_key(item), "intent_at": at})
+
     def record(self, item: Item, task_id: str, created_at: float) -> None:
+        self._write(item, {"key": task_key(item), "task_id": task_id, "created_at": created_at})
+
+    def _write(self, item: Item, record: Dict[str, Any]) -> None:
         if self._dir is None:
             return
         with self._lock:
             self._sequence += 1
             sequence = self._sequence
-        line = json.dumps({"key": task_key(item), "task_id": task_id, "created_at": created_at, "id": item.id,
-                           "modality": item.modality, "source": item.source, "row_number": item.row_number,
-                           "run_id": self._run_id}) + "\n"
+        line = json.dumps({**record, "id": item.id, "modality": item.modality, "source": item.source,
+                           "row_number": item.row_number, "run_id": self._run_id}) + "\n"
         try:
             FileSystems.mkdirs(self._dir)
         except IOError:
@@ -213,17 +231,44 @@ class TaskJournal:
 
 
 def read_task_journal(output: str) -> Dict[str, TaskRecord]:
-    """The newest recorded task per item key, from every run's journal."""
+    """The newest recorded task per item key, from every run's journal. A create sent later than the newest
+    record (or with none) whose answer was never recorded is `(UNRECORDED, sent at)`."""
     tasks: Dict[str, TaskRecord] = {}
+    intents: Dict[str, float] = {}
     for path in list_files(FileSystems.join(output, TASKS_DIR), "*.jsonl"):
         for record in read_jsonl(path):
             try:
-                key, task_id, created = record["key"], str(record["task_id"]), float(record["created_at"])
+                key = record["key"]
+                if "intent_at" in record:
+                    at = float(record["intent_at"])
+                    intents[key] = max(at, intents.get(key, at))
+                    continue
+                task_id, created = str(record["task_id"]), float(record["created_at"])
             except (KeyError, TypeError, ValueError):
                 continue  # a torn or foreign record; the task is created again
             if key not in tasks or created >= tasks[key][1]:
                 tasks[key] = (task_id, created)
+    for key, at in intents.items():
+        # A create's answer is recorded after it was sent, so a record at or after the intent settles it.
+        if key not in tasks or tasks[key][1] < at:
+            tasks[key] = (UNRECORDED, at)
     return tasks
+
+
+def _epoch(stamp: Optional[str]) -> Optional[float]:
+    if not stamp:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _TaskGone(Exception):
@@ -238,12 +283,20 @@ class TaskCaller(_MediaPaced, CallPolicy):
         super().__init__(settings, client, bucket, quota)
         self.known = dict(known or {})
         self.journal = journal or TaskJournal(None, settings.run_id)
+        # Task ids some item already owns: an unrecorded create may only be matched to another task.
+        self._claimed = {task_id for task_id, _ in self.known.values() if task_id != UNRECORDED}
+        self._claim_lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
 
     def _run(self, items: List[Item], stats: CallStats):
         (item,) = items
         recorded = self.known.get(task_key(item))
+        if recorded is not None and recorded[0] == UNRECORDED:
+            recorded = self._find_unrecorded(item, recorded[1], stats)
+            if recorded is not None:
+                self.journal.record(item, *recorded)
+                self.known[task_key(item)] = recorded
         max_age = self.settings.task_retention_sec - _RETENTION_MARGIN_SEC
         if recorded is not None and self._clock() - recorded[1] < max_age:
             stats.tasks_resumed += 1
@@ -265,6 +318,7 @@ class TaskCaller(_MediaPaced, CallPolicy):
                     for i in item.with_copies()]
         self._pace_media(item, stats)
         counter = Attempts()
+        self.journal.intend(item, self._clock())
         try:
             created = self._send_paced(lambda: self._created(self.client.send_task_create(body)), 1, stats, counter)
         except NotCalled:
@@ -279,12 +333,78 @@ class TaskCaller(_MediaPaced, CallPolicy):
         # Before the first poll: a kill from here on costs nothing, the next run polls this id.
         self.journal.record(item, created.id, created_at)
         self.known[task_key(item)] = (created.id, created_at)
+        with self._claim_lock:
+            self._claimed.add(created.id)
         stats.tasks_created += 1
         try:
             return self._poll(item, created.id, stats, attempts=counter.count)
         except _TaskGone:
             return self._dead(item, errors.NotFoundError(f"task {created.id} vanished right after it was created",
                                                           status=404, code="resource_not_exist"), counter.count)
+
+    def _find_unrecorded(self, item: Item, sent_at: float, stats: CallStats) -> Optional[TaskRecord]:
+        """The task an earlier run created for `item` but was killed before recording, found in the API's
+        task list by its model, input and span; None when it is not there or cannot be told apart (then it
+        is created)."""
+        started, ended = _rfc3339(sent_at - _CLOCK_SKEW_SEC), _rfc3339(sent_at + _CREATE_WINDOW_SEC + _CLOCK_SKEW_SEC)
+        listed: List[Any] = []
+        try:
+            for page in range(1, _LIST_PAGES + 1):
+                found, _ = self._send_paced(
+                    lambda page=page: self.client.tasks.list_page(started_at=started, ended_at=ended, page=page,
+                                                                  page_limit=50), 1, stats, Attempts(), paid=False)
+                listed += [task for task in found if self._lists_as(item, task)]
+                if len(found) < 50:
+                    break
+            with self._claim_lock:
+                listed = [task for task in listed if task.id not in self._claimed]
+            matches = []
+            for task in listed[:_CANDIDATES]:
+                full = self._send_paced(lambda task_id=task.id: self.client.tasks.retrieve(task_id), 1, stats,
+                                        Attempts(), paid=False)
+                fit = self._fits(item, full.metadata or {})
+                if fit is True or (fit is None and len(listed) == 1):
+                    matches.append(task)
+                    break
+        except (errors.EmbedError, NotCalled) as exc:
+            _LOGGER.warning("%s row %d: could not look for the task an earlier run created (%s); creating it",
+                            item.source, item.row_number, getattr(exc, "message", exc))
+            return None
+        for task in matches:
+            with self._claim_lock:
+                if task.id in self._claimed:
+                    continue
+                self._claimed.add(task.id)
+            _LOGGER.info("%s row %d: found task %s, created by an earlier run that stopped before recording it",
+                         item.source, item.row_number, task.id)
+            return task.id, _epoch(task.created_at) or sent_at
+        return None
+
+    def _lists_as(self, item: Item, task) -> bool:
+        """Whether a task-list entry may be the one created for `item` (same model, kind and source)."""
+        if task.model_name != self.settings.model or not task.id:
+            return False
+        entry = task.extra.get(f"{item.modality}_embedding")
+        if not isinstance(entry, dict):
+            return False
+        listed_url = (entry.get("metadata") or {}).get("input_url")
+        return listed_url is None or listed_url == item.url
+
+    @staticmethod
+    def _fits(item: Item, metadata: Dict[str, Any]) -> Optional[bool]:
+        """Whether a task's metadata matches `item`'s span and source; None when it does not say."""
+        said = False
+        for asked, field in ((item.start_sec, "start_offset_sec"), (item.end_sec, "end_offset_sec")):
+            if asked is None or not isinstance(metadata.get(field), (int, float)):
+                continue
+            said = True
+            if abs(float(metadata[field]) - float(asked)) > _OFFSET_TOLERANCE_SEC:
+                return False
+        if item.url is not None and metadata.get("input_url") is not None:
+            said = True
+            if metadata["input_url"] != item.url:
+                return False
+        return True if said else None
 
     @staticmethod
     def _created(response):
