@@ -267,3 +267,41 @@ def test_an_output_without_an_index_gets_one_and_pays_nothing_again(tmp_path):
     assert glob.glob(os.path.join(output, "index", "base-*.parquet"))
     assert len(key_index.KeyLookup.load(output)) == 30
     assert_exactly_once(output, 30)
+
+
+def test_saved_lines_are_met_in_bulk_yet_a_new_row_takes_its_id_only_from_rows_after_it(tmp_path):
+    """Runs of saved lines are skipped in bulk between new lines: a new row that reuses a saved row's id keeps
+    it against saved rows after it in the same 2,048-line batch (they are read, to be rejected) and loses it to
+    saved rows before it, in an earlier batch; a repeated saved line is read the second time."""
+    from transforms.manifests import SkippedRow, parse_manifest
+    from transforms.validation import _key_by_id
+
+    lines = [json.dumps({"id": f"s{i}", "text": f"saved {i}"}).encode() for i in range(3000)]
+    key = b"k" * 16
+    probe = key_index.SavedRows(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8), key)
+    row_fp = np.array([probe.fingerprint(line) for line in lines], np.uint64)
+    id_fp = np.array([key_index.fingerprint(f"s{i}") for i in range(3000)], np.uint64)
+
+    def read(manifest_lines):
+        saved = key_index.SavedRows(row_fp, id_fp, np.ones(3000, np.uint8), key)
+        path = tmp_path / "m.jsonl"
+        path.write_bytes(b"\n".join(manifest_lines) + b"\n")
+        skipped, read_rows = 0, []
+        for record in parse_manifest(str(path), saved):
+            if isinstance(record, SkippedRow):
+                skipped += record.count
+                continue
+            # what the duplicate-id step downstream does as each row arrives
+            first = saved.claim_id(key_index.fingerprint(_key_by_id(record)[0]), record.source, record.row_number)
+            read_rows.append((record.row_number, record.fields["id"], first and first[1]))
+        return skipped, read_rows
+
+    reuse_later = json.dumps({"id": "s1003", "text": "new text, id of a later saved line"}).encode()
+    reuse_earlier = json.dumps({"id": "s5", "text": "new text, id of an earlier saved line"}).encode()
+    manifest = lines[:999] + [reuse_later] + lines[999:] + [reuse_earlier, lines[7]]
+    skipped, read_rows = read(manifest)
+    assert read_rows == [(1000, "s1003", None),      # the new row keeps the id (mid-batch)
+                         (1005, "s1003", None),      # the saved line after it is read (then rejected)
+                         (3002, "s5", 6),            # the saved line before it kept s5: this row names it
+                         (3003, "s7", 8)]            # a repeated saved line
+    assert skipped == 3000 - 1

@@ -273,6 +273,25 @@ class SavedRows:
             self._met[position] = self._pack(source, row_number)
             return int(self._masks[position])
 
+    def meet_run(self, positions: np.ndarray, source: str, first_row: int) -> np.ndarray:
+        """`meet` for consecutive rows that all match saved ones (rows first_row, first_row + 1, ...): their
+        masks, -1 where the row must be read. One lock and a few array operations for the whole run."""
+        positions = np.asarray(positions, dtype=np.int64)
+        masks = np.full(len(positions), -1, np.int64)
+        with self._lock:
+            free = self._met[positions] == 0
+            if self._taken:
+                free &= ~np.isin(self._ids[positions], np.fromiter(self._taken, np.uint64, len(self._taken)))
+            _, first_seen = np.unique(positions, return_index=True)  # a line repeated within the run: the first
+            once = np.zeros(len(positions), bool)
+            once[first_seen] = True
+            free &= once
+            at = positions[free]
+            base = self._pack(source, 0)
+            self._met[at] = base | (first_row + np.flatnonzero(free))
+            masks[free] = self._masks[at]
+        return masks
+
     def claim_id(self, id_fp: int, source: str, row_number: int) -> Optional[Tuple[str, int]]:
         """A row read in full takes its id. Returns (manifest, row) of a skipped saved row that has the id
         already; else the id is now this row's, and a saved row with it will not be skipped."""

@@ -8,6 +8,8 @@ import json
 import os
 import logging
 import math
+
+import numpy as np
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -116,11 +118,12 @@ def _universal_lines(stream) -> Iterator[bytes]:
 
 
 class SkippedRow(NamedTuple):
-    """A row equal to one whose items an earlier run saved: counted, not read further."""
+    """Rows equal to ones whose items an earlier run saved: counted, not read further."""
 
     source: str
-    row_number: int
-    mask: int  # its modalities (key_index.MODALITY_BITS)
+    row_number: int  # the first of them
+    mask: int  # their modalities (key_index.MODALITY_BITS)
+    count: int = 1
 
 
 def _batches(lines: Iterator[bytes], size: int = 2048) -> Iterator[List[bytes]]:
@@ -142,17 +145,34 @@ def _jsonl_rows(source: str, stream, saved=None) -> Iterator[Union[ManifestRow, 
     for batch in _batches(_universal_lines(stream)):
         fps = [saved.fingerprint(raw) for raw in batch]
         positions = saved.find(fps)
-        for raw, fp, position in zip(batch, fps, positions.tolist()):
-            row_number += 1
-            if position >= 0:
-                mask = saved.meet(position, source, row_number)
-                if mask is not None:
-                    yield SkippedRow(source, row_number, mask)
-                    continue
-            for record in _jsonl_parsed(source, [(row_number, raw)], saved):
-                if isinstance(record, ManifestRow):
-                    record.fingerprint = fp
-                yield record
+        first = row_number + 1
+        row_number += len(batch)
+        # Runs of lines that match saved rows are met in bulk, between the new lines in order: a new line's
+        # id claim must see every saved row before it met, and none after it.
+        new_lines = np.flatnonzero(positions < 0).tolist()
+        for start, end in zip([0] + [i + 1 for i in new_lines], new_lines + [len(batch)]):
+            if end > start:
+                masks = saved.meet_run(positions[start:end], source, first + start)
+                yield from _skipped_in_bulk(source, first + start, masks)
+                for i in np.flatnonzero(masks < 0).tolist():  # repeated lines, or ids a new row took
+                    yield from _fingerprinted(source, first + start + i, batch[start + i], fps[start + i], saved)
+            if end < len(batch):
+                yield from _fingerprinted(source, first + end, batch[end], fps[end], saved)
+
+
+def _skipped_in_bulk(source: str, first_row: int, masks: np.ndarray) -> Iterator[SkippedRow]:
+    kept = masks[masks >= 0]
+    if len(kept):
+        values, counts = np.unique(kept, return_counts=True)
+        for mask, count in zip(values.tolist(), counts.tolist()):
+            yield SkippedRow(source, first_row, mask, count)
+
+
+def _fingerprinted(source: str, row_number: int, raw: bytes, fp: int, saved) -> Iterator[Union[ManifestRow, DeadLetter]]:
+    for record in _jsonl_parsed(source, [(row_number, raw)]):
+        if isinstance(record, ManifestRow):
+            record.fingerprint = fp
+        yield record
 
 
 def _jsonl_parsed(source: str, numbered, saved=None) -> Iterator[Union[ManifestRow, DeadLetter]]:
@@ -403,7 +423,7 @@ class _ParseManifest(beam.DoFn):
         try:
             for record in parse_manifest(source, self._saved):
                 if isinstance(record, SkippedRow):
-                    skipped[record.mask] += 1
+                    skipped[record.mask] += record.count
                     if len(skipped) > 1 or sum(skipped.values()) >= 4096:
                         self._count_skipped(skipped)
                     continue
