@@ -18,8 +18,8 @@ from transforms.key_index import (IndexEntries, build_from_segments, compact_ind
                                   index_entries_of, load_entries, write_index, write_saved_rows)
 from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
-from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace
-from transforms.sinks import READER_ROW_GROUP
+from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace, write_parquet
+
 
 __all__ = ["finalize_output", "settle_earlier_runs"]
 
@@ -196,7 +196,7 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str], np.
             FileSystems.delete([path])
             continue
         sink = pa.BufferOutputStream()
-        pq.write_table(kept, sink, row_group_size=READER_ROW_GROUP, compression="zstd")
+        write_parquet(kept, sink)
         data = sink.getvalue().to_pybytes()
         rewritten += len(data)
         _rewrite(path, lambda stream: stream.write(data))
@@ -355,8 +355,7 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
         written += 1
         table = pa.concat_tables(group)
         path = FileSystems.join(folder, f"part-{run_id}-compact-{written:05d}.parquet")
-        _rewrite(path, lambda stream: pq.write_table(table, stream, row_group_size=READER_ROW_GROUP,
-                                                     compression="zstd"))
+        _rewrite(path, lambda stream: write_parquet(table, stream))
         group, rows = [], 0
 
     for path in pieces:

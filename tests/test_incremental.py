@@ -305,3 +305,28 @@ def test_saved_lines_are_met_in_bulk_yet_a_new_row_takes_its_id_only_from_rows_a
                          (3002, "s5", 6),            # the saved line before it kept s5: this row names it
                          (3003, "s7", 8)]            # a repeated saved line
     assert skipped == 3000 - 1
+
+
+def test_output_parquet_keeps_dictionaries_for_text_only(tmp_path):
+    """Vectors and fingerprints never repeat: a dictionary for them only costs the writer memory and the file
+    bytes. Text columns keep theirs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.layout import write_parquet
+    from transforms.sinks import segment_schema
+
+    n = 9000  # past one reader row group of 8,192
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.random.default_rng(1).random(n * 512, np.float32)), 512)
+    table = pa.table({"id": pa.array([f"r{i}" for i in range(n)]), "modality": pa.array(["text"] * n),
+                      "embedding": vectors.cast(segment_schema(512).field("embedding").type)})
+    path = str(tmp_path / "t.parquet")
+    with open(path, "wb") as f:
+        write_parquet(table, f)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 2 and meta.row_group(0).num_rows == 8192
+    encodings = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings
+                 for i in range(meta.num_columns)}
+    assert not any("DICTIONARY" in e for e in encodings["embedding.list.element"]), encodings
+    assert any("DICTIONARY" in e for e in encodings["modality"]), encodings
+    assert pq.read_table(path).equals(table)

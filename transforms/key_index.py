@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.layout import INDEX_DIR, SEGMENT_DIR, list_files, replace
+from transforms.layout import INDEX_DIR, SEGMENT_DIR, list_files, replace, write_parquet
 
 __all__ = ["FingerprintTable", "IndexEntries", "KeyLookup", "fingerprint", "index_entries_of", "load_entries",
            "write_index", "has_index", "compact_index"]
@@ -120,33 +120,57 @@ def has_index(output: str) -> bool:
     return bool(_ordered_files(output))
 
 
-def _read(path: str) -> pa.Table:
+_DTYPES = {"op": np.int8, "mask": np.uint8, "file": np.int32}
+# Index files are written and read in row groups of this many entries: a reader decodes a whole row group.
+_ROW_GROUP = 32768
+
+
+def _read(path: str, schema: pa.Schema) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """An index file's columns as numpy arrays, decoded a batch at a time so that Arrow's buffers (which its
+    allocator keeps) stay the size of a batch, not of the file. `file` comes back as indices into the names."""
+    parts: Dict[str, List[np.ndarray]] = {name: [] for name in schema.names}
+    names: Dict[str, int] = {}
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        return pq.read_table(f)
+        reader = pq.ParquetFile(f, read_dictionary=["file"] if "file" in parts else None)
+        for batch in reader.iter_batches(batch_size=_ROW_GROUP, columns=schema.names, use_threads=False):
+            for name in schema.names:
+                column = batch.column(name)
+                if name == "file":
+                    if not isinstance(column, pa.DictionaryArray):
+                        column = column.dictionary_encode()
+                    mapping = np.array([names.setdefault(n, len(names)) for n in column.dictionary.to_pylist()]
+                                       or [0], np.int32)
+                    parts[name].append(mapping[column.indices.to_numpy(zero_copy_only=False)])
+                else:
+                    parts[name].append(column.to_numpy(zero_copy_only=False))
+    arrays = {name: np.concatenate(chunks) if chunks else np.zeros(0, _DTYPES.get(name, np.uint64))
+              for name, chunks in parts.items()}
+    return arrays, sorted(names, key=names.get)
 
 
-def _from_table(table: pa.Table) -> IndexEntries:
-    files = table.column("file").combine_chunks().dictionary_encode()
-    return IndexEntries(*(table.column(c).to_numpy() for c in ("key_fp", "item_fp", "id_fp", "content_fp")),
-                        files.indices.to_numpy(zero_copy_only=False).astype(np.int32),
-                        files.dictionary.to_pylist())
+def release_arrow_memory() -> None:
+    """Hands the memory Arrow's allocator kept after a read back to the system."""
+    pa.default_memory_pool().release_unused()
 
 
 def load_entries(output: str) -> IndexEntries:
     """The live entries: a base, then each delta's removals and additions in run order."""
     live = IndexEntries()
     for path in _ordered_files(output):
-        table = _read(path)
-        ops = table.column("op").to_numpy()
-        removed = table.column("key_fp").to_numpy()[ops == 0]
+        columns, files = _read(path, _SCHEMA)
+        ops = columns["op"]
+        removed = columns["key_fp"][ops == 0]
         if len(removed) and len(live):
             live = live.take(~np.isin(live.key_fp, removed))
-        added = _from_table(table.filter(pa.compute.equal(table.column("op"), 1)))
-        live = concat([live, added]) if len(added) else live
+        added = ops == 1
+        if added.any():
+            live = concat([live, IndexEntries(*(columns[c][added] for c in ("key_fp", "item_fp", "id_fp", "content_fp",
+                                                                             "file")), files)])
     if len(live):
         # A key saved twice (a crash between writing and finalizing) counts once, at its newest file.
         _, last = np.unique(live.key_fp[::-1], return_index=True)
         live = live.take(np.sort(len(live) - 1 - last))
+    release_arrow_memory()
     return live
 
 
@@ -168,7 +192,7 @@ def _write(output: str, name: str, table: pa.Table) -> str:
     except IOError:
         pass
     path = FileSystems.join(_folder(output), name)
-    replace(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
+    replace(path, lambda stream: write_parquet(table, stream, row_group_size=_ROW_GROUP))
     return path
 
 
@@ -213,17 +237,17 @@ def load_saved_rows(output: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_fp, id_fp, mask) of the live saved rows: one row an id at most."""
     row_fp, id_fp, mask = np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8)
     for path in _ordered_files(output, ROWS):
-        table = _read(path)
-        ops = table.column("op").to_numpy()
-        ids = table.column("id_fp").to_numpy()
+        columns, _ = _read(path, _ROWS_SCHEMA)
+        ops, ids = columns["op"], columns["id_fp"]
         gone = ids[ops == 0]
         if len(gone) and len(row_fp):
             keep = ~np.isin(id_fp, gone)
             row_fp, id_fp, mask = row_fp[keep], id_fp[keep], mask[keep]
         added = ops == 1
-        row_fp = np.concatenate([row_fp, table.column("row_fp").to_numpy()[added]])
+        row_fp = np.concatenate([row_fp, columns["row_fp"][added]])
         id_fp = np.concatenate([id_fp, ids[added]])
-        mask = np.concatenate([mask, table.column("mask").to_numpy()[added]])
+        mask = np.concatenate([mask, columns["mask"][added]])
+    release_arrow_memory()
     return row_fp, id_fp, mask
 
 

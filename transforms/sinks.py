@@ -12,13 +12,12 @@ from typing import Iterable, List, Optional
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from embed_client.secrets import redact_url, scrub
 from transforms.constants import MODEL_DIMS
-from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, piece_name
+from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, piece_name, write_parquet
 from transforms.items import Outcome
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
@@ -30,7 +29,6 @@ _LOGGER = logging.getLogger(__name__)
 DEFAULT_ROWS_PER_PIECE = 4096
 DEFAULT_FLUSH_SEC = 5.0
 # Row groups of this many rows let readers (search, DuckDB, Polars) stream in bounded memory.
-READER_ROW_GROUP = 8192
 
 
 def segment_schema(dims: int) -> pa.Schema:
@@ -147,6 +145,7 @@ class _PieceWriterFn(beam.DoFn):
         self._oldest = None
 
     def process(self, record) -> Iterable[str]:
+        record = self.held(record)
         self._buffer.append(record)
         if self._journal_dir is not None:
             self._append_journal(record)
@@ -195,6 +194,10 @@ class _PieceWriterFn(beam.DoFn):
         if journal is not None:
             journal.close()  # kept: the next run recovers it
 
+    def held(self, record):
+        """What the buffer keeps of a record until its piece is written."""
+        return record
+
     def write(self, records, stream) -> None:
         raise NotImplementedError
 
@@ -216,16 +219,20 @@ class _SegmentPieceFn(_PieceWriterFn):
         self._run_time = run_time
         self._dims = dims or MODEL_DIMS[model]
 
-    def write(self, outcomes, stream) -> None:
-        table = segments_table(outcomes, self._dims, self._run_id, self._run_time)
-        pq.write_table(table, stream, row_group_size=READER_ROW_GROUP, compression="zstd")
+    def held(self, outcome) -> pa.Table:
+        # Vectors as float32 in Arrow (2 KB for 512 dims), not the response's Python floats (about 16 KB).
+        return segments_table([outcome], self._dims, self._run_id, self._run_time)
+
+    def write(self, tables, stream) -> None:
+        table = pa.concat_tables(tables).combine_chunks()
+        write_parquet(table, stream)
 
     # The journal is an Arrow IPC stream: one small batch per outcome, readable up to a torn last one.
     def open_journal(self, stream) -> None:
         self._ipc = pa.ipc.new_stream(stream, segment_schema(self._dims))
 
-    def append(self, outcome, stream) -> None:
-        self._ipc.write_table(segments_table([outcome], self._dims, self._run_id, self._run_time))
+    def append(self, table, stream) -> None:
+        self._ipc.write_table(table)
 
     def close_journal(self, stream) -> None:
         self._ipc.close()
@@ -319,8 +326,7 @@ def recover_journals(output: str) -> int:
                 if batches:
                     table = pa.Table.from_batches(batches)
                     _commit(os.path.dirname(final), os.path.basename(final),
-                            lambda stream: pq.write_table(table, stream, row_group_size=READER_ROW_GROUP,
-                                                          compression="zstd"))
+                            lambda stream: write_parquet(table, stream))
                     recovered += table.num_rows
             else:
                 with open(journal, "rb") as f:
@@ -370,7 +376,7 @@ class _RowRecordsFn(beam.DoFn):
                                      schema=ROW_RECORDS_SCHEMA)
         self._columns = [[] for _ in ROW_RECORDS_SCHEMA.names]
         return _commit(self._folder, f"rows-{self._worker}-{self._sequence:05d}.parquet",
-                       lambda stream: pq.write_table(table, stream, compression="zstd"))
+                       lambda stream: write_parquet(table, stream))
 
 
 class WriteRowRecords(beam.PTransform):
