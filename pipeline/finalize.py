@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
 from transforms.key_index import (IndexEntries, build_from_segments, compact_index, concat, fingerprint, has_index,
-                                  index_entries_of, load_entries, write_index, write_saved_rows)
+                                  index_entries_of, find_entries, write_index, write_saved_rows)
 from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
 from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace, write_parquet
@@ -169,13 +169,12 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str], np.
     # Older files are found through the key index (fingerprints), not by reading each one: only files that
     # hold rows this run supersedes are opened, so a rerun costs its own rows, not the output's.
     supersede = np.union1d(new_items, gone_items)
-    entries = load_entries(output)
     removed = np.zeros(0, np.uint64)
-    if older and (len(supersede) or len(gone_id_fps)) and len(entries):
-        hit = np.isin(entries.item_fp, supersede) | np.isin(entries.id_fp, gone_id_fps)
-        removed = entries.key_fp[hit]
+    if older and (len(supersede) or len(gone_id_fps)):
+        hit = find_entries(output, supersede, gone_id_fps)
+        removed = hit.key_fp
         by_name = {_name(path): path for path in older}
-        for name in entries.file_names(hit):
+        for name in hit.file_names():
             path = by_name.get(name)
             if path is None:
                 continue

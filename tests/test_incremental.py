@@ -74,13 +74,25 @@ def test_index_applies_each_runs_removals_then_additions_in_run_order(tmp_path, 
     assert lookup.saved("a", "text", "h1") and lookup.saved("b", "text", "h2")
     assert not lookup.saved("a", "text", "h9") and not lookup.saved("a", "image", "h1")
     assert lookup.content_file("h1").endswith("f3.parquet") and lookup.content_file("h9") is None
+    # Finalize's search by item or id, a row group at a time, sees the same live entries (2 groups of 2 here).
+    monkeypatch.setattr(key_index, "_ROW_GROUP", 2)
+    key_index.write_index(output, "R3b", _entries([("d", "text", "h4"), ("e", "text", "h5"), ("a", "text", "h6")],
+                                                  "f5.parquet"), np.array([fp("a", "text", "h1")], np.uint64))
+    found = key_index.find_entries(output, np.array([fp("a", "text"), fp("b", "text")], np.uint64),
+                                   np.array([fp("e")], np.uint64))
+    assert sorted(zip(found.key_fp.tolist(), [found.files[i] for i in found.file_index])) == sorted(
+        [(fp("a", "text", "h6"), "f5.parquet"), (fp("b", "text", "h2"), "f1.parquet"), (fp("e", "text", "h5"), "f5.parquet")])
+    assert sorted(key_index.load_entries(output).key_fp.tolist()) == sorted(
+        fp(*k) for k in [("a", "text", "h6"), ("b", "text", "h2"), ("d", "text", "h4"), ("e", "text", "h5")])
+    key_index.write_index(output, "R3c", key_index.IndexEntries(), np.array([fp("d", "text", "h4")], np.uint64))
     # Past MAX_DELTAS the deltas fold into one base with the same live entries.
-    monkeypatch.setattr(key_index, "MAX_DELTAS", 3)
+    monkeypatch.setattr(key_index, "MAX_DELTAS", 5)
     key_index.write_index(output, "R4", _entries([("c", "image", "h3")], "f4.parquet"), np.zeros(0, np.uint64))
     assert key_index.compact_index(output, "R4")
     assert [os.path.basename(p) for p in glob.glob(os.path.join(output, "index", "*"))] == ["base-R4.parquet"]
     lookup = key_index.KeyLookup.load(output)
-    assert len(lookup) == 3 and lookup.saved("a", "text", "h1") and lookup.saved("c", "image", "h3")
+    assert len(lookup) == 4 and lookup.saved("a", "text", "h6") and lookup.saved("c", "image", "h3")
+    assert not lookup.saved("a", "text", "h1") and not lookup.saved("d", "text", "h4")
 
 
 class _Item:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import re
 import threading
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -125,27 +125,37 @@ _DTYPES = {"op": np.int8, "mask": np.uint8, "file": np.int32}
 _ROW_GROUP = 32768
 
 
-def _read(path: str, schema: pa.Schema) -> Tuple[Dict[str, np.ndarray], List[str]]:
-    """An index file's columns as numpy arrays, decoded a batch at a time so that Arrow's buffers (which its
-    allocator keeps) stay the size of a batch, not of the file. `file` comes back as indices into the names."""
-    parts: Dict[str, List[np.ndarray]] = {name: [] for name in schema.names}
-    names: Dict[str, int] = {}
+def _batches(path: str, schema: pa.Schema) -> Iterator[Tuple[Dict[str, np.ndarray], List[str]]]:
+    """An index file's columns as numpy arrays, a row group at a time, so that Arrow's buffers (which its
+    allocator keeps) stay the size of a batch, not of the file. `file` comes as indices into the batch's names."""
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        reader = pq.ParquetFile(f, read_dictionary=["file"] if "file" in parts else None)
+        reader = pq.ParquetFile(f, read_dictionary=["file"] if "file" in schema.names else None)
         for batch in reader.iter_batches(batch_size=_ROW_GROUP, columns=schema.names, use_threads=False):
+            arrays, names = {}, []
             for name in schema.names:
                 column = batch.column(name)
                 if name == "file":
                     if not isinstance(column, pa.DictionaryArray):
                         column = column.dictionary_encode()
-                    mapping = np.array([names.setdefault(n, len(names)) for n in column.dictionary.to_pylist()]
-                                       or [0], np.int32)
-                    parts[name].append(mapping[column.indices.to_numpy(zero_copy_only=False)])
+                    names = column.dictionary.to_pylist()
+                    arrays[name] = column.indices.to_numpy(zero_copy_only=False).astype(np.int32)
                 else:
-                    parts[name].append(column.to_numpy(zero_copy_only=False))
+                    arrays[name] = column.to_numpy(zero_copy_only=False)
+            yield arrays, names
+
+
+def _read(path: str, schema: pa.Schema) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """A whole index file's columns (see `_batches`); `file` as indices into the returned names."""
+    parts: Dict[str, List[np.ndarray]] = {name: [] for name in schema.names}
+    where: Dict[str, int] = {}
+    for arrays, names in _batches(path, schema):
+        for name, values in arrays.items():
+            if name == "file":
+                values = np.array([where.setdefault(n, len(where)) for n in names] or [0], np.int32)[values]
+            parts[name].append(values)
     arrays = {name: np.concatenate(chunks) if chunks else np.zeros(0, _DTYPES.get(name, np.uint64))
               for name, chunks in parts.items()}
-    return arrays, sorted(names, key=names.get)
+    return arrays, sorted(where, key=where.get)
 
 
 def release_arrow_memory() -> None:
@@ -172,6 +182,24 @@ def load_entries(output: str) -> IndexEntries:
         live = live.take(np.sort(len(live) - 1 - last))
     release_arrow_memory()
     return live
+
+
+def find_entries(output: str, item_fps: np.ndarray, id_fps: np.ndarray) -> IndexEntries:
+    """The live entries with one of these item or id fingerprints. The index is read a row group at a time and
+    only matches are kept, so memory follows what a run changes, not the size of the output."""
+    found = IndexEntries()
+    for path in _ordered_files(output):
+        for columns, files in _batches(path, _SCHEMA):
+            ops = columns["op"]
+            removed = columns["key_fp"][ops == 0]  # a file lists its removals first
+            if len(removed) and len(found):
+                found = found.take(~np.isin(found.key_fp, removed))
+            hit = (ops == 1) & (np.isin(columns["item_fp"], item_fps) | np.isin(columns["id_fp"], id_fps))
+            if hit.any():
+                found = concat([found, IndexEntries(*(columns[c][hit] for c in ("key_fp", "item_fp", "id_fp",
+                                                                                 "content_fp", "file")), files)])
+    release_arrow_memory()
+    return found
 
 
 def write_index(output: str, run_id: str, added: IndexEntries, removed_key_fps: np.ndarray, base: bool = False) -> str:
