@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam import Flatten, Map, PTransform, combiners
 from apache_beam.io.filesystems import FileSystems
 
 import numpy as np
@@ -21,7 +23,7 @@ from transforms.resume import list_segment_pieces
 from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace, write_parquet
 
 
-__all__ = ["finalize_output", "settle_earlier_runs"]
+__all__ = ["FinalizeRun", "finalize_output", "read_finalize_counts", "settle_earlier_runs"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -375,6 +377,13 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
 
 def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int]:
     """Runs after every finished (not dry) run; safe to run again if interrupted."""
+    started = time.monotonic()
+    counts = _finalize(output, run_id, sources)
+    counts["finalize_seconds"] = round(time.monotonic() - started, 3)
+    return counts
+
+
+def _finalize(output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int]:
     segment_dir = FileSystems.join(output, SEGMENT_DIR)
     for sub in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
         _remove_stale_temps(FileSystems.join(output, sub))
@@ -389,3 +398,45 @@ def finalize_output(output: str, run_id: str, sources: Sequence[str]) -> Dict[st
     if dropped:
         _LOGGER.info("dropped %d duplicate or superseded segment rows (%d bytes rewritten)", dropped, rewritten)
     return {"segment_rows_dropped": dropped, "segment_bytes_rewritten": rewritten, "pieces_compacted": compacted}
+
+
+FINALIZE_COUNTS = "finalize.json"
+
+
+def read_finalize_counts(output: str, run_id: str) -> Optional[Dict[str, int]]:
+    """What the job's own finalize step did (None if it did not run: the launcher then finalizes)."""
+    path = FileSystems.join(output, RUNS_DIR, run_id, FINALIZE_COUNTS)
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except Exception:
+        return None
+
+
+def _finalize_in_job(pieces_written: int, output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int]:
+    counts = finalize_output(output, run_id, sources)
+    counts["pieces_written"] = pieces_written
+    folder = FileSystems.join(output, RUNS_DIR, run_id)
+    try:
+        FileSystems.mkdirs(folder)
+    except IOError:
+        pass  # there already
+    _rewrite(FileSystems.join(folder, FINALIZE_COUNTS),
+             lambda stream: stream.write(json.dumps(counts).encode("utf-8")))
+    return counts
+
+
+class FinalizeRun(PTransform):
+    """The files every writer committed -> this run's finalize counts, once all of them are written. It runs
+    on a worker, so a Dataflow job finalizes its output on the cluster, not on the machine that launched it;
+    a global count is the barrier (every runner has one). Safe to run again if the runner retries it."""
+
+    def __init__(self, output: str, run_id: str, sources: Sequence[str]):
+        super().__init__()
+        self._output, self._run_id, self._sources = output, run_id, list(sources)
+
+    def expand(self, written):
+        return (written
+                | "AllWritten" >> Flatten()
+                | "WaitForEveryWriter" >> combiners.Count.Globally()
+                | "Finalize" >> Map(_finalize_in_job, self._output, self._run_id, self._sources))

@@ -8,6 +8,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline.finalize import FinalizeRun
 from transforms.calling import CallSettings, CreateEmbeddings
 from transforms.constants import DEAD_LETTERS, DEFERRED, NAMESPACE
 from transforms.items import Call, DeadLetter
@@ -57,7 +58,7 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
                    pack: bool = True, rows_per_piece: int = 4096, flush_sec: Optional[float] = None,
                    dry_run: bool = False, known_tasks: Optional[Dict[str, Tuple[str, float]]] = None,
                    columns: Optional[Dict[str, str]] = None, failed: Optional[Dict] = None,
-                   grouping: str = "stream") -> Dict[str, beam.PCollection]:
+                   grouping: str = "stream", finalize: bool = False) -> Dict[str, beam.PCollection]:
     """Adds the job to `p`. What earlier runs saved is looked up in `output`'s key index; `known_tasks` are
     the v2 tasks they created (polled again, never created twice).
 
@@ -67,8 +68,9 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     state = SharedRunState(f"{output}:{run_id}") if grouping == "stream" else None
     read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns, state, output, row_key(settings, columns))
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings), state)
+    row_records = None
     if state is not None and not dry_run:
-        valid[ROW_RECORDS] | "RecordRows" >> WriteRowRecords(output, run_id)
+        row_records = valid[ROW_RECORDS] | "RecordRows" >> WriteRowRecords(output, run_id)
     todo = valid["items"] | "SkipDoneAndDedup" >> SkipDoneAndDedup(
         output, settings.model, failed, grouping=grouping, token=f"{output}:{run_id}", state=state)
     routes = todo["to_call"] | "RouteAndPack" >> RouteAndPack(pack)
@@ -113,4 +115,8 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     )
     later = (tuple(deferred) | "MergeDeferred" >> beam.Flatten()
              | "WriteDeferred" >> WriteDeferred(output, run_id, rows_per_piece, flush_sec))
-    return {"segments": segments, DEAD_LETTERS: dead, DEFERRED: later}
+    written = {"segments": segments, DEAD_LETTERS: dead, DEFERRED: later}
+    if finalize:
+        every = tuple(segments) + (dead, later) + ((row_records,) if row_records is not None else ())
+        written["finalized"] = every | "FinalizeRun" >> FinalizeRun(output, run_id, manifest_paths)
+    return written

@@ -17,7 +17,7 @@ from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
 from pipeline.progress_line import ProgressPrinter, count_manifest_rows
 from pipeline.summary import RUNS_DIR
-from pipeline.finalize import finalize_output, settle_earlier_runs
+from pipeline.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
 from pipeline.output_lock import OutputLock
 from transforms.call_settings import ConfigError, EmbeddingSettings
 from transforms.calling import CallSettings
@@ -211,7 +211,7 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
                        run_id=run_id, run_time=run_time, pack=config.pack,
                        rows_per_piece=config.rows_per_piece, flush_sec=config.flush_sec, dry_run=config.dry_run,
                        known_tasks=known_tasks, columns=config.columns, failed=failed,
-                       grouping=_grouping(options))
+                       grouping=_grouping(options), finalize=not config.dry_run)
         if progress and _runs_in_process(options):
             stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
         result = p.run()
@@ -221,7 +221,8 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
         result.wait_until_finish()
     if config.dry_run:
         return summary_mod.plan_summary(config, result, run_id, manifest_paths)
-    finalized = finalize_output(config.output, run_id, manifest_paths)
+    # The job finalized its own output (on its workers); a runner that skipped the step leaves it to us.
+    finalized = read_finalize_counts(config.output, run_id) or finalize_output(config.output, run_id, manifest_paths)
     finalized["segment_rows_dropped"] += settled.get("segment_rows_dropped", 0)
     finished = datetime.datetime.now(datetime.timezone.utc)
     return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized,

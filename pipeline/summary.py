@@ -76,7 +76,7 @@ STATUS_TEXT = {"done": "done: every item is embedded",
 
 
 def submitted_summary(config, result, run_id: str) -> dict:
-    """--no-wait: the job is submitted; no counts yet. Its output is finalized by the next run."""
+    """--no-wait: the job is submitted; no counts yet. It finalizes its own output as its last step."""
     job_id = getattr(result, "job_id", None)
     return {"run_id": run_id, "status": "submitted", "exit_code": 0, "model": config.model,
             "output": config.output, "job_id": job_id() if callable(job_id) else job_id}
@@ -248,6 +248,8 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "quota_resets_at": max(resets) if resets else None,
         "segment_rows_dropped": (finalized or {}).get("segment_rows_dropped", 0),
         "segment_bytes_rewritten": (finalized or {}).get("segment_bytes_rewritten", 0),
+        "pieces_compacted": (finalized or {}).get("pieces_compacted", 0),
+        "finalize_seconds": (finalized or {}).get("finalize_seconds", 0.0),
         "dead_letters": sum(dead_by_code.values()),
         "dead_letters_by_reason": dict(sorted(dead_by_code.items())),
         "dead_letters_transient": dead_by_kind.get("transient", 0),
@@ -321,7 +323,7 @@ def format_summary(summary: dict) -> str:
     if summary.get("status") == "submitted":
         return (f"run {summary['run_id']} ({summary['model']}) submitted"
                 + (f" as job {summary['job_id']}" if summary.get("job_id") else "")
-                + f"; its output {summary['output']} is finalized by the next run (--no-wait)")
+                + f"; its output {summary['output']} is finalized by the job's last step (--no-wait)")
     items = summary["items"]
     lines = [
         f"run {summary['run_id']} ({summary['model']}) finished in {summary['seconds']:.1f} s",

@@ -467,12 +467,13 @@ class _MountedFileSystem(FileSystem):
         pass
 
 
-def test_launcher_finalizes_and_reports_through_its_own_path_to_the_workers_output(dask_cluster, tmp_path,
-                                                                                 monkeypatch):
+def test_workers_finalize_and_the_launcher_reports_through_its_own_path_to_the_output(dask_cluster, tmp_path,
+                                                                                    monkeypatch):
     """The output is mnt://shared/out. The Dask workers mount `shared` at worker-view/, the launcher (this
-    process) at launcher-view/: two paths to one store, as two machines reach one bucket. Once the Beam job is
-    done the workers' path is removed before finalize, so finalize, the summary and the report can only have
-    worked through the launcher's own path; a second run skips everything through both paths."""
+    process) at launcher-view/: two paths to one store, as two machines reach one bucket. Finalize is a step
+    of the job, so it runs on the workers through their path; once the job is done the workers' path is
+    removed, so the summary and the report can only have worked through the launcher's own path. The launcher
+    never finalizes itself; a second run skips everything through both paths."""
     cluster, client = dask_cluster
     store, worker_view, launcher_view = tmp_path / "store", tmp_path / "worker-view", tmp_path / "launcher-view"
     store.mkdir()
@@ -482,17 +483,18 @@ def test_launcher_finalizes_and_reports_through_its_own_path_to_the_workers_outp
     monkeypatch.setitem(_MOUNTS, "shared", str(launcher_view))
     output = "mnt://shared/out"
 
-    finalize = run_module.finalize_output
-    finalized = []
+    read_counts = run_module.read_finalize_counts
+    finalized, launcher_finalized = [], []
 
-    def finalize_on_the_launcher(out, run_id, sources):
+    def job_done(out, run_id):
         if worker_view.is_symlink():
             os.unlink(worker_view)  # from here on the workers' path does not exist
-        assert out == output
-        finalized.append(run_id)
-        return finalize(out, run_id, sources)
+        counts = read_counts(out, run_id)
+        finalized.append(counts)
+        return counts
 
-    monkeypatch.setattr(run_module, "finalize_output", finalize_on_the_launcher)
+    monkeypatch.setattr(run_module, "read_finalize_counts", job_done)
+    monkeypatch.setattr(run_module, "finalize_output", lambda *a: launcher_finalized.append(a))
     manifests_dir = ensure_samples(str(tmp_path / "samples"))
     manifests = [os.path.join(manifests_dir, n) for n in ("catalog.jsonl", "extra.csv", "more.parquet")]
     with Emulator(EmulatorConfig()) as emulator:
@@ -501,7 +503,8 @@ def test_launcher_finalizes_and_reports_through_its_own_path_to_the_workers_outp
         second = run(make_config(output, manifests, beam_args=_dask_args(cluster)), emulator.base_url)
         served = emulator.stats()
 
-    assert len(finalized) == 2 and not worker_view.exists()
+    assert len(finalized) == 2 and all(counts is not None for counts in finalized) and not worker_view.exists()
+    assert launcher_finalized == []
     on_disk = str(store / "out")
     assert first["items_embedded"] == EXPECTED["items_embedded"]
     assert first["dead_letters_by_reason"] == EXPECTED["dead_letters_by_reason"]
@@ -514,11 +517,12 @@ def test_launcher_finalizes_and_reports_through_its_own_path_to_the_workers_outp
         text = (store / "out" / name).read_text()
         assert "worker-view" not in text and "launcher-view" not in text and str(store) not in text, name
     assert "<html" in (store / "out" / "report.html").read_text().lower()
-    # finalize compacted this run's pieces into files under segments/ (read through the launcher's path)
-    assert read_segments(on_disk).num_rows == 25
+    # the workers' finalize compacted this run's pieces into files under segments/
+    assert read_segments(on_disk).num_rows == 25 and finalized[0]["pieces_written"] >= 1
+    assert [p for p in os.listdir(store / "out" / "segments") if "-compact-" not in p] == []
     # The rerun read what was done through both mounts and called nothing.
     assert second["items_already_done"] == sum(EXPECTED["items_embedded"].values()) and second["calls"] == 0
     assert served["requests"] == first["calls"]
-    print(f"\nlauncher via {launcher_view.name}/, workers via {worker_view.name}/ (removed before finalize): "
+    print(f"\nlauncher via {launcher_view.name}/, workers via {worker_view.name}/ (removed after the job): "
           f"run 1 {first['status']}, {first['segments_written']} segment rows, {first['calls']} calls; "
           f"run 2 {second['status']}, {second['items_already_done']} already done, {second['calls']} calls")

@@ -157,5 +157,5 @@ def test_the_images_entry_point_runs(sdist, tmp_path):
                                f"--output={tmp_path}/launched"], cwd=str(tmp_path), env=env, capture_output=True,
                               text=True, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "submitted" in launched.stdout and "finalized by the next run (--no-wait)" in launched.stdout
+    assert "submitted" in launched.stdout and "finalized by the job's last step (--no-wait)" in launched.stdout
     print(f"\n{os.path.basename(sdist)} unpacked as the image's {workdir}; main.py --help and a dry run: ok")

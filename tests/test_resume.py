@@ -301,7 +301,9 @@ def test_small_pieces_of_a_run_are_compacted_when_it_finishes(tmp_path, monkeypa
     assert_exactly_once(output, 60)
 
 
-def test_no_wait_submits_and_the_next_run_finalizes_it(tmp_path):
+def test_no_wait_submits_and_the_job_finalizes_itself(tmp_path):
+    """Finalize is a step of the job: a submitted job (a Flex Template launch) finalizes its own output on its
+    workers; a killed one is settled by the next run (test_incremental, test_unattended)."""
     import pipeline.finalize as finalize
 
     manifest = _write_manifest(tmp_path / "n.jsonl", [{"id": f"n{i}", "text": f"no wait {i}"} for i in range(5)])
@@ -309,7 +311,8 @@ def test_no_wait_submits_and_the_next_run_finalizes_it(tmp_path):
     with Emulator(EmulatorConfig()) as emu:
         submitted = run(make_config(output, [manifest], no_wait=True), emu.base_url)
         assert submitted["status"] == "submitted" and submitted["exit_code"] == 0
-        assert not glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZED_MARKER))
+        assert len(glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZED_MARKER))) == 1
+        assert len(glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZE_COUNTS))) == 1
         second = run(make_config(output, [manifest]), emu.base_url)
         assert emu.stats()["requests"] == 5  # the submitted job's results count: nothing paid twice
     assert second["items_already_done"] == 5 and second["status"] == "done"
