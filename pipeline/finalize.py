@@ -17,7 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
 from transforms.key_index import (IndexEntries, build_from_segments, compact_index, concat, fingerprint, has_index,
-                                  index_entries_of, find_entries, write_index, write_saved_rows)
+                                  index_entries_of, find_entries, load_saved_rows, write_index, write_saved_rows)
+from transforms.saved_prefix import settle_prefixes
 from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
 from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace, write_parquet
@@ -242,13 +243,15 @@ def _update_saved_rows(output: str, run_id: str, changed_ids: np.ndarray, finish
     read in full and whose items all ended saved are added. Returns the rows added."""
     records = None
     if finished:
+        failed = _run_outcome_rows(output, run_id)
+        # Where each row came from is needed only to drop the rows that failed.
+        columns = None if failed else ["row_fp", "id_fp", "mask"]
         parts = []
         for path in list_files(FileSystems.join(output, RUNS_DIR, run_id), "rows-*.parquet"):
             with FileSystems.open(path, compression_type="uncompressed") as f:
-                parts.append(pq.read_table(f))
+                parts.append(pq.read_table(f, columns=columns))
         if parts:
             records = pa.concat_tables(parts)
-            failed = _run_outcome_rows(output, run_id)
             if failed:
                 where = pc.binary_join_element_wise(records.column("source"),
                                                     pc.cast(records.column("row_number"), pa.string()), "\x1f")
@@ -391,6 +394,7 @@ def _finalize(output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int
     dropped, rewritten, settled, removed, changed_ids = _dedupe_segments(output, run_id)
     compacted = _compact_run_pieces(segment_dir, run_id)
     _update_saved_rows(output, run_id, changed_ids, finished=True)
+    settle_prefixes(output, run_id, lambda: load_saved_rows(output)[0])
     _index_pending_runs(output, run_id, settled, removed)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))

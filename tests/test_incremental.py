@@ -139,6 +139,9 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkey
     from transforms import sinks
 
     monkeypatch.setattr(sinks._RowRecordsFn, "ROWS_PER_FILE", 1000)  # the row records span several files
+    hashed = []  # lines fingerprinted one by one (a saved prefix is hashed as a whole instead)
+    fingerprint = key_index.SavedRows.fingerprint
+    monkeypatch.setattr(key_index.SavedRows, "fingerprint", lambda self, data: hashed.append(1) or fingerprint(self, data))
     rows = [{"id": f"r{i}", "text": f"incremental row {i}"} for i in range(9000)]
     rows += [{"id": f"copy{i}", "text": f"incremental row {i * 37}"} for i in range(40)]
     rows += [{"id": f"r{i * 1000}", "text": f"taken id {i}"} for i in range(5)]
@@ -162,11 +165,17 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkey
         vectors = dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()))
         assert all(vectors[f"copy{i}"] == vectors[f"r{i * 37}"] for i in range(40))
 
+        # The first 9,040 rows are saved: the manifest's checkpoint is its last mark before them (2 x 4,096).
+        (checkpoint,) = glob.glob(os.path.join(output, "index", "prefix-*.parquet"))
+        assert __import__("pyarrow.parquet").parquet.read_table(checkpoint).num_rows == 8192
+
         added = [{"id": f"new{i}", "text": f"added row {i}"} for i in range(90)]
         manifest = _write(tmp_path / "m.jsonl", rows + added)
         before = emu.stats()["requests"]
+        hashed.clear()
         second = run(make_config(output, [manifest]), emu.base_url)
         assert emu.stats()["requests"] - before == 90
+        assert len(hashed) == len(rows) + 90 - 8192  # the prefix's lines were not hashed one by one
         assert second["items_already_done"] == 9040
         # Saved rows are recognised as they are read (a fingerprint of the line), not parsed and validated.
         assert second["rows_skipped_unread"] == 9040
@@ -180,8 +189,10 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkey
         sizes = {p: os.path.getsize(p) for p in glob.glob(os.path.join(output, "segments", "*.parquet"))}
         mtimes = {p: os.stat(p).st_mtime_ns for p in sizes}
         before = emu.stats()["requests"]
+        hashed.clear()
         third = run(make_config(output, [manifest]), emu.base_url)
         assert emu.stats()["requests"] - before == 2
+        assert len(hashed) == len(edited)  # the prefix's bytes changed: every line is read
         assert third["rows_skipped_unread"] == 9040 + 90 - 2
     touched = [p for p in sizes if not os.path.exists(p) or os.stat(p).st_mtime_ns != mtimes[p]]
     assert len(touched) == 2 and third["segment_rows_dropped"] == 2
@@ -342,3 +353,56 @@ def test_output_parquet_keeps_dictionaries_for_text_only(tmp_path):
     assert not any("DICTIONARY" in e for e in encodings["embedding.list.element"]), encodings
     assert any("DICTIONARY" in e for e in encodings["modality"]), encodings
     assert pq.read_table(path).equals(table)
+
+
+def test_a_saved_prefix_meets_its_rows_at_once_and_is_refused_when_its_bytes_change(tmp_path):
+    """The reader's read map becomes a checkpoint of whole marks of saved lines; a rerun verifies its bytes, meets
+    all its rows at once (an appended row reusing one of their ids names its row) and reads from there; changed
+    bytes or CR line ends mean reading line by line."""
+    from transforms import saved_prefix
+    from transforms.manifests import SkippedRow, parse_manifest
+
+    key = b"p" * 16
+    lines = [json.dumps({"id": f"s{i}", "text": f"saved {i}"}).encode() for i in range(9000)]
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    output = str(tmp_path / "out")
+
+    def read(saved, prefix=None):
+        readmap = saved_prefix.ReadMap(key)
+        records = list(parse_manifest(str(path), saved, prefix, readmap))
+        return records, readmap
+
+    empty = key_index.SavedRows(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8), key)
+    records, readmap = read(empty)
+    assert len(records) == 9000 and [m[0] for m in readmap.marks] == [4096, 8192]
+    readmap.write(output, "R1", str(path))
+    row_fp = np.array([r.fingerprint for r in records], np.uint64)
+    id_fp = np.array([key_index.fingerprint(f"s{i}") for i in range(9000)], np.uint64)
+    saved_fps = row_fp[np.arange(9000) != 8500]  # row 8501 did not end saved
+    assert saved_prefix.settle_prefixes(output, "R1", lambda: saved_fps) == 8192
+    prefix = saved_prefix.load_prefix(output, str(path))
+    assert (prefix.rows, prefix.nbytes) == (8192, sum(len(line) + 1 for line in lines[:8192]))
+
+    saved = key_index.SavedRows(row_fp, id_fp, np.ones(9000, np.uint8), key)
+    records, readmap = read(saved, prefix)
+    skipped = [r for r in records if isinstance(r, SkippedRow)]
+    assert skipped[0] == SkippedRow(str(path), 1, 1, 8192) and sum(r.count for r in skipped) == 9000
+    assert readmap.rows == 9000 and [m[0] for m in readmap.marks] == [4096, 8192]
+    assert saved.claim_id(key_index.fingerprint("s17"), "new.jsonl", 1) == (str(path), 18)
+
+    # One byte changed inside the prefix: refused, then read line by line (the edited row is read in full).
+    changed = lines[:]
+    changed[10] = json.dumps({"id": "s10", "text": "saved 1O"}).encode()
+    path.write_bytes(b"\n".join(changed) + b"\n")
+    saved = key_index.SavedRows(row_fp, id_fp, np.ones(9000, np.uint8), key)
+    records, readmap = read(saved, prefix)
+    assert [r.row_number for r in records if not isinstance(r, SkippedRow)] == [11]
+    assert sum(r.count for r in records if isinstance(r, SkippedRow)) == 8999
+
+    # CR line ends: the lines do not add up to the bytes, so no read map is kept.
+    path.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    records, readmap = read(empty)
+    assert len(records) == 9000 and not readmap.valid
+    readmap.write(output, "R2", str(path))
+    assert not glob.glob(os.path.join(output, "runs", "R2", "readmap-*"))

@@ -300,6 +300,10 @@ class SavedRows:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def key(self) -> bytes:
+        return self._key
+
     def fingerprint(self, data: bytes) -> int:
         return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=self._key).digest(), "little")
 
@@ -343,6 +347,17 @@ class SavedRows:
             self._met[at] = base | (first_row + np.flatnonzero(free))
             masks[free] = self._masks[at]
         return masks
+
+    def meet_all(self, positions: np.ndarray, source: str, first_row: int) -> Optional[np.ndarray]:
+        """`meet_run` when every row can be met (their masks), else None with nothing met."""
+        positions = np.asarray(positions, dtype=np.int64)
+        with self._lock:
+            if len(positions) and (self._met[positions].any() or len(np.unique(positions)) < len(positions) or (
+                    self._taken and np.isin(self._ids[positions],
+                                            np.fromiter(self._taken, np.uint64, len(self._taken))).any())):
+                return None
+            self._met[positions] = self._pack(source, 0) | (first_row + np.arange(len(positions)))
+            return self._masks[positions].astype(np.int64)
 
     def claim_id(self, id_fp: int, source: str, row_number: int) -> Optional[Tuple[str, int]]:
         """A row read in full takes its id. Returns (manifest, row) of a skipped saved row that has the id

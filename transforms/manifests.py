@@ -21,6 +21,7 @@ from transforms.items import DeadLetter, ManifestRow
 from transforms.key_index import MODALITY_BITS
 from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
 from transforms.progress import PROGRESS
+from transforms.saved_prefix import ReadMap, counts as mask_counts, load_prefix, skipped_masks
 
 __all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
 
@@ -103,10 +104,13 @@ def _clean_value(value: Any) -> Any:
     return value
 
 
-def _universal_lines(stream) -> Iterator[bytes]:
-    """Lines ended by LF, CRLF or a lone CR (old Mac tools): a raw CR can never be inside a JSON value."""
+def _universal_lines(stream, seen: Optional[Dict[str, bool]] = None) -> Iterator[bytes]:
+    """Lines ended by LF, CRLF or a lone CR (old Mac tools): a raw CR can never be inside a JSON value.
+    `seen["cr"]` is set when a CR was met (lines then do not add up to the file's bytes)."""
     pending = b""
     for chunk in iter(lambda: stream.read(1 << 16), b""):
+        if seen is not None and b"\r" in chunk:
+            seen["cr"] = True
         pending += chunk
         held = pending.endswith(b"\r")  # maybe the first half of a CRLF split across chunks
         body = pending[:-1] if held else pending
@@ -137,14 +141,18 @@ def _batches(lines: Iterator[bytes], size: int = 2048) -> Iterator[List[bytes]]:
         yield batch
 
 
-def _jsonl_rows(source: str, stream, saved=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
-    if saved is None or not len(saved):
-        yield from _jsonl_parsed(source, enumerate(_universal_lines(stream), start=1), saved)
+def _jsonl_rows(source: str, stream, saved=None, readmap=None,
+                first_row: int = 0) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
+    if saved is None:
+        yield from _jsonl_parsed(source, enumerate(_universal_lines(stream), start=1))
         return
-    row_number = 0
-    for batch in _batches(_universal_lines(stream)):
+    row_number = first_row
+    seen: Dict[str, bool] = {}
+    for batch in _batches(_universal_lines(stream, seen)):
         fps = [saved.fingerprint(raw) for raw in batch]
         positions = saved.find(fps)
+        if readmap is not None:
+            readmap.add(batch, np.asarray(fps, dtype=np.uint64))
         first = row_number + 1
         row_number += len(batch)
         # Runs of lines that match saved rows are met in bulk, between the new lines in order: a new line's
@@ -155,9 +163,11 @@ def _jsonl_rows(source: str, stream, saved=None) -> Iterator[Union[ManifestRow, 
                 masks = saved.meet_run(positions[start:end], source, first + start)
                 yield from _skipped_in_bulk(source, first + start, masks)
                 for i in np.flatnonzero(masks < 0).tolist():  # repeated lines, or ids a new row took
-                    yield from _fingerprinted(source, first + start + i, batch[start + i], fps[start + i], saved)
+                    yield from _fingerprinted(source, first + start + i, batch[start + i], fps[start + i])
             if end < len(batch):
-                yield from _fingerprinted(source, first + end, batch[end], fps[end], saved)
+                yield from _fingerprinted(source, first + end, batch[end], fps[end])
+    if readmap is not None and seen.get("cr"):
+        readmap.valid = False
 
 
 def _skipped_in_bulk(source: str, first_row: int, masks: np.ndarray) -> Iterator[SkippedRow]:
@@ -168,14 +178,14 @@ def _skipped_in_bulk(source: str, first_row: int, masks: np.ndarray) -> Iterator
             yield SkippedRow(source, first_row, mask, count)
 
 
-def _fingerprinted(source: str, row_number: int, raw: bytes, fp: int, saved) -> Iterator[Union[ManifestRow, DeadLetter]]:
+def _fingerprinted(source: str, row_number: int, raw: bytes, fp: int) -> Iterator[Union[ManifestRow, DeadLetter]]:
     for record in _jsonl_parsed(source, [(row_number, raw)]):
         if isinstance(record, ManifestRow):
             record.fingerprint = fp
         yield record
 
 
-def _jsonl_parsed(source: str, numbered, saved=None) -> Iterator[Union[ManifestRow, DeadLetter]]:
+def _jsonl_parsed(source: str, numbered) -> Iterator[Union[ManifestRow, DeadLetter]]:
     for row_number, raw in numbered:
         try:
             line = raw.decode("utf-8")
@@ -207,10 +217,7 @@ def _jsonl_parsed(source: str, numbered, saved=None) -> Iterator[Union[ManifestR
             yield _dead(source, row_number, "invalid_encoding",
                         "line holds a lone surrogate escape (half a UTF-16 pair), which is not valid UTF-8")
             continue
-        row = ManifestRow(source, row_number, fields)
-        if saved is not None:
-            row.fingerprint = saved.fingerprint(raw)
-        yield row
+        yield ManifestRow(source, row_number, fields)
 
 
 def _saved_or_row(source: str, row_number: int, fields: Dict[str, Any], written: bytes, saved):
@@ -321,25 +328,45 @@ class _Readable(io.RawIOBase):
         return len(data)
 
 
-def parse_manifest(source: str, saved=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
+def parse_manifest(source: str, saved=None, prefix=None,
+                   readmap=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
     """Streams one manifest's rows (ManifestRow) and unparsable rows (DeadLetter); with `saved`
-    (key_index.SavedRows), rows an earlier run saved whole come out as SkippedRow."""
+    (key_index.SavedRows), rows an earlier run saved whole come out as SkippedRow. JSONL only: a `prefix`
+    (saved_prefix.Prefix) whose bytes are unchanged is skipped at once; `readmap` records what was read."""
     fmt = manifest_format(source)
     compression = CompressionTypes.AUTO
     last_row = 0
+    unchanged = True
     try:
         with FileSystems.open(source, compression_type=compression) as stream:
             if isinstance(stream, CompressedFile):
                 stream = io.BufferedReader(_Readable(stream))
             if fmt == "parquet" and not stream.seekable():
                 stream = io.BytesIO(stream.read())
-            for record in _READERS[fmt](source, stream, saved):
+            if fmt == "jsonl" and saved is not None:
+                if prefix is not None:
+                    hasher = prefix.verify(stream, saved.key)
+                    masks = skipped_masks(prefix, saved, source) if hasher is not None else None
+                    unchanged = masks is not None
+                    if unchanged:
+                        for mask, count in mask_counts(masks):
+                            yield SkippedRow(source, 1, mask, count)
+                        last_row = prefix.rows
+                        if readmap is not None:
+                            readmap.continue_after(prefix, hasher)
+                records = _jsonl_rows(source, stream, saved, readmap, last_row) if unchanged else iter(())
+            else:
+                records = _READERS[fmt](source, stream, saved)
+            for record in records:
                 last_row = record.row_number
                 yield record
     except Exception as exc:  # a damaged or vanished file: report it, do not fail the job
         where = "the file" if last_row == 0 else f"the file after row {last_row}"
         yield _dead(source, last_row + 1 if last_row else 0, "unreadable_manifest",
                     f"{where} cannot be read ({type(exc).__name__}: {exc})")
+        return
+    if not unchanged:  # the file changed since its checkpoint: read it line by line from the start
+        yield from parse_manifest(source, saved, None, readmap)
 
 
 def map_columns(fields: Dict[str, Any], columns: Optional[Dict[str, str]]) -> Dict[str, Any]:
@@ -402,13 +429,13 @@ def check_manifest_columns(paths: Sequence[str], columns: Optional[Dict[str, str
 
 class _ParseManifest(beam.DoFn):
     def __init__(self, columns: Optional[Dict[str, str]] = None, state=None, output: Optional[str] = None,
-                 row_key: bytes = b""):
+                 row_key: bytes = b"", run_id: Optional[str] = None):
         self._rows = Metrics.counter(NAMESPACE, "rows_read")
         self._done = Metrics.counter(NAMESPACE, "items_already_done")
         self._unread = Metrics.counter(NAMESPACE, "rows_skipped_unread")
         self._items = {m: Metrics.counter(NAMESPACE, f"items_{m}") for m in MODALITY_BITS}
         self._columns = dict(columns or {})
-        self._state, self._output, self._row_key = state, output, row_key
+        self._state, self._output, self._row_key, self._run_id = state, output, row_key, run_id
 
     def setup(self):
         self._saved = None
@@ -420,8 +447,12 @@ class _ParseManifest(beam.DoFn):
 
     def process(self, source: str) -> Iterable:
         skipped = collections.Counter()  # counted in bulk: a rerun may skip millions of rows
+        readmap = prefix = None
+        if self._saved is not None and self._run_id and manifest_format(source) == "jsonl":
+            readmap = ReadMap(self._row_key)  # what finalize turns into this manifest's saved prefix
+            prefix = load_prefix(self._output, source) if len(self._saved) else None
         try:
-            for record in parse_manifest(source, self._saved):
+            for record in parse_manifest(source, self._saved, prefix, readmap):
                 if isinstance(record, SkippedRow):
                     skipped[record.mask] += record.count
                     if len(skipped) > 1 or sum(skipped.values()) >= 4096:
@@ -436,6 +467,8 @@ class _ParseManifest(beam.DoFn):
                     if self._columns:
                         record.fields = map_columns(record.fields, self._columns)
                     yield record
+            if readmap is not None:
+                readmap.write(self._output, self._run_id, source)
         finally:
             self._count_skipped(skipped)
 
@@ -457,15 +490,16 @@ class ReadManifests(beam.PTransform):
     """Manifest paths (already expanded) -> ManifestRow, with a `dead_letters` output."""
 
     def __init__(self, paths: Sequence[str], columns: Optional[Dict[str, str]] = None, state=None,
-                 output: Optional[str] = None, row_key: bytes = b""):
+                 output: Optional[str] = None, row_key: bytes = b"", run_id: Optional[str] = None):
         """With `state` (a SharedRunState: the job in one process) and `output`, rows an earlier run saved
-        whole are skipped as they are read (key_index.SavedRows, keyed by `row_key`)."""
+        whole are skipped as they are read (key_index.SavedRows, keyed by `row_key`); with `run_id` too, what
+        was read of each JSONL manifest is recorded for its saved prefix (saved_prefix)."""
         super().__init__()
         if not paths:
             raise ValueError("ReadManifests needs at least one manifest path")
         self._paths = list(paths)
         self._columns = dict(columns or {})
-        self._state, self._output, self._row_key = state, output, row_key
+        self._state, self._output, self._row_key, self._run_id = state, output, row_key, run_id
 
     def expand(self, pbegin):
         parsed = (
@@ -473,7 +507,8 @@ class ReadManifests(beam.PTransform):
             # In path order: with the stream grouping the first row read keeps a duplicated id, and that is
             # then the first by manifest path and row number, as with the grouped rule.
             | "ManifestPaths" >> beam.Create(sorted(self._paths))
-            | "ParseRows" >> beam.ParDo(_ParseManifest(self._columns, self._state, self._output, self._row_key))
+            | "ParseRows" >> beam.ParDo(_ParseManifest(self._columns, self._state, self._output, self._row_key,
+                                                          self._run_id))
             .with_outputs(DEAD_LETTERS, main="rows")
         )
         # No Reshuffle: on a cluster the duplicate-id grouping right after spreads rows across workers, and
