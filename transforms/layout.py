@@ -5,7 +5,9 @@
     OUTPUT/deferred/part-RUN-WORKER-00001.jsonl     inputs left for the next run
     OUTPUT/tasks/part-RUN-WORKER-00001.jsonl        v2 async tasks created (before their first poll)
     OUTPUT/index/base-RUN.parquet, delta-RUN.parquet what finished runs saved, as fingerprints (key_index)
-    OUTPUT/runs/RUN/                                a run's summary, report, call timeline, `finalized` mark
+    OUTPUT/index/rows-*.parquet, prefix-*.parquet   saved manifest rows and prefixes (key_index, saved_prefix)
+    OUTPUT/runs/RUN/                                a run's summary, report, call timeline, row records,
+                                                    read maps, finalize.json and `finalized` mark
     OUTPUT/locks/RUN.json                           the claim of the run writing the output
 Everything goes through Beam FileSystems, so local disks and object stores behave alike.
 """
