@@ -313,6 +313,9 @@ def test_job_on_dask_matches_the_local_runner_and_workers_share_one_limit(dask_c
         return finalize(*args)
 
     monkeypatch.setattr(run_module, "finalize_output", finalize_noting_the_pieces)
+    # The launcher finalizes here (the job's own last step left out), so the pieces are seen before compaction.
+    build = run_module.build_pipeline
+    monkeypatch.setattr(run_module, "build_pipeline", lambda p, **kwargs: build(p, **dict(kwargs, finalize=False)))
     try:
         with Emulator(faults) as emulator:
             callers = _Callers(emulator, worker_pids | {os.getpid()})
