@@ -16,8 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 
 import numpy as np
 
-from transforms.key_index import (IndexEntries, build_from_segments, compact_index, concat, fingerprint, has_index,
-                                  index_entries_of, find_entries, load_saved_rows, write_index, write_saved_rows)
+from transforms.key_index import (build_from_segments, compact_index, fingerprint, has_index, index_entries_of,
+                                  find_entries, load_saved_rows, write_index_parts, write_saved_rows)
 from transforms.saved_prefix import settle_prefixes
 from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
@@ -216,16 +216,17 @@ def _index_pending_runs(output: str, run_id: str, runs: Sequence[str], removed: 
     """Adds what the settled runs saved (their files as they are now) to the key index, with the entries
     this finalize removed; returns the entries added."""
     folder = FileSystems.join(output, SEGMENT_DIR)
-    parts = []
-    for path in list_segment_pieces(folder):
-        if _piece_run(path) in runs:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
-                table = pq.read_table(f, columns=["id", "modality", "content_hash"])
-            parts.append(index_entries_of(table, _name(path)))
-    added = concat(parts) if parts else IndexEntries()
-    write_index(output, run_id, added, removed)
+
+    def parts():  # a segment file at a time: the delta is written as they come
+        for path in list_segment_pieces(folder):
+            if _piece_run(path) in runs:
+                with FileSystems.open(path, compression_type="uncompressed") as f:
+                    table = pq.read_table(f, columns=["id", "modality", "content_hash"])
+                yield index_entries_of(table, _name(path))
+
+    _, added = write_index_parts(output, run_id, parts(), removed)
     compact_index(output, run_id)
-    return len(added)
+    return added
 
 
 def _run_outcome_rows(output: str, run_id: str) -> Set[str]:
@@ -417,7 +418,9 @@ def read_finalize_counts(output: str, run_id: str) -> Optional[Dict[str, int]]:
         return None
 
 
-def _finalize_in_job(pieces_written: int, output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int]:
+def _finalize_in_job(pieces_written: int, output: str, run_id: str, sources: Sequence[str], state) -> Dict[str, int]:
+    if state is not None:  # the stream grouping's tables, no longer needed once every writer is done
+        state.acquire().release()
     counts = finalize_output(output, run_id, sources)
     counts["pieces_written"] = pieces_written
     folder = FileSystems.join(output, RUNS_DIR, run_id)
@@ -435,12 +438,12 @@ class FinalizeRun(PTransform):
     on a worker, so a Dataflow job finalizes its output on the cluster, not on the machine that launched it;
     a global count is the barrier (every runner has one). Safe to run again if the runner retries it."""
 
-    def __init__(self, output: str, run_id: str, sources: Sequence[str]):
+    def __init__(self, output: str, run_id: str, sources: Sequence[str], state=None):
         super().__init__()
-        self._output, self._run_id, self._sources = output, run_id, list(sources)
+        self._output, self._run_id, self._sources, self._state = output, run_id, list(sources), state
 
     def expand(self, written):
         return (written
                 | "AllWritten" >> Flatten()
                 | "WaitForEveryWriter" >> combiners.Count.Globally()
-                | "Finalize" >> Map(_finalize_in_job, self._output, self._run_id, self._sources))
+                | "Finalize" >> Map(_finalize_in_job, self._output, self._run_id, self._sources, self._state))

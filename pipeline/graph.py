@@ -119,5 +119,5 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     written = {"segments": segments, DEAD_LETTERS: dead, DEFERRED: later}
     if finalize:
         every = tuple(segments) + (dead, later) + ((row_records,) if row_records is not None else ())
-        written["finalized"] = every | "FinalizeRun" >> FinalizeRun(output, run_id, manifest_paths)
+        written["finalized"] = every | "FinalizeRun" >> FinalizeRun(output, run_id, manifest_paths, state)
     return written

@@ -406,3 +406,19 @@ def test_a_saved_prefix_meets_its_rows_at_once_and_is_refused_when_its_bytes_cha
     assert len(records) == 9000 and not readmap.valid
     readmap.write(output, "R2", str(path))
     assert not glob.glob(os.path.join(output, "runs", "R2", "readmap-*"))
+
+
+def test_index_parts_are_written_a_row_group_at_a_time(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(key_index, "_ROW_GROUP", 4)
+    output = str(tmp_path)
+    parts = (_entries([(f"k{i}-{j}", "text", f"h{i}-{j}") for j in range(3)], f"f{i}.parquet") for i in range(5))
+    path, added = key_index.write_index_parts(output, "R1", parts, np.array([key_index.fingerprint("x")], np.uint64))
+    assert added == 15
+    meta = pq.ParquetFile(path).metadata
+    # the removal, then 6 + 6 + 3 entries (parts gathered until a row group is full, each written in groups of 4)
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1, 4, 2, 4, 2, 3]
+    live = key_index.load_entries(output)
+    assert sorted(zip(live.key_fp.tolist(), [live.files[i] for i in live.file_index])) == sorted(
+        (key_index.fingerprint(f"k{i}-{j}", "text", f"h{i}-{j}"), f"f{i}.parquet") for i in range(5) for j in range(3))

@@ -13,6 +13,7 @@ disk. Fingerprints are 64-bit blake2b: a false "already saved" needs a collision
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import threading
@@ -206,14 +207,43 @@ def find_entries(output: str, item_fps: np.ndarray, id_fps: np.ndarray) -> Index
 
 def write_index(output: str, run_id: str, added: IndexEntries, removed_key_fps: np.ndarray, base: bool = False) -> str:
     """Writes a run's delta (or a base: `added` is then every live entry). Safe to write again."""
-    parts = [added.to_table(1)] if len(added) else []
-    if len(removed_key_fps):
-        n = len(removed_key_fps)
-        zeros = pa.array(np.zeros(n, np.uint64))
-        parts.insert(0, pa.Table.from_arrays([pa.array(np.zeros(n, np.int8)), pa.array(removed_key_fps.astype(np.uint64)),
-                                              zeros, zeros, zeros, pa.array([""] * n, pa.string())], schema=_SCHEMA))
-    return _write(output, f"{'base' if base else 'delta'}-{run_id}.parquet",
-                  pa.concat_tables(parts) if parts else _SCHEMA.empty_table())
+    return write_index_parts(output, run_id, [added], removed_key_fps, base)[0]
+
+
+def write_index_parts(output: str, run_id: str, parts: Iterable[IndexEntries], removed_key_fps: np.ndarray,
+                      base: bool = False) -> Tuple[str, int]:
+    """`write_index` for entries that come a part at a time (a segment file each): written a row group at a
+    time, so memory follows a row group, not the run. Returns (path, entries added)."""
+    added = 0
+
+    def write(stream) -> None:
+        nonlocal added
+        with pq.ParquetWriter(stream, _SCHEMA, compression="zstd", use_dictionary=["file"]) as writer:
+            if len(removed_key_fps):
+                n = len(removed_key_fps)
+                zeros = pa.array(np.zeros(n, np.uint64))
+                writer.write_table(pa.Table.from_arrays(
+                    [pa.array(np.zeros(n, np.int8)), pa.array(removed_key_fps.astype(np.uint64)), zeros, zeros, zeros,
+                     pa.array([""] * n, pa.string())], schema=_SCHEMA), row_group_size=_ROW_GROUP)
+            pending: List[IndexEntries] = []
+            count = 0
+            for part in itertools.chain(parts, [None]):
+                if part is not None and len(part):
+                    pending.append(part)
+                    count += len(part)
+                if count and (count >= _ROW_GROUP or part is None):
+                    writer.write_table(concat(pending).to_table(1), row_group_size=_ROW_GROUP)
+                    added += count
+                    pending, count = [], 0
+
+    try:
+        FileSystems.mkdirs(_folder(output))
+    except IOError:
+        pass
+    path = FileSystems.join(_folder(output), f"{'base' if base else 'delta'}-{run_id}.parquet")
+    replace(path, write)
+    release_arrow_memory()
+    return path, added
 
 
 def _write(output: str, name: str, table: pa.Table) -> str:

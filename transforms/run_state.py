@@ -33,6 +33,13 @@ class RunState:
         self._settled: Dict[int, object] = {}             # content that failed or was deferred -> its record
         self._saved_rows = None
 
+    def release(self) -> None:
+        """Every row has been read and every item settled: the tables go before finalize needs the memory."""
+        with self._lock:
+            self._ids, self._contents = FingerprintTable(), FingerprintTable()
+            self._elected, self._copies, self._settled = {}, {}, {}
+            self._saved_rows = None
+
     def saved_rows(self, load):
         """The saved rows of earlier runs (key_index.SavedRows), loaded once per process and run."""
         with self._lock:
