@@ -355,10 +355,11 @@ def test_output_parquet_keeps_dictionaries_for_text_only(tmp_path):
     assert pq.read_table(path).equals(table)
 
 
-def test_a_saved_prefix_meets_its_rows_at_once_and_is_refused_when_its_bytes_change(tmp_path):
-    """The reader's read map becomes a checkpoint of whole marks of saved lines; a rerun verifies its bytes, meets
-    all its rows at once (an appended row reusing one of their ids names its row) and reads from there; changed
-    bytes or CR line ends mean reading line by line."""
+def test_a_saved_prefix_is_found_by_content_and_skipped_as_far_as_its_marks_match(tmp_path):
+    """The reader's read map becomes a checkpoint of whole marks of saved lines, named by its first mark's bytes;
+    a rerun of the same content under any name finds it, checks mark by mark, meets the rows of the matching
+    part at once (an appended row reusing one of their ids names its row) and reads from there; CR line ends
+    keep no read map."""
     from transforms import saved_prefix
     from transforms.manifests import SkippedRow, parse_manifest
 
@@ -368,10 +369,13 @@ def test_a_saved_prefix_meets_its_rows_at_once_and_is_refused_when_its_bytes_cha
     path.write_bytes(b"\n".join(lines) + b"\n")
     output = str(tmp_path / "out")
 
-    def read(saved, prefix=None):
+    def read(saved, name=path):
         readmap = saved_prefix.ReadMap(key)
-        records = list(parse_manifest(str(path), saved, prefix, readmap))
+        records = list(parse_manifest(str(name), saved, lambda n: saved_prefix.load_prefix(output, n), readmap))
         return records, readmap
+
+    def skipped(records):
+        return sum(r.count for r in records if isinstance(r, SkippedRow))
 
     empty = key_index.SavedRows(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8), key)
     records, readmap = read(empty)
@@ -381,24 +385,34 @@ def test_a_saved_prefix_meets_its_rows_at_once_and_is_refused_when_its_bytes_cha
     id_fp = np.array([key_index.fingerprint(f"s{i}") for i in range(9000)], np.uint64)
     saved_fps = row_fp[np.arange(9000) != 8500]  # row 8501 did not end saved
     assert saved_prefix.settle_prefixes(output, "R1", lambda: saved_fps) == 8192
-    prefix = saved_prefix.load_prefix(output, str(path))
-    assert (prefix.rows, prefix.nbytes) == (8192, sum(len(line) + 1 for line in lines[:8192]))
 
-    saved = key_index.SavedRows(row_fp, id_fp, np.ones(9000, np.uint8), key)
-    records, readmap = read(saved, prefix)
-    skipped = [r for r in records if isinstance(r, SkippedRow)]
-    assert skipped[0] == SkippedRow(str(path), 1, 1, 8192) and sum(r.count for r in skipped) == 9000
-    assert readmap.rows == 9000 and [m[0] for m in readmap.marks] == [4096, 8192]
-    assert saved.claim_id(key_index.fingerprint("s17"), "new.jsonl", 1) == (str(path), 18)
+    def fresh_saved():
+        return key_index.SavedRows(row_fp, id_fp, np.ones(9000, np.uint8), key)
 
-    # One byte changed inside the prefix: refused, then read line by line (the edited row is read in full).
+    # The same bytes under another name (a daily export that grew by a row): the whole prefix is skipped.
+    grown = tmp_path / "m-grown.jsonl"
+    grown.write_bytes(path.read_bytes() + json.dumps({"id": "s17", "text": "new text, old id"}).encode() + b"\n")
+    saved = fresh_saved()
+    records, readmap = read(saved, grown)
+    assert records[0] == SkippedRow(str(grown), 1, 1, 8192) and skipped(records) == 9000
+    assert readmap.rows == 9001 and [m[0] for m in readmap.marks] == [4096, 8192]
+    (new_row,) = [r for r in records if not isinstance(r, SkippedRow)]
+    assert new_row.row_number == 9001
+    assert saved.claim_id(key_index.fingerprint("s17"), str(grown), 9001) == (str(grown), 18)
+
+    # A byte changed in the second mark: the first mark is skipped, the rest read line by line.
     changed = lines[:]
+    changed[5000] = json.dumps({"id": "s5000", "text": "saved 5OOO"}).encode()
+    path.write_bytes(b"\n".join(changed) + b"\n")
+    records, _ = read(fresh_saved())
+    assert records[0] == SkippedRow(str(path), 1, 1, 4096) and skipped(records) == 8999
+    assert [r.row_number for r in records if not isinstance(r, SkippedRow)] == [5001]
+
+    # A byte changed in the first mark: no checkpoint has that name; every line is read.
     changed[10] = json.dumps({"id": "s10", "text": "saved 1O"}).encode()
     path.write_bytes(b"\n".join(changed) + b"\n")
-    saved = key_index.SavedRows(row_fp, id_fp, np.ones(9000, np.uint8), key)
-    records, readmap = read(saved, prefix)
-    assert [r.row_number for r in records if not isinstance(r, SkippedRow)] == [11]
-    assert sum(r.count for r in records if isinstance(r, SkippedRow)) == 8999
+    records, _ = read(fresh_saved())
+    assert skipped(records) == 8998 and records[0] == SkippedRow(str(path), 1, 1, 10)  # lines 1-10, then row 11
 
     # CR line ends: the lines do not add up to the bytes, so no read map is kept.
     path.write_bytes(b"\r\n".join(lines) + b"\r\n")

@@ -21,7 +21,7 @@ from transforms.items import DeadLetter, ManifestRow
 from transforms.key_index import MODALITY_BITS
 from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
 from transforms.progress import PROGRESS
-from transforms.saved_prefix import ReadMap, counts as mask_counts, load_prefix, skipped_masks
+from transforms.saved_prefix import ReadMap, counts as mask_counts, load_prefix, skip_prefix, skipped_masks
 
 __all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
 
@@ -328,15 +328,16 @@ class _Readable(io.RawIOBase):
         return len(data)
 
 
-def parse_manifest(source: str, saved=None, prefix=None,
+def parse_manifest(source: str, saved=None, prefixes=None,
                    readmap=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
     """Streams one manifest's rows (ManifestRow) and unparsable rows (DeadLetter); with `saved`
-    (key_index.SavedRows), rows an earlier run saved whole come out as SkippedRow. JSONL only: a `prefix`
-    (saved_prefix.Prefix) whose bytes are unchanged is skipped at once; `readmap` records what was read."""
+    (key_index.SavedRows), rows an earlier run saved whole come out as SkippedRow. JSONL only: `prefixes`
+    (name -> saved_prefix.Prefix) finds the checkpoint the file's first lines name, and the part of it that
+    still matches is skipped at once; `readmap` records what was read."""
     fmt = manifest_format(source)
     compression = CompressionTypes.AUTO
     last_row = 0
-    unchanged = True
+    met = True
     try:
         with FileSystems.open(source, compression_type=compression) as stream:
             if isinstance(stream, CompressedFile):
@@ -344,17 +345,18 @@ def parse_manifest(source: str, saved=None, prefix=None,
             if fmt == "parquet" and not stream.seekable():
                 stream = io.BytesIO(stream.read())
             if fmt == "jsonl" and saved is not None:
-                if prefix is not None:
-                    hasher = prefix.verify(stream, saved.key)
-                    masks = skipped_masks(prefix, saved, source) if hasher is not None else None
-                    unchanged = masks is not None
-                    if unchanged:
-                        for mask, count in mask_counts(masks):
-                            yield SkippedRow(source, 1, mask, count)
-                        last_row = prefix.rows
-                        if readmap is not None:
-                            readmap.continue_after(prefix, hasher)
-                records = _jsonl_rows(source, stream, saved, readmap, last_row) if unchanged else iter(())
+                if prefixes is not None and len(saved):
+                    stream, prefix, hasher = skip_prefix(stream, saved.key, prefixes, saved)
+                    if prefix is not None:
+                        masks = skipped_masks(prefix, saved, source)
+                        met = masks is not None
+                        if met:
+                            for mask, count in mask_counts(masks):
+                                yield SkippedRow(source, 1, mask, count)
+                            last_row = prefix.rows
+                            if readmap is not None:
+                                readmap.continue_after(prefix, hasher)
+                records = _jsonl_rows(source, stream, saved, readmap, last_row) if met else iter(())
             else:
                 records = _READERS[fmt](source, stream, saved)
             for record in records:
@@ -365,7 +367,7 @@ def parse_manifest(source: str, saved=None, prefix=None,
         yield _dead(source, last_row + 1 if last_row else 0, "unreadable_manifest",
                     f"{where} cannot be read ({type(exc).__name__}: {exc})")
         return
-    if not unchanged:  # the file changed since its checkpoint: read it line by line from the start
+    if not met:  # its lines cannot all be met at once (an earlier manifest had some): read it line by line
         yield from parse_manifest(source, saved, None, readmap)
 
 
@@ -447,12 +449,13 @@ class _ParseManifest(beam.DoFn):
 
     def process(self, source: str) -> Iterable:
         skipped = collections.Counter()  # counted in bulk: a rerun may skip millions of rows
-        readmap = prefix = None
+        readmap = prefixes = None
         if self._saved is not None and self._run_id and manifest_format(source) == "jsonl":
-            readmap = ReadMap(self._row_key)  # what finalize turns into this manifest's saved prefix
-            prefix = load_prefix(self._output, source) if len(self._saved) else None
+            readmap = ReadMap(self._row_key)  # what finalize turns into a saved prefix
+            output = self._output
+            prefixes = lambda name: load_prefix(output, name)  # noqa: E731
         try:
-            for record in parse_manifest(source, self._saved, prefix, readmap):
+            for record in parse_manifest(source, self._saved, prefixes, readmap):
                 if isinstance(record, SkippedRow):
                     skipped[record.mask] += record.count
                     if len(skipped) > 1 or sum(skipped.values()) >= 4096:

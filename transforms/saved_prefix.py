@@ -3,9 +3,11 @@ once, instead of hashing and looking up each line.
 
 A run records, for each JSONL manifest it reads, a read map: every line's fingerprint in order, and a running
 hash of the file's bytes (keyed like the saved rows) at every MARK_ROWS lines. When the run finishes, finalize
-keeps the longest marked prefix whose rows are all saved rows as the manifest's checkpoint
-(`OUTPUT/index/prefix-*.parquet`). The next run reads that many bytes, and if their hash matches, meets all
-those rows at once (duplicate ids still name them) and parses from there on."""
+keeps the longest marked prefix whose rows are all saved rows as a checkpoint (`OUTPUT/index/prefix-*.parquet`),
+named by the hash of its first mark: by content, so a manifest written again under a new name (a daily export
+that grew) finds it too. The next run hashes a manifest's first MARK_ROWS lines, finds the checkpoint of that
+name, checks mark after mark against its bytes, meets the rows of the longest matching prefix at once
+(duplicate ids still name them) and parses from there on."""
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.layout import INDEX_DIR, RUNS_DIR, list_files, replace, write_parquet
 
-__all__ = ["MARK_ROWS", "Prefix", "ReadMap", "load_prefix", "settle_prefixes"]
+__all__ = ["MARK_ROWS", "Prefix", "ReadMap", "load_prefix", "settle_prefixes", "skip_prefix", "skipped_masks"]
 
 # Lines between marks: a multiple of the reader's batch (2,048 lines), so marks fall on batch ends.
 MARK_ROWS = 4096
@@ -75,23 +77,88 @@ class ReadMap:
 
 
 class Prefix:
-    """A manifest's checkpoint: its first `rows` lines (`nbytes` bytes) were all saved rows when written."""
+    """A checkpoint: its first `rows` lines (`nbytes` bytes) were all saved rows when it was written."""
 
-    def __init__(self, source: str, fps: np.ndarray, marks: List[Mark]):
-        self.source, self.fps, self.marks = source, fps, marks
+    def __init__(self, fps: np.ndarray, marks: List[Mark]):
+        self.fps, self.marks = fps, marks
         self.rows, self.nbytes, self.digest = marks[-1]
 
-    def verify(self, stream, key: bytes):
-        """Reads the prefix's bytes from `stream`: the hasher after them if they are unchanged, else None."""
-        hasher = hashlib.blake2b(digest_size=16, key=key)
-        left = self.nbytes
-        while left:
-            chunk = stream.read(min(left, _READ_CHUNK))
-            if not chunk:
-                return None
-            hasher.update(chunk)
-            left -= len(chunk)
-        return hasher if hasher.hexdigest() == self.digest else None
+    def upto(self, count: int) -> "Prefix":
+        """The checkpoint cut to its first `count` marks."""
+        marks = self.marks[:count]
+        return Prefix(self.fps[:marks[-1][0]], marks)
+
+
+class _PushedBack:
+    """A stream with bytes already read put back in front of it."""
+
+    def __init__(self, head: bytes, stream):
+        self._head, self._stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._stream.read(size)
+        if size < 0:
+            head, self._head = self._head, b""
+            return head + self._stream.read()
+        head, self._head = self._head[:size], self._head[size:]
+        return head
+
+
+def _read_exactly(stream, size: int) -> bytes:
+    parts, left = [], size
+    while left:
+        chunk = stream.read(min(left, _READ_CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _first_mark(stream) -> Tuple[bytes, int]:
+    """(bytes read, length of the first MARK_ROWS lines in them, or 0 when the file has fewer lines)."""
+    parts, lines = [], 0
+    while lines < MARK_ROWS:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(parts), 0
+        parts.append(chunk)
+        lines += chunk.count(b"\n")
+    head = b"".join(parts)
+    ends = np.flatnonzero(np.frombuffer(head, np.uint8) == 10)
+    return head, int(ends[MARK_ROWS - 1]) + 1
+
+
+def skip_prefix(stream, key: bytes, find: Callable[[str], Optional["Prefix"]], saved):
+    """Reads the start of a JSONL manifest against the checkpoint its first MARK_ROWS lines name: (the stream from
+    the first byte not skipped, the longest prefix that matched mark by mark and whose lines are all still saved
+    rows or None, the hasher after it)."""
+    head, first = _first_mark(stream)
+    if not first:
+        return _PushedBack(head, stream), None, None
+    hasher = hashlib.blake2b(digest_size=16, key=key)
+    hasher.update(head[:first])
+    prefix = find(hasher.hexdigest())
+    if prefix is None or prefix.marks[0][1] != first:
+        return _PushedBack(head, stream), None, None
+    found = saved.find(prefix.fps) >= 0
+    usable = int(np.argmin(found)) if not found.all() else len(found)  # lines no longer saved end it
+    marks = [mark for mark in prefix.marks if mark[0] <= usable]
+    if not marks:
+        return _PushedBack(head, stream), None, None
+    rest, matched = head[first:], 1
+    for previous, mark in zip(marks, marks[1:]):
+        need = mark[1] - previous[1]
+        segment = rest[:need] + _read_exactly(stream, need - len(rest[:need]))
+        rest = rest[need:]
+        trial = hasher.copy()
+        trial.update(segment)
+        if len(segment) < need or trial.hexdigest() != mark[2]:
+            rest = segment + rest  # read again as lines
+            break
+        hasher, matched = trial, matched + 1
+    return _PushedBack(rest, stream), prefix.upto(matched), hasher
 
 
 def _read(path: str) -> Tuple[dict, np.ndarray]:
@@ -100,15 +167,15 @@ def _read(path: str) -> Tuple[dict, np.ndarray]:
     return json.loads(table.schema.metadata[_META]), table.column("row_fp").to_numpy()
 
 
-def load_prefix(output: str, source: str) -> Optional[Prefix]:
-    path = FileSystems.join(output, INDEX_DIR, f"prefix-{_name(source)}.parquet")
+def load_prefix(output: str, name: str) -> Optional[Prefix]:
+    """The checkpoint named by the digest of a manifest's first mark, if an earlier run left one."""
+    path = FileSystems.join(output, INDEX_DIR, f"prefix-{name}.parquet")
     try:
         meta, fps = _read(path)
-    except Exception:  # none yet, or unreadable: the manifest is read line by line
+    except Exception:  # none, or unreadable: the manifest is read line by line
         return None
-    if meta.get("source") != source or not meta.get("marks"):
-        return None
-    return Prefix(source, fps, [tuple(mark) for mark in meta["marks"]])
+    marks = [tuple(mark) for mark in meta.get("marks") or []]
+    return Prefix(fps, marks) if marks and marks[0][2] == name else None
 
 
 def settle_prefixes(output: str, run_id: str, saved_row_fps: Callable[[], np.ndarray]) -> int:
@@ -128,26 +195,20 @@ def settle_prefixes(output: str, run_id: str, saved_row_fps: Callable[[], np.nda
             saved &= once  # a repeated line was read in full the second time
         run = int(np.argmin(saved)) if not saved.all() else len(fps)
         marks = [tuple(mark) for mark in meta["marks"] if mark[0] <= run]
-        target = FileSystems.join(output, INDEX_DIR, f"prefix-{_name(meta['source'])}.parquet")
         if not marks:
-            if FileSystems.exists(target):
-                FileSystems.delete([target])
             continue
+        target = FileSystems.join(output, INDEX_DIR, f"prefix-{marks[0][2]}.parquet")
         rows = marks[-1][0]
-        table = pa.table({"row_fp": fps[:rows]},
-                         schema=_SCHEMA.with_metadata({_META: json.dumps({"source": meta["source"], "marks": marks})}))
+        table = pa.table({"row_fp": fps[:rows]}, schema=_SCHEMA.with_metadata({_META: json.dumps({"marks": marks})}))
         replace(target, lambda f: write_parquet(table, f))
         covered += rows
     return covered
 
 
 def skipped_masks(prefix: Prefix, saved, source: str) -> Optional[np.ndarray]:
-    """Meets every line of a verified prefix at once: their modality masks, or None (nothing met) when a line is
-    no longer a saved row or cannot be met (a line of an earlier manifest, an id a new row took)."""
-    positions = saved.find(prefix.fps)
-    if len(positions) and (positions < 0).any():
-        return None
-    return saved.meet_all(positions, source, 1)
+    """Meets every line of a matched prefix at once: their modality masks, or None (nothing met) when a line
+    cannot be met (a line of an earlier manifest of this run, an id a new row took)."""
+    return saved.meet_all(saved.find(prefix.fps), source, 1)
 
 
 def counts(masks: np.ndarray) -> Iterable[Tuple[int, int]]:
