@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
 from transforms.key_index import (build_from_segments, compact_index, fingerprint, has_index, index_entries_of,
-                                  find_entries, load_saved_rows, write_index_parts, write_saved_rows)
+                                  find_entries, load_saved_rows, member, write_index_parts, write_saved_rows)
 from transforms.saved_prefix import settle_prefixes
 from transforms.layout import RUNS_DIR
 from transforms.resume import list_segment_pieces
@@ -165,7 +165,7 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str], np.
     gone_items, gone_id_fps = _fps(gone_keys), _fps(gone_ids)
     if n and (len(gone_items) or len(gone_id_fps)):
         # A key this run dead-lettered or deferred keeps no vectors, whichever run wrote them.
-        dropped |= np.isin(items, gone_items) | np.isin(ids, gone_id_fps)
+        dropped |= member(items, gone_items) | member(ids, gone_id_fps)
     drop: Dict[str, np.ndarray] = {}
     for index in np.unique(piece_of[dropped]) if n else []:
         drop[pending[index]] = position[dropped & (piece_of == index)]
@@ -184,7 +184,7 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str], np.
             with FileSystems.open(path, compression_type="uncompressed") as f:
                 table = pq.read_table(f, columns=["id", "modality"])
             item_fps, id_fps = _row_fps(table)
-            positions = np.flatnonzero(np.isin(item_fps, supersede) | np.isin(id_fps, gone_id_fps))
+            positions = np.flatnonzero(member(item_fps, supersede) | member(id_fps, gone_id_fps))
             if len(positions):
                 drop[path] = positions
     rewritten = 0

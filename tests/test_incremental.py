@@ -436,3 +436,13 @@ def test_index_parts_are_written_a_row_group_at_a_time(tmp_path, monkeypatch):
     live = key_index.load_entries(output)
     assert sorted(zip(live.key_fp.tolist(), [live.files[i] for i in live.file_index])) == sorted(
         (key_index.fingerprint(f"k{i}-{j}", "text", f"h{i}-{j}"), f"f{i}.parquet") for i in range(5) for j in range(3))
+
+
+def test_member_agrees_with_isin_on_fingerprints():
+    rng = np.random.default_rng(7)
+    for n, m in [(0, 5), (5, 0), (1000, 10), (10, 1000), (40000, 40000)]:
+        values = rng.integers(0, 3 * max(n, m, 1), n, dtype=np.uint64)
+        among = rng.integers(0, 3 * max(n, m, 1), m, dtype=np.uint64)
+        assert (key_index.member(values, among) == np.isin(values, among)).all(), (n, m)
+    top = np.array([2 ** 64 - 1, 2 ** 63, 5], np.uint64)  # the largest fingerprints sort last, not negative
+    assert key_index.member(top, np.array([2 ** 64 - 1, 4], np.uint64)).tolist() == [True, False, False]

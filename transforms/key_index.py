@@ -44,6 +44,16 @@ def fingerprint(*parts: str) -> int:
     return int.from_bytes(digest, "little")
 
 
+def member(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """`np.isin` for fingerprints by binary search in a sorted copy of `among`: memory of one copy of `among`
+    and one index a value, where `np.isin` sorts both together (several copies of the larger one)."""
+    if not len(among) or not len(values):
+        return np.zeros(len(values), bool)
+    among = np.sort(among)
+    at = np.minimum(np.searchsorted(among, values), len(among) - 1)
+    return among[at] == values
+
+
 def _fps(values: Iterable[Tuple[str, ...]]) -> np.ndarray:
     return np.fromiter((fingerprint(*v) for v in values), dtype=np.uint64)
 
@@ -174,7 +184,7 @@ def load_entries(output: str) -> IndexEntries:
         ops = columns["op"]
         removed = columns["key_fp"][ops == 0]
         if len(removed) and len(live):
-            live = live.take(~np.isin(live.key_fp, removed))
+            live = live.take(~member(live.key_fp, removed))
         added = ops == 1
         if added.any():
             live = concat([live, IndexEntries(*(columns[c][added] for c in ("key_fp", "item_fp", "id_fp", "content_fp",
@@ -196,8 +206,8 @@ def find_entries(output: str, item_fps: np.ndarray, id_fps: np.ndarray) -> Index
             ops = columns["op"]
             removed = columns["key_fp"][ops == 0]  # a file lists its removals first
             if len(removed) and len(found):
-                found = found.take(~np.isin(found.key_fp, removed))
-            hit = (ops == 1) & (np.isin(columns["item_fp"], item_fps) | np.isin(columns["id_fp"], id_fps))
+                found = found.take(~member(found.key_fp, removed))
+            hit = (ops == 1) & (member(columns["item_fp"], item_fps) | member(columns["id_fp"], id_fps))
             if hit.any():
                 found = concat([found, IndexEntries(*(columns[c][hit] for c in ("key_fp", "item_fp", "id_fp",
                                                                                  "content_fp", "file")), files)])
@@ -301,7 +311,7 @@ def load_saved_rows(output: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         ops, ids = columns["op"], columns["id_fp"]
         gone = ids[ops == 0]
         if len(gone) and len(row_fp):
-            keep = ~np.isin(id_fp, gone)
+            keep = ~member(id_fp, gone)
             row_fp, id_fp, mask = row_fp[keep], id_fp[keep], mask[keep]
         added = ops == 1
         row_fp = np.concatenate([row_fp, columns["row_fp"][added]])

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.key_index import member
 from transforms.layout import INDEX_DIR, RUNS_DIR, list_files, replace, write_parquet
 
 __all__ = ["MARK_ROWS", "Prefix", "ReadMap", "load_prefix", "settle_prefixes", "skip_prefix", "skipped_masks"]
@@ -187,12 +188,11 @@ def settle_prefixes(output: str, run_id: str, saved_row_fps: Callable[[], np.nda
         meta, fps = _read(path)
         if saved_fps is None:
             saved_fps = saved_row_fps()
-        saved = np.isin(fps, saved_fps)
-        if len(fps):
-            _, first = np.unique(fps, return_index=True)
-            once = np.zeros(len(fps), bool)
-            once[first] = True
-            saved &= once  # a repeated line was read in full the second time
+        saved = member(fps, saved_fps)
+        if len(fps):  # a repeated line was read in full the second time: later copies end the prefix
+            order = np.argsort(fps, kind="stable")
+            ordered = fps[order]
+            saved[order[1:][ordered[1:] == ordered[:-1]]] = False
         run = int(np.argmin(saved)) if not saved.all() else len(fps)
         marks = [tuple(mark) for mark in meta["marks"] if mark[0] <= run]
         if not marks:
