@@ -19,7 +19,7 @@ import numpy as np
 from transforms.key_index import (build_from_segments, compact_index, fingerprint, has_index, index_entries_of,
                                   find_entries, load_saved_rows, member, write_index_parts, write_saved_rows)
 from transforms.saved_prefix import settle_prefixes
-from transforms.layout import RUNS_DIR
+from transforms.layout import RUNS_DIR, mkdirs
 from transforms.resume import list_segment_pieces
 from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace, write_parquet
 
@@ -62,10 +62,7 @@ def _finalized_runs(output: str) -> Set[str]:
 def _mark_finalized(output: str, run_ids: Sequence[str]) -> None:
     for run_id in run_ids:
         folder = FileSystems.join(output, RUNS_DIR, run_id)
-        try:
-            FileSystems.mkdirs(folder)
-        except IOError:
-            pass
+        mkdirs(folder)
         with FileSystems.create(FileSystems.join(folder, FINALIZED_MARKER), compression_type="uncompressed") as f:
             f.write(b"")
 
@@ -424,10 +421,7 @@ def _finalize_in_job(pieces_written: int, output: str, run_id: str, sources: Seq
     counts = finalize_output(output, run_id, sources)
     counts["pieces_written"] = pieces_written
     folder = FileSystems.join(output, RUNS_DIR, run_id)
-    try:
-        FileSystems.mkdirs(folder)
-    except IOError:
-        pass  # there already
+    mkdirs(folder)
     _rewrite(FileSystems.join(folder, FINALIZE_COUNTS),
              lambda stream: stream.write(json.dumps(counts).encode("utf-8")))
     return counts

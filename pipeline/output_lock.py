@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.layout import LOCKS_DIR
+from transforms.layout import LOCKS_DIR, mkdirs
 
 __all__ = ["LOCKS_DIR", "OutputLocked", "OutputLock"]
 
@@ -89,10 +89,7 @@ class OutputLock:
         return True
 
     def acquire(self) -> None:
-        try:
-            FileSystems.mkdirs(self._dir)
-        except IOError:
-            pass
+        mkdirs(self._dir)
         self._started = _now()  # claim order is write order: a later writer always sees the earlier claim
         try:
             self._write()

@@ -14,6 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from transforms.items import MODALITIES, ROUTES
 from transforms.manifests import NAMESPACE
 from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
+from transforms.layout import mkdirs
 
 __all__ = ["EXIT_CODES", "RUNS_DIR", "collect_metrics", "format_summary", "plan_summary", "run_status",
            "write_summary"]
@@ -265,10 +266,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     summary["report_file"] = FileSystems.join(config.output, "report.html")
     text = json.dumps(summary, indent=2).encode("utf-8")
     for folder in (run_dir, config.output):
-        try:
-            FileSystems.mkdirs(folder)
-        except IOError:
-            pass
+        mkdirs(folder)
         with FileSystems.create(FileSystems.join(folder, "summary.json"), compression_type="uncompressed") as f:
             f.write(text)
     summary["summary_file"] = FileSystems.join(config.output, "summary.json")

@@ -17,7 +17,7 @@ from embed_client import errors
 from transforms.call_settings import CallSettings
 from transforms.call_policy import Attempts, CallPolicy, CallStats, NotCalled
 from transforms.items import DeadLetter, Deferred, Item, Outcome
-from transforms.layout import TASKS_DIR, commit, list_files, piece_name, read_jsonl
+from transforms.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl
 
 __all__ = ["SyncV2Caller", "TaskCaller", "TASKS_DIR", "TaskRecord", "read_task_journal", "segments_from_data"]
 
@@ -222,10 +222,7 @@ class TaskJournal:
             sequence = self._sequence
         line = json.dumps({**record, "id": item.id, "modality": item.modality, "source": item.source,
                            "row_number": item.row_number, "run_id": self._run_id}) + "\n"
-        try:
-            FileSystems.mkdirs(self._dir)
-        except IOError:
-            pass
+        mkdirs(self._dir)
         commit(self._dir, piece_name(self._run_id, self._worker, sequence, ".jsonl"),
                lambda f: f.write(line.encode("utf-8")))
 
@@ -358,27 +355,27 @@ class TaskCaller(_MediaPaced, CallPolicy):
                     break
             with self._claim_lock:
                 listed = [task for task in listed if task.id not in self._claimed]
-            matches = []
+            match = None
             for task in listed[:_CANDIDATES]:
                 full = self._send_paced(lambda task_id=task.id: self.client.tasks.retrieve(task_id), 1, stats,
                                         Attempts(), paid=False)
                 fit = self._fits(item, full.metadata or {})
                 if fit is True or (fit is None and len(listed) == 1):
-                    matches.append(task)
+                    match = task
                     break
         except (errors.EmbedError, NotCalled) as exc:
             _LOGGER.warning("%s row %d: could not look for the task an earlier run created (%s); creating it",
                             item.source, item.row_number, getattr(exc, "message", exc))
             return None
-        for task in matches:
-            with self._claim_lock:
-                if task.id in self._claimed:
-                    continue
-                self._claimed.add(task.id)
-            _LOGGER.info("%s row %d: found task %s, created by an earlier run that stopped before recording it",
-                         item.source, item.row_number, task.id)
-            return task.id, _epoch(task.created_at) or sent_at
-        return None
+        if match is None:
+            return None
+        with self._claim_lock:
+            if match.id in self._claimed:  # another item of this run took it while this one looked
+                return None
+            self._claimed.add(match.id)
+        _LOGGER.info("%s row %d: found task %s, created by an earlier run that stopped before recording it",
+                     item.source, item.row_number, match.id)
+        return match.id, _epoch(match.created_at) or sent_at
 
     def _lists_as(self, item: Item, task) -> bool:
         """Whether a task-list entry may be the one created for `item` (same model, kind and source)."""

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.layout import INDEX_DIR, SEGMENT_DIR, list_files, replace, write_parquet
+from transforms.layout import INDEX_DIR, SEGMENT_DIR, list_files, mkdirs, replace, write_parquet
 
 __all__ = ["FingerprintTable", "IndexEntries", "KeyLookup", "fingerprint", "index_entries_of", "load_entries",
            "write_index", "has_index", "compact_index"]
@@ -246,10 +246,7 @@ def write_index_parts(output: str, run_id: str, parts: Iterable[IndexEntries], r
                     added += count
                     pending, count = [], 0
 
-    try:
-        FileSystems.mkdirs(_folder(output))
-    except IOError:
-        pass
+    mkdirs(_folder(output))
     path = FileSystems.join(_folder(output), f"{'base' if base else 'delta'}-{run_id}.parquet")
     replace(path, write)
     release_arrow_memory()
@@ -257,10 +254,7 @@ def write_index_parts(output: str, run_id: str, parts: Iterable[IndexEntries], r
 
 
 def _write(output: str, name: str, table: pa.Table) -> str:
-    try:
-        FileSystems.mkdirs(_folder(output))
-    except IOError:
-        pass
+    mkdirs(_folder(output))
     path = FileSystems.join(_folder(output), name)
     replace(path, lambda stream: write_parquet(table, stream, row_group_size=_ROW_GROUP))
     return path
@@ -371,22 +365,25 @@ class SavedRows:
             self._met[position] = self._pack(source, row_number)
             return int(self._masks[position])
 
+    def _free(self, positions: np.ndarray) -> np.ndarray:
+        """(Under the lock) which of these rows can be met: not met before, id not taken by a new row, and the
+        first of a line repeated among them."""
+        free = self._met[positions] == 0
+        if self._taken:
+            free &= ~member(self._ids[positions], np.fromiter(self._taken, np.uint64, len(self._taken)))
+        once = np.zeros(len(positions), bool)
+        once[np.unique(positions, return_index=True)[1]] = True
+        return free & once
+
     def meet_run(self, positions: np.ndarray, source: str, first_row: int) -> np.ndarray:
         """`meet` for consecutive rows that all match saved ones (rows first_row, first_row + 1, ...): their
         masks, -1 where the row must be read. One lock and a few array operations for the whole run."""
         positions = np.asarray(positions, dtype=np.int64)
         masks = np.full(len(positions), -1, np.int64)
         with self._lock:
-            free = self._met[positions] == 0
-            if self._taken:
-                free &= ~np.isin(self._ids[positions], np.fromiter(self._taken, np.uint64, len(self._taken)))
-            _, first_seen = np.unique(positions, return_index=True)  # a line repeated within the run: the first
-            once = np.zeros(len(positions), bool)
-            once[first_seen] = True
-            free &= once
+            free = self._free(positions)
             at = positions[free]
-            base = self._pack(source, 0)
-            self._met[at] = base | (first_row + np.flatnonzero(free))
+            self._met[at] = self._pack(source, 0) | (first_row + np.flatnonzero(free))
             masks[free] = self._masks[at]
         return masks
 
@@ -394,9 +391,7 @@ class SavedRows:
         """`meet_run` when every row can be met (their masks), else None with nothing met."""
         positions = np.asarray(positions, dtype=np.int64)
         with self._lock:
-            if len(positions) and (self._met[positions].any() or len(np.unique(positions)) < len(positions) or (
-                    self._taken and np.isin(self._ids[positions],
-                                            np.fromiter(self._taken, np.uint64, len(self._taken))).any())):
+            if not self._free(positions).all():
                 return None
             self._met[positions] = self._pack(source, 0) | (first_row + np.arange(len(positions)))
             return self._masks[positions].astype(np.int64)

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, List
 from apache_beam.io.filesystems import FileSystems
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "TMP_SUFFIX",
-           "READER_ROW_GROUP", "commit", "list_files", "piece_name", "read_jsonl", "replace", "write_parquet"]
+           "READER_ROW_GROUP", "commit", "list_files", "mkdirs", "piece_name", "read_jsonl", "replace", "write_parquet"]
 
 SEGMENT_DIR = "segments"
 DEAD_LETTER_DIR = "dead_letters"
@@ -45,6 +45,13 @@ def commit(directory: str, name: str, write: Callable) -> str:
         write(stream)
     FileSystems.rename([temp], [final])
     return final
+
+
+def mkdirs(path: str) -> None:
+    try:
+        FileSystems.mkdirs(path)
+    except IOError:
+        pass  # already there, or an object store without folders
 
 
 def replace(path: str, write: Callable) -> None:

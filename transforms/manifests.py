@@ -171,11 +171,9 @@ def _jsonl_rows(source: str, stream, saved=None, readmap=None,
 
 
 def _skipped_in_bulk(source: str, first_row: int, masks: np.ndarray) -> Iterator[SkippedRow]:
-    kept = masks[masks >= 0]
-    if len(kept):
-        values, counts = np.unique(kept, return_counts=True)
-        for mask, count in zip(values.tolist(), counts.tolist()):
-            yield SkippedRow(source, first_row, mask, count)
+    """One SkippedRow per modality mask among these rows (-1: a row that is read, not skipped)."""
+    for mask, count in mask_counts(masks[masks >= 0]):
+        yield SkippedRow(source, first_row, mask, count)
 
 
 def _fingerprinted(source: str, row_number: int, raw: bytes, fp: int) -> Iterator[Union[ManifestRow, DeadLetter]]:
@@ -351,8 +349,7 @@ def parse_manifest(source: str, saved=None, prefixes=None,
                         masks = skipped_masks(prefix, saved, source)
                         met = masks is not None
                         if met:
-                            for mask, count in mask_counts(masks):
-                                yield SkippedRow(source, 1, mask, count)
+                            yield from _skipped_in_bulk(source, 1, masks)
                             last_row = prefix.rows
                             if readmap is not None:
                                 readmap.continue_after(prefix, hasher)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.key_index import member
-from transforms.layout import INDEX_DIR, RUNS_DIR, list_files, replace, write_parquet
+from transforms.layout import INDEX_DIR, RUNS_DIR, list_files, mkdirs, replace, write_parquet
 
 __all__ = ["MARK_ROWS", "Prefix", "ReadMap", "load_prefix", "settle_prefixes", "skip_prefix", "skipped_masks"]
 
@@ -70,10 +70,7 @@ class ReadMap:
         meta = {"source": source, "marks": self.marks}
         table = pa.table({"row_fp": fps}, schema=_SCHEMA.with_metadata({_META: json.dumps(meta)}))
         folder = FileSystems.join(output, RUNS_DIR, run_id)
-        try:
-            FileSystems.mkdirs(folder)
-        except IOError:
-            pass
+        mkdirs(folder)
         replace(FileSystems.join(folder, f"readmap-{_name(source)}.parquet"), lambda f: write_parquet(table, f))
 
 

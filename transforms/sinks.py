@@ -17,7 +17,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from embed_client.secrets import redact_url, scrub
 from transforms.constants import MODEL_DIMS
-from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, piece_name, write_parquet
+from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name, write_parquet
 from transforms.items import Outcome
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
@@ -88,13 +88,6 @@ def segments_table(outcomes: List[Outcome], dims: int, run_id: str, run_time: da
     arrays["run_id"] = pa.array([run_id] * n, type=pa.string())
     arrays["run_time"] = pa.array([run_time] * n, type=schema.field("run_time").type)
     return pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
-
-
-def _mkdirs(path: str) -> None:
-    try:
-        FileSystems.mkdirs(path)
-    except IOError:
-        pass  # already there, or an object store without folders
 
 
 _commit = commit
