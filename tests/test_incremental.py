@@ -355,6 +355,41 @@ def test_output_parquet_keeps_dictionaries_for_text_only(tmp_path):
     assert pq.read_table(path).equals(table)
 
 
+def test_a_segment_piece_is_built_a_part_at_a_time_and_holds_every_segment(tmp_path):
+    """The piece writer keeps compact outcomes (float32 vectors) and writes their table WRITE_PART outcomes at
+    a time: 2,600 outcomes (one of them a 5-segment video) come back whole, in order, with exact vectors."""
+    import pyarrow.parquet as pq
+
+    from transforms import sinks
+    from transforms.items import Item, Outcome
+
+    rng = np.random.default_rng(7)
+    outcomes = []
+    for i in range(2600):
+        count = 5 if i == 1500 else 1
+        item = Item(id=f"r{i}", modality="video" if count > 1 else "text", source="m.jsonl", row_number=i + 1,
+                    content_hash=f"h{i}", text=None if count > 1 else f"text {i}")
+        segments = [(float(k) if count > 1 else None, float(k + 1) if count > 1 else None,
+                     rng.random(512).astype(np.float32).tolist()) for k in range(count)]
+        outcomes.append(Outcome(item, "marengo3.0", segments))
+    writer = sinks._SegmentPieceFn(str(tmp_path), "run", datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+                                   "marengo3.0", rows_per_piece=10_000, flush_sec=None)
+    held = [writer.held(o) for o in outcomes]
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for o in held for _, _, v in o.segments)
+    path = tmp_path / "piece.parquet"
+    with open(path, "wb") as f:
+        writer.write(held, f)
+    parquet = pq.ParquetFile(path)
+    assert parquet.metadata.num_row_groups == 3 and parquet.metadata.row_group(0).num_rows == sinks.WRITE_PART
+    table = parquet.read()
+    assert table.num_rows == 2604
+    assert table.column("id").to_pylist()[1500:1506] == ["r1500"] * 5 + ["r1501"]
+    assert table.column("segment_index").to_pylist()[1500:1505] == [0, 1, 2, 3, 4]
+    vectors = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, 512)
+    expected = np.array([v for o in outcomes for _, _, v in o.segments], np.float32)
+    assert np.array_equal(vectors, expected)
+
+
 def test_a_saved_prefix_is_found_by_content_and_skipped_as_far_as_its_marks_match(tmp_path):
     """The reader's read map becomes a checkpoint of whole marks of saved lines, named by its first mark's bytes;
     a rerun of the same content under any name finds it, checks mark by mark, meets the rows of the matching

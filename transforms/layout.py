@@ -19,7 +19,8 @@ from typing import Callable, Iterator, List
 from apache_beam.io.filesystems import FileSystems
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "TMP_SUFFIX",
-           "READER_ROW_GROUP", "commit", "list_files", "mkdirs", "piece_name", "read_jsonl", "replace", "write_parquet"]
+           "READER_ROW_GROUP", "commit", "list_files", "mkdirs", "piece_name", "read_jsonl", "replace", "write_parquet",
+           "write_parquet_parts"]
 
 SEGMENT_DIR = "segments"
 DEAD_LETTER_DIR = "dead_letters"
@@ -90,10 +91,18 @@ def write_parquet(table, stream, row_group_size: int = READER_ROW_GROUP) -> None
     """Every Parquet file of the output is written here: zstd, and dictionary pages only for text columns.
     A dictionary of vector floats or fingerprints never pays (no value repeats) and costs the writer about
     50 MB of buffers per thousand 512-d vectors; without it the files are a quarter smaller too."""
+    write_parquet_parts(table.schema, [table], stream, row_group_size)
+
+
+def write_parquet_parts(schema, parts, stream, row_group_size: int = READER_ROW_GROUP) -> None:
+    """`write_parquet` for a table that comes in parts (an iterable of tables): a part becomes one or more
+    row groups, so the writer holds one part at a time, never the whole file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    text = [field.name for field in table.schema if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+    text = [field.name for field in schema if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
             or pa.types.is_dictionary(field.type)]
-    pq.write_table(table, stream, row_group_size=row_group_size, compression="zstd", use_dictionary=text)
+    with pq.ParquetWriter(stream, schema, compression="zstd", use_dictionary=text) as writer:
+        for part in parts:
+            writer.write_table(part, row_group_size=row_group_size)
     pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise

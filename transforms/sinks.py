@@ -2,6 +2,7 @@
 under a temporary name and renamed, so a killed job keeps everything written up to its last piece."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -17,7 +18,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from embed_client.secrets import redact_url, scrub
 from transforms.constants import MODEL_DIMS
-from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name, write_parquet
+from transforms.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name, write_parquet,
+                              write_parquet_parts)
 from transforms.items import Outcome
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
@@ -25,10 +27,11 @@ __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "
 
 _LOGGER = logging.getLogger(__name__)
 # A piece is written when it holds this many rows or is this old: small enough to lose little on a
-# kill, large enough for sensible Parquet row groups (4096 x 512 float32 is 8 MiB).
+# kill; finalize compacts the run's pieces into files of reader-sized row groups.
 DEFAULT_ROWS_PER_PIECE = 4096
 DEFAULT_FLUSH_SEC = 5.0
-# Row groups of this many rows let readers (search, DuckDB, Polars) stream in bounded memory.
+# A piece's table is built and written this many outcomes at a time (a row group or more each).
+WRITE_PART = 1024
 
 
 def segment_schema(dims: int) -> pa.Schema:
@@ -212,20 +215,24 @@ class _SegmentPieceFn(_PieceWriterFn):
         self._run_time = run_time
         self._dims = dims or MODEL_DIMS[model]
 
-    def held(self, outcome) -> pa.Table:
-        # Vectors as float32 in Arrow (2 KB for 512 dims), not the response's Python floats (about 16 KB).
-        return segments_table([outcome], self._dims, self._run_id, self._run_time)
+    def held(self, outcome: Outcome) -> Outcome:
+        # Vectors as float32 arrays (2 KB for 512 dims), not the response's Python floats (about 16 KB), nor a
+        # one-row Arrow table an outcome (about 6 KB of Arrow buffers and Python objects each).
+        segments = [(start, end, np.asarray(vector, dtype=np.float32)) for start, end, vector in outcome.segments]
+        return dataclasses.replace(outcome, segments=segments, item=dataclasses.replace(outcome.item, copies=[]))
 
-    def write(self, tables, stream) -> None:
-        table = pa.concat_tables(tables).combine_chunks()
-        write_parquet(table, stream)
+    def write(self, outcomes, stream) -> None:
+        # Built and written WRITE_PART outcomes at a time: the writer holds one part's table, not the piece's.
+        parts = (segments_table(outcomes[at:at + WRITE_PART], self._dims, self._run_id, self._run_time)
+                 for at in range(0, max(len(outcomes), 1), WRITE_PART))
+        write_parquet_parts(segment_schema(self._dims), parts, stream)
 
     # The journal is an Arrow IPC stream: one small batch per outcome, readable up to a torn last one.
     def open_journal(self, stream) -> None:
         self._ipc = pa.ipc.new_stream(stream, segment_schema(self._dims))
 
-    def append(self, table, stream) -> None:
-        self._ipc.write_table(table)
+    def append(self, outcome, stream) -> None:
+        self._ipc.write_table(segments_table([outcome], self._dims, self._run_id, self._run_time))
 
     def close_journal(self, stream) -> None:
         self._ipc.close()
