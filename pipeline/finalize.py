@@ -17,7 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 import numpy as np
 
 from transforms.key_index import (build_from_segments, compact_index, fingerprint, has_index, index_entries_of,
-                                  find_entries, load_saved_rows, member, write_index_parts, write_saved_rows)
+                                  find_entries, member, saved_rows_member, write_index_parts,
+                                  write_saved_rows)
 from transforms.saved_prefix import settle_prefixes
 from transforms.layout import RUNS_DIR, mkdirs
 from transforms.resume import list_segment_pieces
@@ -392,7 +393,7 @@ def _finalize(output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int
     dropped, rewritten, settled, removed, changed_ids = _dedupe_segments(output, run_id)
     compacted = _compact_run_pieces(segment_dir, run_id)
     _update_saved_rows(output, run_id, changed_ids, finished=True)
-    settle_prefixes(output, run_id, lambda: load_saved_rows(output)[0])
+    settle_prefixes(output, run_id, lambda fps: saved_rows_member(output, fps))
     _index_pending_runs(output, run_id, settled, removed)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))

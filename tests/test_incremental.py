@@ -330,6 +330,32 @@ def test_saved_lines_are_met_in_bulk_yet_a_new_row_takes_its_id_only_from_rows_a
     assert skipped == 3000 - 1
 
 
+def test_saved_rows_member_streams_the_rows_files_and_agrees_with_loading_them(tmp_path):
+    """Finalize asks which lines of a run are saved rows without loading every saved row: the answer equals
+    `load_saved_rows` + membership over a base past one 32k row group, a delta that removes ids and re-adds
+    some of them with other rows, and a line repeated in the manifest."""
+    output = str(tmp_path)
+    rng = np.random.default_rng(3)
+    n = 70_000
+    rows, ids = rng.integers(1, 2**63, n, dtype=np.uint64), rng.integers(1, 2**63, n, dtype=np.uint64)
+    key_index.write_saved_rows(output, "R1", rows, ids, np.ones(n, np.uint8), np.zeros(0, np.uint64), base=True)
+    changed = ids[40_000:40_100]  # these ids come back with new rows; their old rows are gone
+    new_rows = rng.integers(1, 2**63, 100, dtype=np.uint64)
+    key_index.write_saved_rows(output, "R2", new_rows, changed, np.ones(100, np.uint8), changed)
+    gone = ids[50_000:50_010]      # removed for good
+    key_index.write_saved_rows(output, "R3", np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8),
+                               gone)
+    asked = np.concatenate([rows[::7], new_rows, rows[40_000:40_100], rows[50_000:50_010],
+                            rng.integers(1, 2**63, 500, dtype=np.uint64), rows[:3]])
+    live, _, _ = key_index.load_saved_rows(output)
+    expected = key_index.member(asked, live)
+    got = key_index.saved_rows_member(output, asked)
+    assert np.array_equal(got, expected)
+    assert got[:len(rows[::7])].sum() == len(rows[::7]) - len(set(range(40_000, 40_100, 1)) & set(range(0, n, 7))) \
+        - len(set(range(50_000, 50_010)) & set(range(0, n, 7)))
+    assert got[-3:].all() and not got[-503:-3].any()
+
+
 def test_output_parquet_keeps_dictionaries_for_text_only(tmp_path):
     """Vectors and fingerprints never repeat: a dictionary for them only costs the writer memory and the file
     bytes. Text columns keep theirs."""
@@ -419,7 +445,7 @@ def test_a_saved_prefix_is_found_by_content_and_skipped_as_far_as_its_marks_matc
     row_fp = np.array([r.fingerprint for r in records], np.uint64)
     id_fp = np.array([key_index.fingerprint(f"s{i}") for i in range(9000)], np.uint64)
     saved_fps = row_fp[np.arange(9000) != 8500]  # row 8501 did not end saved
-    assert saved_prefix.settle_prefixes(output, "R1", lambda: saved_fps) == 8192
+    assert saved_prefix.settle_prefixes(output, "R1", lambda fps: key_index.member(fps, saved_fps)) == 8192
 
     def fresh_saved():
         return key_index.SavedRows(row_fp, id_fp, np.ones(9000, np.uint8), key)

@@ -315,6 +315,38 @@ def load_saved_rows(output: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row_fp, id_fp, mask
 
 
+def saved_rows_member(output: str, row_fps: np.ndarray) -> np.ndarray:
+    """Which of these row fingerprints are live saved rows, reading the rows files a row group at a time (as
+    `load_saved_rows` would, without holding every saved row): memory follows `row_fps`, not the output."""
+    hit = np.zeros(len(row_fps), bool)
+    hit_id = np.zeros(len(row_fps), np.uint64)  # the id of the saved row each hit matched
+    if not len(row_fps):
+        return hit
+    order = np.argsort(row_fps, kind="stable")
+    ordered = row_fps[order]
+    for path in _ordered_files(output, ROWS):
+        for columns, _ in _batches(path, _ROWS_SCHEMA):  # a file lists its removals first
+            ops, ids = columns["op"], columns["id_fp"]
+            gone = ids[ops == 0]
+            if len(gone) and hit.any():
+                hit &= ~member(hit_id, gone)
+            added = ops == 1
+            rows, row_ids = columns["row_fp"][added], ids[added]
+            if not len(rows):
+                continue
+            # each added row marks every position with its fingerprint (a line may repeat in the manifest)
+            low = np.searchsorted(ordered, rows, side="left")
+            high = np.searchsorted(ordered, rows, side="right")
+            single = high - low == 1
+            at = order[low[single]]
+            hit[at], hit_id[at] = True, row_ids[single]
+            repeated = high - low > 1
+            for start, stop, row_id in zip(low[repeated].tolist(), high[repeated].tolist(), row_ids[repeated].tolist()):
+                hit[order[start:stop]], hit_id[order[start:stop]] = True, row_id
+    release_arrow_memory()
+    return hit
+
+
 class SavedRows:
     """A worker's view of the saved rows for one run: which were met (skipped) and which ids new rows took."""
 

@@ -436,23 +436,25 @@ class _ParseManifest(beam.DoFn):
         self._columns = dict(columns or {})
         self._state, self._output, self._row_key, self._run_id = state, output, row_key, run_id
 
-    def setup(self):
-        self._saved = None
-        if self._state is not None and self._output:
-            from transforms.key_index import SavedRows
+    def _saved_rows(self):
+        """The run state's saved rows (None: not kept). Not held past a manifest, so the state can free them."""
+        if self._state is None or not self._output:
+            return None
+        from transforms.key_index import SavedRows
 
-            output, key = self._output, self._row_key
-            self._saved = self._state.acquire().saved_rows(lambda: SavedRows.load(output, key))
+        output, key = self._output, self._row_key
+        return self._state.acquire().saved_rows(lambda: SavedRows.load(output, key))
 
     def process(self, source: str) -> Iterable:
         skipped = collections.Counter()  # counted in bulk: a rerun may skip millions of rows
         readmap = prefixes = None
-        if self._saved is not None and self._run_id and manifest_format(source) == "jsonl":
+        saved = self._saved_rows()
+        if saved is not None and self._run_id and manifest_format(source) == "jsonl":
             readmap = ReadMap(self._row_key)  # what finalize turns into a saved prefix
             output = self._output
             prefixes = lambda name: load_prefix(output, name)  # noqa: E731
         try:
-            for record in parse_manifest(source, self._saved, prefixes, readmap):
+            for record in parse_manifest(source, saved, prefixes, readmap):
                 if isinstance(record, SkippedRow):
                     skipped[record.mask] += record.count
                     if len(skipped) > 1 or sum(skipped.values()) >= 4096:

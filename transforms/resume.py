@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.utils.shared import Shared
 
 from transforms import run_state
 from transforms.constants import NAMESPACE
@@ -86,22 +85,28 @@ class _SkipSavedFn(beam.DoFn):
     REUSED = "reused"
     CARRIED = "carried"
 
-    def __init__(self, output: Optional[str], failed: Dict[Tuple[str, str, str], dict], shared: Shared, token: str):
+    def __init__(self, output: Optional[str], failed: Dict[Tuple[str, str, str], dict],
+                 state: run_state.SharedRunState):
         self._output = output
         self._failed = failed
-        self._shared = shared
-        self._token = token
+        self._state_handle = state
         self._done = Metrics.counter(NAMESPACE, "items_already_done")
         self._reused = Metrics.counter(NAMESPACE, "calls_saved_by_dedup")
         self._carried = Metrics.counter(NAMESPACE, "dead_letters_carried")
 
     def setup(self):
-        output = self._output
-        # One copy of the index per process, whatever the number of DoFn instances and threads.
-        self._index = (self._shared.acquire(lambda: KeyLookup.load(output), tag=self._token)
-                       if output else None)
+        self._state = self._state_handle.acquire()
         self._cached_path: Optional[str] = None
         self._cached = None
+
+    def start_bundle(self):
+        output = self._output
+        # One copy of the index per process, held by the run's state (released before finalize), not by the DoFn.
+        self._index = self._state.key_lookup(lambda: KeyLookup.load(output)) if output else None
+
+    def finish_bundle(self):
+        self._index = None
+        self._cached_path, self._cached = None, None
 
     def process(self, item: Item) -> Iterable:
         if self._index is not None and self._index.saved(item.id, item.modality, item.content_hash):
@@ -302,7 +307,7 @@ class SkipDoneAndDedup(beam.PTransform):
 
     def expand(self, items):
         checked = items | "SkipSaved" >> beam.ParDo(
-            _SkipSavedFn(self._output, self._failed, Shared(), self._token + ":index")).with_outputs(
+            _SkipSavedFn(self._output, self._failed, self.state)).with_outputs(
             _SkipSavedFn.REUSED, _SkipSavedFn.CARRIED, main="new")
         fresh, reused = checked.new, checked[_SkipSavedFn.REUSED]
         empty = items.pipeline | "NoLateItems" >> beam.Create([])

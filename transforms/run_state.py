@@ -32,16 +32,26 @@ class RunState:
         self._copies: Dict[int, list] = {}                # content in flight -> items waiting for its result
         self._settled: Dict[int, object] = {}             # content that failed or was deferred -> its record
         self._saved_rows = None
+        self._key_lookup = None
 
     def release(self) -> None:
         """Every row has been read and every item settled: the tables go before finalize needs the memory."""
         with self._lock:
             self._ids, self._contents = FingerprintTable(), FingerprintTable()
             self._elected, self._copies, self._settled = {}, {}, {}
-            self._saved_rows = None
+            self._saved_rows = self._key_lookup = None
+
+    def key_lookup(self, load):
+        """The output's key index (key_index.KeyLookup), loaded once per process and run. DoFns ask for it per
+        bundle and keep no reference, so `release` frees it."""
+        with self._lock:
+            if self._key_lookup is None:
+                self._key_lookup = load()
+            return self._key_lookup
 
     def saved_rows(self, load):
-        """The saved rows of earlier runs (key_index.SavedRows), loaded once per process and run."""
+        """The saved rows of earlier runs (key_index.SavedRows), loaded once per process and run (held as the
+        key index is: see `key_lookup`)."""
         with self._lock:
             if self._saved_rows is None:
                 self._saved_rows = load()

@@ -176,16 +176,14 @@ def load_prefix(output: str, name: str) -> Optional[Prefix]:
     return Prefix(fps, marks) if marks and marks[0][2] == name else None
 
 
-def settle_prefixes(output: str, run_id: str, saved_row_fps: Callable[[], np.ndarray]) -> int:
+def settle_prefixes(output: str, run_id: str, saved_rows: Callable[[np.ndarray], np.ndarray]) -> int:
     """After a finished run: each JSONL manifest it read gets as checkpoint its longest marked prefix of distinct
-    lines that are all saved rows (or loses its checkpoint). Returns the lines covered by checkpoints."""
+    lines that are all saved rows (or loses its checkpoint). `saved_rows(fps)` says which fingerprints are
+    saved rows (key_index.saved_rows_member). Returns the lines covered by checkpoints."""
     covered = 0
-    saved_fps = None
     for path in list_files(FileSystems.join(output, RUNS_DIR, run_id), "readmap-*.parquet"):
         meta, fps = _read(path)
-        if saved_fps is None:
-            saved_fps = saved_row_fps()
-        saved = member(fps, saved_fps)
+        saved = saved_rows(fps)
         if len(fps):  # a repeated line was read in full the second time: later copies end the prefix
             order = np.argsort(fps, kind="stable")
             ordered = fps[order]

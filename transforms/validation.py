@@ -505,6 +505,9 @@ def _key_by_id(row: ManifestRow):
     return key, (row, item_id)
 
 
+_UNSET = object()
+
+
 class _FirstRowKeepsIdFn(beam.DoFn):
     """Stream grouping: the first row read with an id keeps it (manifests are read in order, one process)."""
 
@@ -513,14 +516,19 @@ class _FirstRowKeepsIdFn(beam.DoFn):
 
     def setup(self):
         self._state = self._state_handle.acquire()
-        self._saved = None
+
+    def start_bundle(self):
+        self._saved = _UNSET
+
+    def finish_bundle(self):
+        self._saved = _UNSET  # not kept past a bundle, so the run's state can free them before finalize
 
     def process(self, row: ManifestRow) -> Iterable:
         key, (_, item_id) = _key_by_id(row)
         if item_id is None:
             yield row
             return
-        if self._saved is None:  # loaded by the reader's setup, if it keeps them; asked once, not per row
+        if self._saved is _UNSET:  # loaded by the reader (before it yields a row), if it keeps them
             self._saved = self._state.saved_rows(lambda: None)
         saved = self._saved
         first = saved.claim_id(fingerprint(key), row.source, row.row_number) if saved is not None else None
