@@ -19,6 +19,7 @@ from pipeline.progress_line import ProgressPrinter, count_manifest_rows
 from pipeline.summary import RUNS_DIR
 from pipeline.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
 from pipeline.output_lock import OutputLock
+from transforms.memory import return_freed_memory
 from transforms.call_settings import ConfigError, EmbeddingSettings
 from transforms.calling import CallSettings
 from transforms.calling_v2 import read_task_journal
@@ -168,6 +169,7 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
     With `progress`, a progress line is printed to stderr while the job runs in this process.
     """
     call_settings(config, "http://settings.check/v1.3")  # every setting checked before anything runs
+    return_freed_memory()  # the local runner's workers are this process
     if config.samples:
         from pipeline.samples import ensure_samples
 

@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.items import DeadLetter, ManifestRow
+from transforms.memory import return_freed_memory
 from transforms.key_index import MODALITY_BITS
 from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
 from transforms.progress import PROGRESS
@@ -435,6 +436,9 @@ class _ParseManifest(beam.DoFn):
         self._items = {m: Metrics.counter(NAMESPACE, f"items_{m}") for m in MODALITY_BITS}
         self._columns = dict(columns or {})
         self._state, self._output, self._row_key, self._run_id = state, output, row_key, run_id
+
+    def setup(self):
+        return_freed_memory()
 
     def _saved_rows(self):
         """The run state's saved rows (None: not kept). Not held past a manifest, so the state can free them."""

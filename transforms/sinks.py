@@ -21,6 +21,7 @@ from transforms.constants import MODEL_DIMS
 from transforms.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name, write_parquet,
                               write_parquet_parts)
 from transforms.items import Outcome
+from transforms.memory import return_freed_memory
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
            "segment_schema", "segments_table"]
@@ -127,6 +128,7 @@ class _PieceWriterFn(beam.DoFn):
         self._flush_sec = flush_sec
 
     def setup(self):
+        return_freed_memory()
         _mkdirs(self._dir)
         self._worker = uuid.uuid4().hex[:8]
         self._sequence = 0
