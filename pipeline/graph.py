@@ -66,6 +66,8 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     inputs are checked as rows pass, so calls start with the first rows and memory stays flat; "shuffle"
     on runners with several worker processes: rows are grouped by id and by content."""
     state = SharedRunState(f"{output}:{run_id}") if grouping == "stream" else None
+    if state is not None and not dry_run:
+        state.prefetch(output, row_key(settings, columns))  # loads while the runner starts
     read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns, state, output, row_key(settings, columns),
                                                 None if dry_run else run_id)
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings), state)

@@ -173,7 +173,13 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkey
         manifest = _write(tmp_path / "m.jsonl", rows + added)
         before = emu.stats()["requests"]
         hashed.clear()
+        loads = []  # the key index and saved rows: loaded once a run, while the runner starts
+        for cls in (key_index.KeyLookup, key_index.SavedRows):
+            load = cls.load
+            monkeypatch.setattr(cls, "load", classmethod(
+                lambda c, *a, _load=load: loads.append((c.__name__, threading.current_thread().name)) or _load(*a)))
         second = run(make_config(output, [manifest]), emu.base_url)
+        assert sorted(loads) == [("KeyLookup", "prefetch-key-index"), ("SavedRows", "prefetch-key-index")]
         assert emu.stats()["requests"] - before == 90
         assert len(hashed) == len(rows) + 90 - 8192  # the prefix's lines were not hashed one by one
         assert second["items_already_done"] == 9040

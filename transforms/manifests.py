@@ -444,10 +444,7 @@ class _ParseManifest(beam.DoFn):
         """The run state's saved rows (None: not kept). Not held past a manifest, so the state can free them."""
         if self._state is None or not self._output:
             return None
-        from transforms.key_index import SavedRows
-
-        output, key = self._output, self._row_key
-        return self._state.acquire().saved_rows(lambda: SavedRows.load(output, key))
+        return self._state.acquire().saved_rows(self._output, self._row_key)
 
     def process(self, source: str) -> Iterable:
         skipped = collections.Counter()  # counted in bulk: a rerun may skip millions of rows

@@ -22,7 +22,6 @@ from apache_beam.metrics import Metrics
 from transforms import run_state
 from transforms.constants import NAMESPACE
 from transforms.items import DeadLetter, Deferred, Item, Outcome, item_row
-from transforms.key_index import KeyLookup
 from transforms.progress import PROGRESS
 
 __all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup", "canonical_model",
@@ -100,9 +99,8 @@ class _SkipSavedFn(beam.DoFn):
         self._cached = None
 
     def start_bundle(self):
-        output = self._output
         # One copy of the index per process, held by the run's state (released before finalize), not by the DoFn.
-        self._index = self._state.key_lookup(lambda: KeyLookup.load(output)) if output else None
+        self._index = self._state.key_lookup(self._output) if self._output else None
 
     def finish_bundle(self):
         self._index = None

@@ -7,18 +7,40 @@ the job groups by id and by content instead (a shuffle, which those runners keep
 """
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from apache_beam.utils.shared import Shared
 
-from transforms.key_index import FingerprintTable, fingerprint
+from transforms.key_index import FingerprintTable, KeyLookup, SavedRows, fingerprint
 
 __all__ = ["RunState", "SharedRunState"]
+
+_LOGGER = logging.getLogger(__name__)
 
 CALL, COPY, EMBEDDED, FAILED, DEFERRED = "call", "copy", "embedded", "failed", "deferred"
 _CODES = {CALL: 1, EMBEDDED: 2, FAILED: 3, DEFERRED: 4}
 _NAMES = {v: k for k, v in _CODES.items()}
+
+
+class _Loaded:
+    """A value loaded once, by whoever asks first (a DoFn, or the launcher's prefetch); the others wait for it.
+    A failed or empty load is not kept: the next asker loads again (and a DoFn reports the failure)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._value = None
+
+    def get(self, load: Callable[[], object]):
+        with self._lock:
+            if self._value is None:
+                self._value = load()
+            return self._value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._value = None
 
 
 class RunState:
@@ -31,31 +53,40 @@ class RunState:
         self._elected: Dict[Tuple[str, str], int] = {}   # (id, modality) of an item in flight -> content
         self._copies: Dict[int, list] = {}                # content in flight -> items waiting for its result
         self._settled: Dict[int, object] = {}             # content that failed or was deferred -> its record
-        self._saved_rows = None
-        self._key_lookup = None
+        self._saved_rows = _Loaded()
+        self._key_lookup = _Loaded()
 
     def release(self) -> None:
         """Every row has been read and every item settled: the tables go before finalize needs the memory."""
         with self._lock:
             self._ids, self._contents = FingerprintTable(), FingerprintTable()
             self._elected, self._copies, self._settled = {}, {}, {}
-            self._saved_rows = self._key_lookup = None
+        self._saved_rows.clear()
+        self._key_lookup.clear()
 
-    def key_lookup(self, load):
-        """The output's key index (key_index.KeyLookup), loaded once per process and run. DoFns ask for it per
-        bundle and keep no reference, so `release` frees it."""
-        with self._lock:
-            if self._key_lookup is None:
-                self._key_lookup = load()
-            return self._key_lookup
+    def key_lookup(self, output: str) -> KeyLookup:
+        """The output's key index, loaded once per process and run. DoFns ask for it per bundle and keep no
+        reference, so `release` frees it."""
+        return self._key_lookup.get(lambda: KeyLookup.load(output))
 
-    def saved_rows(self, load):
-        """The saved rows of earlier runs (key_index.SavedRows), loaded once per process and run (held as the
-        key index is: see `key_lookup`)."""
-        with self._lock:
-            if self._saved_rows is None:
-                self._saved_rows = load()
-            return self._saved_rows
+    def saved_rows(self, output: Optional[str] = None, row_key: bytes = b"") -> Optional[SavedRows]:
+        """The saved rows of earlier runs, loaded once per process and run (held as the key index is). Without
+        `output`: what the reader loaded, if it keeps them (None otherwise)."""
+        return self._saved_rows.get(lambda: SavedRows.load(output, row_key) if output else None)
+
+    def prefetch(self, output: str, row_key: bytes) -> threading.Thread:
+        """Loads the key index and the saved rows in a thread, so the loads overlap the runner's start-up
+        instead of delaying the first call after it."""
+        def load() -> None:
+            try:
+                self.key_lookup(output)  # asked for first: when the reader's bundle starts
+                self.saved_rows(output, row_key)
+            except Exception as exc:  # the DoFns load again, and fail the job if it is real
+                _LOGGER.debug("prefetching %s's key index failed: %s", output, exc)
+
+        thread = threading.Thread(target=load, name="prefetch-key-index", daemon=True)
+        thread.start()
+        return thread
 
     def first_row(self, item_id: str, source: str, row_number: int) -> Optional[Tuple[str, int]]:
         """None when this row is the first with this id; else (manifest, row) of the row that has the id."""
@@ -107,3 +138,12 @@ class SharedRunState:
 
     def acquire(self) -> RunState:
         return self._shared.acquire(RunState, tag=self._token)
+
+    def prefetch(self, output: str, row_key: bytes) -> None:
+        """In the process the job runs in (the stream grouping's local runner): starts loading what the DoFns
+        will ask for. The handle keeps the state alive until they acquire it (it is not pickled with it)."""
+        self._held = self.acquire()
+        self._held.prefetch(output, row_key)
+
+    def __getstate__(self):
+        return {"_token": self._token, "_shared": self._shared}

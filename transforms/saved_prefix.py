@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.key_index import member
+
 from transforms.layout import INDEX_DIR, RUNS_DIR, list_files, mkdirs, replace, write_parquet
 
 __all__ = ["MARK_ROWS", "Prefix", "ReadMap", "load_prefix", "settle_prefixes", "skip_prefix", "skipped_masks"]
@@ -77,14 +77,16 @@ class ReadMap:
 class Prefix:
     """A checkpoint: its first `rows` lines (`nbytes` bytes) were all saved rows when it was written."""
 
-    def __init__(self, fps: np.ndarray, marks: List[Mark]):
+    def __init__(self, fps: np.ndarray, marks: List[Mark], positions: Optional[np.ndarray] = None):
         self.fps, self.marks = fps, marks
         self.rows, self.nbytes, self.digest = marks[-1]
+        self.positions = positions  # of its lines among the saved rows (SavedRows.find), once looked up
 
     def upto(self, count: int) -> "Prefix":
         """The checkpoint cut to its first `count` marks."""
         marks = self.marks[:count]
-        return Prefix(self.fps[:marks[-1][0]], marks)
+        rows = marks[-1][0]
+        return Prefix(self.fps[:rows], marks, None if self.positions is None else self.positions[:rows])
 
 
 class _PushedBack:
@@ -140,7 +142,8 @@ def skip_prefix(stream, key: bytes, find: Callable[[str], Optional["Prefix"]], s
     prefix = find(hasher.hexdigest())
     if prefix is None or prefix.marks[0][1] != first:
         return _PushedBack(head, stream), None, None
-    found = saved.find(prefix.fps) >= 0
+    prefix.positions = saved.find(prefix.fps)
+    found = prefix.positions >= 0
     usable = int(np.argmin(found)) if not found.all() else len(found)  # lines no longer saved end it
     marks = [mark for mark in prefix.marks if mark[0] <= usable]
     if not marks:
@@ -203,7 +206,8 @@ def settle_prefixes(output: str, run_id: str, saved_rows: Callable[[np.ndarray],
 def skipped_masks(prefix: Prefix, saved, source: str) -> Optional[np.ndarray]:
     """Meets every line of a matched prefix at once: their modality masks, or None (nothing met) when a line
     cannot be met (a line of an earlier manifest of this run, an id a new row took)."""
-    return saved.meet_all(saved.find(prefix.fps), source, 1)
+    positions = saved.find(prefix.fps) if prefix.positions is None else prefix.positions
+    return saved.meet_all(positions, source, 1)
 
 
 def counts(masks: np.ndarray) -> Iterable[Tuple[int, int]]:

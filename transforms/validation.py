@@ -529,7 +529,7 @@ class _FirstRowKeepsIdFn(beam.DoFn):
             yield row
             return
         if self._saved is _UNSET:  # loaded by the reader (before it yields a row), if it keeps them
-            self._saved = self._state.saved_rows(lambda: None)
+            self._saved = self._state.saved_rows()
         saved = self._saved
         first = saved.claim_id(fingerprint(key), row.source, row.row_number) if saved is not None else None
         if first is None:
