@@ -37,19 +37,23 @@ def _write(path, rows):
 
 
 def test_fingerprint_table_keeps_every_entry_through_growth():
-    table = key_index.FingerprintTable(capacity=16)
+    table = key_index.FingerprintTable(flush_at=16)
     rng = random.Random(7)
-    keys = [rng.getrandbits(64) for _ in range(10_000)] + [0, 1]  # 0 is the empty marker, stored as 1
+    keys = [rng.getrandbits(64) for _ in range(10_000)] + [0, 1, 2 ** 64 - 1]
+    keys += keys[:50]  # repeated, after merges
     stored = {}
     for value, key in enumerate(keys):
         before = table.put_if_absent(key, value)
-        assert before == stored.get(key or 1)
-        stored.setdefault(key or 1, value)
-    assert len(table) == len(stored)
-    assert all(table.get(key) == stored[key or 1] for key in keys)
+        assert before == stored.get(key)
+        stored.setdefault(key, value)
+    assert len(table) == len(stored) == 10_003
+    assert all(table.get(key) == stored[key] for key in keys)
     assert table.get(12345) is None
-    table.set(keys[3], -1)
-    assert table.get(keys[3]) == -1
+    table.set(keys[3], -1)   # merged into the arrays long ago
+    table.set(keys[-60], -2)  # recent
+    table.set(777, 5)        # new
+    assert (table.get(keys[3]), table.get(keys[-60]), table.get(777)) == (-1, -2, 5)
+    assert len(table) == 10_004
 
 
 def _entries(rows, file_name):

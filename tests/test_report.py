@@ -167,6 +167,36 @@ def _exact_percentile(samples, q):
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
+def test_one_long_bundle_writes_its_timeline_in_pieces_that_sum_to_every_call(tmp_path, monkeypatch):
+    """A local run is one bundle: the sink sums records as they come and writes a piece every PIECE_CALLS
+    records instead of keeping every record to the end; the pieces add up to every call and latency."""
+    from transforms.call_policy import CallStats
+    from transforms.timeline import CallTimes, _WriteTimelineFn
+
+    monkeypatch.setattr(_WriteTimelineFn, "PIECE_CALLS", 30)
+    folder = tmp_path / "timeline"
+    folder.mkdir()
+    rng = random.Random(9)
+    fn = _WriteTimelineFn(str(folder))
+    fn.setup()
+    fn.start_bundle()
+    samples, limited = [], 0
+    for i in range(1000):
+        stats = CallStats(calls=1, latencies_ms=[rng.randint(5, 500)])
+        stats.mark(i % 7 == 0)
+        limited += i % 7 == 0
+        samples += stats.latencies_ms
+        fn.process(CallTimes.from_stats(stats))
+        if i == 500:
+            assert len(glob.glob(str(folder / "calls-*.jsonl"))) == 16  # written as it went
+    fn.finish_bundle()
+    assert len(glob.glob(str(folder / "calls-*.jsonl"))) == 34  # ceil(1000 / 30)
+    timeline, latency = read_calls(str(folder))
+    assert sum(c for _, c, _ in timeline) == 1000 and sum(r for _, _, r in timeline) == limited
+    assert latency["count"] == 1000 and latency["sum"] == sum(samples)
+    assert (latency["min"], latency["max"]) == (min(samples), max(samples))
+
+
 def test_latency_histogram_in_the_timeline_pieces_gives_percentiles(tmp_path):
     """Two workers' timeline sinks write latency histograms into their pieces; the report sums them."""
     from transforms.call_policy import CallStats

@@ -510,68 +510,62 @@ class KeyLookup:
 
 
 class FingerprintTable:
-    """uint64 -> int64 in two numpy arrays (open addressing, linear probing): about a third of the memory of a
-    dict of Python ints, which matters for a table with an entry per manifest row."""
+    """uint64 -> int64 for an entry per manifest row: sorted numpy arrays (16 bytes an entry) plus a small dict
+    of recent entries, merged in when it fills. A hash table in numpy arrays took 23-46 bytes an entry and
+    doubled (with a Python list of every entry) as it grew; this one grows by one merge of a sorted batch."""
 
-    _EMPTY = 0
-
-    def __init__(self, capacity: int = 1 << 12):
-        self._keys = np.zeros(capacity, np.uint64)
-        self._values = np.zeros(capacity, np.int64)
-        self._used = 0
+    def __init__(self, flush_at: int = 8192):
+        self._keys = np.zeros(0, np.uint64)
+        self._values = np.zeros(0, np.int64)
+        self._recent: Dict[int, int] = {}
+        self._flush_at = flush_at
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self._used
+        return len(self._keys) + len(self._recent)
 
-    def _slot(self, key: int) -> int:
-        mask = len(self._keys) - 1
-        slot = (key ^ (key >> 29)) & mask
-        keys = self._keys
-        while True:
-            found = int(keys[slot])
-            if found == key or found == self._EMPTY:
-                return slot
-            slot = (slot + 1) & mask
+    def _at(self, key: int) -> int:
+        at = int(np.searchsorted(self._keys, np.uint64(key)))
+        return at if at < len(self._keys) and int(self._keys[at]) == key else -1
 
-    @staticmethod
-    def _norm(key: int) -> int:
-        return key or 1  # 0 marks an empty slot
+    def _get(self, key: int) -> Optional[int]:
+        value = self._recent.get(key)
+        if value is None:
+            at = self._at(key)
+            value = None if at < 0 else int(self._values[at])
+        return value
 
     def get(self, key: int) -> Optional[int]:
-        key = self._norm(key)
         with self._lock:
-            slot = self._slot(key)
-            return int(self._values[slot]) if int(self._keys[slot]) == key else None
+            return self._get(key)
 
     def put_if_absent(self, key: int, value: int) -> Optional[int]:
         """Stores `value` unless the key is there; returns the value already stored, or None."""
-        key = self._norm(key)
         with self._lock:
-            slot = self._slot(key)
-            if int(self._keys[slot]) == key:
-                return int(self._values[slot])
-            self._keys[slot], self._values[slot] = key, value
-            self._used += 1
-            if self._used * 10 > len(self._keys) * 7:
-                self._grow()
+            found = self._get(key)
+            if found is not None:
+                return found
+            self._add(key, value)
             return None
 
     def set(self, key: int, value: int) -> None:
-        key = self._norm(key)
         with self._lock:
-            slot = self._slot(key)
-            if int(self._keys[slot]) != key:
-                self._keys[slot] = key
-                self._used += 1
-            self._values[slot] = value
-            if self._used * 10 > len(self._keys) * 7:
-                self._grow()
+            if key not in self._recent:
+                at = self._at(key)
+                if at >= 0:
+                    self._values[at] = value
+                    return
+            self._add(key, value)
 
-    def _grow(self) -> None:
-        keys, values = self._keys, self._values
-        self._keys = np.zeros(len(keys) * 2, np.uint64)
-        self._values = np.zeros(len(keys) * 2, np.int64)
-        for key, value in zip(keys[keys != 0].tolist(), values[keys != 0].tolist()):
-            slot = self._slot(key)
-            self._keys[slot], self._values[slot] = key, value
+    def _add(self, key: int, value: int) -> None:
+        self._recent[key] = value
+        # Merged when the dict holds 8,192 entries or 1/64 of the table: a merge copies the arrays once.
+        if len(self._recent) >= max(self._flush_at, len(self._keys) >> 6):
+            keys = np.fromiter(self._recent.keys(), np.uint64, len(self._recent))
+            values = np.fromiter(self._recent.values(), np.int64, len(self._recent))
+            order = np.argsort(keys)
+            keys, values = keys[order], values[order]
+            at = np.searchsorted(self._keys, keys)
+            self._keys = np.insert(self._keys, at, keys)
+            self._values = np.insert(self._values, at, values)
+            self._recent = {}
