@@ -364,8 +364,8 @@ class SavedRows:
         # Not stable sorts (several times faster): a row's fingerprint covers its id, and a live id has one row.
         order = np.argsort(row_fp)
         self._rows, self._ids, self._masks = row_fp[order], id_fp[order], mask[order]
-        by_id = np.argsort(self._ids)
-        self._id_sorted, self._id_positions = self._ids[by_id], by_id
+        # Ids are found through this order (searchsorted's sorter): no sorted copy of them is kept.
+        self._by_id = np.argsort(self._ids).astype(np.int32 if len(self._ids) < 2 ** 31 else np.int64)
         self._met = np.zeros(len(self._rows), np.int64)  # (manifest, row) of the row that matched, packed
         self._taken: set = set()
         self._sources: List[str] = []
@@ -451,10 +451,10 @@ class SavedRows:
     def claim_id(self, id_fp: int, source: str, row_number: int) -> Optional[Tuple[str, int]]:
         """A row read in full takes its id. Returns (manifest, row) of a skipped saved row that has the id
         already; else the id is now this row's, and a saved row with it will not be skipped."""
-        at = int(np.searchsorted(self._id_sorted, np.uint64(id_fp)))
-        if at >= len(self._id_sorted) or int(self._id_sorted[at]) != id_fp:
+        at = int(np.searchsorted(self._ids, np.uint64(id_fp), sorter=self._by_id))
+        if at >= len(self._ids) or int(self._ids[self._by_id[at]]) != id_fp:
             return None
-        position = self._id_positions[at]
+        position = int(self._by_id[at])
         with self._lock:
             met = int(self._met[position])
             if met:
