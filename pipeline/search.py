@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import heapq
 import os
+import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,7 +40,9 @@ def _segment_files(output: str) -> List[str]:
         found = []
     files = sorted(m.path for m in found)
     if not files:
-        raise SystemExit(f"error: no segment files under {FileSystems.join(output, SEGMENT_DIR)}; run the job first")
+        print(f"error: no segment files under {FileSystems.join(output, SEGMENT_DIR)}: run the job first, or pass "
+              "--output with the job's output folder", file=sys.stderr)
+        raise SystemExit(2)
     return files
 
 
@@ -147,6 +150,8 @@ def search_main(argv: Sequence[str]) -> int:
     parser.add_argument("--modality", choices=["text", "image", "audio", "video"],
                         help="only rows of this modality")
     args = parser.parse_args(list(argv))
+    if args.k < 1:
+        parser.error(f"-k must be at least 1, got {args.k}")
     from transforms.call_settings import ConfigError
 
     try:
@@ -161,8 +166,12 @@ def search_main(argv: Sequence[str]) -> int:
         settings = call_settings(config, base_url)
         client = stack.enter_context(EmbedClient(api_key=resolve_api_key(settings), base_url=base_url))
         vector = _query_vector(client, settings, args)
-    for rank, record in enumerate(nearest(output, vector, args.k, args.modality), 1):
+    found = nearest(output, vector, args.k, args.modality)
+    for rank, record in enumerate(found, 1):
         print(_format(rank, record))
+    if not found:  # said, not silent: an empty answer must not look like a crash or a wrong output
+        kind = f"{args.modality} " if args.modality else ""
+        print(f"no {kind}segments in {output} to compare the query with", file=sys.stderr)
     return 0
 
 

@@ -107,3 +107,26 @@ def test_search_cli_embeds_the_query_and_finds_it(tmp_path):
                             os.path.join(ROOT, "samples", "media", "green.jpg"), "-k", "1"],
                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert image.returncode == 0 and image.stdout.split()[:4] == ["1", "1.0000", "i1", "image#0"]
+
+    # An output holding no rows of the asked modality says so; a folder with no output, or k < 1, is a
+    # usage error: one line, exit 2.
+    import glob as _glob
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    texts_only = tmp_path / "texts" / "segments"
+    texts_only.mkdir(parents=True)
+    for i, path in enumerate(sorted(_glob.glob(os.path.join(out, "segments", "*.parquet")))):
+        table = pq.read_table(path)
+        pq.write_table(table.filter(pc.equal(table.column("modality"), "text")), str(texts_only / f"p{i}.parquet"))
+    none = subprocess.run([sys.executable, "-m", "pipeline", "search", "--output", str(tmp_path / "texts"),
+                           "--text", "a piano", "--modality", "image"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert none.returncode == 0 and none.stdout == ""
+    assert f"no image segments in {tmp_path / 'texts'}" in none.stderr
+    for extra, says in ((["--output", str(tmp_path / "nothing")], "no segment files under"),
+                        (["--output", out, "-k", "0"], "-k must be at least 1")):
+        bad = subprocess.run([sys.executable, "-m", "pipeline", "search", "--text", "a piano"] + extra,
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-800:]
