@@ -33,7 +33,7 @@ Scenarios:
                 10000, 100000, 300000; --scale-rows to choose), no limit, no latency, one output per N run
                 three times: fresh; again on the manifest plus 1% new rows (calls must equal the new rows);
                 again with 2 rows' text changed (the rewrite finalize does for them). Per run: wall time, time
-                to the first answered call (the emulator sampled every 0.2 s), finalize's time (timed in the
+                to the first call (the emulator's own time of its first request), finalize's time (timed in the
                 arm) and bytes rewritten, peak RSS; then the ratios of the largest N to the smallest.
   durable       the cost of durability: text manifest (5000, --full 20000), no limit, no latency, the
                 default output.flush_sec (5 s, every result journaled) against flush_sec 0 (a Parquet

@@ -78,6 +78,7 @@ class RequestSampler:
         self.emu, self.interval = emu, interval
         self.samples: List[Tuple[float, int, int]] = []
         self.refused: List[Tuple[float, int]] = []
+        self.first_request_at: Optional[float] = None  # the emulator's own clock: exact, not sampled
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
 
@@ -93,6 +94,7 @@ class RequestSampler:
                 now = time.time()
                 self.samples.append((now, stats["requests"] - limited - polls, polls))
                 self.refused.append((now, limited))
+                self.first_request_at = stats.get("first_request_at") or self.first_request_at
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RequestSampler":
@@ -121,10 +123,11 @@ class RequestSampler:
         return (s[moves[-1] - 1][0] + s[moves[-1]][0]) / 2.0 if moves else None
 
     def phases(self, started_at: float, ended_at: float) -> dict:
-        """Each to within the sampling interval: start-up (the arm's start to its first answered request),
-        calls (first answer to the last embed POST answered), task wait (from there to the last poll: only
-        polls of the last tasks are left), tail (last answer to the arm's end); the rate of calls + polls
-        over the active span (first to last answer) and over its middle 80% (the steady pace)."""
+        """Each to within the sampling interval: start-up (the arm's start to its first request: exact when the
+        emulator reports when that came), calls (first answer to the last embed POST answered), task wait (from
+        there to the last poll: only polls of the last tasks are left), tail (last answer to the arm's end); the
+        rate of calls + polls over the active span (first to last answer) and over its middle 80% (the steady
+        pace)."""
         s = self.samples
         total = [c + p for _, c, p in s]
         moves = [i for i in range(1, len(s)) if total[i] != total[i - 1]]
@@ -135,7 +138,9 @@ class RequestSampler:
         last_call_at = self._last_move(lambda x: x[1]) or first_at
         active = max(last_at - first_at, 1e-9)
         lo, hi = first_at + 0.1 * active, first_at + 0.9 * active
-        return {"startup_sec": max(0.0, first_at - started_at), "active_sec": active,
+        # Start-up is exact where the emulator says when its first request came (same machine, same clock).
+        startup = (self.first_request_at if self.first_request_at is not None else first_at) - started_at
+        return {"startup_sec": max(0.0, startup), "active_sec": active,
                 "calls_sec": max(0.0, last_call_at - first_at), "task_wait_sec": max(0.0, last_at - last_call_at),
                 "tail_sec": max(0.0, ended_at - last_at), "active_requests": total[moves[-1]],
                 "active_rate": total[moves[-1]] / active,

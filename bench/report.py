@@ -210,8 +210,9 @@ SCALE_COLUMNS = ("output rows", "run", "wall s", "first call s", "calls", "of ex
 
 
 def scale_table(title: str, rows: List[dict]) -> str:
-    """`first call s`: the arm's start to the emulator's first answered request (to within 0.2 s); `calls`: answered
-    by the emulator, against the rows the run adds or changes; `share`: finalize's part of the wall time."""
+    """`first call s`: the arm's start to the emulator's first request (its own clock, on this machine);
+    `calls`: answered by the emulator, against the rows the run adds or changes; `share`: finalize's part of
+    the wall time."""
     widths = (11, 15, 7, 12, 6, 11, 10, 6, 12, 11, 7)
     lines = [title, _row(SCALE_COLUMNS, widths)]
     for r in rows:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
 from typing import Callable, Iterable, Optional, Union
 
@@ -49,6 +50,7 @@ class Stats:
     def reset(self) -> None:
         with self._lock:
             self._requests = 0
+            self._first_request_at: Optional[float] = None  # epoch seconds: when a benchmark's first call came
             self._by_status: Counter = Counter()
             self._calls_ok = 0
             self._items: Counter = Counter({"text": 0, "image": 0, "audio": 0})
@@ -71,6 +73,8 @@ class Stats:
         """An embed request arrived."""
         with self._lock:
             self._requests += 1
+            if self._first_request_at is None:
+                self._first_request_at = time.time()
             self._active += 1
             self._max_concurrent = max(self._max_concurrent, self._active)
 
@@ -117,6 +121,7 @@ class Stats:
         with self._lock:
             data = {
                 "requests": self._requests,
+                "first_request_at": self._first_request_at,
                 "by_status": dict(self._by_status),
                 "calls_ok": self._calls_ok,
                 "items": dict(self._items),

@@ -490,7 +490,11 @@ def test_latency(make_emulator, http):
 def test_stats_counts_calls_items_and_keys(make_emulator, http):
     fresh = make_emulator()
     base = fresh.base_url
+    assert fresh.stats()["first_request_at"] is None
+    before = time.time()
     embed(http, base, text="hello")
+    first = fresh.stats()["first_request_at"]
+    assert before <= first <= time.time()  # when the first call came: the bench's start-up is exact
     embed(http, base, text="hello", image_file=("a.png", PNG))
     embed(http, base, text="bye", image_file=("a.png", PNG), audio_file=("a.wav", AUDIO["wav"]))
     embed(http, base, text="hi", foo="bar")
@@ -508,6 +512,7 @@ def test_stats_counts_calls_items_and_keys(make_emulator, http):
     assert http.get(root(fresh) + "/emulator/stats?detail=1").json() == stats
     assert http.post(root(fresh) + "/emulator/reset").status_code == 200
     assert fresh.stats()["requests"] == 0 and fresh.stats()["item_keys"] == {}
+    assert fresh.stats()["first_request_at"] is None
 
 
 def test_config_endpoint_and_configure(make_emulator, http):
