@@ -3,7 +3,10 @@
 `RedisTokenBucket` has the interface of `embed_client.ratelimit.TokenBucket` (`acquire()`,
 `on_rate_limited()`, `on_success()`, `current_rate_per_minute`), but its state lives in Redis under
 one key, so every thread of every process (on any machine) that uses the same URL and key shares one
-pace of `rate_per_minute`, one 429 slowdown (AIMD fraction) and one Retry-After pause.
+pace of `rate_per_minute`, one 429 slowdown and one Retry-After pause. A 429 that states the limit
+(X-Ratelimit-Limit) sets the shared pace just under it and recovery stops there; one that states nothing
+cuts the pace (AIMD: once per cooldown, then back up step by step). Unlike the local bucket it does not yet
+learn an unstated limit from the calls that got through.
 
 The algorithm is GCRA (the "generic cell rate algorithm", a token bucket written as one timestamp):
 the key holds the theoretical arrival time `tat` of the next call. A caller is given the slot
@@ -29,7 +32,8 @@ import time
 import urllib.parse
 from typing import Callable, Optional, Tuple
 
-from embed_client.ratelimit import BACKOFF_FACTOR, MIN_RATE_FRACTION, RECOVERY_STEP, TokenBucket
+from embed_client.ratelimit import (BACKOFF_FACTOR, LEARNED_RATE_MARGIN, MIN_RATE_FRACTION, RECOVERY_STEP,
+                                    TokenBucket)
 
 __all__ = ["RedisTokenBucket", "connect", "redacted_url"]
 
@@ -66,8 +70,11 @@ end
 return {string.format('%.6f', slot), string.format('%.6f', now), string.format('%.6f', fraction)}
 """
 
-# KEYS: fraction, paused_until, last cut. ARGV: backoff factor, min fraction, retry-after seconds
-# (0 = none), cooldown, ttl. Returns the fraction after the call.
+# KEYS: fraction, paused_until, last cut, cap. ARGV: backoff factor, min fraction, retry-after seconds
+# (0 = none), cooldown, ttl, the stated limit as a fraction of the configured rate (0 = none stated).
+# A stated limit under the pace sets the pace just under it and caps the recovery there (no cut, no
+# sawtooth); one at or over the pace (a burst) only pauses. With no limit stated, a 429 cuts, once per
+# cooldown. Returns "fraction cap".
 _RATE_LIMITED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -76,9 +83,18 @@ local min_fraction = tonumber(ARGV[2])
 local retry_after = tonumber(ARGV[3])
 local cooldown = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
+local stated = tonumber(ARGV[6])
 local fraction = tonumber(redis.call('GET', KEYS[1]) or '1') or 1
+local cap = tonumber(redis.call('GET', KEYS[4]) or '1') or 1
 local cut_at = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
-if now - cut_at >= cooldown then
+if stated > 0 then
+  if stated < fraction then
+    fraction = math.max(min_fraction, stated)
+    cap = fraction
+    redis.call('SET', KEYS[1], string.format('%.6f', fraction), 'EX', ttl)
+    redis.call('SET', KEYS[4], string.format('%.6f', cap), 'EX', ttl)
+  end
+elseif now - cut_at >= cooldown then
   fraction = math.max(min_fraction, fraction * backoff)
   redis.call('SET', KEYS[1], string.format('%.6f', fraction), 'EX', ttl)
   redis.call('SET', KEYS[3], string.format('%.6f', now), 'EX', ttl)
@@ -89,21 +105,23 @@ if retry_after > 0 then
   redis.call('SET', KEYS[2], string.format('%.6f', paused_until),
              'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
 end
-return string.format('%.6f', fraction)
+return string.format('%.6f %.6f', fraction, cap)
 """
 
-# KEYS: fraction. ARGV: recovery step, ttl. Returns the fraction after the call.
+# KEYS: fraction, cap. ARGV: recovery step, ttl. Raises the pace by a step, never over the cap (a stated
+# limit). Returns "fraction cap".
 _SUCCESS = """
 local fraction = tonumber(redis.call('GET', KEYS[1]) or '1') or 1
-if fraction < 1 then
-  fraction = math.min(1, fraction + tonumber(ARGV[1]))
+local cap = tonumber(redis.call('GET', KEYS[2]) or '1') or 1
+if fraction < cap then
+  fraction = math.min(cap, fraction + tonumber(ARGV[1]))
   if fraction >= 1 then
     redis.call('DEL', KEYS[1])
   else
     redis.call('SET', KEYS[1], string.format('%.6f', fraction), 'EX', tonumber(ARGV[2]))
   end
 end
-return string.format('%.6f', fraction)
+return string.format('%.6f %.6f', fraction, cap)
 """
 
 
@@ -165,11 +183,12 @@ class RedisTokenBucket:
         self._sleep = sleep
         self._cut_cooldown = float(cut_cooldown_sec)
         # A hash tag keeps all keys of one bucket in one Redis Cluster slot (a script may only touch those).
-        self._keys = {name: f"{{{key}}}:{name}" for name in ("tat", "fraction", "paused", "cut")}
+        self._keys = {name: f"{{{key}}}:{name}" for name in ("tat", "fraction", "paused", "cut", "cap")}
         self._reserve_script = client.register_script(_RESERVE)
         self._rate_limited_script = client.register_script(_RATE_LIMITED)
         self._success_script = client.register_script(_SUCCESS)
-        self._fraction = 1.0  # last fraction seen; on_success skips the round trip at full pace
+        self._fraction = 1.0  # last fraction seen; on_success skips the round trip at full pace (or the cap)
+        self._cap = 1.0
         self._lock = threading.Lock()
         self._fallback: Optional[TokenBucket] = None
         self._retry_redis_at = 0.0
@@ -271,36 +290,41 @@ class RedisTokenBucket:
 
     def on_rate_limited(self, retry_after_sec: Optional[float] = None,
                         limit_per_minute: Optional[float] = None) -> None:
-        """A 429: lowers the shared pace (at most once per cooldown) and pauses every worker for
-        `retry_after_sec`. `limit_per_minute` is accepted for TokenBucket's interface; the shared
-        bucket always has a configured rate."""
+        """A 429: pauses every worker for `retry_after_sec`. A stated `limit_per_minute` (X-Ratelimit-Limit,
+        for all workers together) under the shared pace sets the pace just under it for everyone, and the
+        recovery stops there; without one the shared pace is cut (at most once per cooldown)."""
+        stated = 0.0
+        if limit_per_minute and self.configured_rate:
+            stated = max(1.0, limit_per_minute * LEARNED_RATE_MARGIN) / self.configured_rate
         k = self._keys
-        result, local = self._run(self._rate_limited_script, [k["fraction"], k["paused"], k["cut"]],
+        result, local = self._run(self._rate_limited_script, [k["fraction"], k["paused"], k["cut"], k["cap"]],
                                   [BACKOFF_FACTOR, MIN_RATE_FRACTION, float(retry_after_sec or 0),
-                                   self._cut_cooldown, STATE_TTL_SEC])
+                                   self._cut_cooldown, STATE_TTL_SEC, stated])
         if local is not None:
-            local.on_rate_limited(retry_after_sec)
+            share = limit_per_minute / self.max_workers if limit_per_minute else None
+            local.on_rate_limited(retry_after_sec, share)
             return
-        self._fraction = float(result)
+        self._fraction, self._cap = (float(v) for v in result.split())
 
     def on_success(self) -> None:
-        """A call went through: raises the shared pace back toward the configured rate."""
+        """A call went through: raises the shared pace back toward the configured rate (or the stated limit)."""
         local = self._local()
         if local is not None:
             local.on_success()
             return
-        if self._fraction >= 1.0:
+        if self._fraction >= self._cap:
             return  # nothing to recover: no round trip
-        result, local = self._run(self._success_script, [self._keys["fraction"]], [RECOVERY_STEP, STATE_TTL_SEC])
+        result, local = self._run(self._success_script, [self._keys["fraction"], self._keys["cap"]],
+                                  [RECOVERY_STEP, STATE_TTL_SEC])
         if local is not None:
             local.on_success()
             return
-        self._fraction = float(result)
+        self._fraction, self._cap = (float(v) for v in result.split())
 
     def reset(self) -> None:
         """Deletes the shared state (for tests and for a fresh job under a reused key)."""
         self._client.delete(*self._keys.values())
-        self._fraction = 1.0
+        self._fraction = self._cap = 1.0
 
     def __repr__(self) -> str:
         return (f"RedisTokenBucket(rate_per_minute={self.configured_rate}, url={self.url!r}, "

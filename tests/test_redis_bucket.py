@@ -272,6 +272,32 @@ def test_429_slowdown_and_pause_are_shared_across_processes(redis_server, key):
     assert here.current_rate_per_minute == 600
 
 
+def _stated_elsewhere(url, key, limit):
+    """In another process: a 429 stating the limit (X-Ratelimit-Limit); returns the shared rate after it."""
+    bucket = RedisTokenBucket(600, url, key=key)
+    bucket.on_rate_limited(None, limit)
+    return bucket.current_rate_per_minute
+
+
+def test_a_stated_limit_sets_every_workers_pace_just_under_it_and_recovery_stops_there(redis_server, key):
+    """The configured 600/min is above the account's 300: one worker's 429 saying so sets the shared pace to
+    285 (95 %) for all, successes do not climb back over it (no sawtooth of 429s), a limit stated above the
+    pace (a burst) cuts nothing, and a 429 stating nothing still cuts."""
+    here = RedisTokenBucket(600, redis_server.url, key=key, cut_cooldown_sec=0)
+    with ProcessPoolExecutor(1, mp_context=SPAWN) as other:
+        assert other.submit(_stated_elsewhere, redis_server.url, key, 300).result() == pytest.approx(285)
+        assert here.current_rate_per_minute == pytest.approx(285)
+        for _ in range(40):
+            here.on_success()
+        assert here.current_rate_per_minute == pytest.approx(285)
+        assert other.submit(_stated_elsewhere, redis_server.url, key, 1000).result() == pytest.approx(285)
+    here.on_rate_limited(None)  # nothing stated: a cut, under the cap
+    assert here.current_rate_per_minute == pytest.approx(285 * 0.7)
+    for _ in range(60):
+        here.on_success()
+    assert here.current_rate_per_minute == pytest.approx(285)  # back to the stated limit, not to 600
+
+
 def test_paced_interval_follows_the_shared_slowdown(redis_server, key):
     bucket = RedisTokenBucket(600, redis_server.url, key=key, cut_cooldown_sec=0)
     bucket.acquire()
