@@ -67,7 +67,7 @@ def build_pipeline(p: beam.Pipeline, *, manifest_paths: Sequence[str], output: s
     on runners with several worker processes: rows are grouped by id and by content."""
     state = SharedRunState(f"{output}:{run_id}") if grouping == "stream" else None
     if state is not None and not dry_run:
-        state.prefetch(output, row_key(settings, columns))  # loads while the runner starts
+        state.prefetch(output, row_key(settings, columns), manifest_paths)  # loads while the runner starts
     read = p | "ReadManifests" >> ReadManifests(manifest_paths, columns, state, output, row_key(settings, columns),
                                                 None if dry_run else run_id)
     valid = read["rows"] | "ValidateItems" >> ValidateRows(settings.model, RoutePlan.from_settings(settings), state)

@@ -182,8 +182,20 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkey
             load = cls.load
             monkeypatch.setattr(cls, "load", classmethod(
                 lambda c, *a, _load=load: loads.append((c.__name__, threading.current_thread().name)) or _load(*a)))
+        import transforms.manifests as manifests_module
+
+        used = []  # the saved prefix checked ahead by the prefetch, used by the reader
+        skip_checked = manifests_module.skip_checked
+
+        def skip_checked_seen(*args):
+            result = skip_checked(*args)
+            used.append(result is not None)
+            return result
+
+        monkeypatch.setattr(manifests_module, "skip_checked", skip_checked_seen)
         second = run(make_config(output, [manifest]), emu.base_url)
         assert sorted(loads) == [("KeyLookup", "prefetch-key-index"), ("SavedRows", "prefetch-key-index")]
+        assert used[:1] == [True]
         assert emu.stats()["requests"] - before == 90
         assert len(hashed) == len(rows) + 90 - 8192  # the prefix's lines were not hashed one by one
         assert second["items_already_done"] == 9040
@@ -470,6 +482,35 @@ def test_a_saved_prefix_is_found_by_content_and_skipped_as_far_as_its_marks_matc
     (new_row,) = [r for r in records if not isinstance(r, SkippedRow)]
     assert new_row.row_number == 9001
     assert saved.claim_id(key_index.fingerprint("s17"), str(grown), 9001) == (str(grown), 18)
+
+    # Checked ahead (while the runner starts): the reader skips the checked bytes without hashing them again,
+    # with the same result; a file changed since the check (same size, new time) is hashed again, and its
+    # edit found.
+    find = lambda n: saved_prefix.load_prefix(output, n)  # noqa: E731
+    checked = saved_prefix.check_prefix(str(grown), key, find, fresh_saved())
+    assert checked.prefix.rows == 8192 and checked.size == grown.stat().st_size
+    hashed = []
+    real = saved_prefix.skip_prefix
+
+    def counted(*args):
+        hashed.append(1)
+        return real(*args)
+
+    import transforms.manifests as manifests_module
+
+    saved = fresh_saved()
+    original = manifests_module.skip_prefix
+    manifests_module.skip_prefix = counted
+    try:
+        records = list(parse_manifest(str(grown), saved, find, saved_prefix.ReadMap(key), checked))
+        assert not hashed and records[0] == SkippedRow(str(grown), 1, 1, 8192) and skipped(records) == 9000
+        edited = grown.read_bytes().replace(b'"saved 100"', b'"saved 1O0"')
+        grown.write_bytes(edited)
+        os.utime(grown, (time.time() + 5, time.time() + 5))
+        records = list(parse_manifest(str(grown), fresh_saved(), find, saved_prefix.ReadMap(key), checked))
+        assert hashed == [1] and records[0] == SkippedRow(str(grown), 1, 1, 100)  # read from the edit on
+    finally:
+        manifests_module.skip_prefix = original
 
     # A byte changed in the second mark: the first mark is skipped, the rest read line by line.
     changed = lines[:]

@@ -22,7 +22,8 @@ from transforms.memory import return_freed_memory
 from transforms.key_index import MODALITY_BITS
 from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
 from transforms.progress import PROGRESS
-from transforms.saved_prefix import ReadMap, counts as mask_counts, load_prefix, skip_prefix, skipped_masks
+from transforms.saved_prefix import (ReadMap, counts as mask_counts, load_prefix, skip_checked, skip_prefix,
+                                     skipped_masks)
 
 __all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
 
@@ -327,12 +328,13 @@ class _Readable(io.RawIOBase):
         return len(data)
 
 
-def parse_manifest(source: str, saved=None, prefixes=None,
-                   readmap=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
+def parse_manifest(source: str, saved=None, prefixes=None, readmap=None,
+                   checked=None) -> Iterator[Union[ManifestRow, DeadLetter, SkippedRow]]:
     """Streams one manifest's rows (ManifestRow) and unparsable rows (DeadLetter); with `saved`
     (key_index.SavedRows), rows an earlier run saved whole come out as SkippedRow. JSONL only: `prefixes`
     (name -> saved_prefix.Prefix) finds the checkpoint the file's first lines name, and the part of it that
-    still matches is skipped at once; `readmap` records what was read."""
+    still matches is skipped at once (`checked`: a saved_prefix.CheckedPrefix made ahead for this file, used
+    if the file has not changed since); `readmap` records what was read."""
     fmt = manifest_format(source)
     compression = CompressionTypes.AUTO
     last_row = 0
@@ -345,7 +347,8 @@ def parse_manifest(source: str, saved=None, prefixes=None,
                 stream = io.BytesIO(stream.read())
             if fmt == "jsonl" and saved is not None:
                 if prefixes is not None and len(saved):
-                    stream, prefix, hasher = skip_prefix(stream, saved.key, prefixes, saved)
+                    stream, prefix, hasher = (skip_checked(stream, source, checked)
+                                              or skip_prefix(stream, saved.key, prefixes, saved))
                     if prefix is not None:
                         masks = skipped_masks(prefix, saved, source)
                         met = masks is not None
@@ -454,8 +457,9 @@ class _ParseManifest(beam.DoFn):
             readmap = ReadMap(self._row_key)  # what finalize turns into a saved prefix
             output = self._output
             prefixes = lambda name: load_prefix(output, name)  # noqa: E731
+        checked = self._state.acquire().checked_prefix(source) if prefixes is not None else None
         try:
-            for record in parse_manifest(source, saved, prefixes, readmap):
+            for record in parse_manifest(source, saved, prefixes, readmap, checked):
                 if isinstance(record, SkippedRow):
                     skipped[record.mask] += record.count
                     if len(skipped) > 1 or sum(skipped.values()) >= 4096:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from apache_beam.utils.shared import Shared
 
@@ -55,6 +55,7 @@ class RunState:
         self._settled: Dict[int, object] = {}             # content that failed or was deferred -> its record
         self._saved_rows = _Loaded()
         self._key_lookup = _Loaded()
+        self._checked_prefixes = _Loaded()  # manifest path -> saved_prefix.CheckedPrefix
 
     def release(self) -> None:
         """Every row has been read and every item settled: the tables go before finalize needs the memory."""
@@ -63,6 +64,7 @@ class RunState:
             self._elected, self._copies, self._settled = {}, {}, {}
         self._saved_rows.clear()
         self._key_lookup.clear()
+        self._checked_prefixes.clear()
 
     def key_lookup(self, output: str) -> KeyLookup:
         """The output's key index, loaded once per process and run. DoFns ask for it per bundle and keep no
@@ -74,13 +76,31 @@ class RunState:
         `output`: what the reader loaded, if it keeps them (None otherwise)."""
         return self._saved_rows.get(lambda: SavedRows.load(output, row_key) if output else None)
 
-    def prefetch(self, output: str, row_key: bytes) -> threading.Thread:
-        """Loads the key index and the saved rows in a thread, so the loads overlap the runner's start-up
-        instead of delaying the first call after it."""
+    def checked_prefix(self, source: str):
+        """The saved prefix the prefetch checked for this manifest (saved_prefix.CheckedPrefix), once; None if
+        it checked none. Waits for a check under way: doing it again would only compete with it."""
+        return self._checked_prefixes.get(dict).pop(source, None)
+
+    def prefetch(self, output: str, row_key: bytes, manifests: Sequence[str] = ()) -> threading.Thread:
+        """Loads the key index and the saved rows, then checks the JSONL manifests' saved prefixes, in a
+        thread: the work overlaps the runner's start-up instead of delaying the first call after it."""
+        def check() -> Dict[str, object]:
+            from transforms.manifests import manifest_format
+            from transforms.saved_prefix import check_prefix, load_prefix
+
+            saved, checked = self.saved_rows(output, row_key), {}
+            for path in manifests if saved is not None and len(saved) else ():
+                if manifest_format(path) == "jsonl":
+                    found = check_prefix(path, saved.key, lambda name: load_prefix(output, name), saved)
+                    if found is not None:
+                        checked[path] = found
+            return checked
+
         def load() -> None:
             try:
                 self.key_lookup(output)  # asked for first: when the reader's bundle starts
                 self.saved_rows(output, row_key)
+                self._checked_prefixes.get(check)
             except Exception as exc:  # the DoFns load again, and fail the job if it is real
                 _LOGGER.debug("prefetching %s's key index failed: %s", output, exc)
 
@@ -139,11 +159,11 @@ class SharedRunState:
     def acquire(self) -> RunState:
         return self._shared.acquire(RunState, tag=self._token)
 
-    def prefetch(self, output: str, row_key: bytes) -> None:
+    def prefetch(self, output: str, row_key: bytes, manifests: Sequence[str] = ()) -> None:
         """In the process the job runs in (the stream grouping's local runner): starts loading what the DoFns
         will ask for. The handle keeps the state alive until they acquire it (it is not pickled with it)."""
         self._held = self.acquire()
-        self._held.prefetch(output, row_key)
+        self._held.prefetch(output, row_key, manifests)
 
     def __getstate__(self):
         return {"_token": self._token, "_shared": self._shared}

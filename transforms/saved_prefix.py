@@ -23,7 +23,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.layout import INDEX_DIR, RUNS_DIR, list_files, mkdirs, replace, write_parquet
 
-__all__ = ["MARK_ROWS", "Prefix", "ReadMap", "load_prefix", "settle_prefixes", "skip_prefix", "skipped_masks"]
+__all__ = ["MARK_ROWS", "CheckedPrefix", "Prefix", "ReadMap", "check_prefix", "load_prefix", "settle_prefixes",
+           "skip_checked", "skip_prefix", "skipped_masks"]
 
 # Lines between marks: a multiple of the reader's batch (2,048 lines), so marks fall on batch ends.
 MARK_ROWS = 4096
@@ -167,6 +168,55 @@ def skip_prefix(stream, key: bytes, find: Callable[[str], Optional["Prefix"]], s
             break
         hasher, matched = trial, matched + 1
     return _PushedBack(rest, stream), prefix.upto(matched), hasher
+
+
+class CheckedPrefix:
+    """A manifest's saved prefix, checked ahead (while the runner starts) against the file as it was then."""
+
+    def __init__(self, prefix: Prefix, hasher, size: int, mtime: float):
+        self.prefix, self.hasher, self.size, self.mtime = prefix, hasher, size, mtime
+
+
+def _stat(path: str) -> Optional[Tuple[int, float]]:
+    try:
+        meta = FileSystems.match([path])[0].metadata_list[0]
+        return meta.size_in_bytes, meta.last_updated_in_seconds
+    except Exception:
+        return None
+
+
+def check_prefix(path: str, key: bytes, find: Callable[[str], Optional[Prefix]], saved) -> Optional[CheckedPrefix]:
+    """`skip_prefix` run ahead on an uncompressed JSONL manifest: the longest matching part of its checkpoint,
+    with the file's size and modification time then (None: no checkpoint matches, or a compressed file)."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
+        return None
+    before = _stat(path)
+    if before is None:
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        _, prefix, hasher = skip_prefix(stream, key, find, saved)
+    if prefix is None or _stat(path) != before:
+        return None
+    return CheckedPrefix(prefix, hasher, *before)
+
+
+def skip_checked(stream, path: str, checked: Optional[CheckedPrefix]):
+    """(stream after the prefix, prefix, hasher) when the file is as it was when `checked` was made (same size,
+    same modification time); None otherwise (the reader then checks the bytes itself)."""
+    if checked is None or _stat(path) != (checked.size, checked.mtime):
+        return None
+    if stream.seekable():
+        stream.seek(checked.prefix.nbytes)
+    else:
+        left = checked.prefix.nbytes
+        while left:
+            chunk = stream.read(min(left, _READ_CHUNK))
+            if not chunk:
+                return None
+            left -= len(chunk)
+    return stream, checked.prefix, checked.hasher.copy()
 
 
 def _read(path: str) -> Tuple[dict, np.ndarray]:
