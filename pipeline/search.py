@@ -23,12 +23,16 @@ from pipeline.config import load_config
 from transforms.calling import resolve_api_key
 from transforms.layout import SEGMENT_DIR
 
-__all__ = ["batch_vectors", "nearest", "search_main"]
+__all__ = ["NoSegments", "batch_vectors", "nearest", "search_main"]
 
 _BATCH_ROWS = 8192
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "local.yaml")
 _SHOWN_COLUMNS = ["id", "modality", "segment_index", "start_offset_sec", "end_offset_sec", "input_text",
                   "input_url", "input_file"]
+
+
+class NoSegments(ValueError):
+    """The output holds no segment files (not written yet, or the wrong folder)."""
 
 
 def _segment_files(output: str) -> List[str]:
@@ -40,9 +44,8 @@ def _segment_files(output: str) -> List[str]:
         found = []
     files = sorted(m.path for m in found)
     if not files:
-        print(f"error: no segment files under {FileSystems.join(output, SEGMENT_DIR)}: run the job first, or pass "
-              "--output with the job's output folder", file=sys.stderr)
-        raise SystemExit(2)
+        raise NoSegments(f"no segment files under {FileSystems.join(output, SEGMENT_DIR)}: run the job first, or "
+                         "pass --output with the job's output folder")
     return files
 
 
@@ -166,7 +169,11 @@ def search_main(argv: Sequence[str]) -> int:
         settings = call_settings(config, base_url)
         client = stack.enter_context(EmbedClient(api_key=resolve_api_key(settings), base_url=base_url))
         vector = _query_vector(client, settings, args)
-    found = nearest(output, vector, args.k, args.modality)
+    try:
+        found = nearest(output, vector, args.k, args.modality)
+    except NoSegments as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for rank, record in enumerate(found, 1):
         print(_format(rank, record))
     if not found:  # said, not silent: an empty answer must not look like a crash or a wrong output

@@ -87,5 +87,7 @@ def test_batch_vectors_honours_a_slice_offset():
 
 
 def test_no_output_is_one_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no segment files"):
+    from pipeline.search import NoSegments
+
+    with pytest.raises(NoSegments, match="no segment files"):
         nearest(str(tmp_path), [1.0] * DIMS)
