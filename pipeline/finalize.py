@@ -20,9 +20,9 @@ from transforms.key_index import (build_from_segments, compact_index, fingerprin
                                   find_entries, member, saved_rows_member, write_index_parts,
                                   write_saved_rows)
 from transforms.saved_prefix import settle_prefixes
-from transforms.layout import RUNS_DIR, mkdirs
+from transforms.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files, mkdirs, read_jsonl,
+                               replace, write_parquet)
 from transforms.resume import list_segment_pieces
-from transforms.layout import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, list_files, read_jsonl, replace, write_parquet
 
 
 __all__ = ["FinalizeRun", "finalize_output", "read_finalize_counts", "settle_earlier_runs"]

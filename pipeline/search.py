@@ -162,6 +162,11 @@ def search_main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}")
     output = args.output or config.output
+    try:
+        _segment_files(output)  # before the query is embedded: a wrong folder costs no call
+    except NoSegments as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         from pipeline.run import call_settings, embedded_backend
 
@@ -169,11 +174,7 @@ def search_main(argv: Sequence[str]) -> int:
         settings = call_settings(config, base_url)
         client = stack.enter_context(EmbedClient(api_key=resolve_api_key(settings), base_url=base_url))
         vector = _query_vector(client, settings, args)
-    try:
-        found = nearest(output, vector, args.k, args.modality)
-    except NoSegments as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    found = nearest(output, vector, args.k, args.modality)
     for rank, record in enumerate(found, 1):
         print(_format(rank, record))
     if not found:  # said, not silent: an empty answer must not look like a crash or a wrong output

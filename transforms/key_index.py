@@ -525,8 +525,7 @@ class FingerprintTable:
         return len(self._keys) + len(self._recent)
 
     def _at(self, key: int) -> int:
-        at = int(np.searchsorted(self._keys, np.uint64(key)))
-        return at if at < len(self._keys) and int(self._keys[at]) == key else -1
+        return KeyLookup._find(self._keys, key)
 
     def _get(self, key: int) -> Optional[int]:
         value = self._recent.get(key)

@@ -26,7 +26,7 @@ _NAMES = {v: k for k, v in _CODES.items()}
 
 class _Loaded:
     """A value loaded once, by whoever asks first (a DoFn, or the launcher's prefetch); the others wait for it.
-    A failed or empty load is not kept: the next asker loads again (and a DoFn reports the failure)."""
+    A load that fails or returns None is not kept: the next asker loads again (and a DoFn reports a failure)."""
 
     def __init__(self):
         self._lock = threading.Lock()

@@ -18,8 +18,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from embed_client.secrets import redact_url, scrub
 from transforms.constants import MODEL_DIMS
-from transforms.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name, write_parquet,
-                              write_parquet_parts)
+from transforms.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name,
+                               write_parquet, write_parquet_parts)
 from transforms.items import Outcome
 from transforms.memory import return_freed_memory
 
