@@ -11,8 +11,23 @@ PY="$VENV/bin/python"
 # What each install holds: the library plus the emulator (the embedded default) and redis; tests add the rest.
 MAIN_EXTRAS="emulator,redis"
 TEST_EXTRAS="emulator,redis,dask,test"
-# A new setup.py or a new list of extras installs again.
-stamp_of() { { cat "$HERE/setup.py"; echo "$MAIN_EXTRAS $TEST_EXTRAS"; } | sha1sum | cut -c1-16; }
+# The exact versions the suite last passed with (README "Versions"). It is made for the Python it names in its
+# first lines; another Python installs from setup.py's ranges instead, with a warning.
+LOCK="$HERE/constraints.txt"
+# A new setup.py, lock or list of extras installs again.
+stamp_of() { { cat "$HERE/setup.py" "$LOCK" 2>/dev/null; echo "$MAIN_EXTRAS $TEST_EXTRAS"; } | sha1sum | cut -c1-16; }
+
+lock_args() {
+  [ -f "$LOCK" ] || return 0
+  local want have
+  want="$(sed -n 's/^# python \([0-9][0-9.]*\).*/\1/p' "$LOCK" | head -n1)"
+  have="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  if [ "$want" = "$have" ]; then
+    echo "-c $LOCK"
+  else
+    echo "run.sh: constraints.txt was tested on Python $want, this is $have: installing from setup.py's ranges" >&2
+  fi
+}
 
 ensure_venv() {
   local want="$1" stamp="$VENV/.installed-$1-$(stamp_of)"
@@ -26,19 +41,80 @@ ensure_venv() {
   echo "run.sh: installing the project into $VENV ($want)" >&2
   local spec="$HERE[$MAIN_EXTRAS]"
   [ "$want" = test ] && spec="$HERE[$TEST_EXTRAS]"
-  if ! "$PY" -m pip install -q -e "$spec" >"$VENV/install.log" 2>&1; then
+  # shellcheck disable=SC2046
+  if ! "$PY" -m pip install -q $(lock_args) -e "$spec" >"$VENV/install.log" 2>&1; then
     cat "$VENV/install.log" >&2
     echo "run.sh: install failed (log above, also in $VENV/install.log)" >&2
     exit 1
   fi
+  rm -f "$VENV"/.installed-*
   touch "$stamp"
+}
+
+# ./run.sh test --newest: the newest releases of every dependency (setup.py's upper bounds lifted, the lock
+# ignored) in a scratch venv, then the suite. It finds the next break before a fresh install does.
+run_newest() {
+  local venv="$HERE/.venv-newest" py="$HERE/.venv-newest/bin/python"
+  rm -rf "$venv"
+  echo "run.sh: installing the newest releases into $venv" >&2
+  python3 -m venv "$venv"
+  "$py" -m pip install -q --upgrade pip >"$venv/install.log" 2>&1 || true
+  if ! "$py" -m pip install -q --no-deps -e "$HERE" >>"$venv/install.log" 2>&1; then
+    cat "$venv/install.log" >&2; echo "run.sh: install failed" >&2; exit 1
+  fi
+  # Every requirement of the test install by name only (pins written == stay: the SDK is the wire reference).
+  local names
+  names="$("$py" - "$TEST_EXTRAS" <<'PY'
+import sys
+from importlib.metadata import requires
+from pip._vendor.packaging.requirements import Requirement
+extras = sys.argv[1].split(",")
+for line in requires("tl-embed-pipeline"):
+    req = Requirement(line)
+    if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
+        continue
+    pinned = [s for s in req.specifier if s.operator == "=="]
+    print(f"{req.name}{''.join(str(s) for s in pinned)}")
+PY
+)"
+  # shellcheck disable=SC2086
+  if ! "$py" -m pip install -q --upgrade --upgrade-strategy eager $names >>"$venv/install.log" 2>&1; then
+    cat "$venv/install.log" >&2; echo "run.sh: install failed" >&2; exit 1
+  fi
+  "$py" -m pip freeze --exclude-editable >"$venv/constraints.txt"
+  echo "run.sh: newest releases:" $("$py" -m pip list --format=freeze 2>/dev/null |
+    grep -iE '^(apache-beam|pyarrow|numpy|tenacity|requests|dask|redis|av|twelvelabs)==' | tr '\n' ' ') >&2
+  cd "$HERE"
+  local status=0
+  "$py" -m pytest "$@" || status=$?
+  if [ "$status" -eq 0 ]; then
+    echo "run.sh: the suite passed on the newest releases; to adopt them: ./run.sh lock --from-newest" >&2
+  fi
+  exit "$status"
+}
+
+# ./run.sh lock [--from-newest]: write constraints.txt from the test venv (or the newest one) after its suite passed.
+write_lock() {
+  local py="$PY"
+  [ "${1:-}" = "--from-newest" ] && py="$HERE/.venv-newest/bin/python"
+  [ -x "$py" ] || { echo "run.sh: no venv at ${py%/bin/python}: run ./run.sh test first" >&2; exit 2; }
+  {
+    echo "# python $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ($(uname -m), $(date -u +%Y-%m-%d))"
+    echo "# The exact set the suite last passed with; ./run.sh, ./run.sh test and .ci/run install with it."
+    echo "# Made by ./run.sh lock; README \"Versions\" says when to move it."
+    "$py" -m pip freeze --exclude-editable | grep -v '^tl-embed-pipeline' | LC_ALL=C sort -f
+  } >"$LOCK.new"
+  mv "$LOCK.new" "$LOCK"
+  echo "run.sh: wrote $LOCK" >&2
 }
 
 case "${1:-}" in
   -h|--help)
     cat <<'USAGE'
 usage: ./run.sh                 install into .venv on first use, run the job on configs/local.yaml
-       ./run.sh test [PYTEST]   run the test suite
+       ./run.sh test [PYTEST]   run the test suite (installs the locked versions, constraints.txt)
+       ./run.sh test --newest   the suite on the newest releases of every dependency, in .venv-newest
+       ./run.sh lock [--from-newest]  write constraints.txt from the venv whose suite just passed
        ./run.sh bench [--full]  the benchmark against peers (see BENCHMARKS.md)
        ./run.sh [JOB ARGS]      run the job:  ./run.sh --config configs/twelvelabs.yaml --manifest 'data/*.jsonl'
        ./run.sh search ...      nearest rows: ./run.sh search --text 'a dog in a park' -k 5
@@ -49,9 +125,18 @@ USAGE
     ;;
   test)
     shift
+    if [ "${1:-}" = "--newest" ]; then
+      shift
+      run_newest "$@"
+    fi
     ensure_venv test
     cd "$HERE"  # the suite's paths are the project's
     exec "$PY" -m pytest "$@"
+    ;;
+  lock)
+    shift
+    write_lock "$@"
+    exit 0
     ;;
   bench)
     # The peers include the official SDK, a test dependency.

@@ -33,6 +33,7 @@ class JobConfig:
     redis_url: Optional[str] = None
     rate_limit_key: str = "tl-embed:ratelimit"
     max_in_flight: int = 8
+    dead_letters_exit_code: int = 3
     pack: bool = True
     connect_timeout_sec: float = 10.0
     read_timeout_sec: float = 120.0

@@ -90,6 +90,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("rate_limit.redis_url", "redis_url", "str", None, "redis://HOST:PORT/DB for the redis backend",
             optional=True),
     Setting("rate_limit.key", "rate_limit_key", "str", "tl-embed:ratelimit", "the Redis key of the shared limit"),
+    Setting("exit_codes.dead_letters", "dead_letters_exit_code", "int", 3, "the exit status of a run whose new "
+            "dead letters are its only problem (README \"Exit codes\"); the sample config sets 0, its bad rows are "
+            "on purpose", choices=(0, 3)),
     Setting("beam.args", "beam_args", "list", [], "flags for Beam (--runner=..., --setup_file=...)"),
     Setting("emulator", "emulator", "map", {}, "the embedded emulator's knobs (python -m embed_emulator --help)"),
 )

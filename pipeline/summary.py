@@ -95,6 +95,12 @@ def run_status(deferred: int, deferred_by_reason, dead_letters: int, new_dead_le
         "done_with_known_dead_letters"
 
 
+def _exit_code(config, status: str) -> int:
+    if status == "finished_with_dead_letters":
+        return getattr(config, "dead_letters_exit_code", EXIT_CODES[status])
+    return EXIT_CODES[status]
+
+
 def _dimension(config) -> int:
     from transforms.call_settings import MODEL_DIMS
 
@@ -213,7 +219,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     summary = {
         "run_id": run_id,
         "status": status,
-        "exit_code": EXIT_CODES[status],
+        "exit_code": _exit_code(config, status),
         "model": config.model,
         "started": started.isoformat(),
         "finished": finished.isoformat(),

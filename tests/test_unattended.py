@@ -90,6 +90,22 @@ def test_exit_codes_done_and_dead_letters(tmp_path):
     assert _summary(str(tmp_path / "b"))["dead_letters_permanent"] == 1
 
 
+def test_a_config_can_make_new_dead_letters_exit_0_and_keeps_the_status(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "text": "fine"}\n{"id": "y", "image_url": "ftp://nope"}\n')
+    with Emulator(EmulatorConfig()) as emu:
+        path = _config(tmp_path, str(bad), emu.base_url, str(tmp_path / "b"))
+        with open(path) as f:
+            config = json.load(f)
+        config["exit_codes"] = {"dead_letters": 0}
+        with open(path, "w") as f:
+            json.dump(config, f)
+        dead = _cli(path)
+    summary = _summary(str(tmp_path / "b"))
+    assert dead.returncode == 0 and summary["status"] == "finished_with_dead_letters" and summary["exit_code"] == 0
+    assert summary["dead_letters_permanent"] == 1
+
+
 def test_column_mapping_from_the_config_and_the_command_line(tmp_path):
     from embed_emulator import synth
 

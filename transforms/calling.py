@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-from typing import Deque, Dict, Iterable, Optional, Tuple, Union
+from typing import Deque, Dict, Iterable, Literal, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
@@ -16,7 +16,7 @@ from transforms.call_metrics import CallMetrics
 from transforms.call_policy import CALL_KINDS, CallPolicy, CallResult, make_policy
 from transforms.call_settings import ApiKeyRejected, CallSettings, resolve_api_key
 from transforms.constants import DEAD_LETTERS, DEFERRED, MODEL_DIMS
-from transforms.items import Call, DeadLetter, Deferred
+from transforms.items import Call, DeadLetter, Deferred, Outcome
 from transforms.timeline import LATENCY_EDGES_MS, TIMELINE, CallTimes, latency_bucket
 from transforms.worker_state import WorkerState, acquire_worker_state
 
@@ -26,6 +26,12 @@ __all__ = ["CALL_KINDS", "DEFERRED", "LATENCY_EDGES_MS", "MODEL_DIMS", "TIMELINE
            "CreateEmbeddings", "latency_bucket", "resolve_api_key"]
 
 KnownTasks = Dict[str, Tuple[str, float]]
+
+# What the calling DoFn emits, as Beam (2.78+) reads it from the return annotation: Outcomes on the main output,
+# and a tagged output each for the rest. Records leave wrapped in a WindowedValue (the call's own window);
+# Beam types such an output by the value it carries.
+CallOutput = Union[Outcome, TaggedOutput[Literal[DEAD_LETTERS], DeadLetter],
+                   TaggedOutput[Literal[DEFERRED], Deferred], TaggedOutput[Literal[TIMELINE], CallTimes]]
 
 
 class _CreateEmbeddingsFn(beam.DoFn):
@@ -56,17 +62,17 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._pending: Deque[concurrent.futures.Future] = collections.deque()
 
     def process(self, call: Call, window=beam.DoFn.WindowParam,
-                timestamp=beam.DoFn.TimestampParam) -> Iterable[Union[WindowedValue, TaggedOutput]]:
+                timestamp=beam.DoFn.TimestampParam) -> Iterable[CallOutput]:
         future = self._pool.submit(self._policy.run, call)
         # A call's records leave in its own window, whichever later element or bundle end drains them.
         future.window, future.timestamp = window, timestamp
         self._pending.append(future)
         yield from self._drain(self._in_flight)
 
-    def finish_bundle(self) -> Iterable[Union[WindowedValue, TaggedOutput]]:
+    def finish_bundle(self) -> Iterable[CallOutput]:
         yield from self._drain(0)
 
-    def _drain(self, keep: int) -> Iterable[Union[WindowedValue, TaggedOutput]]:
+    def _drain(self, keep: int) -> Iterable[CallOutput]:
         """Yields finished calls' records; blocks while more than `keep` calls are in flight."""
         while self._pending:
             if len(self._pending) > keep:
@@ -80,7 +86,7 @@ class _CreateEmbeddingsFn(beam.DoFn):
                 yield from self._emit(result, future.window, future.timestamp)
 
     def _emit(self, result: CallResult, window, timestamp: Timestamp
-              ) -> Iterable[Union[WindowedValue, TaggedOutput]]:
+              ) -> Iterable[CallOutput]:
         self._metrics.call(result.stats)
         self._metrics.wall_wait(self._state.meter.take())
         counts = collections.Counter()

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
-__all__ = ["MODALITIES", "Call", "DeadLetter", "Deferred", "Item", "ManifestRow", "Outcome", "content_hash"]
+from apache_beam.pvalue import TaggedOutput
+
+from transforms.constants import DEAD_LETTERS, DEFERRED
+
+__all__ = ["MODALITIES", "Call", "DeadLetter", "DeadLetterOutput", "Deferred", "DeferredOutput", "Item", "ManifestRow",
+           "Outcome", "content_hash"]
 
 MODALITIES = ("text", "image", "audio", "video")
 # How an item is sent: packed into a v1 `POST /embed`, alone to v2's `POST /embed-v2`, or as a v2 async task.
@@ -162,6 +167,12 @@ class Outcome:
     attempts: int = 1
     # v2: (embedding_option, embedding_scope) of each segment, in the same order; None on v1.
     labels: Optional[List[Tuple[Optional[str], Optional[str]]]] = None
+
+
+# The tagged outputs of the steps that reject or postpone, as DoFn return annotations (Beam 2.78 reads them):
+# `-> Iterable[Union[Item, DeadLetterOutput]]`.
+DeadLetterOutput = TaggedOutput[Literal[DEAD_LETTERS], DeadLetter]
+DeferredOutput = TaggedOutput[Literal[DEFERRED], Deferred]
 
 
 def iso_utc(epoch: Optional[float]) -> Optional[str]:

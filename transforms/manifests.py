@@ -17,7 +17,7 @@ from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.items import DeadLetter, ManifestRow
+from transforms.items import DeadLetter, DeadLetterOutput, ManifestRow
 from transforms.memory import return_freed_memory
 from transforms.key_index import MODALITY_BITS
 from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
@@ -449,7 +449,7 @@ class _ParseManifest(beam.DoFn):
             return None
         return self._state.acquire().saved_rows(self._output, self._row_key)
 
-    def process(self, source: str) -> Iterable:
+    def process(self, source: str) -> Iterable[Union[ManifestRow, DeadLetterOutput]]:
         skipped = collections.Counter()  # counted in bulk: a rerun may skip millions of rows
         readmap = prefixes = None
         saved = self._saved_rows()

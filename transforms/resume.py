@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Literal, Optional, Tuple, Union
 
 import apache_beam as beam
 import pyarrow as pa
@@ -21,7 +21,9 @@ from apache_beam.metrics import Metrics
 
 from transforms import run_state
 from transforms.constants import NAMESPACE
-from transforms.items import DeadLetter, Deferred, Item, Outcome, item_row
+from apache_beam.pvalue import TaggedOutput
+
+from transforms.items import DeadLetter, DeadLetterOutput, Deferred, DeferredOutput, Item, Outcome, item_row
 from transforms.progress import PROGRESS
 
 __all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup", "canonical_model",
@@ -106,7 +108,8 @@ class _SkipSavedFn(beam.DoFn):
         self._index = None
         self._cached_path, self._cached = None, None
 
-    def process(self, item: Item) -> Iterable:
+    def process(self, item: Item) -> Iterable[Union[Item, TaggedOutput[Literal["carried"], DeadLetter],
+                                                    TaggedOutput[Literal["reused"], Outcome]]]:
         if self._index is not None and self._index.saved(item.id, item.modality, item.content_hash):
             self._done.inc()
             PROGRESS.add(done=1, skipped=1)
@@ -153,7 +156,8 @@ class _StreamDedupFn(beam.DoFn):
     def setup(self):
         self._state = self._state_handle.acquire()
 
-    def process(self, item: Item) -> Iterable:
+    def process(self, item: Item) -> Iterable[Union[Item, TaggedOutput[Literal["late"], Item], DeadLetterOutput,
+                                                    DeferredOutput]]:
         fate, record = self._state.claim(item)
         if fate == run_state.CALL:
             yield item
@@ -165,7 +169,7 @@ class _StreamDedupFn(beam.DoFn):
             yield from _share_fate(item, record)
 
 
-def _share_fate(copy: Item, record) -> Iterable:
+def _share_fate(copy: Item, record) -> Iterable[Union[DeadLetterOutput, DeferredOutput]]:
     """The first item's dead letter or deferral, for an identical item."""
     if isinstance(record, DeadLetter):
         prefix = f"{record.source} row {record.row_number}: "

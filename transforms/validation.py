@@ -10,7 +10,7 @@ import posixpath
 import re
 import unicodedata
 import urllib.parse
-from typing import Any, Iterable, List, Optional, Tuple, Union
+from typing import Any, Iterable, List, Literal, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -18,7 +18,10 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 
 from embed_client.secrets import redact_url
-from transforms.items import INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, Item, ManifestRow, content_hash
+from apache_beam.pvalue import TaggedOutput
+
+from transforms.items import (INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, DeadLetterOutput, Item, ManifestRow,
+                             content_hash)
 from transforms.constants import DEAD_LETTERS, NAMESPACE
 from transforms.key_index import MODALITY_BITS, fingerprint
 from transforms.progress import PROGRESS
@@ -444,6 +447,9 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
 
 
 ROW_RECORDS = "rows"
+# (row fingerprint, id fingerprint, modality mask, source, row number) of a row whose items all went on.
+# The fingerprints are unsigned 64-bit: typed `int`, Beam would pick VarIntCoder (signed) and fail on half of them.
+RowRecordOutput = TaggedOutput[Literal[ROW_RECORDS], Tuple[Any, ...]]
 
 
 class _ToItems(beam.DoFn):
@@ -453,7 +459,7 @@ class _ToItems(beam.DoFn):
         self._items = {m: Metrics.counter(NAMESPACE, f"items_{m}") for m in MODALITIES}
         self._routes = {r: Metrics.counter(NAMESPACE, f"route_{r}") for r in ROUTES}
 
-    def process(self, row: ManifestRow) -> Iterable:
+    def process(self, row: ManifestRow) -> Iterable[Union[Item, DeadLetterOutput, RowRecordOutput]]:
         mask, whole = 0, row.fingerprint is not None
         item_id = None
         for record in row_to_items(row, self._model, self._plan):
@@ -523,7 +529,7 @@ class _FirstRowKeepsIdFn(beam.DoFn):
     def finish_bundle(self):
         self._saved = _UNSET  # not kept past a bundle, so the run's state can free them before finalize
 
-    def process(self, row: ManifestRow) -> Iterable:
+    def process(self, row: ManifestRow) -> Iterable[Union[ManifestRow, DeadLetterOutput]]:
         key, (_, item_id) = _key_by_id(row)
         if item_id is None:
             yield row
