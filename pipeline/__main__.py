@@ -60,10 +60,10 @@ def main(argv=None) -> int:
         return search_main(argv[1:])
     from pipeline.config import parse_args
     from pipeline.run import run_job
-    from pipeline.summary import format_summary
+    from pipeline.report.summary import format_summary
 
-    from pipeline.output_lock import OutputLocked
-    from transforms.call_settings import ConfigError
+    from transforms.store.lock import OutputLocked
+    from transforms.settings import ConfigError
 
     try:
         config, _ = parse_args(argv)

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from transforms.call_settings import ConfigError
+from transforms.settings import ConfigError
 
 __all__ = ["EMBEDDED", "JobConfig", "load_config", "parse_args"]
 
@@ -125,7 +125,7 @@ def check_columns(columns: Any, where: str) -> Dict[str, str]:
     """`columns:` maps manifest columns onto the job's fields; every target must be one."""
     import difflib
 
-    from transforms.items import INPUT_FIELDS
+    from transforms.records import INPUT_FIELDS
 
     if not isinstance(columns, dict):
         raise ConfigError(f"{where} must map manifest columns to fields, e.g. {{description: text}}")

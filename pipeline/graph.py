@@ -8,17 +8,18 @@ from typing import Dict, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.finalize import FinalizeRun
-from transforms.calling import CallSettings, CreateEmbeddings
-from transforms.constants import DEAD_LETTERS, DEFERRED, NAMESPACE
-from transforms.items import Call, DeadLetter
-from transforms.manifests import ReadManifests
-from transforms.packing import RouteAndPack
-from transforms.resume import FanOutCopies, ResolveLateCopies, SkipDoneAndDedup
-from transforms.run_state import SharedRunState
-from transforms.timeline import TIMELINE, WriteTimeline  # the run report's calls per second
-from transforms.sinks import WriteDeadLetters, WriteDeferred, WriteRowRecords, WriteSegments
-from transforms.validation import ROW_RECORDS, RoutePlan, ValidateRows
+from transforms.store.finalize import FinalizeRun
+from transforms.stages.call import CallSettings, CreateEmbeddings
+from transforms.progress import NAMESPACE
+from transforms.records import DEAD_LETTERS, DEFERRED
+from transforms.records import Call, DeadLetter
+from transforms.stages.read import ReadManifests
+from transforms.stages.pack import RouteAndPack
+from transforms.stages.dedup import FanOutCopies, ResolveLateCopies, SkipDoneAndDedup
+from transforms.store.run_state import SharedRunState
+from transforms.stages.timeline import TIMELINE, WriteTimeline  # the run report's calls per second
+from transforms.stages.write import WriteDeadLetters, WriteDeferred, WriteRowRecords, WriteSegments
+from transforms.stages.validate import ROW_RECORDS, RoutePlan, ValidateRows
 
 __all__ = ["build_pipeline"]
 

@@ -12,20 +12,20 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import summary as summary_mod
+from pipeline.report import summary as summary_mod
 from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
-from pipeline.progress_line import ProgressPrinter, count_manifest_rows
-from pipeline.summary import RUNS_DIR
-from pipeline.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
-from pipeline.output_lock import OutputLock
+from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows
+from pipeline.report.summary import RUNS_DIR
+from transforms.store.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
+from transforms.store.lock import OutputLock
 from transforms.memory import return_freed_memory
-from transforms.call_settings import ConfigError, EmbeddingSettings
-from transforms.calling import CallSettings
-from transforms.calling_v2 import read_task_journal
-from transforms.manifests import check_manifest_columns, expand_manifest_patterns
-from transforms.resume import list_segment_pieces, read_permanent_failures
-from transforms.sinks import SEGMENT_DIR, recover_journals
+from transforms.settings import ConfigError, EmbeddingSettings
+from transforms.stages.call import CallSettings
+from transforms.calling.v2 import read_task_journal
+from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
+from transforms.stages.dedup import list_segment_pieces, read_permanent_failures
+from transforms.stages.write import SEGMENT_DIR, recover_journals
 
 __all__ = ["run_job", "embedded_backend"]
 
@@ -110,7 +110,7 @@ def _refuse_other_model(pieces, model: str, output: str, dims: Optional[int] = N
         return
     import pyarrow.parquet as pq
 
-    from transforms.resume import canonical_model
+    from transforms.stages.dedup import canonical_model
 
     with FileSystems.open(pieces[0], compression_type="uncompressed") as f:
         parquet = pq.ParquetFile(f)
@@ -152,7 +152,7 @@ def call_settings(config: JobConfig, base_url: str, run_id: str = "") -> CallSet
 
 def _check_key_up_front(settings: CallSettings) -> None:
     """A key that cannot be sent stops the job before any call; a key only the workers have is theirs."""
-    from transforms.call_settings import ApiKeyRejected, resolve_api_key
+    from transforms.settings import ApiKeyRejected, resolve_api_key
 
     try:
         resolve_api_key(settings)

@@ -20,8 +20,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from embed_client import EmbedClient
 from pipeline.config import load_config
-from transforms.calling import resolve_api_key
-from transforms.layout import SEGMENT_DIR
+from transforms.stages.call import resolve_api_key
+from transforms.store.layout import SEGMENT_DIR
 
 __all__ = ["NoSegments", "batch_vectors", "nearest", "search_main"]
 
@@ -155,7 +155,7 @@ def search_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     if args.k < 1:
         parser.error(f"-k must be at least 1, got {args.k}")
-    from transforms.call_settings import ConfigError
+    from transforms.settings import ConfigError
 
     try:
         config = load_config(args.config)
@@ -187,8 +187,8 @@ def _query_vector(client: EmbedClient, settings, args) -> List[float]:
     """The query embedded the way the output's items were: v1 or v2, the same model and dimension."""
     modality = "text" if args.text is not None else "image" if args.image_file is not None else "audio"
     if settings.uses_v2(modality):
-        from transforms.calling_v2 import sync_request
-        from transforms.items import Item
+        from transforms.calling.v2 import sync_request
+        from transforms.records import Item
 
         item = Item(id="query", modality=modality, source="", row_number=0, content_hash="", text=args.text,
                     file_path=args.image_file or args.audio_file)

@@ -7,7 +7,7 @@ import difflib
 import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from transforms.call_settings import ConfigError
+from transforms.settings import ConfigError
 
 __all__ = ["SETTINGS", "Setting", "check_settings", "reference"]
 

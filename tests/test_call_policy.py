@@ -13,11 +13,11 @@ from embed_client.pacing import Pacer
 from embed_emulator import Emulator, EmulatorConfig
 from tests.capture_server import CaptureServer, json_response
 from tests.helpers import TEST_KEY
-from transforms.call_policy import CallPolicy, CallStats, QuotaState, WorkerState, make_policy
-from transforms.call_settings import ApiKeyRejected, CallSettings
-from transforms.items import Call, Deferred, Item, Outcome
-from transforms.timeline import CallTimes
-from transforms.worker_state import acquire_worker_state
+from transforms.calling.engine import CallPolicy, CallStats, QuotaState, WorkerState, make_policy
+from transforms.settings import ApiKeyRejected, CallSettings
+from transforms.records import Call, Deferred, Item, Outcome
+from transforms.stages.timeline import CallTimes
+from transforms.calling.worker_state import acquire_worker_state
 
 DIMS = 512
 
@@ -249,7 +249,7 @@ def test_worker_state_is_one_per_process_and_run_and_the_bucket_one_per_limit():
 
 def test_worker_state_outlives_a_dofn_torn_down_per_bundle_then_makes_room():
     """Runners that set a DoFn up per bundle hold no state between bundles: the last few states stay alive."""
-    from transforms.worker_state import RECENT_STATES
+    from transforms.calling.worker_state import RECENT_STATES
 
     settings = CallSettings(base_url="http://127.0.0.1:9/v1.3", model="marengo3.0", run_id="held", max_calls=5)
     state = acquire_worker_state(settings)

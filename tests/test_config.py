@@ -149,7 +149,7 @@ def test_the_settings_reference_lists_every_key_and_fills_every_config_field():
 
 
 def test_worker_processes_is_the_new_name_of_max_workers(tmp_path):
-    from transforms.call_settings import ConfigError
+    from transforms.settings import ConfigError
 
     path = tmp_path / "c.yaml"
     path.write_text("manifests: [x]\ncalls: {worker_processes: 3}\n")
@@ -165,7 +165,7 @@ def test_wall_time_waiting_counts_overlapping_waits_once():
     import threading
     import time
 
-    from transforms.worker_state import WaitMeter
+    from transforms.calling.worker_state import WaitMeter
 
     meter = WaitMeter()
     first = threading.Thread(target=meter.wait, args=(lambda: time.sleep(0.4),))

@@ -39,7 +39,7 @@ from embed_client.pacing import make_bucket
 from embed_client.ratelimit import TokenBucket
 from transforms import (EmbedWithTwelveLabs, TwelveLabsEmbeddingModelHandler, TwelveLabsImageEmbeddings,
                         TwelveLabsOptions, TwelveLabsTextEmbeddings)
-from transforms.media_probe import MissingMediaDecoder, video_duration
+from transforms.stages.media_probe import MissingMediaDecoder, video_duration
 
 report = {}
 options = TwelveLabsOptions(base_url=sys.argv[1])

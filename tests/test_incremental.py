@@ -18,10 +18,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from embed_emulator import Emulator, EmulatorConfig
 from tests.helpers import TEST_KEY, assert_exactly_once, make_config, read_dead_letters, read_segments, run
-from transforms import key_index
-from transforms.calling import CallSettings
+from transforms.store import key_index
+from transforms.stages.call import CallSettings
 from transforms.progress import PROGRESS
-from transforms.run_state import CALL, COPY, DEFERRED, EMBEDDED, FAILED, RunState
+from transforms.store.run_state import CALL, COPY, DEFERRED, EMBEDDED, FAILED, RunState
 
 
 @pytest.fixture(autouse=True)
@@ -140,8 +140,7 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkey
     """9,045 rows (past an Arrow batch and the index table's growth): the first call goes out before the
     manifest is read; identical texts are called once, also when the copy comes long after its first item;
     duplicate ids keep the first row; +1% pays exactly the new rows; 2 edited rows rewrite at most 2 files."""
-    from transforms import sinks
-
+    from transforms.stages import write as sinks
     monkeypatch.setattr(sinks._RowRecordsFn, "ROWS_PER_FILE", 1000)  # the row records span several files
     hashed = []  # lines fingerprinted one by one (a saved prefix is hashed as a whole instead)
     fingerprint = key_index.SavedRows.fingerprint
@@ -182,7 +181,7 @@ def test_a_rerun_pays_only_for_what_it_adds_past_every_boundary(tmp_path, monkey
             load = cls.load
             monkeypatch.setattr(cls, "load", classmethod(
                 lambda c, *a, _load=load: loads.append((c.__name__, threading.current_thread().name)) or _load(*a)))
-        import transforms.manifests as manifests_module
+        import transforms.stages.read as manifests_module
 
         used = []  # the saved prefix checked ahead by the prefetch, used by the reader
         skip_checked = manifests_module.skip_checked
@@ -318,8 +317,8 @@ def test_saved_lines_are_met_in_bulk_yet_a_new_row_takes_its_id_only_from_rows_a
     """Runs of saved lines are skipped in bulk between new lines: a new row that reuses a saved row's id keeps
     it against saved rows after it in the same 2,048-line batch (they are read, to be rejected) and loses it to
     saved rows before it, in an earlier batch; a repeated saved line is read the second time."""
-    from transforms.manifests import SkippedRow, parse_manifest
-    from transforms.validation import _key_by_id
+    from transforms.stages.read import SkippedRow, parse_manifest
+    from transforms.stages.validate import _key_by_id
 
     lines = [json.dumps({"id": f"s{i}", "text": f"saved {i}"}).encode() for i in range(3000)]
     key = b"k" * 16
@@ -384,8 +383,8 @@ def test_output_parquet_keeps_dictionaries_for_text_only(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from transforms.layout import write_parquet
-    from transforms.sinks import segment_schema
+    from transforms.store.layout import write_parquet
+    from transforms.stages.write import segment_schema
 
     n = 9000  # past one reader row group of 8,192
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.random.default_rng(1).random(n * 512, np.float32)), 512)
@@ -408,8 +407,8 @@ def test_a_segment_piece_is_built_a_part_at_a_time_and_holds_every_segment(tmp_p
     a time: 2,600 outcomes (one of them a 5-segment video) come back whole, in order, with exact vectors."""
     import pyarrow.parquet as pq
 
-    from transforms import sinks
-    from transforms.items import Item, Outcome
+    from transforms.stages import write as sinks
+    from transforms.records import Item, Outcome
 
     rng = np.random.default_rng(7)
     outcomes = []
@@ -443,8 +442,8 @@ def test_a_saved_prefix_is_found_by_content_and_skipped_as_far_as_its_marks_matc
     a rerun of the same content under any name finds it, checks mark by mark, meets the rows of the matching
     part at once (an appended row reusing one of their ids names its row) and reads from there; CR line ends
     keep no read map."""
-    from transforms import saved_prefix
-    from transforms.manifests import SkippedRow, parse_manifest
+    from transforms.store import saved_prefix
+    from transforms.stages.read import SkippedRow, parse_manifest
 
     key = b"p" * 16
     lines = [json.dumps({"id": f"s{i}", "text": f"saved {i}"}).encode() for i in range(9000)]
@@ -496,7 +495,7 @@ def test_a_saved_prefix_is_found_by_content_and_skipped_as_far_as_its_marks_matc
         hashed.append(1)
         return real(*args)
 
-    import transforms.manifests as manifests_module
+    import transforms.stages.read as manifests_module
 
     saved = fresh_saved()
     original = manifests_module.skip_prefix

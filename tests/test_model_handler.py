@@ -15,8 +15,8 @@ from embed_client import EmbedClient
 from embed_emulator import Emulator, EmulatorConfig, synth
 from tests.helpers import TEST_KEY, StaticFiles
 from transforms import TwelveLabsOptions
-from transforms.model_handler import OUTAGE_RETRY_SEC, EmbeddingError, TwelveLabsEmbeddingModelHandler
-from transforms.mltransform import TwelveLabsImageEmbeddings, TwelveLabsTextEmbeddings
+from transforms.public.model_handler import OUTAGE_RETRY_SEC, EmbeddingError, TwelveLabsEmbeddingModelHandler
+from transforms.public.mltransform import TwelveLabsImageEmbeddings, TwelveLabsTextEmbeddings
 
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
 MODEL = "marengo3.0"

@@ -17,12 +17,12 @@ import urllib.request
 import pytest
 
 from embed_emulator import Emulator, EmulatorConfig
-from pipeline.progress_line import ProgressPrinter, count_manifest_rows, format_progress
-from pipeline.report import latency_percentiles, read_calls
-from pipeline.report_index import write_index
-from pipeline.summary import STATUS_TEXT
+from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows, format_progress
+from pipeline.report.html import latency_percentiles, read_calls
+from pipeline.report.runs_index import write_index
+from pipeline.report.summary import STATUS_TEXT
 from tests.helpers import TEST_KEY, make_config, run
-from transforms.items import failure_kind
+from transforms.records import failure_kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -170,8 +170,8 @@ def _exact_percentile(samples, q):
 def test_one_long_bundle_writes_its_timeline_in_pieces_that_sum_to_every_call(tmp_path, monkeypatch):
     """A local run is one bundle: the sink sums records as they come and writes a piece every PIECE_CALLS
     records instead of keeping every record to the end; the pieces add up to every call and latency."""
-    from transforms.call_policy import CallStats
-    from transforms.timeline import CallTimes, _WriteTimelineFn
+    from transforms.calling.engine import CallStats
+    from transforms.stages.timeline import CallTimes, _WriteTimelineFn
 
     monkeypatch.setattr(_WriteTimelineFn, "PIECE_CALLS", 30)
     folder = tmp_path / "timeline"
@@ -199,8 +199,8 @@ def test_one_long_bundle_writes_its_timeline_in_pieces_that_sum_to_every_call(tm
 
 def test_latency_histogram_in_the_timeline_pieces_gives_percentiles(tmp_path):
     """Two workers' timeline sinks write latency histograms into their pieces; the report sums them."""
-    from transforms.call_policy import CallStats
-    from transforms.timeline import CallTimes, _WriteTimelineFn
+    from transforms.calling.engine import CallStats
+    from transforms.stages.timeline import CallTimes, _WriteTimelineFn
 
     folder = tmp_path / "timeline"
     folder.mkdir()

@@ -72,7 +72,7 @@ def test_killed_job_is_resumed_without_paying_twice(tmp_path, flush_sec):
         job.wait()
         first = requests.get(stats_url).json()
         if flush_sec is None:  # what the killed run journaled becomes pieces before the rerun reads them
-            from transforms.sinks import recover_journals
+            from transforms.stages.write import recover_journals
 
             assert glob.glob(os.path.join(output, "segments", "*.journal"))
             recover_journals(output)
@@ -222,7 +222,7 @@ def test_dry_run_prints_the_plan_and_calls_nothing(tmp_path):
     assert plan["calls_needed"] == 30  # 40 distinct texts, 10 of them done
     assert plan["minutes_at_rate"] == 1.5 and plan["days_at_daily_quota"] == 3
     assert plan["dead_letters_by_reason"] == {"no_input": 1}
-    from pipeline.summary import format_summary
+    from pipeline.report.summary import format_summary
 
     text = format_summary(plan)
     assert "calls needed     30" in text and "3 day(s) at the daily quota of 12 calls" in text
@@ -248,9 +248,9 @@ def test_dry_run_json_is_machine_readable(tmp_path):
 def test_finalize_keeps_this_runs_content_even_within_the_same_clock_tick(tmp_path):
     import datetime
 
-    from pipeline.finalize import finalize_output
-    from transforms.items import Item, Outcome
-    from transforms.sinks import segments_table
+    from transforms.store.finalize import finalize_output
+    from transforms.records import Item, Outcome
+    from transforms.stages.write import segments_table
     import pyarrow.parquet as pq
 
     (tmp_path / "segments").mkdir()
@@ -286,9 +286,9 @@ def test_an_output_keeps_one_model(tmp_path):
 def test_small_pieces_of_a_run_are_compacted_when_it_finishes(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    import pipeline.finalize
+    import transforms.store.finalize
 
-    monkeypatch.setattr(pipeline.finalize, "COMPACT_ROWS", 25)
+    monkeypatch.setattr(transforms.store.finalize, "COMPACT_ROWS", 25)
     manifest = _write_manifest(tmp_path / "c.jsonl", [{"id": f"c{i}", "text": f"compact {i}"} for i in range(60)])
     output = str(tmp_path / "out")
     with Emulator(EmulatorConfig()) as emu:
@@ -304,7 +304,7 @@ def test_small_pieces_of_a_run_are_compacted_when_it_finishes(tmp_path, monkeypa
 def test_no_wait_submits_and_the_job_finalizes_itself(tmp_path):
     """Finalize is a step of the job: a submitted job (a Flex Template launch) finalizes its own output on its
     workers; a killed one is settled by the next run (test_incremental, test_unattended)."""
-    import pipeline.finalize as finalize
+    import transforms.store.finalize as finalize
 
     manifest = _write_manifest(tmp_path / "n.jsonl", [{"id": f"n{i}", "text": f"no wait {i}"} for i in range(5)])
     output = str(tmp_path / "out")

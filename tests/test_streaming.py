@@ -16,8 +16,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from embed_emulator import Emulator, EmulatorConfig, synth
 from tests.helpers import TEST_KEY, StaticFiles
 from transforms import EmbedWithTwelveLabs, TwelveLabsOptions
-from transforms.items import Item
-from transforms.packing import CallPacker, _PackCallsFn
+from transforms.records import Item
+from transforms.stages.pack import CallPacker, _PackCallsFn
 
 GATE = "gate"
 
@@ -160,7 +160,7 @@ def test_the_buffer_is_bounded_by_max_waiting():
 
 def test_the_packing_step_flushes_a_window_that_waited_too_long_when_another_gets_an_item(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr("transforms.packing.time", types.SimpleNamespace(monotonic=clock))
+    monkeypatch.setattr("transforms.stages.pack.time", types.SimpleNamespace(monotonic=clock))
     fn = _PackCallsFn(pack=True, max_waiting=32, max_wait_sec=2.0)
     a, b = window.IntervalWindow(0, 10), window.IntervalWindow(10, 20)
     fn.start_bundle()

@@ -10,12 +10,12 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from embed_emulator import Emulator, EmulatorConfig
 from tests.helpers import TEST_KEY, read_dead_letters, read_segments
-from transforms.call_settings import CallSettings
-from transforms.calling import CreateEmbeddings
-from transforms.constants import DEAD_LETTERS
-from transforms.items import Call, Item, ManifestRow
-from transforms.packing import PackCalls
-from transforms.validation import ValidateRows
+from transforms.settings import CallSettings
+from transforms.stages.call import CreateEmbeddings
+from transforms.records import DEAD_LETTERS
+from transforms.records import Call, Item, ManifestRow
+from transforms.stages.pack import PackCalls
+from transforms.stages.validate import ValidateRows
 
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
 
@@ -85,9 +85,9 @@ def test_build_pipeline_in_a_test_pipeline(tmp_path):
 def test_two_calling_steps_of_a_run_share_one_call_budget_and_write_the_timeline(tmp_path):
     """The process's quota (apache_beam.utils.shared) is shared by the DoFn instances of both steps: a budget of
     3 calls allows 3 calls in all, not 3 per step; each sent call is one timeline record, written for the report."""
-    from pipeline.report import read_calls
-    from transforms.constants import DEFERRED
-    from transforms.timeline import TIMELINE, WriteTimeline
+    from pipeline.report.html import read_calls
+    from transforms.records import DEFERRED
+    from transforms.stages.timeline import TIMELINE, WriteTimeline
 
     folder = tmp_path / "timeline"
     folder.mkdir()

@@ -150,7 +150,7 @@ def test_a_manifest_with_no_known_column_is_refused_up_front_naming_its_columns(
                                                ({"a": "text", "b": "text"}, "maps two columns to 'text'")])
 def test_a_bad_column_mapping_is_one_line(tmp_path, columns, expected):
     from pipeline.config import load_config
-    from transforms.call_settings import ConfigError
+    from transforms.settings import ConfigError
 
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"manifests": ["x.csv"], "columns": columns}))
@@ -159,7 +159,7 @@ def test_a_bad_column_mapping_is_one_line(tmp_path, columns, expected):
 
 
 def test_a_csv_header_that_names_a_column_twice_is_refused_not_half_read(tmp_path):
-    from transforms.manifests import parse_manifest
+    from transforms.stages.read import parse_manifest
 
     path = tmp_path / "d.csv"
     path.write_text("id,text,text\n1,first,second\n")
@@ -171,7 +171,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
     import signal
     import time
 
-    from pipeline.output_lock import OutputLock, OutputLocked
+    from transforms.store.lock import OutputLock, OutputLocked
 
     manifest, output = _manifest(tmp_path, rows=40), str(tmp_path / "out")
     with Emulator(EmulatorConfig(latency_ms=300)) as emu:

@@ -308,7 +308,7 @@ def test_a_recorded_task_past_retention_or_gone_is_created_again_and_the_summary
                                                                                          monkeypatch):
     import time as _time
 
-    from transforms.calling_v2 import task_key
+    from transforms.calling.v2 import task_key
 
     monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
     manifest = tmp_path / "m.jsonl"
@@ -319,8 +319,8 @@ def test_a_recorded_task_past_retention_or_gone_is_created_again_and_the_summary
         # learn each item's content key from a dry run of the real routing, then plant journal records:
         # one 8 days old (past the 7-day retention), one recent that the API does not know (purged)
         from pipeline.run import call_settings
-        from transforms.items import ManifestRow
-        from transforms.validation import RoutePlan, row_to_items
+        from transforms.records import ManifestRow
+        from transforms.stages.validate import RoutePlan, row_to_items
 
         config = make_config(output, [str(manifest)], model="marengo3.5", task_poll_sec=0.1)
         plan = RoutePlan.from_settings(call_settings(config, emu.base_url))
@@ -336,7 +336,7 @@ def test_a_recorded_task_past_retention_or_gone_is_created_again_and_the_summary
     assert summary["tasks"]["recreated"] == 2 and summary["tasks"]["created"] == 2
     assert summary["tasks"]["resumed"] == 1  # the recent one was polled first (404), then re-created
     assert stats["tasks"]["created"] == 2
-    assert "2 re-created (past retention)" in __import__("pipeline.summary", fromlist=["x"]).format_summary(summary)
+    assert "2 re-created (past retention)" in __import__("pipeline.report.summary", fromlist=["x"]).format_summary(summary)
     assert_exactly_once(output, 2)
 
 
@@ -346,9 +346,9 @@ def test_a_task_created_but_never_recorded_is_found_in_the_task_list_not_paid_ag
     import time as _time
 
     from pipeline.run import call_settings
-    from transforms.calling_v2 import task_key, task_request
-    from transforms.items import ManifestRow
-    from transforms.validation import RoutePlan, row_to_items
+    from transforms.calling.v2 import task_key, task_request
+    from transforms.records import ManifestRow
+    from transforms.stages.validate import RoutePlan, row_to_items
 
     monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
     spans = {"a": (0, 6), "b": (2, 8), "c": (4, 10), "d": (6, 12)}
@@ -375,7 +375,7 @@ def test_a_task_created_but_never_recorded_is_found_in_the_task_list_not_paid_ag
         summary = run(config, emu.base_url)
         stats = emu.stats()
         rows = read_segments(output).to_pylist()
-        from transforms.calling_v2 import read_task_journal
+        from transforms.calling.v2 import read_task_journal
         journal = read_task_journal(output)
     assert stats["tasks"]["created"] == 4  # 3 by the killed run, 1 (for c) by the rerun
     assert summary["tasks"]["created"] == 1 and summary["tasks"]["resumed"] == 3

@@ -10,6 +10,9 @@ import threading
 import time
 from typing import Dict
 
+# The Beam metrics namespace of every counter the job keeps.
+NAMESPACE = "tl_embed"
+
 __all__ = ["PROGRESS", "RunProgress"]
 
 # `rejected`: dead letters of the read and validate steps (rows that never become items); the units of

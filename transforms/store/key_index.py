@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.layout import INDEX_DIR, SEGMENT_DIR, list_files, mkdirs, replace, write_parquet
+from transforms.store.layout import INDEX_DIR, SEGMENT_DIR, list_files, mkdirs, replace, write_parquet
 
 __all__ = ["FingerprintTable", "IndexEntries", "KeyLookup", "fingerprint", "index_entries_of", "load_entries",
            "write_index", "has_index", "compact_index"]

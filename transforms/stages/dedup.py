@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import run_state
-from transforms.constants import NAMESPACE
+from transforms.store import run_state
+from transforms.progress import NAMESPACE
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.items import DeadLetter, DeadLetterOutput, Deferred, DeferredOutput, Item, Outcome, item_row
+from transforms.records import DeadLetter, DeadLetterOutput, Deferred, DeferredOutput, Item, Outcome, item_row
 from transforms.progress import PROGRESS
 
 __all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup", "canonical_model",
@@ -43,7 +43,7 @@ def canonical_model(name: str) -> str:
 
 def list_segment_pieces(segment_dir: str) -> List[str]:
     """Committed pieces (temporary files of unfinished writes end in .tmp and are not matched)."""
-    from transforms.layout import list_files
+    from transforms.store.layout import list_files
 
     return list_files(segment_dir, "*.parquet")
 
@@ -328,8 +328,8 @@ class SkipDoneAndDedup(beam.PTransform):
 
 def read_permanent_failures(output: str) -> Dict[Tuple[str, str, str], dict]:
     """Earlier runs' permanent call failures, by (id, modality, content hash): not paid for again."""
-    from transforms.items import failure_kind
-    from transforms.layout import DEAD_LETTER_DIR, list_files, read_jsonl
+    from transforms.records import failure_kind
+    from transforms.store.layout import DEAD_LETTER_DIR, list_files, read_jsonl
 
     failed: Dict[Tuple[str, str, str], dict] = {}
     for path in list_files(FileSystems.join(output, DEAD_LETTER_DIR), "*.jsonl"):

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.items import MODALITIES, ROUTES
-from transforms.manifests import NAMESPACE
-from transforms.sinks import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
-from transforms.layout import mkdirs
+from transforms.records import MODALITIES, ROUTES
+from transforms.stages.read import NAMESPACE
+from transforms.stages.write import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
+from transforms.store.layout import mkdirs
 
 __all__ = ["EXIT_CODES", "RUNS_DIR", "collect_metrics", "format_summary", "plan_summary", "run_status",
            "write_summary"]
@@ -102,7 +102,7 @@ def _exit_code(config, status: str) -> int:
 
 
 def _dimension(config) -> int:
-    from transforms.call_settings import MODEL_DIMS
+    from transforms.settings import MODEL_DIMS
 
     return config.embedding_dimension or MODEL_DIMS.get(config.model, 0)
 
@@ -211,7 +211,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     resets = [r["resets_at"] for r in deferred if r.get("resets_at")]
     items_per_call = metrics.get("items_per_call") or {}
     by_reason = collections.Counter(r["reason"] for r in deferred)
-    from pipeline.report import read_calls, write_report
+    from pipeline.report.html import read_calls, write_report
 
     run_dir = FileSystems.join(config.output, RUNS_DIR, run_id)
     timeline, latency = read_calls(run_dir)
@@ -288,7 +288,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
 def _call_latency(distribution: dict, latency: dict) -> dict:
     """p50/p90/p99 from the timeline pieces' histogram; mean, min and max from the Beam distribution (exact, and
     the numbers the runner's UI shows), or from the pieces when the runner reports no metrics."""
-    from pipeline.report import latency_percentiles
+    from pipeline.report.html import latency_percentiles
 
     exact = {k: round(distribution[k], 1) for k in ("max", "mean", "min") if k in distribution}
     estimated = latency_percentiles(latency) or {}

@@ -1,7 +1,7 @@
 """The run report: one self-contained HTML page (no scripts, no network) beside the output.
 
 OUTPUT/report.html is the latest run's; each run's is also kept as OUTPUT/runs/RUN_ID/report.html, and
-OUTPUT/runs/index.html lists them all (pipeline.report_index)."""
+OUTPUT/runs/index.html lists them all (pipeline.report.runs_index)."""
 from __future__ import annotations
 
 import bisect
@@ -79,7 +79,7 @@ def latency_percentiles(latency: dict) -> Optional[Dict[str, float]]:
 
     A percentile is the nearest-rank sample, placed inside its bucket by linear interpolation and kept within
     the exact min and max: off by at most a bucket's width (1 ms up to 16 ms, then ~9%)."""
-    from transforms.timeline import LATENCY_EDGES_MS
+    from transforms.stages.timeline import LATENCY_EDGES_MS
 
     hist = sorted(latency.get("hist", {}).items())
     n = sum(count for _, count in hist)
@@ -124,7 +124,7 @@ def backfill_progress(summary: dict) -> Dict[str, int]:
 
 def dead_letter_reasons(letters: Iterable[dict], samples: int = _SAMPLES_PER_REASON) -> Dict[str, dict]:
     """Per reason (code): how many, how many transient / carried from earlier runs, and a few messages."""
-    from transforms.items import failure_kind
+    from transforms.records import failure_kind
 
     reasons: Dict[str, dict] = {}
     for letter in letters:
@@ -242,7 +242,7 @@ STATUS_CLASS = {"done": "ok", "done_with_known_dead_letters": "ok", "deferred": 
 
 
 def _status(summary: dict) -> str:
-    from pipeline.summary import STATUS_TEXT
+    from pipeline.report.summary import STATUS_TEXT
 
     status = summary.get("status", "unknown")
     meaning = STATUS_TEXT.get(status, "")
@@ -290,7 +290,7 @@ def _latency(summary: dict) -> str:
 
 
 def _dead_letters(summary: dict, letters: Optional[List[dict]]) -> str:
-    from transforms.items import failure_kind
+    from transforms.records import failure_kind
 
     if letters is not None:
         reasons = dead_letter_reasons(letters)
@@ -411,7 +411,7 @@ def write_report(output: str, summary: dict, timeline_dir: str, rate_per_minute:
 
     `letters` default to this run's dead-letter files; `timeline` to what `timeline_dir` holds. The index is
     built from runs/*/summary.json, so write this run's summary first."""
-    from pipeline.report_index import INDEX_FILE, RUNS_DIR, write_index
+    from pipeline.report.runs_index import INDEX_FILE, RUNS_DIR, write_index
 
     if timeline is None:
         timeline = read_timeline(timeline_dir)

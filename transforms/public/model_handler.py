@@ -13,7 +13,7 @@
 Unlike a `RemoteModelHandler` (one request per batch, retried whole), each batch is validated, packed (v1: up
 to one text, image and audio per call), deduplicated, and its calls run concurrently on a bounded pool of
 `max_in_flight` threads shared by the process, paced by the process's token bucket, with the job's retries,
-400 splitting and error mapping (`transforms.call_policy`). An example that cannot be
+400 splitting and error mapping (`transforms.calling.engine`). An example that cannot be
 embedded gets an `EmbeddingError` as its inference; nothing raises for one bad example. A refused key
 (401/403) raises `ApiKeyRejected`: every other call would fail the same way.
 """
@@ -30,16 +30,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from embed_client import EmbedClient
-from transforms.call_metrics import CallMetrics
-from transforms.call_policy import CallPolicy, make_policy
-from transforms.call_settings import ApiKeyRejected, CallSettings, resolve_api_key
-from transforms.constants import NAMESPACE
-from transforms.embed import TwelveLabsOptions
-from transforms.items import MODALITIES, Call, DeadLetter, Deferred, Item, ManifestRow, Outcome, failure_kind, iso_utc
-from transforms.manifests import map_columns
-from transforms.packing import CallPacker
-from transforms.validation import RoutePlan, row_to_items
-from transforms.worker_state import acquire_worker_state
+from transforms.calling.metrics import CallMetrics
+from transforms.calling.engine import CallPolicy, make_policy
+from transforms.settings import ApiKeyRejected, CallSettings, resolve_api_key
+from transforms.progress import NAMESPACE
+from transforms.public.embed import TwelveLabsOptions
+from transforms.records import MODALITIES, Call, DeadLetter, Deferred, Item, ManifestRow, Outcome, failure_kind, iso_utc
+from transforms.stages.read import map_columns
+from transforms.stages.pack import CallPacker
+from transforms.stages.validate import RoutePlan, row_to_items
+from transforms.calling.worker_state import acquire_worker_state
 
 __all__ = ["EmbeddingError", "OUTPUTS", "TwelveLabsEmbeddingModel", "TwelveLabsEmbeddingModelHandler"]
 

@@ -11,7 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from embed_client import API_KEY_ENV
 from embed_client.retry import RetryPolicy
 from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
-from transforms.constants import MODEL_DIMS
+from transforms.models import MODEL_DIMS
 
 __all__ = ["API_VERSIONS", "MODEL_DIMS", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
            "V2_MODELS", "resolve_api_key"]

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 
-from transforms.layout import INDEX_DIR, RUNS_DIR, list_files, mkdirs, replace, write_parquet
+from transforms.store.layout import INDEX_DIR, RUNS_DIR, list_files, mkdirs, replace, write_parquet
 
 __all__ = ["MARK_ROWS", "CheckedPrefix", "Prefix", "ReadMap", "check_prefix", "load_prefix", "settle_prefixes",
            "skip_checked", "skip_prefix", "skipped_masks"]

@@ -1,4 +1,4 @@
-"""CreateEmbeddings: runs each Call's policy (transforms.call_policy) on a bounded thread pool and emits one
+"""CreateEmbeddings: runs each Call's policy (transforms.calling.engine) on a bounded thread pool and emits one
 Outcome, DeadLetter or Deferred per item, in the call's window, plus the call's CallTimes for the report."""
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from embed_client import EmbedClient
-from transforms.call_metrics import CallMetrics
-from transforms.call_policy import CALL_KINDS, CallPolicy, CallResult, make_policy
-from transforms.call_settings import ApiKeyRejected, CallSettings, resolve_api_key
-from transforms.constants import DEAD_LETTERS, DEFERRED, MODEL_DIMS
-from transforms.items import Call, DeadLetter, Deferred, Outcome
-from transforms.timeline import LATENCY_EDGES_MS, TIMELINE, CallTimes, latency_bucket
-from transforms.worker_state import WorkerState, acquire_worker_state
+from transforms.calling.metrics import CallMetrics
+from transforms.calling.engine import CALL_KINDS, CallPolicy, CallResult, make_policy
+from transforms.settings import ApiKeyRejected, CallSettings, resolve_api_key
+from transforms.models import MODEL_DIMS
+from transforms.records import DEAD_LETTERS, DEFERRED
+from transforms.records import Call, DeadLetter, Deferred, Outcome
+from transforms.stages.timeline import LATENCY_EDGES_MS, TIMELINE, CallTimes, latency_bucket
+from transforms.calling.worker_state import WorkerState, acquire_worker_state
 
 # CallSettings, MODEL_DIMS, ApiKeyRejected, resolve_api_key and the latency edges live elsewhere; they are
 # re-exported here because callers think of them as the calling step's.
@@ -120,7 +121,7 @@ class CreateEmbeddings(beam.PTransform):
 
     `kind`: "v1" packed `POST /embed` calls, "v2" one item per `POST /embed-v2`, or "task": v2 async tasks,
     each recorded under `output`/tasks/ as soon as it is created; `known_tasks` are earlier runs' records.
-    `timeline` holds one transforms.timeline.CallTimes per call that was sent; transforms.timeline.WriteTimeline
+    `timeline` holds one transforms.stages.timeline.CallTimes per call that was sent; transforms.stages.timeline.WriteTimeline
     writes them for the run report, and a pipeline that does not want them can leave the output unused."""
 
     def __init__(self, settings: CallSettings, kind: str = "v1", output: Optional[str] = None,

@@ -8,8 +8,8 @@ import threading
 
 from apache_beam.metrics import Metrics
 
-from transforms.call_policy import CallStats
-from transforms.constants import NAMESPACE
+from transforms.calling.engine import CallStats
+from transforms.progress import NAMESPACE
 from transforms.progress import PROGRESS
 
 __all__ = ["CallMetrics"]

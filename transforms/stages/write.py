@@ -17,10 +17,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from embed_client.secrets import redact_url, scrub
-from transforms.constants import MODEL_DIMS
-from transforms.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name,
+from transforms.models import MODEL_DIMS
+from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name,
                                write_parquet, write_parquet_parts)
-from transforms.items import Outcome
+from transforms.records import Outcome
 from transforms.memory import return_freed_memory
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
@@ -386,7 +386,7 @@ class WriteRowRecords(beam.PTransform):
 
     def __init__(self, output: str, run_id: str):
         super().__init__()
-        from transforms.layout import RUNS_DIR
+        from transforms.store.layout import RUNS_DIR
 
         self._folder = FileSystems.join(output, RUNS_DIR, run_id)
 

@@ -20,10 +20,11 @@ from apache_beam.metrics import Metrics
 from embed_client.secrets import redact_url
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.items import (INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, DeadLetterOutput, Item, ManifestRow,
+from transforms.records import (INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, DeadLetterOutput, Item, ManifestRow,
                              content_hash)
-from transforms.constants import DEAD_LETTERS, NAMESPACE
-from transforms.key_index import MODALITY_BITS, fingerprint
+from transforms.progress import NAMESPACE
+from transforms.records import DEAD_LETTERS
+from transforms.store.key_index import MODALITY_BITS, fingerprint
 from transforms.progress import PROGRESS
 
 __all__ = ["MEDIA_RULES", "RejectDuplicateIds", "RoutePlan", "ValidateRows", "row_to_items"]
@@ -151,7 +152,7 @@ def _reason(exc: Exception) -> str:
 
 def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
     if kind in _KINDS["video"]:
-        from transforms.media_probe import MissingMediaDecoder, video_duration
+        from transforms.stages.media_probe import MissingMediaDecoder, video_duration
 
         try:
             duration = video_duration(data)
@@ -198,7 +199,7 @@ def _decoder(module: str, what: str, field: str, path: str):
     runs again on every run, so installing it is all a rerun needs)."""
     import importlib
 
-    from transforms.media_probe import MEDIA_EXTRA
+    from transforms.stages.media_probe import MEDIA_EXTRA
 
     try:
         return importlib.import_module(module)

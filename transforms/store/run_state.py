@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from apache_beam.utils.shared import Shared
 
-from transforms.key_index import FingerprintTable, KeyLookup, SavedRows, fingerprint
+from transforms.store.key_index import FingerprintTable, KeyLookup, SavedRows, fingerprint
 
 __all__ = ["RunState", "SharedRunState"]
 
@@ -85,8 +85,8 @@ class RunState:
         """Loads the key index and the saved rows, then checks the JSONL manifests' saved prefixes, in a
         thread: the work overlaps the runner's start-up instead of delaying the first call after it."""
         def check() -> Dict[str, object]:
-            from transforms.manifests import manifest_format
-            from transforms.saved_prefix import check_prefix, load_prefix
+            from transforms.stages.read import manifest_format
+            from transforms.store.saved_prefix import check_prefix, load_prefix
 
             saved, checked = self.saved_rows(output, row_key), {}
             for path in manifests if saved is not None and len(saved) else ():

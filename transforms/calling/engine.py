@@ -17,8 +17,8 @@ from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.pacing import Pacer
 from embed_client.ratelimit import MediaMinutesBudget
 from embed_client.retry import call_with_retries
-from transforms.call_settings import ApiKeyRejected, CallSettings
-from transforms.items import Call, DeadLetter, Deferred, Item, Outcome, item_row
+from transforms.settings import ApiKeyRejected, CallSettings
+from transforms.records import Call, DeadLetter, Deferred, Item, Outcome, item_row
 
 __all__ = ["Attempts", "CallPolicy", "CallRecord", "CallResult", "CallStats", "NotCalled", "QuotaState",
            "WaitMeter", "WorkerState", "make_policy", "read_file"]
@@ -124,7 +124,7 @@ class QuotaState:
     def stop(self, reason: str, resets_at: Optional[float]) -> None:
         with self._lock:
             if not self.stopped:
-                from transforms.items import iso_utc
+                from transforms.records import iso_utc
 
                 _LOGGER.warning("the API quota is spent (resets at %s); the rest is deferred to the next run",
                                 iso_utc(resets_at) or "an unknown time")
@@ -180,7 +180,7 @@ class WaitMeter:
 @dataclasses.dataclass(eq=False)
 class WorkerState:
     """What every caller of one process shares for a run: the pace, the quota, the wait meter and the
-    media-minutes budget (None when not configured). transforms.worker_state hands these out per process."""
+    media-minutes budget (None when not configured). transforms.calling.worker_state hands these out per process."""
 
     bucket: Pacer
     quota: QuotaState
@@ -237,7 +237,7 @@ def error_code(exc: errors.EmbedError) -> str:
 class CallPolicy:
     """Embed API v1: one packed `POST /embed` call per Call. Thread-safe: one instance serves a pool.
 
-    The v2 callers (transforms.calling_v2) override `_run`, `_build`, `_send`, `_check` and `_map`."""
+    The v2 callers (transforms.calling.v2) override `_run`, `_build`, `_send`, `_check` and `_map`."""
 
     def __init__(self, settings: CallSettings, client: EmbedClient, bucket: Pacer,
                  quota: Optional[QuotaState] = None, meter: Optional[WaitMeter] = None,
@@ -426,7 +426,7 @@ def make_policy(kind: str, settings: CallSettings, client: EmbedClient, state: W
         raise ValueError(f"kind must be one of {CALL_KINDS}")
     if kind == "v1":
         return CallPolicy(settings, client, state.bucket, state.quota, state.meter)
-    from transforms.calling_v2 import SyncV2Caller, TaskCaller, TaskJournal  # it builds on CallPolicy
+    from transforms.calling.v2 import SyncV2Caller, TaskCaller, TaskJournal  # it builds on CallPolicy
 
     if kind == "v2":
         policy: CallPolicy = SyncV2Caller(settings, client, state.bucket, state.quota)

@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
-from transforms.call_settings import CallSettings
-from transforms.call_policy import Attempts, CallPolicy, CallStats, NotCalled
-from transforms.items import DeadLetter, Deferred, Item, Outcome
-from transforms.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl
+from transforms.settings import CallSettings
+from transforms.calling.engine import Attempts, CallPolicy, CallStats, NotCalled
+from transforms.records import DeadLetter, Deferred, Item, Outcome
+from transforms.store.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl
 
 __all__ = ["SyncV2Caller", "TaskCaller", "TASKS_DIR", "TaskRecord", "read_task_journal", "segments_from_data"]
 

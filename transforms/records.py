@@ -7,12 +7,14 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.constants import DEAD_LETTERS, DEFERRED
 
 __all__ = ["MODALITIES", "Call", "DeadLetter", "DeadLetterOutput", "Deferred", "DeferredOutput", "Item", "ManifestRow",
            "Outcome", "content_hash"]
 
 MODALITIES = ("text", "image", "audio", "video")
+# Output tags of the steps that can reject or postpone what they were given.
+DEAD_LETTERS = "dead_letters"
+DEFERRED = "deferred"
 # How an item is sent: packed into a v1 `POST /embed`, alone to v2's `POST /embed-v2`, or as a v2 async task.
 ROUTES = ("v1", "v2", "task")
 # Manifest columns the pipeline understands; every other column is carried through as attributes.

@@ -16,8 +16,8 @@ import threading
 from apache_beam.utils import shared
 
 from embed_client.pacing import Pacer, make_bucket
-from transforms.call_policy import QuotaState, WaitMeter, WorkerState
-from transforms.call_settings import CallSettings
+from transforms.calling.engine import QuotaState, WaitMeter, WorkerState
+from transforms.settings import CallSettings
 
 __all__ = ["QuotaState", "WaitMeter", "WorkerState", "acquire_worker_state", "process_bucket"]
 

@@ -26,8 +26,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.ml.transforms.base import EmbeddingsManager, _EmbeddingHandler, _TextEmbeddingHandler
 
-from transforms.embed import TwelveLabsOptions
-from transforms.model_handler import EmbeddingError, TwelveLabsEmbeddingModel, TwelveLabsEmbeddingModelHandler
+from transforms.public.embed import TwelveLabsOptions
+from transforms.public.model_handler import EmbeddingError, TwelveLabsEmbeddingModel, TwelveLabsEmbeddingModelHandler
 
 __all__ = ["TwelveLabsEmbeddingFailed", "TwelveLabsImageEmbeddings", "TwelveLabsTextEmbeddings"]
 

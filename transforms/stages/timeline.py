@@ -1,6 +1,6 @@
 """The call timeline: what each call cost per second (answers, 429s) and its latency, emitted by the calling
 step as its `timeline` output and written by `WriteTimeline` as the pieces the run report reads
-(pipeline.report.read_calls): FOLDER/calls-WORKER-NNNNN.jsonl, a piece per bundle or per 10,000 calls.
+(pipeline.report.html.read_calls): FOLDER/calls-WORKER-NNNNN.jsonl, a piece per bundle or per 10,000 calls.
 
 A piece holds one line per second, {"t": epoch second, "calls": n, "http_429": n}, and, when calls were
 timed, one more line closing it: the latency histogram ({lower edge ms: calls}, see LATENCY_EDGES_MS) with

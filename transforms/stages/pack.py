@@ -8,7 +8,7 @@ from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.items import ROUTES, Call, Item
+from transforms.records import ROUTES, Call, Item
 
 __all__ = ["CallPacker", "PackCalls", "RouteAndPack"]
 

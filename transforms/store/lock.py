@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.layout import LOCKS_DIR, mkdirs
+from transforms.store.layout import LOCKS_DIR, mkdirs
 
 __all__ = ["LOCKS_DIR", "OutputLocked", "OutputLock"]
 
@@ -94,7 +94,7 @@ class OutputLock:
         try:
             self._write()
         except Exception as exc:
-            from transforms.call_settings import ConfigError
+            from transforms.settings import ConfigError
 
             # Checked before the first call: an output that cannot take a file would waste every paid call.
             raise ConfigError(f"the output {self._dir.rsplit('/', 2)[0]} cannot be written ({type(exc).__name__}: "

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.summary import RUNS_DIR
+from pipeline.report.summary import RUNS_DIR
 
 __all__ = ["INDEX_FILE", "INDEX_JSON", "RUNS_DIR", "index_rows", "render_index", "write_index"]
 
@@ -28,7 +28,7 @@ _INCOMPLETE = "incomplete"
 
 
 def _row(summary: dict) -> dict:
-    from pipeline.report import backfill_progress
+    from pipeline.report.html import backfill_progress
 
     progress = backfill_progress(summary)
     return {"run_id": summary["run_id"], "started": summary.get("started"), "seconds": summary.get("seconds"),
@@ -113,7 +113,7 @@ def _read_cache(runs_dir: str) -> Dict[str, dict]:
 
 
 def render_index(rows: List[dict]) -> str:
-    from pipeline.report import STATUS_CLASS
+    from pipeline.report.html import STATUS_CLASS
 
     esc = lambda v: html.escape("" if v is None else str(v))
     body = []

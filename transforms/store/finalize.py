@@ -16,13 +16,13 @@ from apache_beam.io.filesystems import FileSystems
 
 import numpy as np
 
-from transforms.key_index import (build_from_segments, compact_index, fingerprint, has_index, index_entries_of,
+from transforms.store.key_index import (build_from_segments, compact_index, fingerprint, has_index, index_entries_of,
                                   find_entries, member, saved_rows_member, write_index_parts,
                                   write_saved_rows)
-from transforms.saved_prefix import settle_prefixes
-from transforms.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files, mkdirs, read_jsonl,
+from transforms.store.saved_prefix import settle_prefixes
+from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files, mkdirs, read_jsonl,
                                replace, write_parquet)
-from transforms.resume import list_segment_pieces
+from transforms.stages.dedup import list_segment_pieces
 
 
 __all__ = ["FinalizeRun", "finalize_output", "read_finalize_counts", "settle_earlier_runs"]

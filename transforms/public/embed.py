@@ -28,13 +28,13 @@ from apache_beam import coders
 from apache_beam.transforms import trigger, window
 
 from embed_client.secrets import redact_url
-from transforms.call_settings import CallSettings, EmbeddingSettings
-from transforms.calling import CreateEmbeddings
-from transforms.constants import DEAD_LETTERS, DEFERRED
-from transforms.items import DeadLetter, Deferred, ManifestRow, Outcome, failure_kind
-from transforms.manifests import map_columns
-from transforms.packing import DEFAULT_MAX_WAITING, CallPacker, RouteAndPack
-from transforms.validation import RoutePlan, ValidateRows
+from transforms.settings import CallSettings, EmbeddingSettings
+from transforms.stages.call import CreateEmbeddings
+from transforms.records import DEAD_LETTERS, DEFERRED
+from transforms.records import DeadLetter, Deferred, ManifestRow, Outcome, failure_kind
+from transforms.stages.read import map_columns
+from transforms.stages.pack import DEFAULT_MAX_WAITING, CallPacker, RouteAndPack
+from transforms.stages.validate import RoutePlan, ValidateRows
 
 __all__ = ["DeadLetterRow", "DeferredRow", "EMBEDDINGS", "EmbedWithTwelveLabs", "EmbeddingRow", "TwelveLabsOptions"]
 

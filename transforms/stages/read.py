@@ -17,12 +17,13 @@ from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.items import DeadLetter, DeadLetterOutput, ManifestRow
+from transforms.records import DeadLetter, DeadLetterOutput, ManifestRow
 from transforms.memory import return_freed_memory
-from transforms.key_index import MODALITY_BITS
-from transforms.constants import DEAD_LETTERS, NAMESPACE  # re-exported for older importers
+from transforms.store.key_index import MODALITY_BITS
+from transforms.progress import NAMESPACE
+from transforms.records import DEAD_LETTERS
 from transforms.progress import PROGRESS
-from transforms.saved_prefix import (ReadMap, counts as mask_counts, load_prefix, skip_checked, skip_prefix,
+from transforms.store.saved_prefix import (ReadMap, counts as mask_counts, load_prefix, skip_checked, skip_prefix,
                                      skipped_masks)
 
 __all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
@@ -47,7 +48,7 @@ def manifest_format(path: str) -> str:
 
 def expand_manifest_patterns(patterns: Sequence[str]) -> List[str]:
     """Resolves paths and globs through Beam FileSystems; fails fast on a pattern with no match."""
-    from transforms.call_settings import ConfigError
+    from transforms.settings import ConfigError
 
     if not patterns:
         raise ConfigError("no manifests given: set `manifests` in the config or pass --manifest")
@@ -391,8 +392,8 @@ def check_manifest_columns(paths: Sequence[str], columns: Optional[Dict[str, str
     found), logs which columns feed which field. Unreadable files are left to the job (dead letters)."""
     import logging
 
-    from transforms.call_settings import ConfigError
-    from transforms.items import INPUT_FIELDS
+    from transforms.settings import ConfigError
+    from transforms.records import INPUT_FIELDS
 
     inputs = [f for f in INPUT_FIELDS if f not in ("id", "text_truncate", "audio_start_offset_sec", "media_type",
                                                     "start_sec", "end_sec")]

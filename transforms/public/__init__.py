@@ -1,0 +1,1 @@
+"""What users compose: the PTransform, the RunInference handler, the MLTransform providers."""

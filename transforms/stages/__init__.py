@@ -1,0 +1,1 @@
+"""The pipeline's stages: read, validate, dedup, pack, call, write (and the call timeline)."""

@@ -1,0 +1,1 @@
+"""The output folder: every folder and file name, commits, key index, saved prefixes, lock, finalize."""
