@@ -38,7 +38,7 @@ setuptools.setup(
         "emulator": ["python-multipart>=0.0.20"] + MEDIA,
         "redis": ["redis>=5"],
         "dask": DASK,
-        "test": ["pytest>=8", "twelvelabs==1.3.6", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100"]
+        "test": ["pytest>=8", "twelvelabs==1.3.6", "import-linter>=2.1", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100"]
         + DASK,
     },
 )

@@ -60,6 +60,7 @@ def main(argv=None) -> int:
         return search_main(argv[1:])
     from pipeline.config import parse_args
     from pipeline.run import run_job
+    from pipeline.report.status import EXIT_CODES
     from pipeline.report.summary import format_summary
 
     from transforms.store.lock import OutputLocked
@@ -73,10 +74,10 @@ def main(argv=None) -> int:
             raise
         # A setting that cannot work: one line saying what and how to fix it, before any call.
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CODES["usage_error"]
     except OutputLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 6
+        return EXIT_CODES["locked"]
     except Exception as exc:
         if debug:
             raise
@@ -84,13 +85,13 @@ def main(argv=None) -> int:
         if message is not None:
             # One clear line, not the runner's traceback: nothing else will work until the key is fixed.
             print(f"error: {message}", file=sys.stderr)
-            return 2
+            return EXIT_CODES["usage_error"]
         from embed_client.secrets import scrub
 
         reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
         print(f"error: the job failed: {type(exc).__name__}: {reason[:500]} (run again with --debug for the "
               "traceback)", file=sys.stderr)
-        return 1
+        return EXIT_CODES["failed"]
     if getattr(config, "json_output", False):
         import json
 

@@ -9,7 +9,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.store.finalize import FinalizeRun
-from transforms.stages.call import CallSettings, CreateEmbeddings
+from transforms.settings import CallSettings
+from transforms.stages.call import CreateEmbeddings
 from transforms.progress import NAMESPACE
 from transforms.records import DEAD_LETTERS, DEFERRED
 from transforms.records import Call, DeadLetter

@@ -16,16 +16,15 @@ from pipeline.report import summary as summary_mod
 from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
 from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows
-from pipeline.report.summary import RUNS_DIR
 from transforms.store.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
 from transforms.store.lock import OutputLock
 from transforms.memory import return_freed_memory
-from transforms.settings import ConfigError, EmbeddingSettings
-from transforms.stages.call import CallSettings
+from transforms.settings import CallSettings, ConfigError, EmbeddingSettings
 from transforms.calling.v2 import read_task_journal
 from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
-from transforms.stages.dedup import list_segment_pieces, read_permanent_failures
-from transforms.stages.write import SEGMENT_DIR, recover_journals
+from transforms.stages.dedup import read_permanent_failures
+from transforms.stages.write import recover_journals
+from transforms.store.layout import RUNS_DIR, SEGMENT_DIR, list_segment_pieces
 
 __all__ = ["run_job", "embedded_backend"]
 

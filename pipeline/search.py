@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from embed_client import EmbedClient
 from pipeline.config import load_config
-from transforms.stages.call import resolve_api_key
+from transforms.settings import resolve_api_key
 from transforms.store.layout import SEGMENT_DIR
 
 __all__ = ["NoSegments", "batch_vectors", "nearest", "search_main"]

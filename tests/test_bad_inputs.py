@@ -12,7 +12,7 @@ from embed_client import EmbedClient
 from embed_emulator import Emulator, EmulatorConfig
 from tests.helpers import (TEST_KEY, StaticFiles, assert_exactly_once, make_config, read_dead_letters,
                            read_segments, run)
-from transforms.stages.read import manifest_format
+from transforms.records import manifest_format
 
 _SPEC = importlib.util.spec_from_file_location(
     "make_corpus", os.path.join(os.path.dirname(__file__), "data", "bad_inputs", "make_corpus.py"))

@@ -1,4 +1,4 @@
-"""The call policy without Beam: CallPolicy driven directly against the emulator and a capture server on
+"""The call policy without Beam: Caller driven directly against the emulator and a capture server on
 127.0.0.1, checking outcomes, dead letters, deferrals, counts and the bytes sent."""
 import gc
 import io
@@ -13,7 +13,8 @@ from embed_client.pacing import Pacer
 from embed_emulator import Emulator, EmulatorConfig
 from tests.capture_server import CaptureServer, json_response
 from tests.helpers import TEST_KEY
-from transforms.calling.engine import CallPolicy, CallStats, QuotaState, WorkerState, make_policy
+from transforms.calling.callers import make_caller
+from transforms.calling.engine import Caller, CallStats, QuotaState, WorkerState
 from transforms.settings import ApiKeyRejected, CallSettings
 from transforms.records import Call, Deferred, Item, Outcome
 from transforms.stages.timeline import CallTimes
@@ -52,7 +53,7 @@ def _settings(base_url, **changes):
 
 def _policy(base_url, pacer=None, quota=None, **changes):
     settings = _settings(base_url, **changes)
-    return CallPolicy(settings, EmbedClient(api_key=TEST_KEY, base_url=base_url), pacer or CountingPacer(), quota)
+    return Caller(settings, EmbedClient(api_key=TEST_KEY, base_url=base_url), pacer or CountingPacer(), quota)
 
 
 def _text(i, text=None):
@@ -197,8 +198,8 @@ def test_the_call_budget_is_shared_by_every_policy_of_a_worker_state():
         settings = _settings(emu.base_url, max_calls=3, run_id="budget")
         state = WorkerState.for_settings(settings, CountingPacer())
         client = EmbedClient(api_key=TEST_KEY, base_url=emu.base_url)
-        v1 = make_policy("v1", settings, client, state)
-        v2 = make_policy("v2", settings, client, state)
+        v1 = make_caller("v1", settings, client, state)
+        v2 = make_caller("v2", settings, client, state)
         records = [r for i in range(4) for policy in (v1, v2) for r in policy.run(Call([_text(i)]))[0]]
         served = emu.stats()
     assert sum(isinstance(r, Outcome) for r in records) == 3 and served["requests"] == 3

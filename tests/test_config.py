@@ -165,7 +165,7 @@ def test_wall_time_waiting_counts_overlapping_waits_once():
     import threading
     import time
 
-    from transforms.calling.worker_state import WaitMeter
+    from transforms.calling.engine import WaitMeter
 
     meter = WaitMeter()
     first = threading.Thread(target=meter.wait, args=(lambda: time.sleep(0.4),))

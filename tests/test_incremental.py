@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from embed_emulator import Emulator, EmulatorConfig
 from tests.helpers import TEST_KEY, assert_exactly_once, make_config, read_dead_letters, read_segments, run
 from transforms.store import key_index
-from transforms.stages.call import CallSettings
+from transforms.settings import CallSettings
 from transforms.progress import PROGRESS
 from transforms.store.run_state import CALL, COPY, DEFERRED, EMBEDDED, FAILED, RunState
 

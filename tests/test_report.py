@@ -20,7 +20,7 @@ from embed_emulator import Emulator, EmulatorConfig
 from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows, format_progress
 from pipeline.report.html import latency_percentiles, read_calls
 from pipeline.report.runs_index import write_index
-from pipeline.report.summary import STATUS_TEXT
+from pipeline.report.status import STATUS_TEXT
 from tests.helpers import TEST_KEY, make_config, run
 from transforms.records import failure_kind
 

@@ -311,10 +311,10 @@ def test_no_wait_submits_and_the_job_finalizes_itself(tmp_path):
     with Emulator(EmulatorConfig()) as emu:
         submitted = run(make_config(output, [manifest], no_wait=True), emu.base_url)
         assert submitted["status"] == "submitted" and submitted["exit_code"] == 0
-        assert len(glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZED_MARKER))) == 1
-        assert len(glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZE_COUNTS))) == 1
+        assert len(glob.glob(os.path.join(output, "runs", "*", layout.FINALIZED_MARK))) == 1
+        assert len(glob.glob(os.path.join(output, "runs", "*", layout.FINALIZE_COUNTS_FILE))) == 1
         second = run(make_config(output, [manifest]), emu.base_url)
         assert emu.stats()["requests"] == 5  # the submitted job's results count: nothing paid twice
     assert second["items_already_done"] == 5 and second["status"] == "done"
-    assert len(glob.glob(os.path.join(output, "runs", "*", finalize.FINALIZED_MARKER))) == 2
+    assert len(glob.glob(os.path.join(output, "runs", "*", layout.FINALIZED_MARK))) == 2
     assert_exactly_once(output, 5)

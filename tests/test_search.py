@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.search import batch_vectors, nearest
-from transforms.stages.write import SEGMENT_DIR, segment_schema
+from transforms.stages.write import segment_schema
+from transforms.store.layout import SEGMENT_DIR
 
 DIMS = 16
 ROWS_PER_FILE = 20_000          # > 2 x 8,192: three batches per file, the last two slices

@@ -15,7 +15,8 @@ from apache_beam.internal.cloudpickle import cloudpickle
 from embed_emulator import Emulator, EmulatorConfig, synth
 from pipeline.run import beam_options
 from tests.helpers import make_config, read_dead_letters, run
-from transforms.stages.call import CallSettings, CreateEmbeddings
+from transforms.settings import CallSettings
+from transforms.stages.call import CreateEmbeddings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "tlk_FAKE_SECRET_5d1c9e7a40b24f6e"

@@ -9,7 +9,7 @@ from apache_beam.pvalue import TaggedOutput
 
 
 __all__ = ["MODALITIES", "Call", "DeadLetter", "DeadLetterOutput", "Deferred", "DeferredOutput", "Item", "ManifestRow",
-           "Outcome", "content_hash"]
+           "Outcome", "content_hash", "manifest_format"]
 
 MODALITIES = ("text", "image", "audio", "video")
 # Output tags of the steps that can reject or postpone what they were given.
@@ -21,6 +21,21 @@ ROUTES = ("v1", "v2", "task")
 INPUT_FIELDS = ("id", "text", "text_truncate", "image_url", "image_file", "audio_url", "audio_file",
                 "audio_start_offset_sec", "video_url", "video_file", "asset_id", "media_type", "start_sec",
                 "end_sec")
+
+# Manifest files by name: a format, optionally compressed.
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+_COMPRESSED = (".gz", ".bz2", ".zst", ".deflate", ".xz")
+
+
+def manifest_format(path: str) -> str:
+    name = path.lower()
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for suffix, fmt in _FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    raise ValueError(f"manifest {path}: unknown format (use .jsonl, .csv or .parquet, optionally compressed)")
 
 
 def _compact_reduce(self):

@@ -13,7 +13,7 @@ from embed_client.retry import RetryPolicy
 from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
 from transforms.models import MODEL_DIMS
 
-__all__ = ["API_VERSIONS", "MODEL_DIMS", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
+__all__ = ["API_VERSIONS", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
            "V2_MODELS", "resolve_api_key"]
 
 # Models Embed API v2 serves; Marengo 2.7 is v1 only, Marengo 3.5 is v2 only.

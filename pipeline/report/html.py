@@ -14,7 +14,11 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["STATUS_CLASS", "backfill_progress", "dead_letter_reasons", "latency_percentiles", "read_calls",
+from pipeline.report.runs_index import write_index
+from pipeline.report.status import STATUS_CLASS, STATUS_TEXT, backfill_progress
+from transforms.store.layout import CALLS_PATTERN, REPORT_FILE, RUNS_DIR, RUNS_INDEX_FILE
+
+__all__ = ["dead_letter_reasons", "latency_percentiles", "read_calls",
            "read_timeline", "render_report", "write_report"]
 
 _CHART_W, _CHART_H = 760, 240
@@ -41,7 +45,7 @@ def read_calls(folder: str) -> Tuple[Timeline, dict]:
     The latency is {"hist": {lower edge ms: calls}, "count", "sum", "min", "max"}; pieces written before
     latencies were recorded add nothing to it."""
     try:
-        paths = [m.path for m in FileSystems.match([FileSystems.join(folder, "calls-*.jsonl")])[0].metadata_list]
+        paths = [m.path for m in FileSystems.match([FileSystems.join(folder, CALLS_PATTERN)])[0].metadata_list]
     except Exception:
         paths = []
     seconds: Dict[int, List[int]] = {}
@@ -102,24 +106,6 @@ def latency_percentiles(latency: dict) -> Optional[Dict[str, float]]:
     out["mean"] = round(latency["sum"] / latency["count"], 1) if latency.get("count") \
         else round(sum(e * c for e, c in hist) / n, 1)
     return out
-
-
-def backfill_progress(summary: dict) -> Dict[str, int]:
-    """Where this run's manifests stand over all runs: done (before and in this run), still to do, failed.
-
-    done = already done + embedded this run; remaining = deferred + transient dead letters (the next run
-    takes them); failed = permanent dead letters (fix the rows, or --retry-dead-letters)."""
-    embedded = sum((summary.get("items_embedded") or {}).values())
-    already = summary.get("items_already_done", 0)
-    dead = summary.get("dead_letters", 0)
-    transient = summary.get("dead_letters_transient", 0)
-    failed = summary.get("dead_letters_permanent", dead - transient)
-    deferred = summary.get("deferred", 0)
-    done, remaining = already + embedded, deferred + transient
-    total = done + remaining + failed
-    return {"done": done, "already_done": already, "embedded": embedded, "remaining": remaining,
-            "deferred": deferred, "transient": transient, "failed": failed, "total": total,
-            "percent": math.floor(1000.0 * done / total) / 10 if total else 100.0}  # 100 only when all done
 
 
 def dead_letter_reasons(letters: Iterable[dict], samples: int = _SAMPLES_PER_REASON) -> Dict[str, dict]:
@@ -237,13 +223,7 @@ def _chart(timeline: Timeline, limit_per_sec: Optional[float]) -> str:
     return "".join(parts) + legend
 
 
-STATUS_CLASS = {"done": "ok", "done_with_known_dead_letters": "ok", "deferred": "warn",
-                 "finished_with_dead_letters": "bad", "stopped_service_unavailable": "bad"}
-
-
 def _status(summary: dict) -> str:
-    from pipeline.report.summary import STATUS_TEXT
-
     status = summary.get("status", "unknown")
     meaning = STATUS_TEXT.get(status, "")
     return (f'<div class="status {STATUS_CLASS.get(status, "warn")}"><b data-key="status">{_esc(status)}</b> '
@@ -411,8 +391,6 @@ def write_report(output: str, summary: dict, timeline_dir: str, rate_per_minute:
 
     `letters` default to this run's dead-letter files; `timeline` to what `timeline_dir` holds. The index is
     built from runs/*/summary.json, so write this run's summary first."""
-    from pipeline.report.runs_index import INDEX_FILE, RUNS_DIR, write_index
-
     if timeline is None:
         timeline = read_timeline(timeline_dir)
     if letters is None:
@@ -421,12 +399,12 @@ def write_report(output: str, summary: dict, timeline_dir: str, rate_per_minute:
             letters += _read_piece(path)
     run = urllib.parse.quote(summary["run_id"])
     kept = render_report(summary, timeline, rate_per_minute, letters,
-                         {"index": ("All runs", f"../{INDEX_FILE}"), "latest": ("Latest run", "../../report.html")})
-    _write(FileSystems.join(output, RUNS_DIR, summary["run_id"], "report.html"), kept)
+                         {"index": ("All runs", f"../{RUNS_INDEX_FILE}"), "latest": ("Latest run", f"../../{REPORT_FILE}")})
+    _write(FileSystems.join(output, RUNS_DIR, summary["run_id"], REPORT_FILE), kept)
     latest = render_report(summary, timeline, rate_per_minute, letters,
-                           {"index": ("All runs", f"{RUNS_DIR}/{INDEX_FILE}"),
-                            "permalink": ("This run's kept report", f"{RUNS_DIR}/{run}/report.html")})
-    path = FileSystems.join(output, "report.html")
+                           {"index": ("All runs", f"{RUNS_DIR}/{RUNS_INDEX_FILE}"),
+                            "permalink": ("This run's kept report", f"{RUNS_DIR}/{run}/{REPORT_FILE}")})
+    path = FileSystems.join(output, REPORT_FILE)
     _write(path, latest)
     write_index(output, summary)
     return path

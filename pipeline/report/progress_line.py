@@ -7,7 +7,7 @@ from typing import Optional, Sequence, TextIO
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.stages.read import manifest_format
+from transforms.records import manifest_format
 from transforms.progress import PROGRESS
 
 __all__ = ["ProgressPrinter", "count_manifest_rows", "format_progress"]

@@ -15,21 +15,19 @@ from typing import Dict, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.report.summary import RUNS_DIR
+from pipeline.report.status import STATUS_CLASS, backfill_progress
+from transforms.store.layout import REPORT_FILE, RUNS_DIR, RUNS_INDEX_FILE, SUMMARY_FILE
 
-__all__ = ["INDEX_FILE", "INDEX_JSON", "RUNS_DIR", "index_rows", "render_index", "write_index"]
+__all__ = ["INDEX_JSON", "index_rows", "render_index", "write_index"]
 
 _LOGGER = logging.getLogger(__name__)
 
-INDEX_FILE = "index.html"
 INDEX_JSON = "index.json"
 _READ_THREADS = 16
 _INCOMPLETE = "incomplete"
 
 
 def _row(summary: dict) -> dict:
-    from pipeline.report.html import backfill_progress
-
     progress = backfill_progress(summary)
     return {"run_id": summary["run_id"], "started": summary.get("started"), "seconds": summary.get("seconds"),
             "status": summary.get("status", "unknown"), "exit_code": summary.get("exit_code"),
@@ -68,9 +66,9 @@ def index_rows(output: str, current: Optional[dict] = None) -> List[dict]:
     for meta in listed:
         folder, name = meta.path.replace("\\", "/").rstrip("/").rsplit("/", 2)[-2:]
         seen = folders.setdefault(folder, {"summary": None, "report": False})
-        if name == "summary.json":
+        if name == SUMMARY_FILE:
             seen["summary"] = meta
-        elif name == "report.html":
+        elif name == REPORT_FILE:
             seen["report"] = True
     cached = _read_cache(runs_dir)
     rows: Dict[str, dict] = {}
@@ -113,8 +111,6 @@ def _read_cache(runs_dir: str) -> Dict[str, dict]:
 
 
 def render_index(rows: List[dict]) -> str:
-    from pipeline.report.html import STATUS_CLASS
-
     esc = lambda v: html.escape("" if v is None else str(v))
     body = []
     for row in rows:
@@ -168,7 +164,7 @@ def write_index(output: str, current: Optional[dict] = None) -> str:
     rows = index_rows(output, current)
     with FileSystems.create(FileSystems.join(runs_dir, INDEX_JSON), compression_type="uncompressed") as f:
         f.write(json.dumps({"runs": [r for r in rows if r["status"] != _INCOMPLETE]}, indent=1).encode("utf-8"))
-    path = FileSystems.join(runs_dir, INDEX_FILE)
+    path = FileSystems.join(runs_dir, RUNS_INDEX_FILE)
     with FileSystems.create(path, compression_type="uncompressed") as f:
         f.write(render_index(rows).encode("utf-8"))
     return path

@@ -12,15 +12,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.records import MODALITIES, ROUTES
-from transforms.stages.read import NAMESPACE
-from transforms.stages.write import DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR
-from transforms.store.layout import mkdirs
+from transforms.progress import NAMESPACE
+from pipeline.report.html import latency_percentiles, read_calls, write_report
+from transforms.models import MODEL_DIMS
+from pipeline.report.status import STATUS_TEXT, exit_code, run_status
+from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, REPORT_FILE, RUNS_DIR, SEGMENT_DIR, SUMMARY_FILE,
+                                     mkdirs)
 
-__all__ = ["EXIT_CODES", "RUNS_DIR", "collect_metrics", "format_summary", "plan_summary", "run_status",
+__all__ = ["collect_metrics", "format_summary", "plan_summary",
            "write_summary"]
 
 # OUTPUT/runs/RUN_ID/ keeps each run's summary and call timeline; OUTPUT/summary.json is the latest.
-RUNS_DIR = "runs"
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,17 +67,6 @@ def _read_jsonl(paths: List[str]) -> List[dict]:
     return records
 
 
-# The job's exit status, also `status` in summary.json (README: "Exit codes").
-EXIT_CODES = {"done": 0, "done_with_known_dead_letters": 0, "submitted": 0, "usage_error": 2, "finished_with_dead_letters": 3,
-              "deferred": 4, "stopped_service_unavailable": 5, "locked": 6}
-STATUS_TEXT = {"done": "done: every item is embedded",
-               "done_with_known_dead_letters": "done; the dead letters are the same as the last run's (nothing new)",
-               "finished_with_dead_letters": "finished; some rows are dead letters (see dead_letters/)",
-               "deferred": "deferred: some items wait for the quota, the call budget or their task; run again",
-               "stopped_service_unavailable": "stopped: the API was unreachable or failing; the rest is deferred, "
-                                              "run again when it is back"}
-
-
 def submitted_summary(config, result, run_id: str) -> dict:
     """--no-wait: the job is submitted; no counts yet. It finalizes its own output as its last step."""
     job_id = getattr(result, "job_id", None)
@@ -83,27 +74,7 @@ def submitted_summary(config, result, run_id: str) -> dict:
             "output": config.output, "job_id": job_id() if callable(job_id) else job_id}
 
 
-def run_status(deferred: int, deferred_by_reason, dead_letters: int, new_dead_letters: Optional[int] = None) -> str:
-    if deferred_by_reason.get("service_unavailable"):
-        return "stopped_service_unavailable"
-    if deferred:
-        return "deferred"
-    if not dead_letters:
-        return "done"
-    # Dead letters an earlier run already reported do not alert again: only new ones turn the run to 3.
-    return "finished_with_dead_letters" if new_dead_letters is None or new_dead_letters else \
-        "done_with_known_dead_letters"
-
-
-def _exit_code(config, status: str) -> int:
-    if status == "finished_with_dead_letters":
-        return getattr(config, "dead_letters_exit_code", EXIT_CODES[status])
-    return EXIT_CODES[status]
-
-
 def _dimension(config) -> int:
-    from transforms.settings import MODEL_DIMS
-
     return config.embedding_dimension or MODEL_DIMS.get(config.model, 0)
 
 
@@ -211,15 +182,13 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     resets = [r["resets_at"] for r in deferred if r.get("resets_at")]
     items_per_call = metrics.get("items_per_call") or {}
     by_reason = collections.Counter(r["reason"] for r in deferred)
-    from pipeline.report.html import read_calls, write_report
-
     run_dir = FileSystems.join(config.output, RUNS_DIR, run_id)
     timeline, latency = read_calls(run_dir)
     status = run_status(len(deferred), by_reason, sum(dead_by_code.values()), new_letters)
     summary = {
         "run_id": run_id,
         "status": status,
-        "exit_code": _exit_code(config, status),
+        "exit_code": exit_code(status, getattr(config, "dead_letters_exit_code", None)),
         "model": config.model,
         "started": started.isoformat(),
         "finished": finished.isoformat(),
@@ -269,13 +238,13 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "deferred_files": deferred_files,
     }
     _LOGGER.info("run %s finished", run_id)
-    summary["report_file"] = FileSystems.join(config.output, "report.html")
+    summary["report_file"] = FileSystems.join(config.output, REPORT_FILE)
     text = json.dumps(summary, indent=2).encode("utf-8")
     for folder in (run_dir, config.output):
         mkdirs(folder)
-        with FileSystems.create(FileSystems.join(folder, "summary.json"), compression_type="uncompressed") as f:
+        with FileSystems.create(FileSystems.join(folder, SUMMARY_FILE), compression_type="uncompressed") as f:
             f.write(text)
-    summary["summary_file"] = FileSystems.join(config.output, "summary.json")
+    summary["summary_file"] = FileSystems.join(config.output, SUMMARY_FILE)
     # After the summaries: runs/index.html lists runs/*/summary.json, this run's included. The report is for
     # people; failing to write it must not change the run's status.
     try:
@@ -288,8 +257,6 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
 def _call_latency(distribution: dict, latency: dict) -> dict:
     """p50/p90/p99 from the timeline pieces' histogram; mean, min and max from the Beam distribution (exact, and
     the numbers the runner's UI shows), or from the pieces when the runner reports no metrics."""
-    from pipeline.report.html import latency_percentiles
-
     exact = {k: round(distribution[k], 1) for k in ("max", "mean", "min") if k in distribution}
     estimated = latency_percentiles(latency) or {}
     if latency.get("min") is not None:

@@ -2,7 +2,7 @@
 answer to outcomes, dead letters or deferred items. No Beam in here: the calling step's DoFn, the
 RunInference handler and the unit tests drive the same objects.
 
-    policy = CallPolicy(settings, client, bucket)      # bucket: any embed_client.pacing.Pacer
+    policy = Caller(settings, client, bucket)      # bucket: any embed_client.pacing.Pacer
     records, stats = policy.run(Call([item, ...]))     # never raises for an item; ApiKeyRejected for a bad key
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from embed_client.retry import call_with_retries
 from transforms.settings import ApiKeyRejected, CallSettings
 from transforms.records import Call, DeadLetter, Deferred, Item, Outcome, item_row
 
-__all__ = ["Attempts", "CallPolicy", "CallRecord", "CallResult", "CallStats", "NotCalled", "QuotaState",
-           "WaitMeter", "WorkerState", "make_policy", "read_file"]
+__all__ = ["Attempts", "Caller", "CallRecord", "CallResult", "CallStats", "NotCalled", "QuotaState",
+           "WaitMeter", "WorkerState", "read_file"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def error_code(exc: errors.EmbedError) -> str:
             errors.RateLimitError: "too_many_requests"}.get(type(exc), "bad_request")
 
 
-class CallPolicy:
+class Caller:
     """Embed API v1: one packed `POST /embed` call per Call. Thread-safe: one instance serves a pool.
 
     The v2 callers (transforms.calling.v2) override `_run`, `_build`, `_send`, `_check` and `_map`."""
@@ -412,27 +412,3 @@ class CallPolicy:
                            f"{each.source} row {each.row_number}: {exc.message}", exc.status,
                            getattr(exc, "attempts", attempts) or attempts)
                 for each in item.with_copies()]
-
-
-CALL_KINDS = ("v1", "v2", "task")
-
-
-def make_policy(kind: str, settings: CallSettings, client: EmbedClient, state: WorkerState, *,
-                known_tasks: Optional[Dict[str, Tuple[str, float]]] = None, output: Optional[str] = None
-                ) -> CallPolicy:
-    """The policy of one route: "v1" packed calls, "v2" one item per sync call, or "task" (v2 async tasks,
-    recorded under `output`/tasks/ when given; `known_tasks` are earlier runs' records)."""
-    if kind not in CALL_KINDS:
-        raise ValueError(f"kind must be one of {CALL_KINDS}")
-    if kind == "v1":
-        return CallPolicy(settings, client, state.bucket, state.quota, state.meter)
-    from transforms.calling.v2 import SyncV2Caller, TaskCaller, TaskJournal  # it builds on CallPolicy
-
-    if kind == "v2":
-        policy: CallPolicy = SyncV2Caller(settings, client, state.bucket, state.quota)
-    else:
-        policy = TaskCaller(settings, client, state.bucket, state.quota, known=known_tasks or {},
-                            journal=TaskJournal(output, settings.run_id))
-    policy.meter = state.meter
-    policy.media = state.media
-    return policy

@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
 from transforms.settings import CallSettings
-from transforms.calling.engine import Attempts, CallPolicy, CallStats, NotCalled
+from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled
 from transforms.records import DeadLetter, Deferred, Item, Outcome
 from transforms.store.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl
 
@@ -165,7 +165,7 @@ class _MediaPaced:
             self.media.charge(data_minutes(data))
 
 
-class SyncV2Caller(_MediaPaced, CallPolicy):
+class SyncV2Caller(_MediaPaced, Caller):
     """One item per `POST /embed-v2` call; the same pacing, budget, retries and error mapping as v1."""
 
     def _run(self, items: List[Item], stats: CallStats):
@@ -272,7 +272,7 @@ class _TaskGone(Exception):
     """A recorded task the API no longer knows (expired or purged): it is created again."""
 
 
-class TaskCaller(_MediaPaced, CallPolicy):
+class TaskCaller(_MediaPaced, Caller):
     """Audio and video too long for a sync call: create a task once, record it, poll it to the end."""
 
     def __init__(self, settings: CallSettings, client, bucket, quota=None, known: Optional[Dict[str, TaskRecord]] = None,

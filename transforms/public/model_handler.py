@@ -31,7 +31,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from embed_client import EmbedClient
 from transforms.calling.metrics import CallMetrics
-from transforms.calling.engine import CallPolicy, make_policy
+from transforms.calling.callers import make_caller
+from transforms.calling.engine import Caller
 from transforms.settings import ApiKeyRejected, CallSettings, resolve_api_key
 from transforms.progress import NAMESPACE
 from transforms.public.embed import TwelveLabsOptions
@@ -108,7 +109,7 @@ class TwelveLabsEmbeddingModel:
         # Held for the model's life: Shared keeps the process's state only while someone holds it.
         self.state = acquire_worker_state(settings)
         # No output folder: a task is polled until it ends or `task_deadline_sec` passes, then deferred.
-        self.callers: Dict[str, CallPolicy] = {kind: make_policy(kind, settings, self.client, self.state)
+        self.callers: Dict[str, Caller] = {kind: make_caller(kind, settings, self.client, self.state)
                                                for kind in ("v1", "v2", "task")}
         self.bucket, self.quota = self.state.bucket, self.state.quota
         self._calls_pool = concurrent.futures.ThreadPoolExecutor(settings.max_in_flight,

@@ -13,18 +13,17 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from embed_client import EmbedClient
 from transforms.calling.metrics import CallMetrics
-from transforms.calling.engine import CALL_KINDS, CallPolicy, CallResult, make_policy
+from transforms.calling.callers import make_caller
+from transforms.calling.engine import Caller, CallResult
 from transforms.settings import ApiKeyRejected, CallSettings, resolve_api_key
 from transforms.models import MODEL_DIMS
 from transforms.records import DEAD_LETTERS, DEFERRED
-from transforms.records import Call, DeadLetter, Deferred, Outcome
+from transforms.records import ROUTES, Call, DeadLetter, Deferred, Outcome
 from transforms.stages.timeline import LATENCY_EDGES_MS, TIMELINE, CallTimes, latency_bucket
-from transforms.calling.worker_state import WorkerState, acquire_worker_state
+from transforms.calling.engine import WorkerState
+from transforms.calling.worker_state import acquire_worker_state
 
-# CallSettings, MODEL_DIMS, ApiKeyRejected, resolve_api_key and the latency edges live elsewhere; they are
-# re-exported here because callers think of them as the calling step's.
-__all__ = ["CALL_KINDS", "DEFERRED", "LATENCY_EDGES_MS", "MODEL_DIMS", "TIMELINE", "ApiKeyRejected", "CallSettings",
-           "CreateEmbeddings", "latency_bucket", "resolve_api_key"]
+__all__ = ["CreateEmbeddings"]
 
 KnownTasks = Dict[str, Tuple[str, float]]
 
@@ -38,8 +37,8 @@ CallOutput = Union[Outcome, TaggedOutput[Literal[DEAD_LETTERS], DeadLetter],
 class _CreateEmbeddingsFn(beam.DoFn):
     def __init__(self, settings: CallSettings, kind: str = "v1", output: Optional[str] = None,
                  known_tasks: Optional[KnownTasks] = None):
-        if kind not in CALL_KINDS:
-            raise ValueError(f"kind must be one of {CALL_KINDS}")
+        if kind not in ROUTES:
+            raise ValueError(f"kind must be one of {ROUTES}")
         self._settings = settings
         self._kind = kind
         self._output = output
@@ -52,7 +51,7 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._client = EmbedClient(api_key=resolve_api_key(s), base_url=s.base_url,
                                    timeout=(s.connect_timeout_sec, s.read_timeout_sec),
                                    max_connections=s.max_in_flight)
-        self._policy: CallPolicy = make_policy(self._kind, s, self._client, self._state,
+        self._policy: Caller = make_caller(self._kind, s, self._client, self._state,
                                                known_tasks=self._known_tasks, output=self._output)
         # A task holds a thread while it waits between polls, not a connection: more of them.
         self._in_flight = s.max_tasks_in_flight if self._kind == "task" else s.max_in_flight

@@ -27,7 +27,7 @@ from transforms.records import DeadLetter, DeadLetterOutput, Deferred, DeferredO
 from transforms.progress import PROGRESS
 
 __all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup", "canonical_model",
-           "list_segment_pieces", "read_permanent_failures"]
+           "read_permanent_failures"]
 
 _LOGGER = logging.getLogger(__name__)
 GROUPINGS = ("stream", "shuffle")
@@ -39,13 +39,6 @@ def canonical_model(name: str) -> str:
     """The API answers with either spelling of Marengo 2.7; both mean one model."""
     lowered = name.lower()
     return "marengo2.7" if lowered in ("marengo2.7", "marengo-retrieval-2.7") else lowered
-
-
-def list_segment_pieces(segment_dir: str) -> List[str]:
-    """Committed pieces (temporary files of unfinished writes end in .tmp and are not matched)."""
-    from transforms.store.layout import list_files
-
-    return list_files(segment_dir, "*.parquet")
 
 
 def _carried(item: Item, earlier: dict) -> DeadLetter:

@@ -17,7 +17,7 @@ from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.records import DeadLetter, DeadLetterOutput, ManifestRow
+from transforms.records import DeadLetter, DeadLetterOutput, ManifestRow, manifest_format
 from transforms.memory import return_freed_memory
 from transforms.store.key_index import MODALITY_BITS
 from transforms.progress import NAMESPACE
@@ -26,26 +26,11 @@ from transforms.progress import PROGRESS
 from transforms.store.saved_prefix import (ReadMap, counts as mask_counts, load_prefix, skip_checked, skip_prefix,
                                      skipped_masks)
 
-__all__ = ["DEAD_LETTERS", "ReadManifests", "expand_manifest_patterns", "manifest_format", "parse_manifest"]
+__all__ = ["ReadManifests", "expand_manifest_patterns", "parse_manifest"]
 
 _LOGGER = logging.getLogger(__name__)
 # Parquet manifests are read this many rows at a time, so a large file never sits in memory.
 _PARQUET_BATCH_ROWS = 1024
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-_COMPRESSED = (".gz", ".bz2", ".zst", ".deflate", ".xz")
-
-
-def manifest_format(path: str) -> str:
-    name = path.lower()
-    for suffix in _COMPRESSED:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    for suffix, fmt in _FORMATS.items():
-        if name.endswith(suffix):
-            return fmt
-    raise ValueError(f"manifest {path}: unknown format (use .jsonl, .csv or .parquet, optionally compressed)")
-
-
 def expand_manifest_patterns(patterns: Sequence[str]) -> List[str]:
     """Resolves paths and globs through Beam FileSystems; fails fast on a pattern with no match."""
     from transforms.settings import ConfigError

@@ -18,6 +18,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 
+from transforms.store.layout import calls_piece_name
+
 __all__ = ["LATENCY_EDGES_MS", "TIMELINE", "CallTimes", "TimelineAggregate", "WriteTimeline", "latency_bucket",
            "timeline_piece"]
 
@@ -145,7 +147,7 @@ class _WriteTimelineFn(beam.DoFn):
         from apache_beam.io.filesystems import FileSystems
 
         self._pieces += 1
-        path = FileSystems.join(self._folder, f"calls-{self._worker}-{self._pieces:05d}.jsonl")
+        path = FileSystems.join(self._folder, calls_piece_name(self._worker, self._pieces))
         try:
             with FileSystems.create(path, compression_type="uncompressed") as f:
                 f.write(lines.encode("utf-8"))

@@ -20,9 +20,9 @@ from transforms.store.key_index import (build_from_segments, compact_index, fing
                                   find_entries, member, saved_rows_member, write_index_parts,
                                   write_saved_rows)
 from transforms.store.saved_prefix import settle_prefixes
-from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files, mkdirs, read_jsonl,
+from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, FINALIZE_COUNTS_FILE, FINALIZED_MARK, RUNS_DIR, SEGMENT_DIR, list_files, mkdirs, read_jsonl,
                                replace, write_parquet)
-from transforms.stages.dedup import list_segment_pieces
+from transforms.store.layout import list_segment_pieces
 
 
 __all__ = ["FinalizeRun", "finalize_output", "read_finalize_counts", "settle_earlier_runs"]
@@ -44,7 +44,6 @@ def _remove_stale_temps(folder: str) -> None:
 
 # part-RUN_ID-WORKER-00001.parquet, part-RUN_ID-compact-00001.parquet (run ids hold dashes themselves).
 _RUN_OF_PIECE = re.compile(r"^part-(.+?)-[^-]+-\d{5}(?:-[^.]*)?\.parquet$")
-FINALIZED_MARKER = "finalized"
 
 
 def _piece_run(path: str) -> Optional[str]:
@@ -54,7 +53,7 @@ def _piece_run(path: str) -> Optional[str]:
 
 def _finalized_runs(output: str) -> Set[str]:
     try:
-        found = FileSystems.match([FileSystems.join(output, RUNS_DIR, "*", FINALIZED_MARKER)])[0].metadata_list
+        found = FileSystems.match([FileSystems.join(output, RUNS_DIR, "*", FINALIZED_MARK)])[0].metadata_list
     except Exception:
         return set()
     return {m.path.replace("\\", "/").rsplit("/", 2)[-2] for m in found}
@@ -64,7 +63,7 @@ def _mark_finalized(output: str, run_ids: Sequence[str]) -> None:
     for run_id in run_ids:
         folder = FileSystems.join(output, RUNS_DIR, run_id)
         mkdirs(folder)
-        with FileSystems.create(FileSystems.join(folder, FINALIZED_MARKER), compression_type="uncompressed") as f:
+        with FileSystems.create(FileSystems.join(folder, FINALIZED_MARK), compression_type="uncompressed") as f:
             f.write(b"")
 
 
@@ -403,12 +402,11 @@ def _finalize(output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int
     return {"segment_rows_dropped": dropped, "segment_bytes_rewritten": rewritten, "pieces_compacted": compacted}
 
 
-FINALIZE_COUNTS = "finalize.json"
 
 
 def read_finalize_counts(output: str, run_id: str) -> Optional[Dict[str, int]]:
     """What the job's own finalize step did (None if it did not run: the launcher then finalizes)."""
-    path = FileSystems.join(output, RUNS_DIR, run_id, FINALIZE_COUNTS)
+    path = FileSystems.join(output, RUNS_DIR, run_id, FINALIZE_COUNTS_FILE)
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             return json.loads(f.read().decode("utf-8"))
@@ -423,7 +421,7 @@ def _finalize_in_job(pieces_written: int, output: str, run_id: str, sources: Seq
     counts["pieces_written"] = pieces_written
     folder = FileSystems.join(output, RUNS_DIR, run_id)
     mkdirs(folder)
-    _rewrite(FileSystems.join(folder, FINALIZE_COUNTS),
+    _rewrite(FileSystems.join(folder, FINALIZE_COUNTS_FILE),
              lambda stream: stream.write(json.dumps(counts).encode("utf-8")))
     return counts
 

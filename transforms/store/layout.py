@@ -19,8 +19,9 @@ from typing import Callable, Iterator, List
 from apache_beam.io.filesystems import FileSystems
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "TMP_SUFFIX",
-           "READER_ROW_GROUP", "commit", "list_files", "mkdirs", "piece_name", "read_jsonl", "replace", "write_parquet",
-           "write_parquet_parts"]
+           "READER_ROW_GROUP", "SUMMARY_FILE", "REPORT_FILE", "RUNS_INDEX_FILE", "FINALIZE_COUNTS_FILE",
+           "FINALIZED_MARK", "CALLS_PATTERN", "calls_piece_name", "run_folder", "commit", "list_files", "list_segment_pieces", "mkdirs", "piece_name", "read_jsonl",
+           "replace", "write_parquet", "write_parquet_parts"]
 
 SEGMENT_DIR = "segments"
 DEAD_LETTER_DIR = "dead_letters"
@@ -30,8 +31,23 @@ INDEX_DIR = "index"
 RUNS_DIR = "runs"
 LOCKS_DIR = "locks"
 TMP_SUFFIX = ".tmp"
+# Files of the output's top level and of each run's folder (OUTPUT/runs/RUN/).
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+RUNS_INDEX_FILE = "index.html"          # OUTPUT/runs/index.html, every run's row
+FINALIZE_COUNTS_FILE = "finalize.json"  # what the job's finalize step did
+FINALIZED_MARK = "finalized"            # an empty file: the run's output is finalized
+CALLS_PATTERN = "calls-*.jsonl"         # the call timeline's pieces (transforms.stages.timeline)
 # Row groups sized for readers: search and readers stream a row group at a time.
 READER_ROW_GROUP = 8192
+
+
+def calls_piece_name(worker: str, sequence: int) -> str:
+    return f"calls-{worker}-{sequence:05d}.jsonl"
+
+
+def run_folder(output: str, run_id: str) -> str:
+    return FileSystems.join(output, RUNS_DIR, run_id)
 
 
 def piece_name(run_id: str, worker: str, sequence: int, suffix: str) -> str:
@@ -106,3 +122,8 @@ def write_parquet_parts(schema, parts, stream, row_group_size: int = READER_ROW_
         for part in parts:
             writer.write_table(part, row_group_size=row_group_size)
     pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
+
+
+def list_segment_pieces(segment_dir: str) -> List[str]:
+    """Committed pieces (temporary files of unfinished writes end in .tmp and are not matched)."""
+    return list_files(segment_dir, "*.parquet")

@@ -85,7 +85,7 @@ class RunState:
         """Loads the key index and the saved rows, then checks the JSONL manifests' saved prefixes, in a
         thread: the work overlaps the runner's start-up instead of delaying the first call after it."""
         def check() -> Dict[str, object]:
-            from transforms.stages.read import manifest_format
+            from transforms.records import manifest_format
             from transforms.store.saved_prefix import check_prefix, load_prefix
 
             saved, checked = self.saved_rows(output, row_key), {}
