@@ -59,12 +59,11 @@ def main(argv=None) -> int:
 
         return search_main(argv[1:])
     from pipeline.config import parse_args
-    from pipeline.run import run_job
     from pipeline.report.status import EXIT_CODES
     from pipeline.report.summary import format_summary
-
-    from transforms.store.lock import OutputLocked
+    from pipeline.run import run_job
     from transforms.settings import ConfigError
+    from transforms.store.lock import OutputLocked
 
     try:
         config, _ = parse_args(argv)

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from transforms.settings import ConfigError
+from transforms.settings import DEFAULTS, ConfigError
 
 __all__ = ["EMBEDDED", "JobConfig", "load_config", "parse_args"]
 
@@ -21,39 +21,39 @@ _SECRET_FLAGS = ("--api-key", "--api_key", "--apikey", "--key", "--twelve-labs-a
 class JobConfig:
     manifests: List[str]
     output: str
-    model: str = "marengo3.0"
-    base_url: str = EMBEDDED
-    key_file: Optional[str] = None
-    requests_per_minute: Optional[float] = None
-    requests_per_day: Optional[int] = None   # the account's daily quota, for --dry-run's estimate
-    max_calls: Optional[int] = None          # a budget of calls for this run; the rest is deferred
+    model: str = DEFAULTS["model"]
+    base_url: str = DEFAULTS["base_url"]
+    key_file: Optional[str] = DEFAULTS["key_file"]
+    requests_per_minute: Optional[float] = DEFAULTS["requests_per_minute"]
+    requests_per_day: Optional[int] = DEFAULTS["requests_per_day"]
+    max_calls: Optional[int] = DEFAULTS["max_calls"]
     dry_run: bool = False
-    max_workers: int = 1
-    rate_limit_backend: str = "local"
-    redis_url: Optional[str] = None
-    rate_limit_key: str = "tl-embed:ratelimit"
-    max_in_flight: int = 8
-    dead_letters_exit_code: int = 3
-    pack: bool = True
-    connect_timeout_sec: float = 10.0
-    read_timeout_sec: float = 120.0
-    max_attempts: int = 6
-    item_deadline_sec: float = 300.0
-    rows_per_piece: int = 4096
-    flush_sec: Optional[float] = None  # None: durable by default (see the settings table)
+    max_workers: int = DEFAULTS["max_workers"]
+    rate_limit_backend: str = DEFAULTS["rate_limit_backend"]
+    redis_url: Optional[str] = DEFAULTS["redis_url"]
+    rate_limit_key: str = DEFAULTS["rate_limit_key"]
+    max_in_flight: int = DEFAULTS["max_in_flight"]
+    dead_letters_exit_code: int = DEFAULTS["dead_letters_exit_code"]
+    pack: bool = DEFAULTS["pack"]
+    connect_timeout_sec: float = DEFAULTS["connect_timeout_sec"]
+    read_timeout_sec: float = DEFAULTS["read_timeout_sec"]
+    max_attempts: int = DEFAULTS["max_attempts"]
+    item_deadline_sec: float = DEFAULTS["item_deadline_sec"]
+    rows_per_piece: int = DEFAULTS["rows_per_piece"]
+    flush_sec: Optional[float] = DEFAULTS["flush_sec"]
     emulator: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    samples: Optional[str] = None      # folder of generated sample media/manifests (local config)
-    api_version: str = "auto"          # v1 | v2 | auto (v1 where it can, v2 for video and marengo3.5)
-    embedding_dimension: Optional[int] = None
-    embedding_options: Optional[List[str]] = None
-    embedding_scopes: Optional[List[str]] = None
-    embedding_type: Optional[List[str]] = None
-    segmentation: Optional[Dict[str, Any]] = None
-    task_deadline_sec: float = 3600.0
-    task_poll_sec: float = 5.0
-    max_tasks_in_flight: int = 32
-    media_minutes_per_hour: Optional[float] = None
-    outage_after_failures: int = 20
+    samples: Optional[str] = DEFAULTS["samples"]
+    api_version: str = DEFAULTS["api_version"]
+    embedding_dimension: Optional[int] = DEFAULTS["embedding_dimension"]
+    embedding_options: Optional[List[str]] = DEFAULTS["embedding_options"]
+    embedding_scopes: Optional[List[str]] = DEFAULTS["embedding_scopes"]
+    embedding_type: Optional[List[str]] = DEFAULTS["embedding_type"]
+    segmentation: Optional[Dict[str, Any]] = DEFAULTS["segmentation"]
+    task_deadline_sec: float = DEFAULTS["task_deadline_sec"]
+    task_poll_sec: float = DEFAULTS["task_poll_sec"]
+    max_tasks_in_flight: int = DEFAULTS["max_tasks_in_flight"]
+    media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
+    outage_after_failures: int = DEFAULTS["outage_after_failures"]
     columns: Dict[str, str] = dataclasses.field(default_factory=dict)  # manifest column -> the job's field
     retry_dead_letters: bool = False   # re-drive earlier runs' permanent call failures
     json_output: bool = False          # print the plan or summary as JSON

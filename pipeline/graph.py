@@ -8,19 +8,18 @@ from typing import Dict, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.store.finalize import FinalizeRun
+from transforms.progress import NAMESPACE
+from transforms.records import DEAD_LETTERS, DEFERRED, Call, DeadLetter
 from transforms.settings import CallSettings
 from transforms.stages.call import CreateEmbeddings
-from transforms.progress import NAMESPACE
-from transforms.records import DEAD_LETTERS, DEFERRED
-from transforms.records import Call, DeadLetter
-from transforms.stages.read import ReadManifests
-from transforms.stages.pack import RouteAndPack
 from transforms.stages.dedup import FanOutCopies, ResolveLateCopies, SkipDoneAndDedup
-from transforms.store.run_state import SharedRunState
+from transforms.stages.pack import RouteAndPack
+from transforms.stages.read import ReadManifests
 from transforms.stages.timeline import TIMELINE, WriteTimeline  # the run report's calls per second
-from transforms.stages.write import WriteDeadLetters, WriteDeferred, WriteRowRecords, WriteSegments
 from transforms.stages.validate import ROW_RECORDS, RoutePlan, ValidateRows
+from transforms.stages.write import WriteDeadLetters, WriteDeferred, WriteRowRecords, WriteSegments
+from transforms.store.finalize import FinalizeRun
+from transforms.store.run_state import SharedRunState
 
 __all__ = ["build_pipeline"]
 

@@ -12,19 +12,19 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.report import summary as summary_mod
 from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
+from pipeline.report import summary as summary_mod
 from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows
-from transforms.store.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
-from transforms.store.lock import OutputLock
-from transforms.memory import return_freed_memory
-from transforms.settings import CallSettings, ConfigError, EmbeddingSettings
 from transforms.calling.v2 import read_task_journal
-from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
+from transforms.memory import return_freed_memory
+from transforms.settings import CallSettings, ConfigError, EmbeddingSettings, settings_from
 from transforms.stages.dedup import read_permanent_failures
+from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
 from transforms.stages.write import recover_journals
+from transforms.store.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
 from transforms.store.layout import RUNS_DIR, SEGMENT_DIR, list_segment_pieces
+from transforms.store.lock import OutputLock
 
 __all__ = ["run_job", "embedded_backend"]
 
@@ -124,29 +124,18 @@ def _refuse_other_model(pieces, model: str, output: str, dims: Optional[int] = N
 
 
 def call_settings(config: JobConfig, base_url: str, run_id: str = "") -> CallSettings:
-    """The calling step's settings from the job's config (one place for both the job and search)."""
-    return CallSettings(
-        base_url=base_url, model=config.model, requests_per_minute=config.requests_per_minute,
-        max_workers=config.max_workers, max_in_flight=config.max_in_flight,
-        rate_limit_backend=config.rate_limit_backend, redis_url=config.redis_url,
-        rate_limit_key=config.rate_limit_key,
-        connect_timeout_sec=config.connect_timeout_sec, read_timeout_sec=config.read_timeout_sec,
-        max_attempts=config.max_attempts, item_deadline_sec=config.item_deadline_sec,
-        key_file=config.key_file, max_calls=config.max_calls, run_id=run_id,
+    """The calling step's settings from the job's config (one place for both the job and search): every
+    setting of the same name, plus what is derived from the config."""
+    return settings_from(
+        config, base_url=base_url, run_id=run_id,
         timeline_dir=None if config.dry_run or not run_id else FileSystems.join(config.output, RUNS_DIR, run_id),
         placeholder_key=EMULATOR_PLACEHOLDER_KEY if config.base_url == EMBEDDED else None,
-        api_version=config.api_version,
         embedding=EmbeddingSettings(
             dimension=config.embedding_dimension,
             options=None if config.embedding_options is None else tuple(config.embedding_options),
             scopes=None if config.embedding_scopes is None else tuple(config.embedding_scopes),
             type=None if config.embedding_type is None else tuple(config.embedding_type),
-            segmentation=None if config.segmentation is None else json.dumps(config.segmentation, sort_keys=True)),
-        task_deadline_sec=config.task_deadline_sec, task_poll_sec=config.task_poll_sec,
-        max_tasks_in_flight=config.max_tasks_in_flight,
-        media_minutes_per_hour=config.media_minutes_per_hour,
-        outage_after_failures=config.outage_after_failures,
-    )
+            segmentation=None if config.segmentation is None else json.dumps(config.segmentation, sort_keys=True)))
 
 
 def _check_key_up_front(settings: CallSettings) -> None:

@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from embed_client import EmbedClient
 from pipeline.config import load_config
-from transforms.settings import resolve_api_key
+from transforms.settings import make_client
 from transforms.store.layout import SEGMENT_DIR
 
 __all__ = ["NoSegments", "batch_vectors", "nearest", "search_main"]
@@ -172,7 +172,7 @@ def search_main(argv: Sequence[str]) -> int:
 
         base_url = stack.enter_context(embedded_backend(config)) or config.base_url
         settings = call_settings(config, base_url)
-        client = stack.enter_context(EmbedClient(api_key=resolve_api_key(settings), base_url=base_url))
+        client = stack.enter_context(make_client(settings))
         vector = _query_vector(client, settings, args)
     found = nearest(output, vector, args.k, args.modality)
     for rank, record in enumerate(found, 1):

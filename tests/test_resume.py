@@ -14,6 +14,7 @@ import yaml
 
 from embed_emulator import Emulator, EmulatorConfig, synth
 from tests.helpers import (TEST_KEY, assert_exactly_once, make_config, read_dead_letters, read_segments, run)
+from transforms.store import layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -304,7 +305,6 @@ def test_small_pieces_of_a_run_are_compacted_when_it_finishes(tmp_path, monkeypa
 def test_no_wait_submits_and_the_job_finalizes_itself(tmp_path):
     """Finalize is a step of the job: a submitted job (a Flex Template launch) finalizes its own output on its
     workers; a killed one is settled by the next run (test_incremental, test_unattended)."""
-    import transforms.store.finalize as finalize
 
     manifest = _write_manifest(tmp_path / "n.jsonl", [{"id": f"n{i}", "text": f"no wait {i}"} for i in range(5)])
     output = str(tmp_path / "out")

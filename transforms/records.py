@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from apache_beam.pvalue import TaggedOutput
 
-
 __all__ = ["MODALITIES", "Call", "DeadLetter", "DeadLetterOutput", "Deferred", "DeferredOutput", "Item", "ManifestRow",
            "Outcome", "content_hash", "manifest_format"]
 

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import json
+import os
 from typing import Any, Dict, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from embed_client import API_KEY_ENV
+from embed_client import API_KEY_ENV, EmbedClient
 from embed_client.retry import RetryPolicy
 from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
 from transforms.models import MODEL_DIMS
 
-__all__ = ["API_VERSIONS", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
-           "V2_MODELS", "resolve_api_key"]
+__all__ = ["API_VERSIONS", "DEFAULTS", "SETTINGS", "Setting", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
+           "V2_MODELS", "make_client", "resolve_api_key", "settings_from"]
 
 # Models Embed API v2 serves; Marengo 2.7 is v1 only, Marengo 3.5 is v2 only.
 V2_MODELS = ("marengo3.0", "marengo3.5")
@@ -25,6 +25,96 @@ DIMENSIONS_35 = (128, 256, 512)
 _OPTIONS = ("visual", "audio", "transcription")
 _SCOPES = ("clip", "asset")
 _TYPES = ("separate_embedding", "fused_embedding")
+
+
+# Every setting once: its config key, the field it fills, type, range, default and meaning. The job's config
+# (pipeline.config.JobConfig), the calling step's CallSettings and the public TwelveLabsOptions take their
+# defaults from here; `python -m pipeline config` prints it.
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    key: str                    # dotted path in the YAML file
+    field: str                  # the JobConfig (and CallSettings, TwelveLabsOptions) attribute it fills
+    kind: str                   # str | int | float | bool | list | map | path | paths
+    default: Any
+    doc: str
+    choices: Optional[Tuple[Any, ...]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    optional: bool = False      # None allowed (and the default)
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("model", "model", "str", "marengo3.0", "the embedding model", choices=tuple(MODEL_DIMS)),
+    Setting("manifests", "manifests", "paths", [], "manifest paths or globs (JSONL, CSV, Parquet; any FileSystems "
+            "scheme); relative to this file's folder"),
+    Setting("columns", "columns", "map", {}, "manifest column -> field (id, text, image_file, ...), e.g. "
+            "{description: text}"),
+    Setting("samples", "samples", "path", None, "folder of generated sample media and manifests (local config)",
+            optional=True),
+    Setting("output.path", "output", "path", "output", "output folder (local or any FileSystems URL)"),
+    Setting("output.flush_sec", "flush_sec", "float", None, "commit a piece at least this often (unset: 5 s plus a "
+            "journal of every result on local outputs, a piece per call's results on object stores; 0: a piece "
+            "per call's results everywhere)", low=0, optional=True),
+    Setting("output.rows_per_piece", "rows_per_piece", "int", 4096, "commit a piece when it holds this many "
+            "items", low=1),
+    Setting("api.base_url", "base_url", "str", "embedded", "API base URL ending in /v1.3, or `embedded` for the "
+            "in-process emulator"),
+    Setting("api.key_file", "key_file", "path", None, "file holding the API key (else TWELVE_LABS_API_KEY)",
+            optional=True),
+    Setting("api.version", "api_version", "str", "auto", "v1, v2, or auto (v1 where it can, v2 for video and "
+            "marengo3.5)", choices=("auto", "v1", "v2")),
+    Setting("api.connect_timeout_sec", "connect_timeout_sec", "float", 10.0, "seconds to connect", low=0.001),
+    Setting("api.read_timeout_sec", "read_timeout_sec", "float", 120.0, "seconds to wait for an answer",
+            low=0.001),
+    Setting("calls.requests_per_minute", "requests_per_minute", "float", None, "the account's limit, shared by "
+            "all workers (unset: learned from the first 429 that states it)", low=0.001, optional=True),
+    Setting("calls.requests_per_day", "requests_per_day", "int", None, "the account's daily quota (for "
+            "--dry-run's estimate)", low=1, optional=True),
+    Setting("calls.max_calls", "max_calls", "int", None, "a budget of calls for this run; the rest is deferred",
+            low=0, optional=True),
+    Setting("calls.worker_processes", "max_workers", "int", 1, "worker processes sharing the limit: each paces "
+            "to requests_per_minute / worker_processes (without Redis) and takes its share of max_calls "
+            "(formerly calls.max_workers, still read)", low=1),
+    Setting("calls.max_in_flight", "max_in_flight", "int", 8, "concurrent calls per worker process", low=1,
+            high=1024),
+    Setting("calls.pack", "pack", "bool", True, "v1: pack up to one text, image and audio per call"),
+    Setting("calls.max_attempts", "max_attempts", "int", 6, "attempts per call (retries of what can succeed "
+            "later)", low=1, high=100),
+    Setting("calls.item_deadline_sec", "item_deadline_sec", "float", 300.0, "wall-clock bound on one item's "
+            "retries", low=0.001),
+    Setting("calls.outage_after_failures", "outage_after_failures", "int", 20, "stop calling after this many "
+            "attempts in a row fail for the service's reason (0: never)", low=0),
+    Setting("calls.task_deadline_sec", "task_deadline_sec", "float", 3600.0, "v2 tasks: poll this long in one "
+            "run, then defer (the task is kept)", low=0.001),
+    Setting("calls.task_poll_sec", "task_poll_sec", "float", 5.0, "v2 tasks: first wait between polls "
+            "(grows 1.5x to 60 s)", low=0.001),
+    Setting("calls.max_tasks_in_flight", "max_tasks_in_flight", "int", 32, "v2 tasks polled at once per worker",
+            low=1, high=4096),
+    Setting("calls.media_minutes_per_hour", "media_minutes_per_hour", "float", None, "v2: the account's audio/"
+            "video minutes per hour, shared by all workers", low=0.001, optional=True),
+    Setting("embedding.dimension", "embedding_dimension", "int", None, "marengo3.5: vector size",
+            choices=(128, 256, 512), optional=True),
+    Setting("embedding.options", "embedding_options", "list", None, "v2 audio/video: some of visual, audio, "
+            "transcription", optional=True),
+    Setting("embedding.scopes", "embedding_scopes", "list", None, "v2 audio/video: some of clip, asset",
+            optional=True),
+    Setting("embedding.type", "embedding_type", "list", None, "v2: separate_embedding and/or fused_embedding",
+            optional=True),
+    Setting("embedding.segmentation", "segmentation", "map", None, "v2: {strategy: fixed, duration_sec: 2..10} or "
+            "{strategy: dynamic, min_duration_sec: 2..5}", optional=True),
+    Setting("rate_limit.backend", "rate_limit_backend", "str", "local", "local (each worker paces to its share) "
+            "or redis (one limit shared through Redis)", choices=("local", "redis")),
+    Setting("rate_limit.redis_url", "redis_url", "str", None, "redis://HOST:PORT/DB for the redis backend",
+            optional=True),
+    Setting("rate_limit.key", "rate_limit_key", "str", "tl-embed:ratelimit", "the Redis key of the shared limit"),
+    Setting("exit_codes.dead_letters", "dead_letters_exit_code", "int", 3, "the exit status of a run whose new "
+            "dead letters are its only problem (README \"Exit codes\"); the sample config sets 0, its bad rows are "
+            "on purpose", choices=(0, 3)),
+    Setting("beam.args", "beam_args", "list", [], "flags for Beam (--runner=..., --setup_file=...)"),
+    Setting("emulator", "emulator", "map", {}, "the embedded emulator's knobs (python -m embed_emulator --help)"),
+)
+# The default of each field, for the dataclasses that carry settings.
+DEFAULTS: Dict[str, Any] = {s.field: s.default for s in SETTINGS}
 
 
 class ConfigError(ValueError):
@@ -91,42 +181,42 @@ class ApiKeyRejected(RuntimeError):
 class CallSettings:
     base_url: str
     model: str
-    requests_per_minute: Optional[float] = None
-    max_workers: int = 1                 # the per-process pace is requests_per_minute / max_workers
-    max_in_flight: int = 8
-    connect_timeout_sec: float = 10.0
-    read_timeout_sec: float = 120.0
-    max_attempts: int = 6
-    item_deadline_sec: float = 300.0
+    requests_per_minute: Optional[float] = DEFAULTS["requests_per_minute"]
+    max_workers: int = DEFAULTS["max_workers"]                 # the per-process pace is requests_per_minute / max_workers
+    max_in_flight: int = DEFAULTS["max_in_flight"]
+    connect_timeout_sec: float = DEFAULTS["connect_timeout_sec"]
+    read_timeout_sec: float = DEFAULTS["read_timeout_sec"]
+    max_attempts: int = DEFAULTS["max_attempts"]
+    item_deadline_sec: float = DEFAULTS["item_deadline_sec"]
     initial_backoff_sec: float = 0.5
     max_backoff_sec: float = 30.0
-    key_file: Optional[str] = None
+    key_file: Optional[str] = DEFAULTS["key_file"]
     # A budget of calls for the whole run (shared as max_calls / max_workers per process); None: no budget.
-    max_calls: Optional[int] = None
+    max_calls: Optional[int] = DEFAULTS["max_calls"]
     # Scopes the process-wide quota state to one run.
     run_id: str = ""
     # "local": each process paces to requests_per_minute / max_workers; "redis": one limit shared by
     # every worker through the Redis server at redis_url (falls back to "local" if unreachable).
-    rate_limit_backend: str = "local"
-    redis_url: Optional[str] = None
-    rate_limit_key: str = "tl-embed:ratelimit"
+    rate_limit_backend: str = DEFAULTS["rate_limit_backend"]
+    redis_url: Optional[str] = DEFAULTS["redis_url"]
+    rate_limit_key: str = DEFAULTS["rate_limit_key"]
     # Where per-second call counts go for the run report (None: nowhere).
     timeline_dir: Optional[str] = None
     # Only for the embedded emulator, which accepts any key: not a secret.
     placeholder_key: Optional[str] = None
-    api_version: str = "auto"
+    api_version: str = DEFAULTS["api_version"]
     embedding: EmbeddingSettings = EmbeddingSettings()
     # v2 async tasks: how long this run polls one before deferring it (the task id is kept, so the next
     # run polls it again), the first wait between polls, and how many tasks one worker polls at once.
-    task_deadline_sec: float = 3600.0
-    task_poll_sec: float = 5.0
-    max_tasks_in_flight: int = 32
+    task_deadline_sec: float = DEFAULTS["task_deadline_sec"]
+    task_poll_sec: float = DEFAULTS["task_poll_sec"]
+    max_tasks_in_flight: int = DEFAULTS["max_tasks_in_flight"]
     task_retention_sec: float = 7 * 86400.0
     # After this many attempts in a row fail for the service's reason (connection refused, DNS, timeouts,
     # 5xx, 404 on the endpoint itself), a worker stops calling and defers the rest (0: never).
-    outage_after_failures: int = 20
+    outage_after_failures: int = DEFAULTS["outage_after_failures"]
     # The account's audio/video minutes per hour (the API's DPH limit), shared by all workers; None: not paced.
-    media_minutes_per_hour: Optional[float] = None
+    media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
 
     def __post_init__(self):
         if self.model not in MODEL_DIMS:
@@ -173,6 +263,21 @@ class CallSettings:
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.item_deadline_sec, self.initial_backoff_sec, self.max_backoff_sec)
+
+
+def settings_from(source: Any, **derived: Any) -> CallSettings:
+    """CallSettings from any object holding settings by their table names (the job's config, the public
+    options), plus the values derived from them; a setting is named once, so it is mapped once."""
+    names = {f.name for f in dataclasses.fields(CallSettings)} - set(derived)
+    given = {name: getattr(source, name) for name in names if hasattr(source, name)}
+    return CallSettings(**given, **derived)
+
+
+def make_client(settings: CallSettings, max_connections: Optional[int] = None) -> EmbedClient:
+    """The API client of these settings: key, endpoint and timeouts, in one place for every caller."""
+    return EmbedClient(api_key=resolve_api_key(settings), base_url=settings.base_url,
+                       timeout=(settings.connect_timeout_sec, settings.read_timeout_sec),
+                       max_connections=max_connections or settings.max_in_flight)
 
 
 def resolve_api_key(settings: CallSettings) -> str:

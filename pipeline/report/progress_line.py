@@ -7,8 +7,8 @@ from typing import Optional, Sequence, TextIO
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import manifest_format
 from transforms.progress import PROGRESS
+from transforms.records import manifest_format
 
 __all__ = ["ProgressPrinter", "count_manifest_rows", "format_progress"]
 

@@ -5,19 +5,26 @@ import collections
 import datetime
 import json
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.records import MODALITIES, ROUTES
-from transforms.progress import NAMESPACE
 from pipeline.report.html import latency_percentiles, read_calls, write_report
-from transforms.models import MODEL_DIMS
 from pipeline.report.status import STATUS_TEXT, exit_code, run_status
-from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, REPORT_FILE, RUNS_DIR, SEGMENT_DIR, SUMMARY_FILE,
-                                     mkdirs)
+from transforms.models import MODEL_DIMS
+from transforms.progress import NAMESPACE
+from transforms.records import MODALITIES, ROUTES
+from transforms.store.layout import (
+    DEAD_LETTER_DIR,
+    DEFERRED_DIR,
+    REPORT_FILE,
+    RUNS_DIR,
+    SEGMENT_DIR,
+    SUMMARY_FILE,
+    mkdirs,
+)
 
 __all__ = ["collect_metrics", "format_summary", "plan_summary",
            "write_summary"]

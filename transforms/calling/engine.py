@@ -17,8 +17,8 @@ from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.pacing import Pacer
 from embed_client.ratelimit import MediaMinutesBudget
 from embed_client.retry import call_with_retries
-from transforms.settings import ApiKeyRejected, CallSettings
 from transforms.records import Call, DeadLetter, Deferred, Item, Outcome, item_row
+from transforms.settings import ApiKeyRejected, CallSettings
 
 __all__ = ["Attempts", "Caller", "CallRecord", "CallResult", "CallStats", "NotCalled", "QuotaState",
            "WaitMeter", "WorkerState", "read_file"]

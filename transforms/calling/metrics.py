@@ -9,8 +9,7 @@ import threading
 from apache_beam.metrics import Metrics
 
 from transforms.calling.engine import CallStats
-from transforms.progress import NAMESPACE
-from transforms.progress import PROGRESS
+from transforms.progress import NAMESPACE, PROGRESS
 
 __all__ = ["CallMetrics"]
 

@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
-from transforms.settings import CallSettings
 from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled
 from transforms.records import DeadLetter, Deferred, Item, Outcome
+from transforms.settings import CallSettings
 from transforms.store.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl
 
 __all__ = ["SyncV2Caller", "TaskCaller", "TASKS_DIR", "TaskRecord", "read_task_journal", "segments_from_data"]

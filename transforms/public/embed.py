@@ -28,12 +28,11 @@ from apache_beam import coders
 from apache_beam.transforms import trigger, window
 
 from embed_client.secrets import redact_url
-from transforms.settings import CallSettings, EmbeddingSettings
+from transforms.records import DEAD_LETTERS, DEFERRED, DeadLetter, Deferred, ManifestRow, Outcome, failure_kind
+from transforms.settings import DEFAULTS, CallSettings, EmbeddingSettings, settings_from
 from transforms.stages.call import CreateEmbeddings
-from transforms.records import DEAD_LETTERS, DEFERRED
-from transforms.records import DeadLetter, Deferred, ManifestRow, Outcome, failure_kind
-from transforms.stages.read import map_columns
 from transforms.stages.pack import DEFAULT_MAX_WAITING, CallPacker, RouteAndPack
+from transforms.stages.read import map_columns
 from transforms.stages.validate import RoutePlan, ValidateRows
 
 __all__ = ["DeadLetterRow", "DeferredRow", "EMBEDDINGS", "EmbedWithTwelveLabs", "EmbeddingRow", "TwelveLabsOptions"]
@@ -94,33 +93,36 @@ class TwelveLabsOptions:
     """Everything the transform needs, in one object. The key comes from TWELVE_LABS_API_KEY on every
     worker, or from `key_file` (any FileSystems path): never from an option that lands in pipeline options."""
 
-    model: str = "marengo3.0"
-    api_version: str = "auto"
+    model: str = DEFAULTS["model"]
+    api_version: str = DEFAULTS["api_version"]
     base_url: str = _DEFAULT_BASE_URL
-    requests_per_minute: Optional[float] = None
-    max_workers: int = 1
-    max_in_flight: int = 8
-    pack: bool = True
-    max_attempts: int = 6
-    item_deadline_sec: float = 300.0
-    key_file: Optional[str] = None
+    requests_per_minute: Optional[float] = DEFAULTS["requests_per_minute"]
+    max_workers: int = DEFAULTS["max_workers"]
+    max_in_flight: int = DEFAULTS["max_in_flight"]
+    pack: bool = DEFAULTS["pack"]
+    max_attempts: int = DEFAULTS["max_attempts"]
+    item_deadline_sec: float = DEFAULTS["item_deadline_sec"]
+    key_file: Optional[str] = DEFAULTS["key_file"]
     embedding: EmbeddingSettings = EmbeddingSettings()
-    max_calls: Optional[int] = None
-    task_deadline_sec: float = 3600.0
-    task_poll_sec: float = 5.0
+    max_calls: Optional[int] = DEFAULTS["max_calls"]
+    task_deadline_sec: float = DEFAULTS["task_deadline_sec"]
+    task_poll_sec: float = DEFAULTS["task_poll_sec"]
     # Streaming input: an input waits at most `max_wait_sec` (processing time) for identical inputs and
     # call-mates before its call goes out; `max_waiting` bounds the inputs of one modality waiting to be packed.
     max_wait_sec: float = 5.0
     max_waiting: int = DEFAULT_MAX_WAITING
 
+    connect_timeout_sec: float = DEFAULTS["connect_timeout_sec"]
+    read_timeout_sec: float = DEFAULTS["read_timeout_sec"]
+    rate_limit_backend: str = DEFAULTS["rate_limit_backend"]
+    redis_url: Optional[str] = DEFAULTS["redis_url"]
+    rate_limit_key: str = DEFAULTS["rate_limit_key"]
+    max_tasks_in_flight: int = DEFAULTS["max_tasks_in_flight"]
+    media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
+    outage_after_failures: int = DEFAULTS["outage_after_failures"]
+
     def call_settings(self, run_id: str) -> CallSettings:
-        return CallSettings(
-            base_url=self.base_url, model=self.model, api_version=self.api_version,
-            requests_per_minute=self.requests_per_minute, max_workers=self.max_workers,
-            max_in_flight=self.max_in_flight, max_attempts=self.max_attempts,
-            item_deadline_sec=self.item_deadline_sec, key_file=self.key_file, embedding=self.embedding,
-            max_calls=self.max_calls, run_id=run_id, task_deadline_sec=self.task_deadline_sec,
-            task_poll_sec=self.task_poll_sec)
+        return settings_from(self, base_url=self.base_url, run_id=run_id, embedding=self.embedding)
 
 
 class _ToManifestRow(beam.DoFn):

@@ -29,18 +29,17 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from embed_client import EmbedClient
-from transforms.calling.metrics import CallMetrics
 from transforms.calling.callers import make_caller
 from transforms.calling.engine import Caller
-from transforms.settings import ApiKeyRejected, CallSettings, resolve_api_key
+from transforms.calling.metrics import CallMetrics
+from transforms.calling.worker_state import acquire_worker_state
 from transforms.progress import NAMESPACE
 from transforms.public.embed import TwelveLabsOptions
 from transforms.records import MODALITIES, Call, DeadLetter, Deferred, Item, ManifestRow, Outcome, failure_kind, iso_utc
-from transforms.stages.read import map_columns
+from transforms.settings import ApiKeyRejected, CallSettings, make_client
 from transforms.stages.pack import CallPacker
+from transforms.stages.read import map_columns
 from transforms.stages.validate import RoutePlan, row_to_items
-from transforms.calling.worker_state import acquire_worker_state
 
 __all__ = ["EmbeddingError", "OUTPUTS", "TwelveLabsEmbeddingModel", "TwelveLabsEmbeddingModelHandler"]
 
@@ -103,9 +102,7 @@ class TwelveLabsEmbeddingModel:
         self.settings = settings
         self.pack = pack
         self.plan = RoutePlan.from_settings(settings)
-        self.client = EmbedClient(api_key=resolve_api_key(settings), base_url=settings.base_url,
-                                  timeout=(settings.connect_timeout_sec, settings.read_timeout_sec),
-                                  max_connections=settings.max_in_flight + settings.max_tasks_in_flight)
+        self.client = make_client(settings, settings.max_in_flight + settings.max_tasks_in_flight)
         # Held for the model's life: Shared keeps the process's state only while someone holds it.
         self.state = acquire_worker_state(settings)
         # No output folder: a task is polled until it ends or `task_deadline_sec` passes, then deferred.

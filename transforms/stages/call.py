@@ -11,17 +11,13 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from embed_client import EmbedClient
-from transforms.calling.metrics import CallMetrics
 from transforms.calling.callers import make_caller
-from transforms.calling.engine import Caller, CallResult
-from transforms.settings import ApiKeyRejected, CallSettings, resolve_api_key
-from transforms.models import MODEL_DIMS
-from transforms.records import DEAD_LETTERS, DEFERRED
-from transforms.records import ROUTES, Call, DeadLetter, Deferred, Outcome
-from transforms.stages.timeline import LATENCY_EDGES_MS, TIMELINE, CallTimes, latency_bucket
-from transforms.calling.engine import WorkerState
+from transforms.calling.engine import Caller, CallResult, WorkerState
+from transforms.calling.metrics import CallMetrics
 from transforms.calling.worker_state import acquire_worker_state
+from transforms.records import DEAD_LETTERS, DEFERRED, ROUTES, Call, DeadLetter, Deferred, Outcome
+from transforms.settings import CallSettings, make_client
+from transforms.stages.timeline import TIMELINE, CallTimes
 
 __all__ = ["CreateEmbeddings"]
 
@@ -48,9 +44,7 @@ class _CreateEmbeddingsFn(beam.DoFn):
         s = self._settings
         # A strong reference: Shared keeps the process's state only while someone holds it.
         self._state: WorkerState = acquire_worker_state(s)
-        self._client = EmbedClient(api_key=resolve_api_key(s), base_url=s.base_url,
-                                   timeout=(s.connect_timeout_sec, s.read_timeout_sec),
-                                   max_connections=s.max_in_flight)
+        self._client = make_client(s)
         self._policy: Caller = make_caller(self._kind, s, self._client, self._state,
                                                known_tasks=self._known_tasks, output=self._output)
         # A task holds a thread while it waits between polls, not a connection: more of them.

@@ -18,13 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-
-from transforms.store import run_state
-from transforms.progress import NAMESPACE
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.progress import NAMESPACE, PROGRESS
 from transforms.records import DeadLetter, DeadLetterOutput, Deferred, DeferredOutput, Item, Outcome, item_row
-from transforms.progress import PROGRESS
+from transforms.store import run_state
 
 __all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup", "canonical_model",
            "read_permanent_failures"]

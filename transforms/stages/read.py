@@ -5,26 +5,23 @@ import collections
 import csv
 import io
 import json
-import os
 import logging
 import math
-
-import numpy as np
+import os
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.records import DeadLetter, DeadLetterOutput, ManifestRow, manifest_format
 from transforms.memory import return_freed_memory
+from transforms.progress import NAMESPACE, PROGRESS
+from transforms.records import DEAD_LETTERS, DeadLetter, DeadLetterOutput, ManifestRow, manifest_format
 from transforms.store.key_index import MODALITY_BITS
-from transforms.progress import NAMESPACE
-from transforms.records import DEAD_LETTERS
-from transforms.progress import PROGRESS
-from transforms.store.saved_prefix import (ReadMap, counts as mask_counts, load_prefix, skip_checked, skip_prefix,
-                                     skipped_masks)
+from transforms.store.saved_prefix import ReadMap, load_prefix, skip_checked, skip_prefix, skipped_masks
+from transforms.store.saved_prefix import counts as mask_counts
 
 __all__ = ["ReadManifests", "expand_manifest_patterns", "parse_manifest"]
 
@@ -377,8 +374,8 @@ def check_manifest_columns(paths: Sequence[str], columns: Optional[Dict[str, str
     found), logs which columns feed which field. Unreadable files are left to the job (dead letters)."""
     import logging
 
-    from transforms.settings import ConfigError
     from transforms.records import INPUT_FIELDS
+    from transforms.settings import ConfigError
 
     inputs = [f for f in INPUT_FIELDS if f not in ("id", "text_truncate", "audio_start_offset_sec", "media_type",
                                                     "start_sec", "end_sec")]

@@ -16,16 +16,22 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
-
-from embed_client.secrets import redact_url
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.records import (INPUT_FIELDS, MODALITIES, ROUTES, DeadLetter, DeadLetterOutput, Item, ManifestRow,
-                             content_hash)
-from transforms.progress import NAMESPACE
-from transforms.records import DEAD_LETTERS
+from embed_client.secrets import redact_url
+from transforms.progress import NAMESPACE, PROGRESS
+from transforms.records import (
+    DEAD_LETTERS,
+    INPUT_FIELDS,
+    MODALITIES,
+    ROUTES,
+    DeadLetter,
+    DeadLetterOutput,
+    Item,
+    ManifestRow,
+    content_hash,
+)
 from transforms.store.key_index import MODALITY_BITS, fingerprint
-from transforms.progress import PROGRESS
 
 __all__ = ["MEDIA_RULES", "RejectDuplicateIds", "RoutePlan", "ValidateRows", "row_to_items"]
 

@@ -17,11 +17,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from embed_client.secrets import redact_url, scrub
-from transforms.models import MODEL_DIMS
-from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, SEGMENT_DIR, commit, mkdirs as _mkdirs, piece_name,
-                               write_parquet, write_parquet_parts)
-from transforms.records import Outcome
 from transforms.memory import return_freed_memory
+from transforms.models import MODEL_DIMS
+from transforms.records import Outcome
+from transforms.store.layout import (
+    DEAD_LETTER_DIR,
+    DEFERRED_DIR,
+    SEGMENT_DIR,
+    commit,
+    piece_name,
+    write_parquet,
+    write_parquet_parts,
+)
+from transforms.store.layout import mkdirs as _mkdirs
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "JOURNAL_SUFFIX", "SEGMENT_DIR", "recover_journals", "WriteDeadLetters", "WriteDeferred", "WriteSegments",
            "segment_schema", "segments_table"]

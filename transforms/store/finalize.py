@@ -8,22 +8,40 @@ import re
 import time
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam import Flatten, Map, PTransform, combiners
 from apache_beam.io.filesystems import FileSystems
 
-import numpy as np
-
-from transforms.store.key_index import (build_from_segments, compact_index, fingerprint, has_index, index_entries_of,
-                                  find_entries, member, saved_rows_member, write_index_parts,
-                                  write_saved_rows)
+from transforms.store.key_index import (
+    build_from_segments,
+    compact_index,
+    find_entries,
+    fingerprint,
+    has_index,
+    index_entries_of,
+    member,
+    saved_rows_member,
+    write_index_parts,
+    write_saved_rows,
+)
+from transforms.store.layout import (
+    DEAD_LETTER_DIR,
+    DEFERRED_DIR,
+    FINALIZE_COUNTS_FILE,
+    FINALIZED_MARK,
+    RUNS_DIR,
+    SEGMENT_DIR,
+    list_files,
+    list_segment_pieces,
+    mkdirs,
+    read_jsonl,
+    replace,
+    write_parquet,
+)
 from transforms.store.saved_prefix import settle_prefixes
-from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, FINALIZE_COUNTS_FILE, FINALIZED_MARK, RUNS_DIR, SEGMENT_DIR, list_files, mkdirs, read_jsonl,
-                               replace, write_parquet)
-from transforms.store.layout import list_segment_pieces
-
 
 __all__ = ["FinalizeRun", "finalize_output", "read_finalize_counts", "settle_earlier_runs"]
 

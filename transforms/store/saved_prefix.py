@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-
 from transforms.store.layout import INDEX_DIR, RUNS_DIR, list_files, mkdirs, replace, write_parquet
 
 __all__ = ["MARK_ROWS", "CheckedPrefix", "Prefix", "ReadMap", "check_prefix", "load_prefix", "settle_prefixes",
