@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from transforms.models import MODEL_DIMS
 from transforms.settings import DEFAULTS, ConfigError
 
 __all__ = ["EMBEDDED", "JobConfig", "load_config", "parse_args"]
@@ -178,7 +179,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifest", action="append", help="manifest path or glob; repeat for several "
                         "(replaces the config's list)")
     parser.add_argument("--output", help="output folder (local or any Beam FileSystems URL)")
-    parser.add_argument("--model", choices=["marengo3.0", "marengo3.5", "marengo2.7", "Marengo-retrieval-2.7"])
+    parser.add_argument("--model", choices=list(MODEL_DIMS))
     parser.add_argument("--api-version", choices=["auto", "v1", "v2"],
                         help="v1 (POST /embed, packed), v2 (POST /embed-v2 and tasks), or auto (default: v1 where "
                              "the model and modality allow it, v2 for video and marengo3.5)")

@@ -109,7 +109,7 @@ def _refuse_other_model(pieces, model: str, output: str, dims: Optional[int] = N
         return
     import pyarrow.parquet as pq
 
-    from transforms.stages.dedup import canonical_model
+    from transforms.models import canonical_model
 
     with FileSystems.open(pieces[0], compression_type="uncompressed") as f:
         parquet = pq.ParquetFile(f)

@@ -11,17 +11,12 @@ from apache_beam.io.filesystems import FileSystems
 from embed_client import API_KEY_ENV, EmbedClient
 from embed_client.retry import RetryPolicy
 from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
-from transforms.models import MODEL_DIMS
+from transforms.models import API_VERSIONS, MODEL_DIMS, MODELS, V1_MODELS, V2_MODELS, uses_v2
+from transforms.models import model as lookup_model
 
-__all__ = ["API_VERSIONS", "DEFAULTS", "SETTINGS", "Setting", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
-           "V2_MODELS", "make_client", "resolve_api_key", "settings_from"]
+__all__ = ["DEFAULTS", "SETTINGS", "Setting", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
+           "make_client", "resolve_api_key", "settings_from"]
 
-# Models Embed API v2 serves; Marengo 2.7 is v1 only, Marengo 3.5 is v2 only.
-V2_MODELS = ("marengo3.0", "marengo3.5")
-V1_MODELS = ("marengo3.0", "marengo2.7", "Marengo-retrieval-2.7")
-# auto: v1 (packed, cheapest) where the model and modality allow it, v2 for video and Marengo 3.5.
-API_VERSIONS = ("auto", "v1", "v2")
-DIMENSIONS_35 = (128, 256, 512)
 _OPTIONS = ("visual", "audio", "transcription")
 _SCOPES = ("clip", "asset")
 _TYPES = ("separate_embedding", "fused_embedding")
@@ -62,7 +57,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("api.key_file", "key_file", "path", None, "file holding the API key (else TWELVE_LABS_API_KEY)",
             optional=True),
     Setting("api.version", "api_version", "str", "auto", "v1, v2, or auto (v1 where it can, v2 for video and "
-            "marengo3.5)", choices=("auto", "v1", "v2")),
+            "marengo3.5)", choices=API_VERSIONS),
     Setting("api.connect_timeout_sec", "connect_timeout_sec", "float", 10.0, "seconds to connect", low=0.001),
     Setting("api.read_timeout_sec", "read_timeout_sec", "float", 120.0, "seconds to wait for an answer",
             low=0.001),
@@ -93,7 +88,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("calls.media_minutes_per_hour", "media_minutes_per_hour", "float", None, "v2: the account's audio/"
             "video minutes per hour, shared by all workers", low=0.001, optional=True),
     Setting("embedding.dimension", "embedding_dimension", "int", None, "marengo3.5: vector size",
-            choices=(128, 256, 512), optional=True),
+            choices=tuple(sorted({d for m in MODELS for d in m.dimension_choices})), optional=True),
     Setting("embedding.options", "embedding_options", "list", None, "v2 audio/video: some of visual, audio, "
             "transcription", optional=True),
     Setting("embedding.scopes", "embedding_scopes", "list", None, "v2 audio/video: some of clip, asset",
@@ -140,11 +135,13 @@ class EmbeddingSettings:
 
     def check(self, model: str) -> None:
         if self.dimension is not None:
-            if model != "marengo3.5":
-                raise ConfigError(f"embedding.dimension is for marengo3.5 only ({model} vectors are "
-                                  f"{MODEL_DIMS.get(model)}-d); remove it or use model: marengo3.5")
-            if self.dimension not in DIMENSIONS_35:
-                raise ConfigError(f"embedding.dimension must be one of {list(DIMENSIONS_35)}, got {self.dimension!r}")
+            choosing = [m.name for m in MODELS if m.dimension_choices]
+            if model not in choosing:
+                raise ConfigError(f"embedding.dimension is for {' and '.join(choosing)} only ({model} vectors are "
+                                  f"{MODEL_DIMS.get(model)}-d); remove it or use model: {choosing[0]}")
+            choices = lookup_model(model).dimension_choices
+            if self.dimension not in choices:
+                raise ConfigError(f"embedding.dimension must be one of {list(choices)}, got {self.dimension!r}")
         for name, values, allowed in (("options", self.options, _OPTIONS), ("scopes", self.scopes, _SCOPES),
                                       ("type", self.type, _TYPES)):
             if values is None:
@@ -154,8 +151,9 @@ class EmbeddingSettings:
             bad = [v for v in values if v not in allowed]
             if bad:
                 raise ConfigError(f"embedding.{name} has {bad[0]!r}; use some of {list(allowed)}")
-        if self.options and "transcription" in self.options and model == "marengo3.5":
-            raise ConfigError("embedding.options 'transcription' is served by marengo3.0 only")
+        if self.options and "transcription" in self.options and not lookup_model(model).transcription:
+            with_it = " and ".join(m.name for m in MODELS if m.transcription)
+            raise ConfigError(f"embedding.options 'transcription' is served by {with_it} only")
         if self.type and "fused_embedding" in self.type and (self.options is None or len(self.options) < 2):
             raise ConfigError("embedding.type fused_embedding needs two or more embedding.options")
         seg = self.segmentation_dict()
@@ -257,9 +255,7 @@ class CallSettings:
 
     def uses_v2(self, modality: str) -> bool:
         """Whether items of this modality go to Embed API v2."""
-        if self.api_version != "auto":
-            return self.api_version == "v2"
-        return self.model not in V1_MODELS or modality == "video"
+        return uses_v2(self.model, self.api_version, modality)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.item_deadline_sec, self.initial_backoff_sec, self.max_backoff_sec)

@@ -13,7 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.report.html import latency_percentiles, read_calls, write_report
 from pipeline.report.status import STATUS_TEXT, exit_code, run_status
-from transforms.models import MODEL_DIMS
+from transforms.models import MODEL_DIMS, model
 from transforms.progress import NAMESPACE
 from transforms.records import MODALITIES, ROUTES
 from transforms.store.layout import (
@@ -90,7 +90,7 @@ def _api_summary(config, metrics) -> dict:
     routes = {r: metrics.get(f"route_{r}", 0) for r in ROUTES}
     why = None
     if config.api_version == "auto" and (routes["v2"] or routes["task"]):
-        why = ("marengo3.5 is served by Embed API v2 only" if config.model == "marengo3.5"
+        why = (f"{config.model} is served by Embed API v2 only" if not model(config.model).v1
                else "video is embedded by Embed API v2 only")
     return {"version": config.api_version, "items_by_route": routes, "v2_chosen_because": why}
 

@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
 from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled
+from transforms.models import model
 from transforms.records import DeadLetter, Deferred, Item, Outcome
 from transforms.settings import CallSettings
 from transforms.store.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl
@@ -59,13 +60,12 @@ def _segmentation(settings: CallSettings, modality: str, task: bool) -> Optional
         return None
     strategy = seg["strategy"]
     field = "duration_sec" if strategy == "fixed" else "min_duration_sec"
-    if strategy == "dynamic" and modality == "audio" and settings.model == "marengo3.0":
-        return None  # Marengo 3.0 cuts audio in fixed windows only: the API default applies
+    if strategy == "dynamic" and modality == "audio" and model(settings.model).audio_fixed_windows_only:
+        return None  # the API default applies
     shape: Dict[str, Any] = {"strategy": strategy}
     if seg.get(field) is not None:
         shape[strategy] = {field: int(seg[field])}
-    # Marengo 3.5 tasks take the same settings wrapped in `temporal`.
-    return {"temporal": shape} if task and settings.model == "marengo3.5" else shape
+    return {"temporal": shape} if task and model(settings.model).task_segmentation_in_temporal else shape
 
 
 def media_input(item: Item, settings: CallSettings, task: bool) -> Dict[str, Any]:
@@ -93,20 +93,20 @@ def media_input(item: Item, settings: CallSettings, task: bool) -> Dict[str, Any
 
 def sync_request(item: Item, settings: CallSettings) -> Dict[str, Any]:
     """Keyword arguments of `EmbedClient.build_create_v2` for one item."""
-    model = settings.model
+    model_name = settings.model
     truncate = None if item.text_truncate is None else item.text_truncate != "none"
-    if model == "marengo3.5":  # its sync endpoint takes multi_input only
+    if model(model_name).sync_multi_input_only:
         if item.modality == "text":
             multi = {"input_text": item.text}
         else:
             multi = {"media_sources": [{"media_type": item.modality, **_media_source(item)}]}
-        return dict(input_type="multi_input", model_name=model, multi_input=multi, auto_truncate=truncate,
+        return dict(input_type="multi_input", model_name=model_name, multi_input=multi, auto_truncate=truncate,
                     embedding_dimension=settings.embedding.dimension)
     if item.modality == "text":
-        return dict(input_type="text", model_name=model, text={"input_text": item.text})
+        return dict(input_type="text", model_name=model_name, text={"input_text": item.text})
     if item.modality == "image":
-        return dict(input_type="image", model_name=model, image={"media_source": _media_source(item)})
-    return {"input_type": item.modality, "model_name": model, item.modality: media_input(item, settings, False)}
+        return dict(input_type="image", model_name=model_name, image={"media_source": _media_source(item)})
+    return {"input_type": item.modality, "model_name": model_name, item.modality: media_input(item, settings, False)}
 
 
 def task_request(item: Item, settings: CallSettings) -> Dict[str, Any]:

@@ -24,19 +24,13 @@ from transforms.progress import NAMESPACE, PROGRESS
 from transforms.records import DeadLetter, DeadLetterOutput, Deferred, DeferredOutput, Item, Outcome, item_row
 from transforms.store import run_state
 
-__all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup", "canonical_model",
+__all__ = ["FanOutCopies", "GROUPINGS", "ResolveLateCopies", "SkipDoneAndDedup",
            "read_permanent_failures"]
 
 _LOGGER = logging.getLogger(__name__)
 GROUPINGS = ("stream", "shuffle")
 _SAVED_COLUMNS = ["id", "modality", "model_name", "segment_index", "start_offset_sec", "end_offset_sec", "embedding",
                   "content_hash"]
-
-
-def canonical_model(name: str) -> str:
-    """The API answers with either spelling of Marengo 2.7; both mean one model."""
-    lowered = name.lower()
-    return "marengo2.7" if lowered in ("marengo2.7", "marengo-retrieval-2.7") else lowered
 
 
 def _carried(item: Item, earlier: dict) -> DeadLetter:

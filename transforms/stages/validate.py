@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from embed_client.secrets import redact_url
+from transforms.models import MODELS, model, uses_v2
 from transforms.progress import NAMESPACE, PROGRESS
 from transforms.records import (
     DEAD_LETTERS,
@@ -42,20 +43,11 @@ MAX_ID_CHARS = 256
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _MB = 1024 * 1024
 # Per model: the largest file of each kind the API takes (API-FACTS.md).
-MEDIA_RULES = {
-    "marengo3.0": {"image": 5 * _MB, "audio": 36 * _MB},
-    "marengo3.5": {"image": 5 * _MB, "audio": 36 * _MB},
-    "marengo2.7": {"image": 5 * _MB, "audio": 10 * _MB},
-    "Marengo-retrieval-2.7": {"image": 5 * _MB, "audio": 10 * _MB},
-}
+MEDIA_RULES = {m.name: m.v1_file_bytes for m in MODELS}
 # v2 sends local files inline as base64 (a third larger than the file): a request body holds at most
 # 36 MB of it for audio and video, and an image source is at most 32 MB (API-V2-FACTS.md, limits).
 V2_BASE64_LIMIT = 36 * _MB
 V2_MEDIA_RULES = {"image": 32 * _MB, "audio": V2_BASE64_LIMIT * 3 // 4, "video": V2_BASE64_LIMIT * 3 // 4}
-# Longest audio/video a sync `/embed-v2` call takes, per model; longer (or unknown) goes to an async task.
-# Marengo 3.5's sync endpoint takes only multi_input, which answers one vector per request with no
-# segments or options: its audio and video always go to tasks, so every video is cut into segments alike.
-SYNC_MEDIA_SEC = {"marengo3.0": 600.0, "marengo3.5": 0.0}
 TASK_MEDIA_SEC = (4.0, 4 * 3600.0)
 MIN_IMAGE_SIDE = 128
 _INPUTS = ("text", "image_url", "image_file", "audio_url", "audio_file", "video_url", "video_file", "asset_id")
@@ -283,16 +275,14 @@ class RoutePlan:
                    settings.embedding.dimension)
 
     def uses_v2(self, modality: str) -> bool:
-        if self.api_version != "auto":
-            return self.api_version == "v2"
-        return self.model not in MEDIA_V1_MODELS or modality == "video"
+        return uses_v2(self.model, self.api_version, modality)
 
     def route(self, modality: str, clip_sec: Optional[float]) -> str:
         if not self.uses_v2(modality):
             return "v1"
         if modality in ("text", "image"):
             return "v2"
-        if clip_sec is None or clip_sec > SYNC_MEDIA_SEC.get(self.model, 0.0):
+        if clip_sec is None or clip_sec > model(self.model).sync_media_sec:
             return "task"
         return "v2"
 
@@ -301,9 +291,6 @@ class RoutePlan:
         if not self.uses_v2(modality):
             return ()
         return ("v2", self.dimension) + ((self.embedding_signature,) if modality in ("audio", "video") else ())
-
-
-MEDIA_V1_MODELS = ("marengo3.0", "marengo2.7", "Marengo-retrieval-2.7")
 
 
 def _asset_modality(fields) -> Optional[str]:
