@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 from .config import EmulatorConfig
 from .faults import FaultInjector
 from .limits import MediaMinutesLimiter, RateLimiter
-from .service import EmbedService, Reply, json_reply
+from .reply import Reply, json_reply
+from .service import EmbedService
 from .stats import Stats
 from .tasks import TaskStore
 from .v2 import V2_PATH, V2Service

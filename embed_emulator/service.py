@@ -5,38 +5,22 @@ Order: auth (401), 429 burst fault, rate limits (429), other faults, request val
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import forms, media, rules, vectors
 from .config import EmulatorConfig
 from .faults import HTML_5XX, INTERNAL_ERROR_BODY, MALFORMED_BODIES, FaultInjector
 from .limits import RateLimiter, iso_utc
+from .reply import Reply, json_reply
 from .rules import ApiError, MediaError
 from .stats import Stats, item_key
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Reply", "json_reply", "EmbedService"]
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: Dict[str, str] = field(default_factory=dict)
-    action: str = "respond"  # "respond" | "drop" (close silently) | "hang" (wait, then drop)
-    hang_sec: float = 0.0
-
-
-def json_reply(status: int, payload: dict, headers: Optional[Dict[str, str]] = None) -> Reply:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return Reply(status=status, body=body, headers=dict(headers or {}))
 
 
 class EmbedService:

@@ -33,7 +33,7 @@ from .config import EmulatorConfig
 from .faults import HTML_5XX, MALFORMED_BODIES, FaultInjector
 from .limits import MediaMinutesLimiter, RateLimiter, Refusal, iso_utc
 from .rules import MB, MediaError, count_tokens, invalid_message, truncate_text
-from .service import Reply, json_reply
+from .reply import Reply, json_reply
 from .stats import Stats, v2_key
 from .tasks import TaskFailure, TaskStore, rfc3339, total_pages
 
