@@ -159,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             emulator._stats.end()
 
     def _v2(self, path: str, query: dict) -> None:
-        """Every /v1.3/embed-v2... call (see v2.py); unknown paths and methods get the nested
+        """Every /v1.3/embed-v2... call (see v2/); unknown paths and methods get the nested
         404/405 before anything is counted."""
         emulator = self.server.emulator
         endpoint, task_id, early = V2Service.route(self.command, path)

@@ -1,0 +1,248 @@
+"""The v2 service: routing, the calls' order of checks, what each answer counts, and the GET task endpoints."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .. import rules
+from ..config import EmulatorConfig
+from ..faults import HTML_5XX, MALFORMED_BODIES, FaultInjector
+from ..limits import MediaMinutesLimiter, RateLimiter, Refusal, iso_utc
+from ..reply import Reply, json_reply
+from ..rules import invalid_message
+from ..stats import Stats
+from ..tasks import TaskStore, rfc3339, total_pages
+from .common import _Outcome
+from .errors import V2Error, _MediaRefused, bad, error_reply
+from .spec import LIST_DEFAULT_RANGE_SEC, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, TASKS_PATH, V2_PATH
+from .sync_call import SyncCall
+from .task_call import TaskCall
+
+
+class V2Service:
+    """Every v2 call. Order, as on v1: route (404/405), auth (401), 429 burst fault, request limits
+    (429 rpm/rpd, shared with v1), other faults, validation (400), media-minute limits (429
+    dph/dpd, only for calls that embed audio or video), media checks (400/413), processing. Errors
+    are nested, {"error": {"code", "message"}}, except the list endpoint's 400, which the spec
+    declares flat ({"code", "message"})."""
+
+    def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
+                 limiter: RateLimiter, media_limiter: MediaMinutesLimiter, faults: FaultInjector,
+                 tasks: TaskStore, stopping: Callable[[], threading.Event]):
+        self._config = get_config
+        self._stats = stats
+        self._limiter = limiter
+        self._media = media_limiter
+        self._faults = faults
+        self._tasks = tasks
+        self._stopping = stopping
+
+    # ---- routing ------------------------------------------------------------------------
+
+    @staticmethod
+    def route(method: str, path: str) -> Tuple[Optional[str], Optional[str], Optional[Reply]]:
+        """(endpoint name, task id, None) or (None, None, a 404/405 reply)."""
+        if path == V2_PATH:
+            endpoints = {"POST": "embed"}
+        elif path == TASKS_PATH:
+            endpoints = {"POST": "create", "GET": "list"}
+        elif path.startswith(TASKS_PATH + "/") and "/" not in path[len(TASKS_PATH) + 1:]:
+            endpoints = {"GET": "retrieve"}
+        else:
+            return None, None, error_reply(404, "resource_not_exist",
+                                           f"The requested resource `{path}` does not exist.")
+        if method not in endpoints:
+            allowed = ", ".join(sorted(endpoints))
+            return None, None, error_reply(
+                405, "method_not_allowed",  # code: emulator choice, none is documented
+                f"The {method} method is not allowed on {path}; use {allowed}.",
+                {"Allow": allowed})
+        task_id = path[len(TASKS_PATH) + 1:] if endpoints.get("GET") == "retrieve" else None
+        return endpoints[method], task_id, None
+
+    def handle(self, endpoint: str, task_id: Optional[str], query: Dict[str, List[str]],
+               api_key: Optional[str], body: bytes) -> Reply:
+        config = self._config()
+        reply = self._handle(config, endpoint, task_id, query, api_key, body)
+        if reply.action == "respond":
+            self._stats.status(reply.status)
+        return reply
+
+    def _handle(self, config: EmulatorConfig, endpoint: str, task_id: Optional[str],
+                query: Dict[str, List[str]], api_key: Optional[str], body: bytes) -> Reply:
+        if not api_key or (config.api_keys is not None and api_key not in config.api_keys):
+            return error_reply(401, "api_key_invalid", rules.api_key_message(missing=not api_key))
+        fault = self._faults.request_fault(config)
+        if fault is not None and fault.kind == "429_burst":
+            self._stats.fault("429_burst")
+            message = rules.rate_limit_message("temporary burst limit",
+                                               iso_utc(time.time() + fault.retry_after_sec))
+            return error_reply(429, "too_many_requests", message,
+                               {"Retry-After": str(fault.retry_after_sec),
+                                "X-Ratelimit-Dimensions": "rpm"})
+        admission, refusal = self._limiter.admit(config.requests_per_minute,
+                                                 config.requests_per_day, config.day_length_sec)
+        if refusal is not None:
+            self._stats.rate_limited()
+            return self._refusal_reply(refusal)
+        if fault is not None:
+            self._stats.fault(fault.kind)
+            if fault.kind in ("drop", "hang", "5xx"):
+                self._limiter.release(admission)  # only 2xx/4xx answers count
+            if fault.kind == "drop":
+                return Reply(action="drop")
+            if fault.kind == "hang":
+                return Reply(action="hang", hang_sec=config.fault_hang_sec)
+            if fault.kind == "5xx":
+                reply = (error_reply(500, "internal_error",
+                                     "An internal error occurred. Please try again later.")
+                         if fault.status == 500 else
+                         Reply(status=fault.status, body=HTML_5XX[fault.status],
+                               content_type="text/html"))
+            else:
+                reply = Reply(status=200, body=MALFORMED_BODIES[fault.body_index],
+                              headers=dict(admission.headers))
+        else:
+            try:
+                outcome = self._dispatch(config, endpoint, task_id, query, body)
+                reply = json_reply(outcome.status, outcome.payload)
+                self._count(config, outcome)
+            except _MediaRefused as exc:
+                self._limiter.release(admission)  # a refused request takes no slot
+                self._stats.rate_limited()
+                return self._refusal_reply(exc.refusal)
+            except V2Error as exc:
+                reply = exc.reply()
+            reply.headers.update(admission.headers)
+        self._sleep(self._faults.latency_sec(config))
+        return reply
+
+    @staticmethod
+    def _refusal_reply(refusal: Refusal) -> Reply:
+        headers = dict(refusal.headers)
+        headers["X-Ratelimit-Dimensions"] = refusal.dimension or "rpm"
+        return error_reply(429, "too_many_requests", refusal.message, headers)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping().wait(seconds)
+
+    def _count(self, config: EmulatorConfig, outcome: _Outcome) -> None:
+        if outcome.media_sec > 0:
+            self._media.add(outcome.media_sec, config.day_length_sec)
+            self._stats.media(outcome.media_sec)
+        if outcome.task_created:
+            self._stats.task("created", outcome.key if config.record_keys else None)
+        elif outcome.input_type:
+            self._stats.embedded([outcome.input_type],
+                                 [outcome.key] if config.record_keys and outcome.key else [])
+
+    def _media_gate(self, config: EmulatorConfig) -> None:
+        refusal = self._media.check(config.media_minutes_per_hour, config.media_minutes_per_day,
+                                    config.day_length_sec)
+        if refusal is not None:
+            raise _MediaRefused(refusal)
+
+    def _dispatch(self, config, endpoint, task_id, query, body) -> _Outcome:
+        if endpoint == "retrieve":
+            self._stats.task("polled")
+            return self._retrieve(config, task_id)
+        if endpoint == "list":
+            return self._list(config, query)
+        request = _json_body(body)
+        if endpoint == "embed":
+            return SyncCall(self, config, request).run()
+        return TaskCall(self, config, request).run()
+
+    # ---- tasks: retrieve and list -------------------------------------------------------
+
+    def _retrieve(self, config: EmulatorConfig, task_id: str) -> _Outcome:
+        found = self._tasks.get(task_id, config.task_retention_sec)
+        if found is None:
+            raise V2Error(404, "resource_not_exist",
+                          f"The embedding task `{task_id}` does not exist.")
+        task, status = found
+        payload = {"_id": task.id, "status": status, "created_at": rfc3339(task.created_at),
+                   "updated_at": rfc3339(task.updated_at()),
+                   "data": task.data if status == "ready" else None,
+                   "metadata": task.metadata}
+        if status == "ready" and task.usage is not None:
+            payload["usage"] = task.usage
+        if status == "failed":
+            payload["error"] = {"message": task.error}
+        return _Outcome(200, payload)
+
+    def _list(self, config: EmulatorConfig, query: Dict[str, List[str]]) -> _Outcome:
+        def one(name: str) -> Optional[str]:
+            values = query.get(name)
+            return values[-1] if values else None
+
+        def flat_bad(message: str) -> V2Error:  # the spec declares this endpoint's 400 flat
+            return V2Error(400, "parameter_invalid", message, flat=True)
+
+        now = time.time()
+        started = _parse_time(one("started_at"), "started_at", flat_bad)
+        ended = _parse_time(one("ended_at"), "ended_at", flat_bad)
+        if started is None:
+            started = (ended if ended is not None else now) - LIST_DEFAULT_RANGE_SEC
+        if ended is None:
+            ended = max(now, started) + 1.0
+        status = one("status")
+        if status is not None and status not in ("processing", "ready", "failed"):
+            raise flat_bad(invalid_message("status", "You should use one of the following "
+                                           "values: `processing`, `ready`, `failed`."))
+        page = _parse_int(one("page"), "page", 1, 1, None, flat_bad)
+        limit = _parse_int(one("page_limit"), "page_limit", PAGE_LIMIT_DEFAULT, 1,
+                           PAGE_LIMIT_MAX, flat_bad)
+        rows, total = self._tasks.list(started_at=started, ended_at=ended, status=status,
+                                       page=page, page_limit=limit,
+                                       retention_sec=config.task_retention_sec)
+        data = []
+        for task, current in rows:
+            data.append({"_id": task.id, "model_name": task.model_name, "status": current,
+                         "created_at": rfc3339(task.created_at),
+                         "updated_at": rfc3339(task.updated_at()),
+                         f"{task.input_type}_embedding": {"metadata": task.list_metadata}})
+        return _Outcome(200, {"data": data, "page_info": {
+            "limit_per_page": limit, "page": page, "total_page": total_pages(total, limit),
+            "total_results": total}})
+
+
+def _json_body(body: bytes) -> dict:
+    try:
+        request = json.loads(body or b"")
+    except (ValueError, UnicodeDecodeError):
+        raise bad("The request body is not valid JSON.")
+    if not isinstance(request, dict):
+        raise bad("The request body must be a JSON object.")
+    return request
+
+
+def _parse_time(raw: Optional[str], name: str, error) -> Optional[float]:
+    if raw is None or raw == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise error(invalid_message(name, "It must be a date and time in the RFC 3339 format "
+                                    "(YYYY-MM-DDTHH:mm:ssZ)."))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _parse_int(raw: Optional[str], name: str, default: int, low: int, high: Optional[int],
+               error) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise error(invalid_message(name, f"It must be an integer {bound}."))
+    return value
