@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
-__all__ = ["Reply", "json_reply"]
+__all__ = ["Reply", "json_reply", "json_error"]
 
 
 @dataclass
@@ -22,3 +22,9 @@ def json_reply(status: int, payload: dict, headers: Optional[Dict[str, str]] = N
     body = json.dumps(payload, separators=(",", ":")).encode()
     return Reply(status=status, body=body, headers=dict(headers or {}))
 
+
+def json_error(status: int, code: str, message: str, headers: Optional[Dict[str, str]] = None,
+               nested: bool = False) -> Reply:
+    """An error answer: v1 sends {"code", "message"} flat, v2 nests it under "error"."""
+    body = {"code": code, "message": message}
+    return json_reply(status, {"error": body} if nested else body, headers)

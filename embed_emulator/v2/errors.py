@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from ..limits import Refusal
-from ..reply import Reply, json_reply
+from ..gate import LateRefusal
+from ..reply import Reply, json_error
 from ..rules import MB
 
 
@@ -19,16 +19,11 @@ class V2Error(Exception):
         self.flat = flat
 
     def reply(self) -> Reply:
-        body = {"code": self.code, "message": self.message}
-        return json_reply(self.status, body if self.flat else {"error": body}, self.headers)
+        return json_error(self.status, self.code, self.message, self.headers, nested=not self.flat)
 
 
-class _MediaRefused(Exception):
+class _MediaRefused(LateRefusal):
     """The media-minute limits are spent; carries the refusal."""
-
-    def __init__(self, refusal: Refusal):
-        super().__init__(refusal.message)
-        self.refusal = refusal
 
 
 def error_reply(status: int, code: str, message: str,

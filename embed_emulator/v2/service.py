@@ -7,10 +7,10 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import rules
 from ..config import EmulatorConfig
-from ..faults import HTML_5XX, MALFORMED_BODIES, FaultInjector
-from ..limits import MediaMinutesLimiter, RateLimiter, Refusal, iso_utc
+from ..faults import FaultInjector
+from ..gate import Gate
+from ..limits import MediaMinutesLimiter, RateLimiter
 from ..reply import Reply, json_reply
 from ..rules import invalid_message
 from ..stats import Stats
@@ -23,22 +23,20 @@ from .task_call import TaskCall
 
 
 class V2Service:
-    """Every v2 call. Order, as on v1: route (404/405), auth (401), 429 burst fault, request limits
-    (429 rpm/rpd, shared with v1), other faults, validation (400), media-minute limits (429
-    dph/dpd, only for calls that embed audio or video), media checks (400/413), processing. Errors
-    are nested, {"error": {"code", "message"}}, except the list endpoint's 400, which the spec
-    declares flat ({"code", "message"})."""
+    """Every v2 call. Order, as on v1: route (404/405), then admission (see gate.py: auth (401),
+    429 burst fault, request limits (429 rpm/rpd, shared with v1), other faults), then validation
+    (400), media-minute limits (429 dph/dpd, only for calls that embed audio or video), media
+    checks (400/413), processing. Errors are nested, {"error": {"code", "message"}}, except the
+    list endpoint's 400, which the spec declares flat ({"code", "message"})."""
 
     def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
                  limiter: RateLimiter, media_limiter: MediaMinutesLimiter, faults: FaultInjector,
                  tasks: TaskStore, stopping: Callable[[], threading.Event]):
-        self._config = get_config
         self._stats = stats
-        self._limiter = limiter
         self._media = media_limiter
-        self._faults = faults
         self._tasks = tasks
-        self._stopping = stopping
+        self._gate = Gate(get_config, stats, limiter, faults, stopping,
+                          nested_errors=True, dimension_header=True)
 
     # ---- routing ------------------------------------------------------------------------
 
@@ -65,70 +63,19 @@ class V2Service:
 
     def handle(self, endpoint: str, task_id: Optional[str], query: Dict[str, List[str]],
                api_key: Optional[str], body: bytes) -> Reply:
-        config = self._config()
-        reply = self._handle(config, endpoint, task_id, query, api_key, body)
-        if reply.action == "respond":
-            self._stats.status(reply.status)
+        return self._gate.handle(
+            api_key, lambda config: self._answer(config, endpoint, task_id, query, body))
+
+    def _answer(self, config: EmulatorConfig, endpoint: str, task_id: Optional[str],
+                query: Dict[str, List[str]], body: bytes) -> Reply:
+        """The admitted call's answer; _MediaRefused goes up to the gate, which answers 429."""
+        try:
+            outcome = self._dispatch(config, endpoint, task_id, query, body)
+            reply = json_reply(outcome.status, outcome.payload)
+            self._count(config, outcome)
+        except V2Error as exc:
+            reply = exc.reply()
         return reply
-
-    def _handle(self, config: EmulatorConfig, endpoint: str, task_id: Optional[str],
-                query: Dict[str, List[str]], api_key: Optional[str], body: bytes) -> Reply:
-        if not api_key or (config.api_keys is not None and api_key not in config.api_keys):
-            return error_reply(401, "api_key_invalid", rules.api_key_message(missing=not api_key))
-        fault = self._faults.request_fault(config)
-        if fault is not None and fault.kind == "429_burst":
-            self._stats.fault("429_burst")
-            message = rules.rate_limit_message("temporary burst limit",
-                                               iso_utc(time.time() + fault.retry_after_sec))
-            return error_reply(429, "too_many_requests", message,
-                               {"Retry-After": str(fault.retry_after_sec),
-                                "X-Ratelimit-Dimensions": "rpm"})
-        admission, refusal = self._limiter.admit(config.requests_per_minute,
-                                                 config.requests_per_day, config.day_length_sec)
-        if refusal is not None:
-            self._stats.rate_limited()
-            return self._refusal_reply(refusal)
-        if fault is not None:
-            self._stats.fault(fault.kind)
-            if fault.kind in ("drop", "hang", "5xx"):
-                self._limiter.release(admission)  # only 2xx/4xx answers count
-            if fault.kind == "drop":
-                return Reply(action="drop")
-            if fault.kind == "hang":
-                return Reply(action="hang", hang_sec=config.fault_hang_sec)
-            if fault.kind == "5xx":
-                reply = (error_reply(500, "internal_error",
-                                     "An internal error occurred. Please try again later.")
-                         if fault.status == 500 else
-                         Reply(status=fault.status, body=HTML_5XX[fault.status],
-                               content_type="text/html"))
-            else:
-                reply = Reply(status=200, body=MALFORMED_BODIES[fault.body_index],
-                              headers=dict(admission.headers))
-        else:
-            try:
-                outcome = self._dispatch(config, endpoint, task_id, query, body)
-                reply = json_reply(outcome.status, outcome.payload)
-                self._count(config, outcome)
-            except _MediaRefused as exc:
-                self._limiter.release(admission)  # a refused request takes no slot
-                self._stats.rate_limited()
-                return self._refusal_reply(exc.refusal)
-            except V2Error as exc:
-                reply = exc.reply()
-            reply.headers.update(admission.headers)
-        self._sleep(self._faults.latency_sec(config))
-        return reply
-
-    @staticmethod
-    def _refusal_reply(refusal: Refusal) -> Reply:
-        headers = dict(refusal.headers)
-        headers["X-Ratelimit-Dimensions"] = refusal.dimension or "rpm"
-        return error_reply(429, "too_many_requests", refusal.message, headers)
-
-    def _sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self._stopping().wait(seconds)
 
     def _count(self, config: EmulatorConfig, outcome: _Outcome) -> None:
         if outcome.media_sec > 0:
