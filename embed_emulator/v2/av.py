@@ -11,8 +11,8 @@ import soundfile
 
 from .. import media, rules, vectors, video
 from ..rules import invalid_message
+from . import fields
 from .errors import bad
-from .fields import _enum, _enum_list, _int_in, _known, _number, _obj, _text
 from .sources import Source, load_audio, probe_video
 from .spec import (AUDIO_TOKENS_PER_SEC, AV_OPTIONS, DYNAMIC_RANGE, EMBEDDING_TYPES, FIXED_RANGE, M35,
                    VIDEO_TOKENS_PER_SEC)
@@ -48,7 +48,7 @@ def _segmentation(obj: dict, path: str, kind: str, model: str, task: bool) -> Tu
         if "temporal" not in seg:
             raise bad(invalid_message(seg_path, "With marengo3.5, put the settings in the "
                                       "`temporal` object."))
-        _known(seg, ("temporal",), seg_path)
+        fields.known(seg, ("temporal",), seg_path)
         seg, seg_path = seg["temporal"], f"{seg_path}.temporal"
         if not isinstance(seg, dict):
             raise bad(invalid_message(seg_path, "It must be an object."))
@@ -58,18 +58,18 @@ def _segmentation(obj: dict, path: str, kind: str, model: str, task: bool) -> Tu
             raise bad(invalid_message(seg_path, "The `temporal` object requires marengo3.5; "
                                       "with marengo3.0, set `strategy` directly."))
         strategies = ("fixed", "dynamic") if kind == "video" else ("fixed",)
-    strategy = _enum(seg.get("strategy"), f"{seg_path}.strategy", strategies)
-    _known(seg, ("strategy", strategy), seg_path)
+    strategy = fields.enum(seg.get("strategy"), f"{seg_path}.strategy", strategies)
+    fields.known(seg, ("strategy", strategy), seg_path)
     settings = seg.get(strategy)
     sub_path = f"{seg_path}.{strategy}"
     if not isinstance(settings, dict):
         raise bad(rules.not_provided_message(sub_path), "parameter_not_provided")
     if strategy == "fixed":
-        _known(settings, ("duration_sec",), sub_path)
-        return "fixed", _int_in(settings, "duration_sec", f"{sub_path}.duration_sec", *FIXED_RANGE)
-    _known(settings, ("min_duration_sec",), sub_path)
-    return "dynamic", _int_in(settings, "min_duration_sec", f"{sub_path}.min_duration_sec",
-                              *DYNAMIC_RANGE)
+        fields.known(settings, ("duration_sec",), sub_path)
+        return "fixed", fields.int_in(settings, "duration_sec", f"{sub_path}.duration_sec", *FIXED_RANGE)
+    fields.known(settings, ("min_duration_sec",), sub_path)
+    return "dynamic", fields.int_in(settings, "min_duration_sec", f"{sub_path}.min_duration_sec",
+                                    *DYNAMIC_RANGE)
 
 
 def parse_av(obj: dict, path: str, kind: str, model: str, task: bool,
@@ -78,10 +78,10 @@ def parse_av(obj: dict, path: str, kind: str, model: str, task: bool,
                "embedding_scope", "embedding_type"]
     if task:
         allowed.append("time_based_metadata")
-    _known(obj, allowed, path)
-    _obj(obj, "media_source", f"{path}.media_source", required=True)
-    start = _number(obj, "start_sec", f"{path}.start_sec")
-    end = _number(obj, "end_sec", f"{path}.end_sec")
+    fields.known(obj, allowed, path)
+    fields.obj(obj, "media_source", f"{path}.media_source", required=True)
+    start = fields.number(obj, "start_sec", f"{path}.start_sec")
+    end = fields.number(obj, "end_sec", f"{path}.end_sec")
     if start is not None and start < 0:
         raise bad(invalid_message(f"{path}.start_sec", "It must be greater than or equal to 0."))
     if end is not None and end <= (start or 0.0):
@@ -90,13 +90,13 @@ def parse_av(obj: dict, path: str, kind: str, model: str, task: bool,
     options_allowed = AV_OPTIONS[kind]
     if model == M35:  # transcription is 3.0 only
         options_allowed = tuple(o for o in options_allowed if o != "transcription")
-    options = _enum_list(obj, "embedding_option", f"{path}.embedding_option", options_allowed,
-                         options_allowed)
-    scopes = _enum_list(obj, "embedding_scope", f"{path}.embedding_scope",
-                        ("clip", "local", "asset") if task else ("clip", "asset"),
-                        ("clip", "asset"))
-    types = _enum_list(obj, "embedding_type", f"{path}.embedding_type", EMBEDDING_TYPES,
-                       ("separate_embedding",))
+    options = fields.enum_list(obj, "embedding_option", f"{path}.embedding_option", options_allowed,
+                               options_allowed)
+    scopes = fields.enum_list(obj, "embedding_scope", f"{path}.embedding_scope",
+                              ("clip", "local", "asset") if task else ("clip", "asset"),
+                              ("clip", "asset"))
+    types = fields.enum_list(obj, "embedding_type", f"{path}.embedding_type", EMBEDDING_TYPES,
+                             ("separate_embedding",))
     if "fused_embedding" in types and len(options) < 2:
         raise bad(invalid_message(f"{path}.embedding_type", "`fused_embedding` requires at "
                                   "least two values in `embedding_option`."))
@@ -115,10 +115,10 @@ def parse_av(obj: dict, path: str, kind: str, model: str, task: bool,
             entry_path = f"{tbm_path}[{i}]"
             if not isinstance(entry, dict):
                 raise bad(invalid_message(entry_path, "It must be an object."))
-            _known(entry, ("start", "end", "text"), entry_path)
-            s = _number(entry, "start", f"{entry_path}.start")
-            e = _number(entry, "end", f"{entry_path}.end")
-            text = _text(entry, "text", f"{entry_path}.text", required=True)
+            fields.known(entry, ("start", "end", "text"), entry_path)
+            s = fields.number(entry, "start", f"{entry_path}.start")
+            e = fields.number(entry, "end", f"{entry_path}.end")
+            text = fields.text(entry, "text", f"{entry_path}.text", required=True)
             if s is None or e is None:
                 raise bad(rules.not_provided_message(f"{entry_path}.start"),
                           "parameter_not_provided")
@@ -163,7 +163,7 @@ class AVContent:
         return self.samples[lo:hi], self.rate
 
 
-def _span(spec: AVSpec, duration: float, path: str) -> Tuple[float, float]:
+def media_span(spec: AVSpec, duration: float, path: str) -> Tuple[float, float]:
     if spec.start >= duration:
         raise bad(invalid_message(f"{path}.start_sec", f"It ({spec.start:g} s) must be less "
                                   f"than the media duration ({duration:.3f} s)."))
@@ -201,8 +201,8 @@ def av_entries(content: AVContent, spec: AVSpec, model: str, dims: int,
         return cache[key]
 
     def add(vec: np.ndarray, option: str, scope: str, s: float, e: float) -> None:
-        entries.append(_entry(vec, dims, uncertainty, model, option=option, scope=scope,
-                              start=round(s, 6), end=round(e, 6)))
+        entries.append(data_entry(vec, dims, uncertainty, model, option=option, scope=scope,
+                                  start=round(s, 6), end=round(e, 6)))
 
     if "separate_embedding" in spec.types:
         for option in spec.options:
@@ -217,8 +217,8 @@ def av_entries(content: AVContent, spec: AVSpec, model: str, dims: int,
     return entries
 
 
-def _entry(vec: np.ndarray, dims: int, uncertainty: bool, model: str, option=None, scope=None,
-           start=None, end=None, **extra) -> dict:
+def data_entry(vec: np.ndarray, dims: int, uncertainty: bool, model: str, option=None, scope=None,
+               start=None, end=None, **extra) -> dict:
     entry = {"embedding": vectors.prefix(vec, dims)}
     if uncertainty:
         entry["embedding_uncertainty"] = vectors.prefix(vectors.v2_uncertainty(vec, model), dims)
@@ -283,5 +283,5 @@ def decode_av(data: bytes, kind: str, probed: Any, duration: float, span: Tuple[
     return AVContent(duration=duration, span=span, samples=samples, rate=rate)
 
 
-def _wants_audio(spec: "AVSpec") -> bool:
+def wants_audio(spec: "AVSpec") -> bool:
     return any(option != "visual" for option in spec.options)

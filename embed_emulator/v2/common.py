@@ -6,13 +6,13 @@ from typing import Optional, Sequence, Tuple
 
 from .. import rules
 from ..rules import count_tokens, invalid_message, truncate_text
+from . import fields
 from .errors import bad
-from .fields import _bool, _enum, _known, _obj
 from .spec import DIMENSIONS, FULL_DIMENSION, M30, M35, MODELS, TEXT_TOKEN_LIMITS
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     """A successful v2 answer and what it counts."""
     status: int
     payload: dict
@@ -23,7 +23,7 @@ class _Outcome:
 
 
 @dataclass
-class _Common:
+class Common:
     model: str
     input_type: str
     dims: int
@@ -32,18 +32,18 @@ class _Common:
     obj: dict
 
 
-def _common(request: dict, input_types: Sequence[str], extra_fields: Sequence[str]) -> _Common:
+def parse_common(request: dict, input_types: Sequence[str], extra_fields: Sequence[str]) -> Common:
     allowed = ("input_type", "model_name", "embedding_uncertainty", "embedding_dimension",
                *extra_fields, *input_types)
     model = request.get("model_name")
     if model is None:
         raise bad(rules.not_provided_message("model_name"), "parameter_not_provided")
-    _enum(model, "model_name", MODELS)
+    fields.enum(model, "model_name", MODELS)
     input_type = request.get("input_type")
     if input_type is None:
         raise bad(rules.not_provided_message("input_type"), "parameter_not_provided")
-    _enum(input_type, "input_type", input_types)
-    _known(request, allowed, "")
+    fields.enum(input_type, "input_type", input_types)
+    fields.known(request, allowed, "")
     dims = FULL_DIMENSION
     raw_dims = request.get("embedding_dimension")
     if raw_dims is not None:
@@ -56,8 +56,8 @@ def _common(request: dict, input_types: Sequence[str], extra_fields: Sequence[st
             raise bad(invalid_message("embedding_dimension", "You should use one of the "
                                       "following values: 128, 256, 512."))
         dims = int(raw_dims)
-    uncertainty = _bool(request, "embedding_uncertainty", "embedding_uncertainty")
-    auto_truncate = _bool(request, "auto_truncate", "auto_truncate")
+    uncertainty = fields.boolean(request, "embedding_uncertainty", "embedding_uncertainty")
+    auto_truncate = fields.boolean(request, "auto_truncate", "auto_truncate")
     # Emulator choice: asking 3.0 for a 3.5-only feature is a 400, like embedding_dimension.
     if model == M30 and uncertainty:
         raise bad(invalid_message("embedding_uncertainty", "It requires marengo3.5."))
@@ -67,11 +67,11 @@ def _common(request: dict, input_types: Sequence[str], extra_fields: Sequence[st
         if other != input_type and request.get(other) is not None:
             raise bad(invalid_message(other, f"It is not allowed when `input_type` is "
                                       f"`{input_type}`."))
-    obj = _obj(request, input_type, input_type, required=True)
-    return _Common(model, input_type, dims, uncertainty, auto_truncate, obj)
+    obj = fields.obj(request, input_type, input_type, required=True)
+    return Common(model, input_type, dims, uncertainty, auto_truncate, obj)
 
 
-def _text_tokens(text: str, path: str, model: str, auto_truncate: bool) -> Tuple[str, bool]:
+def text_tokens(text: str, path: str, model: str, auto_truncate: bool) -> Tuple[str, bool]:
     """(the text to embed, whether it was truncated)."""
     limit = TEXT_TOKEN_LIMITS[model]
     if count_tokens(text) <= limit:

@@ -22,7 +22,7 @@ class V2Error(Exception):
         return json_error(self.status, self.code, self.message, self.headers, nested=not self.flat)
 
 
-class _MediaRefused(LateRefusal):
+class MediaRefused(LateRefusal):
     """The media-minute limits are spent; carries the refusal."""
 
 
@@ -40,13 +40,13 @@ def too_large(message: str) -> V2Error:
     return V2Error(413, "content_too_large", message)
 
 
-def _mb(n: int) -> str:
+def megabytes(n: int) -> str:
     return f"{n / MB:.1f} MB"
 
 
 def size_message(size: int, limit: int, prefix: str = "") -> str:
     """In the style of the documented "File size (33.6 MB) exceeds maximum limit of 32 MB"."""
-    return f"{prefix}File size ({_mb(size)}) exceeds maximum limit of {limit // MB} MB."
+    return f"{prefix}File size ({megabytes(size)}) exceeds maximum limit of {limit // MB} MB."
 
 
 def duration_message(seconds: float, limit: float) -> str:

@@ -9,7 +9,7 @@ from ..rules import invalid_message
 from .errors import bad
 
 
-def _obj(parent: dict, name: str, path: str, required: bool = False) -> Optional[dict]:
+def obj(parent: dict, name: str, path: str, required: bool = False) -> Optional[dict]:
     value = parent.get(name)
     if value is None:
         if required:
@@ -20,14 +20,14 @@ def _obj(parent: dict, name: str, path: str, required: bool = False) -> Optional
     return value
 
 
-def _known(obj: dict, allowed: Sequence[str], path: str) -> None:
+def known(obj: dict, allowed: Sequence[str], path: str) -> None:
     for name in obj:
         if name not in allowed:
             raise bad(rules.unknown_parameter_message(f"{path}.{name}" if path else name),
                       "parameter_unknown")
 
 
-def _bool(obj: dict, name: str, path: str) -> bool:
+def boolean(obj: dict, name: str, path: str) -> bool:
     value = obj.get(name)
     if value is None:
         return False
@@ -36,7 +36,7 @@ def _bool(obj: dict, name: str, path: str) -> bool:
     return value
 
 
-def _text(obj: dict, name: str, path: str, required: bool) -> Optional[str]:
+def text(obj: dict, name: str, path: str, required: bool) -> Optional[str]:
     value = obj.get(name)
     if value is None:
         if required:
@@ -49,7 +49,7 @@ def _text(obj: dict, name: str, path: str, required: bool) -> Optional[str]:
     return value
 
 
-def _number(obj: dict, name: str, path: str) -> Optional[float]:
+def number(obj: dict, name: str, path: str) -> Optional[float]:
     value = obj.get(name)
     if value is None:
         return None
@@ -58,7 +58,7 @@ def _number(obj: dict, name: str, path: str) -> Optional[float]:
     return float(value)
 
 
-def _int_in(obj: dict, name: str, path: str, low: int, high: int) -> int:
+def int_in(obj: dict, name: str, path: str, low: int, high: int) -> int:
     value = obj.get(name)
     if value is None:
         raise bad(rules.not_provided_message(path), "parameter_not_provided")
@@ -69,8 +69,8 @@ def _int_in(obj: dict, name: str, path: str, low: int, high: int) -> int:
     return value
 
 
-def _enum_list(obj: dict, name: str, path: str, allowed: Sequence[str],
-               default: Sequence[str]) -> List[str]:
+def enum_list(obj: dict, name: str, path: str, allowed: Sequence[str],
+              default: Sequence[str]) -> List[str]:
     value = obj.get(name)
     if value is None:
         return list(default)
@@ -86,7 +86,7 @@ def _enum_list(obj: dict, name: str, path: str, allowed: Sequence[str],
     return out
 
 
-def _enum(value: Any, path: str, allowed: Sequence[str]) -> str:
+def enum(value: Any, path: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise bad(invalid_message(path, "You should use one of the following values: "
                                   + ", ".join(f"`{v}`" for v in allowed) + "."))

@@ -15,8 +15,8 @@ from ..reply import Reply, json_reply
 from ..rules import invalid_message
 from ..stats import Stats
 from ..tasks import TaskStore, rfc3339, total_pages
-from .common import _Outcome
-from .errors import V2Error, _MediaRefused, bad, error_reply
+from .common import Outcome
+from .errors import MediaRefused, V2Error, bad, error_reply
 from .spec import LIST_DEFAULT_RANGE_SEC, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, TASKS_PATH, V2_PATH
 from .sync_call import SyncCall
 from .task_call import TaskCall
@@ -68,7 +68,7 @@ class V2Service:
 
     def _answer(self, config: EmulatorConfig, endpoint: str, task_id: Optional[str],
                 query: Dict[str, List[str]], body: bytes) -> Reply:
-        """The admitted call's answer; _MediaRefused goes up to the gate, which answers 429."""
+        """The admitted call's answer; MediaRefused goes up to the gate, which answers 429."""
         try:
             outcome = self._dispatch(config, endpoint, task_id, query, body)
             reply = json_reply(outcome.status, outcome.payload)
@@ -77,7 +77,7 @@ class V2Service:
             reply = exc.reply()
         return reply
 
-    def _count(self, config: EmulatorConfig, outcome: _Outcome) -> None:
+    def _count(self, config: EmulatorConfig, outcome: Outcome) -> None:
         if outcome.media_sec > 0:
             self._media.add(outcome.media_sec, config.day_length_sec)
             self._stats.media(outcome.media_sec)
@@ -91,9 +91,9 @@ class V2Service:
         refusal = self._media.check(config.media_minutes_per_hour, config.media_minutes_per_day,
                                     config.day_length_sec)
         if refusal is not None:
-            raise _MediaRefused(refusal)
+            raise MediaRefused(refusal)
 
-    def _dispatch(self, config, endpoint, task_id, query, body) -> _Outcome:
+    def _dispatch(self, config, endpoint, task_id, query, body) -> Outcome:
         if endpoint == "retrieve":
             self._stats.task("polled")
             return self._retrieve(config, task_id)
@@ -106,7 +106,7 @@ class V2Service:
 
     # ---- tasks: retrieve and list -------------------------------------------------------
 
-    def _retrieve(self, config: EmulatorConfig, task_id: str) -> _Outcome:
+    def _retrieve(self, config: EmulatorConfig, task_id: str) -> Outcome:
         found = self._tasks.get(task_id, config.task_retention_sec)
         if found is None:
             raise V2Error(404, "resource_not_exist",
@@ -120,9 +120,9 @@ class V2Service:
             payload["usage"] = task.usage
         if status == "failed":
             payload["error"] = {"message": task.error}
-        return _Outcome(200, payload)
+        return Outcome(200, payload)
 
-    def _list(self, config: EmulatorConfig, query: Dict[str, List[str]]) -> _Outcome:
+    def _list(self, config: EmulatorConfig, query: Dict[str, List[str]]) -> Outcome:
         def one(name: str) -> Optional[str]:
             values = query.get(name)
             return values[-1] if values else None
@@ -153,7 +153,7 @@ class V2Service:
                          "created_at": rfc3339(task.created_at),
                          "updated_at": rfc3339(task.updated_at()),
                          f"{task.input_type}_embedding": {"metadata": task.list_metadata}})
-        return _Outcome(200, {"data": data, "page_info": {
+        return Outcome(200, {"data": data, "page_info": {
             "limit_per_page": limit, "page": page, "total_page": total_pages(total, limit),
             "total_results": total}})
 

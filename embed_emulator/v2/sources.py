@@ -14,7 +14,7 @@ from PIL import Image
 from .. import media, video
 from ..config import EmulatorConfig
 from ..rules import MB, MediaError, invalid_message
-from .errors import _mb, bad, size_message, too_large
+from .errors import bad, megabytes, size_message, too_large
 from .spec import BASE64_MAX, IMAGE_MIN_SIDE, M30, VIDEO_MAX_ASPECT, VIDEO_MAX_LONG, VIDEO_MAX_SHORT, VIDEO_MIN_SIDE
 
 
@@ -47,7 +47,7 @@ def load_source(config: EmulatorConfig, ms: dict, path: str, kind: str, max_byte
         limit = BASE64_MAX.get(kind, max_bytes)
         if len(value) > limit:
             raise too_large(f"The `{field_path}` is too large. Base64 string size "
-                            f"({_mb(len(value))}) exceeds maximum limit of {limit // MB} MB.")
+                            f"({megabytes(len(value))}) exceeds maximum limit of {limit // MB} MB.")
         try:
             data = base64.b64decode("".join(value.split()), validate=True)
         except (binascii.Error, ValueError):
@@ -132,7 +132,7 @@ def probe_video(data: bytes, path: str, model: str) -> video.VideoInfo:
     return info
 
 
-def _document_text(data: bytes, path: str) -> str:
+def document_text(data: bytes, path: str) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:

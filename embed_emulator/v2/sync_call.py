@@ -11,11 +11,11 @@ from .. import rules, vectors, video
 from ..config import EmulatorConfig
 from ..rules import count_tokens, invalid_message
 from ..stats import v2_key
-from .av import _entry, _span, _wants_audio, av_entries, av_metadata, decode_av, measure_av, parse_av
-from .common import _common, _Outcome, _text_tokens
+from . import fields
+from .av import av_entries, av_metadata, data_entry, decode_av, measure_av, media_span, parse_av, wants_audio
+from .common import Outcome, parse_common, text_tokens
 from .errors import bad, duration_message, too_large
-from .fields import _enum, _known, _obj, _text
-from .sources import _document_text, load_image, load_source
+from .sources import document_text, load_image, load_source
 from .spec import (AUDIO_TOKENS_PER_SEC, AV_MAX_BYTES, IMAGE_MAX_BYTES, IMAGE_TOKENS, M30, M35, MAX_MEDIA_SOURCES,
                    SYNC_INPUT_TYPES, SYNC_MAX_SEC_35, VIDEO_TOKENS_PER_SEC)
 
@@ -29,8 +29,8 @@ class SyncCall:
     def __init__(self, service: V2Service, config: EmulatorConfig, request: dict):
         self.service, self.config, self.request = service, config, request
 
-    def run(self) -> _Outcome:
-        c = _common(self.request, SYNC_INPUT_TYPES, ("auto_truncate",))
+    def run(self) -> Outcome:
+        c = parse_common(self.request, SYNC_INPUT_TYPES, ("auto_truncate",))
         if c.model == M35 and c.input_type != "multi_input":
             raise bad(invalid_message("input_type", "Marengo 3.5 accepts only `multi_input` on "
                                       "this endpoint; use marengo3.0 for the other input types."))
@@ -38,54 +38,54 @@ class SyncCall:
         return getattr(self, "_" + c.input_type)()
 
     def _result(self, data: List[dict], key: str, metadata: Optional[dict] = None,
-                usage: Optional[dict] = None, media_sec: float = 0.0) -> _Outcome:
+                usage: Optional[dict] = None, media_sec: float = 0.0) -> Outcome:
         payload: dict = {"data": data}
         if usage is not None:
             payload["usage"] = usage
         if metadata is not None:
             payload["metadata"] = metadata
-        return _Outcome(200, payload, input_type=self.c.input_type, key=key, media_sec=media_sec)
+        return Outcome(200, payload, input_type=self.c.input_type, key=key, media_sec=media_sec)
 
-    def _text(self) -> _Outcome:
+    def _text(self) -> Outcome:
         c = self.c
-        _known(c.obj, ("input_text",), "text")
-        text = _text(c.obj, "input_text", "text.input_text", required=True)
-        text, _ = _text_tokens(text, "text.input_text", c.model, False)
+        fields.known(c.obj, ("input_text",), "text")
+        text = fields.text(c.obj, "input_text", "text.input_text", required=True)
+        text, _ = text_tokens(text, "text.input_text", c.model, False)
         vec = vectors.v2_text(text, c.model)
-        return self._result([_entry(vec, c.dims, False, c.model)], v2_key(c.model, "text", text))
+        return self._result([data_entry(vec, c.dims, False, c.model)], v2_key(c.model, "text", text))
 
-    def _image(self) -> _Outcome:
+    def _image(self) -> Outcome:
         c = self.c
-        _known(c.obj, ("media_source",), "image")
-        ms = _obj(c.obj, "media_source", "image.media_source", required=True)
+        fields.known(c.obj, ("media_source",), "image")
+        ms = fields.obj(c.obj, "media_source", "image.media_source", required=True)
         source = load_source(self.config, ms, "image.media_source", "image", IMAGE_MAX_BYTES)
         image = load_image(source.data, "image.media_source")
         vec = vectors.v2_image(image, c.model)
-        return self._result([_entry(vec, c.dims, False, c.model)],
+        return self._result([data_entry(vec, c.dims, False, c.model)],
                             v2_key(c.model, "image", source.data),
                             {"input_type": "image", **source.metadata()})
 
-    def _text_image(self) -> _Outcome:
+    def _text_image(self) -> Outcome:
         c = self.c
-        _known(c.obj, ("input_text", "media_source"), "text_image")
-        text = _text(c.obj, "input_text", "text_image.input_text", required=True)
-        text, _ = _text_tokens(text, "text_image.input_text", c.model, False)
-        ms = _obj(c.obj, "media_source", "text_image.media_source", required=True)
+        fields.known(c.obj, ("input_text", "media_source"), "text_image")
+        text = fields.text(c.obj, "input_text", "text_image.input_text", required=True)
+        text, _ = text_tokens(text, "text_image.input_text", c.model, False)
+        ms = fields.obj(c.obj, "media_source", "text_image.media_source", required=True)
         source = load_source(self.config, ms, "text_image.media_source", "image", IMAGE_MAX_BYTES)
         image = load_image(source.data, "text_image.media_source")
         vec = vectors.v2_combine([vectors.v2_text(text, c.model), vectors.v2_image(image, c.model)],
                                  c.model, "text_image")
-        return self._result([_entry(vec, c.dims, False, c.model)],
+        return self._result([data_entry(vec, c.dims, False, c.model)],
                             v2_key(c.model, "text_image", text.encode() + b"\0" + source.data),
                             {"input_type": "text_image", **source.metadata()})
 
-    def _audio(self) -> _Outcome:
+    def _audio(self) -> Outcome:
         return self._av("audio")
 
-    def _video(self) -> _Outcome:
+    def _video(self) -> Outcome:
         return self._av("video")
 
-    def _av(self, kind: str) -> _Outcome:
+    def _av(self, kind: str) -> Outcome:
         c = self.c
         spec = parse_av(c.obj, kind, kind, c.model, task=False, uncertainty=False)
         self.service._media_gate(self.config)
@@ -96,9 +96,9 @@ class SyncCall:
         # (emulator choice: the platform measures the file).
         if duration > self.config.max_sync_media_sec_30:
             raise too_large(duration_message(duration, self.config.max_sync_media_sec_30))
-        span = _span(spec, duration, kind)
+        span = media_span(spec, duration, kind)
         try:
-            content = decode_av(source.data, kind, probed, duration, span, _wants_audio(spec))
+            content = decode_av(source.data, kind, probed, duration, span, wants_audio(spec))
         except video.VideoError as exc:
             raise bad(invalid_message(path, f"The media could not be decoded: {exc}."))
         data = av_entries(content, spec, c.model, c.dims, False)
@@ -107,10 +107,10 @@ class SyncCall:
         return self._result(data, key, av_metadata(spec, source, duration, span, c.model, None),
                             media_sec=span[1] - span[0])
 
-    def _multi_input(self) -> _Outcome:
+    def _multi_input(self) -> Outcome:
         c = self.c
-        _known(c.obj, ("input_text", "media_sources"), "multi_input")
-        text = _text(c.obj, "input_text", "multi_input.input_text", required=False)
+        fields.known(c.obj, ("input_text", "media_sources"), "multi_input")
+        text = fields.text(c.obj, "input_text", "multi_input.input_text", required=False)
         sources = c.obj.get("media_sources")
         if sources is None:
             sources = []
@@ -129,14 +129,14 @@ class SyncCall:
             path = f"multi_input.media_sources[{i}]"
             if not isinstance(ms, dict):
                 raise bad(invalid_message(path, "It must be an object."))
-            _known(ms, ("name", "media_type", "url", "base64_string", "asset_id"), path)
+            fields.known(ms, ("name", "media_type", "url", "base64_string", "asset_id"), path)
             if ms.get("media_type") is None:
                 raise bad(rules.not_provided_message(f"{path}.media_type"),
                           "parameter_not_provided")
             if c.model == M30 and ms["media_type"] in ("video", "audio", "document"):
                 raise bad(invalid_message(f"{path}.media_type", "Marengo 3.0 accepts only "
                                           "`image` media sources; use marengo3.5."))
-            _enum(ms["media_type"], f"{path}.media_type", allowed_types)
+            fields.enum(ms["media_type"], f"{path}.media_type", allowed_types)
             name = ms.get("name")
             if name is not None:
                 if not isinstance(name, str) or not name:
@@ -157,8 +157,8 @@ class SyncCall:
                                       "document source."))
         truncated = False
         if text is not None:
-            text, truncated = _text_tokens(text, "multi_input.input_text", c.model,
-                                           c.auto_truncate)
+            text, truncated = text_tokens(text, "multi_input.input_text", c.model,
+                                          c.auto_truncate)
         media_types = {ms["media_type"] for ms in sources}
         if len(media_types - {"document"}) > 1 and text is None:
             raise bad(invalid_message("multi_input.input_text", "Combining media sources of "
@@ -216,7 +216,7 @@ class SyncCall:
                     # Emulator choice: no PDF renderer here.
                     raise bad(invalid_message(path, "PDF documents are not supported by the "
                                               "emulator; send a .txt or .md document."))
-                doc_text = _document_text(source.data, path)
+                doc_text = document_text(source.data, path)
                 parts.append(vectors.v2_text(doc_text, c.model))
                 tokens["document"] = tokens.get("document", 0) + count_tokens(doc_text)
                 text_parts += 1
@@ -231,6 +231,6 @@ class SyncCall:
             usage = {"input_tokens": tokens, "truncated": truncated}
             if truncated:
                 usage["truncation_reason"] = "model_context_window"
-        return self._result([_entry(vec, c.dims, c.uncertainty, c.model)],
+        return self._result([data_entry(vec, c.dims, c.uncertainty, c.model)],
                             v2_key(c.model, "multi_input", b"\0".join(key_parts)),
                             metadata, usage, media_sec)

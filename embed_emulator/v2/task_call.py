@@ -9,11 +9,12 @@ from ..config import EmulatorConfig
 from ..rules import count_tokens, invalid_message, truncate_text
 from ..stats import v2_key
 from ..tasks import TaskFailure
-from .av import _entry, _span, _wants_audio, av_entries, av_metadata, av_usage, decode_av, measure_av, parse_av
-from .common import _common, _Outcome
+from . import fields
+from .av import (av_entries, av_metadata, av_usage, data_entry, decode_av, measure_av, media_span, parse_av,
+                 wants_audio)
+from .common import Outcome, parse_common
 from .errors import V2Error, bad
-from .fields import _enum, _enum_list, _int_in, _known, _obj
-from .sources import _document_text, load_image, load_source
+from .sources import document_text, load_image, load_source
 from .spec import (AV_MAX_BYTES, BASE64_MAX, IMAGE_MAX_BYTES, IMAGE_TOKENS, M30, M35, TASK_DOCUMENT_MAX_BYTES,
                    TASK_FETCH_MAX_BYTES, TASK_INPUT_TYPES, TASK_MAX_SEC, TASK_MIN_SEC, TEXT_TOKEN_LIMITS)
 
@@ -27,8 +28,8 @@ class TaskCall:
     def __init__(self, service: V2Service, config: EmulatorConfig, request: dict):
         self.service, self.config, self.request = service, config, request
 
-    def run(self) -> _Outcome:
-        c = _common(self.request, TASK_INPUT_TYPES, ())
+    def run(self) -> Outcome:
+        c = parse_common(self.request, TASK_INPUT_TYPES, ())
         if c.model == M30 and c.input_type in ("image", "document"):
             raise bad(invalid_message("input_type", f"`{c.input_type}` requires marengo3.5."))
         self.c = c
@@ -40,7 +41,7 @@ class TaskCall:
             raise
 
     def _created(self, work, metadata: dict, list_metadata: dict, key: str,
-                 media_sec: float = 0.0) -> _Outcome:
+                 media_sec: float = 0.0) -> Outcome:
         c, config = self.c, self.config
         task = self.service._tasks.create(
             model_name=c.model, input_type=c.input_type, metadata=metadata,
@@ -49,16 +50,16 @@ class TaskCall:
         payload = {"_id": task.id, "status": "processing", "data": None}
         if c.model == M35:
             payload["metadata"] = {"embedding_dimension": c.dims}
-        return _Outcome(202, payload, input_type=c.input_type, key=key, media_sec=media_sec,
-                        task_created=True)
+        return Outcome(202, payload, input_type=c.input_type, key=key, media_sec=media_sec,
+                       task_created=True)
 
-    def _audio(self) -> _Outcome:
+    def _audio(self) -> Outcome:
         return self._av("audio")
 
-    def _video(self) -> _Outcome:
+    def _video(self) -> Outcome:
         return self._av("video")
 
-    def _av(self, kind: str) -> _Outcome:
+    def _av(self, kind: str) -> Outcome:
         c = self.c
         spec = parse_av(c.obj, kind, kind, c.model, task=True, uncertainty=c.uncertainty)
         self.service._media_gate(self.config)
@@ -71,12 +72,12 @@ class TaskCall:
             raise bad(invalid_message(path, f"The duration ({duration:.1f} seconds) must be "
                                       f"between {TASK_MIN_SEC:g} seconds and "
                                       f"{TASK_MAX_SEC / 3600:g} hours."))
-        span = _span(spec, duration, kind)
+        span = media_span(spec, duration, kind)
         model, dims, uncertainty, data = c.model, c.dims, c.uncertainty, source.data
 
         def work():
             try:
-                content = decode_av(data, kind, probed, duration, span, _wants_audio(spec))
+                content = decode_av(data, kind, probed, duration, span, wants_audio(spec))
             except video.VideoError as exc:
                 raise TaskFailure(f"The media could not be decoded: {exc}.")
             entries = av_entries(content, spec, model, dims, uncertainty)
@@ -96,22 +97,22 @@ class TaskCall:
                      spec.start if spec.start_given else None, spec.end if spec.end_given else None)
         return self._created(work, metadata, listed, key, media_sec=span[1] - span[0])
 
-    def _image(self) -> _Outcome:
+    def _image(self) -> Outcome:
         c = self.c
-        _known(c.obj, ("media_source", "embedding_option", "embedding_type", "embedding_scope"),
-               "image")
-        _enum_list(c.obj, "embedding_option", "image.embedding_option", ("visual",), ("visual",))
-        _enum_list(c.obj, "embedding_type", "image.embedding_type", ("separate_embedding",),
-                   ("separate_embedding",))
-        _enum_list(c.obj, "embedding_scope", "image.embedding_scope", ("asset",), ("asset",))
-        ms = _obj(c.obj, "media_source", "image.media_source", required=True)
+        fields.known(c.obj, ("media_source", "embedding_option", "embedding_type", "embedding_scope"),
+                     "image")
+        fields.enum_list(c.obj, "embedding_option", "image.embedding_option", ("visual",), ("visual",))
+        fields.enum_list(c.obj, "embedding_type", "image.embedding_type", ("separate_embedding",),
+                         ("separate_embedding",))
+        fields.enum_list(c.obj, "embedding_scope", "image.embedding_scope", ("asset",), ("asset",))
+        ms = fields.obj(c.obj, "media_source", "image.media_source", required=True)
         source = load_source(self.config, ms, "image.media_source", "image", IMAGE_MAX_BYTES)
         image = load_image(source.data, "image.media_source")
         model, dims, uncertainty = c.model, c.dims, c.uncertainty
 
         def work():
             vec = vectors.v2_image(image, model)
-            return ([_entry(vec, dims, uncertainty, model, option="visual", scope="asset")],
+            return ([data_entry(vec, dims, uncertainty, model, option="visual", scope="asset")],
                     {"input_tokens": {"image": IMAGE_TOKENS}, "truncated": False})
 
         metadata = {"input_type": "image", **source.metadata(), "embedding_options": ["visual"],
@@ -120,11 +121,11 @@ class TaskCall:
                   "image_embedding_scope": ["asset"]}
         return self._created(work, metadata, listed, v2_key(c.model, "image", source.data))
 
-    def _document(self) -> _Outcome:
+    def _document(self) -> Outcome:
         c = self.c
-        _known(c.obj, ("media_source", "segmentation", "embedding_option", "embedding_type",
-                       "embedding_scope"), "document")
-        ms = _obj(c.obj, "media_source", "document.media_source", required=True)
+        fields.known(c.obj, ("media_source", "segmentation", "embedding_option", "embedding_type",
+                             "embedding_scope"), "document")
+        ms = fields.obj(c.obj, "media_source", "document.media_source", required=True)
         source = load_source(self.config, ms, "document.media_source", "document",
                              TASK_DOCUMENT_MAX_BYTES if "base64_string" not in ms else
                              BASE64_MAX["document"], fetch_max=TASK_FETCH_MAX_BYTES)
@@ -132,37 +133,37 @@ class TaskCall:
             # Emulator choice: no PDF renderer here; txt/md documents are embedded.
             raise bad(invalid_message("document.media_source", "PDF documents are not "
                                       "supported by the emulator; send a .txt or .md document."))
-        text = _document_text(source.data, "document.media_source")
-        options = _enum_list(c.obj, "embedding_option", "document.embedding_option",
-                             ("visual", "text"), ("text",))
+        text = document_text(source.data, "document.media_source")
+        options = fields.enum_list(c.obj, "embedding_option", "document.embedding_option",
+                                   ("visual", "text"), ("text",))
         if options != ["text"]:
             raise bad(invalid_message("document.embedding_option", "A plain text or Markdown "
                                       "document accepts only `text`."))
-        _enum_list(c.obj, "embedding_type", "document.embedding_type", ("separate_embedding",),
-                   ("separate_embedding",))
-        scopes = _enum_list(c.obj, "embedding_scope", "document.embedding_scope",
-                            ("local", "asset"), ("asset",))
+        fields.enum_list(c.obj, "embedding_type", "document.embedding_type", ("separate_embedding",),
+                         ("separate_embedding",))
+        scopes = fields.enum_list(c.obj, "embedding_scope", "document.embedding_scope",
+                                  ("local", "asset"), ("asset",))
         if c.uncertainty and scopes != ["local"]:
             raise bad(invalid_message("embedding_uncertainty", "For a plain text or Markdown "
                                       "document, `document.embedding_scope` must be [\"local\"]."))
-        seg = _obj(c.obj, "segmentation", "document.segmentation")
+        seg = fields.obj(c.obj, "segmentation", "document.segmentation")
         max_sentences = overlap = 0
         if seg is not None:
-            _known(seg, ("spatial", "sequential"), "document.segmentation")
+            fields.known(seg, ("spatial", "sequential"), "document.segmentation")
             if seg.get("spatial") is not None:
                 raise bad(invalid_message("document.segmentation.spatial", "A plain text or "
                                           "Markdown document has no pages."))
         if "local" in scopes:
-            sequential = _obj(seg or {}, "sequential", "document.segmentation.sequential",
-                              required=True)
+            sequential = fields.obj(seg or {}, "sequential", "document.segmentation.sequential",
+                                    required=True)
             spath = "document.segmentation.sequential"
-            _known(sequential, ("strategy", "max_sentences", "overlap_sentences"), spath)
-            _enum(sequential.get("strategy"), f"{spath}.strategy", ("sentence",))
-            max_sentences = _int_in(sequential, "max_sentences", f"{spath}.max_sentences", 1,
-                                    2147483647)
+            fields.known(sequential, ("strategy", "max_sentences", "overlap_sentences"), spath)
+            fields.enum(sequential.get("strategy"), f"{spath}.strategy", ("sentence",))
+            max_sentences = fields.int_in(sequential, "max_sentences", f"{spath}.max_sentences", 1,
+                                          2147483647)
             if sequential.get("overlap_sentences") is not None:  # must be < max_sentences
-                overlap = _int_in(sequential, "overlap_sentences", f"{spath}.overlap_sentences",
-                                  0, max_sentences - 1)
+                overlap = fields.int_in(sequential, "overlap_sentences", f"{spath}.overlap_sentences",
+                                        0, max_sentences - 1)
         elif seg is not None and seg.get("sequential") is not None:
             raise bad(invalid_message("document.segmentation.sequential", "It requires `local` "
                                       "in `document.embedding_scope`."))
@@ -179,12 +180,12 @@ class TaskCall:
                         raise TaskFailure(f"Chunk {index} ({count_tokens(chunk)} tokens) exceeds "
                                           f"the model context window of "
                                           f"{TEXT_TOKEN_LIMITS[M35]} tokens.")
-                    entries.append(_entry(vectors.v2_text(chunk, model), dims, uncertainty, model,
-                                          option="text", scope="chunk", chunk_index=index))
+                    entries.append(data_entry(vectors.v2_text(chunk, model), dims, uncertainty, model,
+                                              option="text", scope="chunk", chunk_index=index))
             if "asset" in scopes:
                 whole = truncate_text(text, TEXT_TOKEN_LIMITS[M35], "end")
-                entries.append(_entry(vectors.v2_text(whole, model), dims, uncertainty, model,
-                                      option="text", scope="asset"))
+                entries.append(data_entry(vectors.v2_text(whole, model), dims, uncertainty, model,
+                                          option="text", scope="asset"))
             return entries, {"input_tokens": {"document": count_tokens(text)}, "truncated": False}
 
         metadata = {"input_type": "document", **source.metadata(), "embedding_options": options,
