@@ -34,7 +34,7 @@ class V2Service:
                  tasks: TaskStore, stopping: Callable[[], threading.Event]):
         self._stats = stats
         self._media = media_limiter
-        self._tasks = tasks
+        self.tasks = tasks
         self._gate = Gate(get_config, stats, limiter, faults, stopping,
                           nested_errors=True, dimension_header=True)
 
@@ -87,7 +87,8 @@ class V2Service:
             self._stats.embedded([outcome.input_type],
                                  [outcome.key] if config.record_keys and outcome.key else [])
 
-    def _media_gate(self, config: EmulatorConfig) -> None:
+    def check_media_minutes(self, config: EmulatorConfig) -> None:
+        """Raises MediaRefused when the audio/video minutes are spent (calls that embed media)."""
         refusal = self._media.check(config.media_minutes_per_hour, config.media_minutes_per_day,
                                     config.day_length_sec)
         if refusal is not None:
@@ -107,7 +108,7 @@ class V2Service:
     # ---- tasks: retrieve and list -------------------------------------------------------
 
     def _retrieve(self, config: EmulatorConfig, task_id: str) -> Outcome:
-        found = self._tasks.get(task_id, config.task_retention_sec)
+        found = self.tasks.get(task_id, config.task_retention_sec)
         if found is None:
             raise V2Error(404, "resource_not_exist",
                           f"The embedding task `{task_id}` does not exist.")
@@ -144,9 +145,9 @@ class V2Service:
         page = _parse_int(one("page"), "page", 1, 1, None, flat_bad)
         limit = _parse_int(one("page_limit"), "page_limit", PAGE_LIMIT_DEFAULT, 1,
                            PAGE_LIMIT_MAX, flat_bad)
-        rows, total = self._tasks.list(started_at=started, ended_at=ended, status=status,
-                                       page=page, page_limit=limit,
-                                       retention_sec=config.task_retention_sec)
+        rows, total = self.tasks.list(started_at=started, ended_at=ended, status=status,
+                                      page=page, page_limit=limit,
+                                      retention_sec=config.task_retention_sec)
         data = []
         for task, current in rows:
             data.append({"_id": task.id, "model_name": task.model_name, "status": current,

@@ -88,7 +88,7 @@ class SyncCall:
     def _av(self, kind: str) -> Outcome:
         c = self.c
         spec = parse_av(c.obj, kind, kind, c.model, task=False, uncertainty=False)
-        self.service._media_gate(self.config)
+        self.service.check_media_minutes(self.config)
         path = f"{kind}.media_source"
         source = load_source(self.config, c.obj["media_source"], path, kind, AV_MAX_BYTES)
         duration, probed = measure_av(source.data, path, kind, c.model)
@@ -164,7 +164,7 @@ class SyncCall:
             raise bad(invalid_message("multi_input.input_text", "Combining media sources of "
                                       "different types requires `input_text`."))
         if any(ms["media_type"] in ("audio", "video") for ms in sources):
-            self.service._media_gate(self.config)
+            self.service.check_media_minutes(self.config)
 
         parts: List[np.ndarray] = []
         key_parts: List[bytes] = []

@@ -43,7 +43,7 @@ class TaskCall:
     def _created(self, work, metadata: dict, list_metadata: dict, key: str,
                  media_sec: float = 0.0) -> Outcome:
         c, config = self.c, self.config
-        task = self.service._tasks.create(
+        task = self.service.tasks.create(
             model_name=c.model, input_type=c.input_type, metadata=metadata,
             list_metadata=list_metadata, key=key, work=work,
             ready_after_sec=config.task_ready_after_sec, failure_rate=config.task_failure_rate)
@@ -62,7 +62,7 @@ class TaskCall:
     def _av(self, kind: str) -> Outcome:
         c = self.c
         spec = parse_av(c.obj, kind, kind, c.model, task=True, uncertainty=c.uncertainty)
-        self.service._media_gate(self.config)
+        self.service.check_media_minutes(self.config)
         path = f"{kind}.media_source"
         source = load_source(self.config, c.obj["media_source"], path, kind,
                              AV_MAX_BYTES if "base64_string" in c.obj["media_source"] else
