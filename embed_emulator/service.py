@@ -1,4 +1,4 @@
-"""The v1 service: one POST /v1.3/embed call, start to finish, independent of the HTTP plumbing."""
+"""The v1 service: POST /v1.3/embed behind the gate (gate.py), its form validation and per-modality embedding."""
 from __future__ import annotations
 
 import logging

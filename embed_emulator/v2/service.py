@@ -1,4 +1,4 @@
-"""The v2 service: routing, the calls' order of checks, what each answer counts, and the GET task endpoints."""
+"""The v2 service: routing, admission (gate.py), what each answer counts, and the GET task endpoints."""
 from __future__ import annotations
 
 import json
