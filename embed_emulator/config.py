@@ -42,7 +42,7 @@ class EmulatorConfig:
     # Count embedded items by content key, so tests can spot double work.
     record_keys: bool = True
 
-    # ---- Embed API v2 (/v1.3/embed-v2, see v2.py) ----
+    # ---- Embed API v2 (/v1.3/embed-v2, see v2/) ----
     # Audio/video minutes embedded (sync calls and created tasks), None = unlimited. Exceeding
     # one answers 429 with X-Ratelimit-Dimensions dph / dpd. The hour window is the UTC hour;
     # the day window is the same as requests_per_day's (day_length_sec).

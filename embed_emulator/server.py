@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 from .config import EmulatorConfig
 from .faults import FaultInjector
 from .limits import MediaMinutesLimiter, RateLimiter
-from .service import EmbedService, Reply, json_reply
+from .reply import Reply, json_reply
+from .service import EmbedService
 from .stats import Stats
 from .tasks import TaskStore
 from .v2 import V2_PATH, V2Service
@@ -158,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             emulator._stats.end()
 
     def _v2(self, path: str, query: dict) -> None:
-        """Every /v1.3/embed-v2... call (see v2.py); unknown paths and methods get the nested
+        """Every /v1.3/embed-v2... call (see v2/); unknown paths and methods get the nested
         404/405 before anything is counted."""
         emulator = self.server.emulator
         endpoint, task_id, early = V2Service.route(self.command, path)

@@ -1,21 +1,16 @@
-"""One POST /v1.3/embed call, start to finish, independent of the HTTP plumbing.
-
-Order: auth (401), 429 burst fault, rate limits (429), other faults, request validation
-(400), then per-modality processing. The answer is a Reply the HTTP layer acts on.
-"""
+"""The v1 service: POST /v1.3/embed behind the gate (gate.py), its form validation and per-modality embedding."""
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import forms, media, rules, vectors
 from .config import EmulatorConfig
-from .faults import HTML_5XX, INTERNAL_ERROR_BODY, MALFORMED_BODIES, FaultInjector
-from .limits import RateLimiter, iso_utc
+from .faults import FaultInjector
+from .gate import Gate
+from .limits import RateLimiter
+from .reply import Reply, json_reply
 from .rules import ApiError, MediaError
 from .stats import Stats, item_key
 
@@ -24,84 +19,25 @@ logger = logging.getLogger(__name__)
 __all__ = ["Reply", "json_reply", "EmbedService"]
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: Dict[str, str] = field(default_factory=dict)
-    action: str = "respond"  # "respond" | "drop" (close silently) | "hang" (wait, then drop)
-    hang_sec: float = 0.0
-
-
-def json_reply(status: int, payload: dict, headers: Optional[Dict[str, str]] = None) -> Reply:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return Reply(status=status, body=body, headers=dict(headers or {}))
-
-
 class EmbedService:
+    """Every v1 call: admission (see gate.py), then request validation (400) and per-modality
+    processing."""
+
     def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
                  limiter: RateLimiter, faults: FaultInjector, stopping: Callable[[], threading.Event]):
-        self._config = get_config
         self._stats = stats
-        self._limiter = limiter
         self._faults = faults
-        self._stopping = stopping
+        self._gate = Gate(get_config, stats, limiter, faults, stopping,
+                          nested_errors=False, dimension_header=False)
 
     def handle(self, api_key: Optional[str], content_type: Optional[str], body: bytes) -> Reply:
-        reply = self._handle(self._config(), api_key, content_type, body)
-        if reply.action == "respond":
-            self._stats.status(reply.status)
-        return reply
+        return self._gate.handle(api_key, lambda config: self._answer(config, content_type, body))
 
-    def _handle(self, config: EmulatorConfig, api_key, content_type, body) -> Reply:
-        if not api_key or (config.api_keys is not None and api_key not in config.api_keys):
-            return json_reply(401, {"code": "api_key_invalid",
-                                    "message": rules.api_key_message(missing=not api_key)})
-        fault = self._faults.request_fault(config)
-        if fault is not None and fault.kind == "429_burst":
-            self._stats.fault("429_burst")
-            return self._burst_reply(fault.retry_after_sec)
-        admission, refusal = self._limiter.admit(config.requests_per_minute,
-                                                 config.requests_per_day, config.day_length_sec)
-        if refusal is not None:
-            self._stats.rate_limited()
-            return json_reply(429, {"code": "too_many_requests", "message": refusal.message},
-                              refusal.headers)
-
-        if fault is not None:
-            self._stats.fault(fault.kind)
-            if fault.kind in ("drop", "hang", "5xx"):
-                self._limiter.release(admission)  # only 2xx/4xx answers count
-            if fault.kind == "drop":
-                return Reply(action="drop")
-            if fault.kind == "hang":
-                return Reply(action="hang", hang_sec=config.fault_hang_sec)
-            if fault.kind == "5xx":
-                reply = (json_reply(500, INTERNAL_ERROR_BODY) if fault.status == 500 else
-                         Reply(status=fault.status, body=HTML_5XX[fault.status],
-                               content_type="text/html"))
-            else:  # malformed: a 200 that claims JSON but is not
-                reply = Reply(status=200, body=MALFORMED_BODIES[fault.body_index],
-                              headers=dict(admission.headers))
-        else:
-            try:
-                reply = self._process(config, content_type, body)
-            except ApiError as exc:
-                reply = json_reply(exc.status, exc.body())
-            reply.headers.update(admission.headers)
-        self._sleep(self._faults.latency_sec(config))
-        return reply
-
-    def _burst_reply(self, retry_after: int) -> Reply:
-        message = rules.rate_limit_message("temporary burst limit",
-                                           iso_utc(time.time() + retry_after))
-        return json_reply(429, {"code": "too_many_requests", "message": message},
-                          {"Retry-After": str(retry_after)})
-
-    def _sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self._stopping().wait(seconds)
+    def _answer(self, config: EmulatorConfig, content_type, body: bytes) -> Reply:
+        try:
+            return self._process(config, content_type, body)
+        except ApiError as exc:
+            return json_reply(exc.status, exc.body())
 
     # ---- normal processing ------------------------------------------------------------
 

@@ -31,7 +31,7 @@ def v2_key(model_name: str, input_type: str, content: Union[str, bytes],
     content (the text, or the media bytes however they arrived) + the requested start_sec /
     end_sec when either was sent. Without times it equals item_key(model, input_type, content),
     so a v2 text key is the v1 text key of the same model and text. multi_input and text_image
-    content is the concatenation of their parts (see v2.py)."""
+    content is the concatenation of their parts (see v2/sync_call.py)."""
     digest = hashlib.sha256()
     digest.update(model_name.encode() + b"\0" + input_type.encode() + b"\0")
     digest.update(content.encode("utf-8") if isinstance(content, str) else content)

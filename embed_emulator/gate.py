@@ -1,0 +1,113 @@
+"""Admission of one call, the same for v1 and v2: auth, 429 burst, request limits, faults, the answer, latency."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+from . import rules
+from .config import EmulatorConfig
+from .faults import HTML_5XX, INTERNAL_ERROR_BODY, MALFORMED_BODIES, FaultInjector
+from .limits import RateLimiter, Refusal, iso_utc
+from .reply import Reply, json_error
+from .stats import Stats
+
+__all__ = ["Gate", "LateRefusal"]
+
+
+class LateRefusal(Exception):
+    """A limit checked by the answer itself is spent (v2's media minutes); carries the refusal."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+class Gate:
+    """Runs an answer (config -> Reply) behind the checks every call passes, in this order: auth
+    (401), 429 burst fault, request limits (429), other faults; then the answer, then latency.
+
+    The two API generations differ only in how an error looks: v2 nests the body under "error"
+    (nested_errors) and names the spent limit in X-Ratelimit-Dimensions on a 429
+    (dimension_header)."""
+
+    def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
+                 limiter: RateLimiter, faults: FaultInjector,
+                 stopping: Callable[[], threading.Event], *, nested_errors: bool,
+                 dimension_header: bool):
+        self._config = get_config
+        self._stats = stats
+        self._limiter = limiter
+        self._faults = faults
+        self._stopping = stopping
+        self._nested = nested_errors
+        self._dimension_header = dimension_header
+
+    def handle(self, api_key: Optional[str], answer: Callable[[EmulatorConfig], Reply]) -> Reply:
+        reply = self._handle(self._config(), api_key, answer)
+        if reply.action == "respond":
+            self._stats.status(reply.status)
+        return reply
+
+    def _handle(self, config: EmulatorConfig, api_key: Optional[str],
+                answer: Callable[[EmulatorConfig], Reply]) -> Reply:
+        if not api_key or (config.api_keys is not None and api_key not in config.api_keys):
+            return self._error(401, "api_key_invalid", rules.api_key_message(missing=not api_key))
+        fault = self._faults.request_fault(config)
+        if fault is not None and fault.kind == "429_burst":
+            self._stats.fault("429_burst")
+            return self._burst_reply(fault.retry_after_sec)
+        admission, refusal = self._limiter.admit(config.requests_per_minute,
+                                                 config.requests_per_day, config.day_length_sec)
+        if refusal is not None:
+            self._stats.rate_limited()
+            return self._refusal_reply(refusal)
+
+        if fault is not None:
+            self._stats.fault(fault.kind)
+            if fault.kind in ("drop", "hang", "5xx"):
+                self._limiter.release(admission)  # only 2xx/4xx answers count
+            if fault.kind == "drop":
+                return Reply(action="drop")
+            if fault.kind == "hang":
+                return Reply(action="hang", hang_sec=config.fault_hang_sec)
+            if fault.kind == "5xx":
+                reply = (self._error(500, INTERNAL_ERROR_BODY["code"], INTERNAL_ERROR_BODY["message"])
+                         if fault.status == 500 else
+                         Reply(status=fault.status, body=HTML_5XX[fault.status],
+                               content_type="text/html"))
+            else:  # malformed: a 200 that claims JSON but is not
+                reply = Reply(status=200, body=MALFORMED_BODIES[fault.body_index],
+                              headers=dict(admission.headers))
+        else:
+            try:
+                reply = answer(config)
+            except LateRefusal as exc:
+                self._limiter.release(admission)  # a refused request takes no slot
+                self._stats.rate_limited()
+                return self._refusal_reply(exc.refusal)
+            reply.headers.update(admission.headers)
+        self._sleep(self._faults.latency_sec(config))
+        return reply
+
+    def _error(self, status: int, code: str, message: str,
+               headers: Optional[Dict[str, str]] = None) -> Reply:
+        return json_error(status, code, message, headers, nested=self._nested)
+
+    def _burst_reply(self, retry_after: int) -> Reply:
+        message = rules.rate_limit_message("temporary burst limit",
+                                           iso_utc(time.time() + retry_after))
+        headers = {"Retry-After": str(retry_after)}
+        if self._dimension_header:
+            headers["X-Ratelimit-Dimensions"] = "rpm"
+        return self._error(429, "too_many_requests", message, headers)
+
+    def _refusal_reply(self, refusal: Refusal) -> Reply:
+        headers = dict(refusal.headers)
+        if self._dimension_header:
+            headers["X-Ratelimit-Dimensions"] = refusal.dimension or "rpm"
+        return self._error(429, "too_many_requests", refusal.message, headers)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping().wait(seconds)
