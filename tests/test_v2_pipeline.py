@@ -248,7 +248,7 @@ def test_a_video_too_large_for_base64_is_a_dead_letter_naming_the_fix(tmp_path, 
 
 
 def test_media_minutes_budget_paces_to_the_hourly_limit():
-    from embed_client.ratelimit import MediaMinutesBudget
+    from embed_client.pacing.local import MediaMinutesBudget
 
     now = [0.0]
     slept = []
