@@ -27,7 +27,7 @@ setuptools.setup(
     #   it). Needed wherever rows name `image_file`, `audio_file` or `video_file`, workers included.
     # `emulator`: the local emulator (`api.base_url: embedded`, `python -m embed_emulator`, the tests): a
     #   multipart parser and the same decoders, for real durations, frames and audio.
-    # `redis`: one rate limit shared by every worker (embed_client.redis_bucket); without it, or without a
+    # `redis`: one rate limit shared by every worker (embed_client.pacing.redis_gcra); without it, or without a
     #   reachable server, each worker paces to its share of the limit.
     # `dask`: the job on a Dask cluster (--runner dask, pipeline/dask_runner.py); the versions Beam's own
     #   [dask] extra asks for.

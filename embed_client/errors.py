@@ -12,6 +12,8 @@ import math
 import time
 from typing import Any, Dict, Mapping, Optional
 
+from embed_client.secrets import scrub
+
 __all__ = [
     "AuthError",
     "BadRequestError",
@@ -210,8 +212,6 @@ _MAX_MESSAGE_CHARS = 500
 
 
 def _scrubbed_details(details: Any) -> Optional[Dict[str, Any]]:
-    from embed_client.secrets import scrub
-
     if not isinstance(details, dict):
         return None
     try:
@@ -245,8 +245,6 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     if message is None:
         text = body.decode("utf-8", "replace").strip()
         message = text[:_MAX_MESSAGE_CHARS] or f"HTTP {status} with an empty body"
-    from embed_client.secrets import scrub
-
     message = scrub(message)  # a server may quote the request's key or a signed URL back
     info = RateLimitInfo.from_headers(headers)
     if status == 429:

@@ -192,7 +192,7 @@ def _query_vector(client: EmbedClient, settings, args) -> List[float]:
 
         item = Item(id="query", modality=modality, source="", row_number=0, content_hash="", text=args.text,
                     file_path=args.image_file or args.audio_file)
-        result = client.create_v2(**sync_request(item, settings))
+        result = client.v2.create(**sync_request(item, settings))
         return result.data[0].embedding
     if args.text is not None:
         result, part = client.create(settings.model, text=args.text), "text_embedding"

@@ -162,7 +162,7 @@ def check_v2_rows_match_client(rows, client, model, fields):
     for name in ("start_sec", "end_sec"):
         if fields.get(name) is not None:
             video[name] = float(fields[name])
-    expected = v2_sorted(client.create_v2("video", model, video=video).data)
+    expected = v2_sorted(client.v2.create("video", model, video=video).data)
     rows = sorted(rows, key=lambda r: r["segment_index"])
     assert len(rows) == len(expected)
     for row, entry in zip(rows, expected):

@@ -176,7 +176,7 @@ SYNC_CASE_NAMES = ["text", "text_unicode", "image_url", "image_base64", "text_im
 def test_sync_request_bytes_match_sdk(case):
     ours, theirs = _sync_cases()[case]
     with V2CaptureServer(_ok()) as server:
-        _ours(server.base_url).create_v2(**ours)
+        _ours(server.base_url).v2.create(**ours)
         _sdk(server.base_url).embed.v_2.create(**theirs)
     mine, sdk = server.requests
     assert_same_request(mine, sdk)
@@ -189,11 +189,11 @@ def test_sync_request_bytes_match_sdk(case):
 def test_a_built_body_is_the_same_bytes_on_every_send():
     with V2CaptureServer(_ok()) as server:
         client = _ours(server.base_url)
-        body = client.build_create_v2("text", "marengo3.0", text={"input_text": "retry me"})
-        assert body == client.build_v2_body("text", "marengo3.0", text={"input_text": "retry me"})
+        body = client.v2.build_create("text", "marengo3.0", text={"input_text": "retry me"})
+        assert body == client.v2.build_create("text", "marengo3.0", text={"input_text": "retry me"})
         assert body == v2.build_create_body("text", "marengo3.0", text={"input_text": "retry me"})
-        client.send_v2(body)
-        client.send_v2(body)
+        client.v2.send(body)
+        client.v2.send(body)
     first, second = server.requests
     assert first.body == second.body == body == b'{"input_type":"text","model_name":"marengo3.0","text":{"input_text":"retry me"}}'
 
@@ -223,7 +223,7 @@ def test_wire_normalisation_of_dicts():
 def test_local_validation_fails_before_sending(kwargs, code):
     with V2CaptureServer(_ok()) as server:
         with pytest.raises(errors.BadRequestError) as info:
-            _ours(server.base_url).create_v2(**kwargs)
+            _ours(server.base_url).v2.create(**kwargs)
     assert server.requests == [] and info.value.code == code and not info.value.is_retryable
 
 
@@ -307,9 +307,9 @@ def test_task_create_bytes_match_sdk(case):
 def test_task_create_build_and_send_split():
     with V2CaptureServer(_ok(TASK_CREATED, 202)) as server:
         client = _ours(server.base_url)
-        body = client.build_task_create("video", "marengo3.0", video={"media_source": {"url": "https://e/v.mp4"}})
+        body = client.tasks.build_create("video", "marengo3.0", video={"media_source": {"url": "https://e/v.mp4"}})
         assert body == v2.build_task_create_body("video", "marengo3.0", video={"media_source": {"url": "https://e/v.mp4"}})
-        assert client.send_task_create(body).id == TASK_CREATED["_id"]
+        assert client.tasks.send_create(body).id == TASK_CREATED["_id"]
     assert server.requests[0].body == body
 
 
@@ -408,7 +408,7 @@ def test_task_pager_exposes_pages():
 def test_sync_response_is_parsed_with_rate_limit_headers():
     headers = {"X-Ratelimit-Limit": "600", "X-Ratelimit-Remaining": "598", "X-Ratelimit-Dimensions": "rpm"}
     with V2CaptureServer(_ok(SYNC_OK, 200, headers)) as server:
-        result = _ours(server.base_url).create_v2("multi_input", "marengo3.5", multi_input={"input_text": "x"})
+        result = _ours(server.base_url).v2.create("multi_input", "marengo3.5", multi_input={"input_text": "x"})
     first, second = result.data
     assert first.embedding == [0.1, -0.2, 0.3] and first.embedding_option == "visual"
     assert (first.embedding_scope, first.start_sec, first.end_sec) == ("clip", 0.0, 6.5)
@@ -425,7 +425,7 @@ def test_text_response_without_usage_or_metadata():
     body = {"data": [{"embedding": [1, 2], "embedding_option": None, "embedding_scope": None,
                       "start_sec": None, "end_sec": None}]}
     with V2CaptureServer(_ok(body)) as server:
-        result = _ours(server.base_url).create_v2("text", "marengo3.0", text={"input_text": "x"})
+        result = _ours(server.base_url).v2.create("text", "marengo3.0", text={"input_text": "x"})
     assert result.data[0].embedding == [1, 2] and result.usage is None and result.metadata is None
 
 
@@ -466,7 +466,7 @@ def test_sync_errors_map_to_typed_exceptions(case):
     responder, exc, status, code, retryable = ERROR_CASES[case]
     with V2CaptureServer(responder) as server:
         with pytest.raises(exc) as info:
-            _ours(server.base_url).create_v2("text", "marengo3.0", text={"input_text": "x"})
+            _ours(server.base_url).v2.create("text", "marengo3.0", text={"input_text": "x"})
     err = info.value
     assert isinstance(err, errors.EmbedError)
     assert (err.status, err.code, err.is_retryable) == (status, code, retryable)
@@ -515,7 +515,7 @@ def test_absurd_retry_after_is_clamped(retry_after, expected_wait, retryable):
                "X-Ratelimit-Remaining": "1e308", "X-Ratelimit-Used": "-3"}
     with V2CaptureServer(_ok({"error": {"code": "too_many_requests", "message": "x"}}, 429, headers)) as server:
         with pytest.raises(errors.RateLimitError) as info:
-            _ours(server.base_url).create_v2("text", "marengo3.0", text={"input_text": "x"})
+            _ours(server.base_url).v2.create("text", "marengo3.0", text={"input_text": "x"})
     err = info.value
     info_ = err.rate_limit
     assert info_.reset_at is None and info_.limit is None and info_.used == 0
@@ -569,7 +569,7 @@ def test_timeouts_and_refused_connections_are_typed():
         client = EmbedClient(api_key=KEY, base_url=url, timeout=(1.0, 0.3))
         start = time.monotonic()
         with pytest.raises(errors.EmbedTimeoutError) as info:
-            client.create_v2("text", "marengo3.0", text={"input_text": "x"})
+            client.v2.create("text", "marengo3.0", text={"input_text": "x"})
         assert info.value.is_retryable
         with pytest.raises(errors.EmbedTimeoutError):
             client.tasks.retrieve("t1", request_options={"timeout_in_seconds": 0.2})
@@ -587,7 +587,7 @@ def test_missing_key_is_an_auth_error_without_a_request(monkeypatch):
     with V2CaptureServer(_ok()) as server:
         client = EmbedClient(base_url=server.base_url)
         with pytest.raises(errors.AuthError):
-            client.create_v2("text", "marengo3.0", text={"input_text": "x"})
+            client.v2.create("text", "marengo3.0", text={"input_text": "x"})
         with pytest.raises(errors.AuthError):
             client.tasks.retrieve("t1")
     assert server.requests == []
@@ -611,7 +611,7 @@ def test_a_caller_session_is_used_for_v2_too():
     session.headers["X-Trace"] = "caller-session"
     with V2CaptureServer(_ok(READY)) as server:
         client = EmbedClient(api_key=KEY, base_url=server.base_url, session=session)
-        client.create_v2("text", "marengo3.0", text={"input_text": "x"})
+        client.v2.create("text", "marengo3.0", text={"input_text": "x"})
         client.tasks.retrieve("t1")
     post, get = server.requests
     assert _headers(post)["x-trace"] == _headers(get)["x-trace"] == "caller-session"

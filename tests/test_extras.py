@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import embed_client
 import transforms
 from embed_client.pacing import make_bucket
-from embed_client.ratelimit import TokenBucket
+from embed_client.pacing.local import TokenBucket
 from transforms import (EmbedWithTwelveLabs, TwelveLabsEmbeddingModelHandler, TwelveLabsImageEmbeddings,
                         TwelveLabsOptions, TwelveLabsTextEmbeddings)
 from transforms.stages.media_probe import MissingMediaDecoder, video_duration

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from embed_client import errors
-from embed_client.ratelimit import TokenBucket
+from embed_client.pacing.local import TokenBucket
 from embed_client.retry import RetryPolicy, call_with_retries
 
 

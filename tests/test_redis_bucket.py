@@ -1,4 +1,4 @@
-"""The shared rate limit (embed_client.redis_bucket) on a real redis-server, from threads and processes."""
+"""The shared rate limit (embed_client.pacing.redis_gcra) on a real redis-server, from threads and processes."""
 import logging
 import multiprocessing
 import os
@@ -12,8 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from embed_client.pacing import make_bucket
-from embed_client.ratelimit import TokenBucket
-from embed_client.redis_bucket import RedisTokenBucket
+from embed_client.pacing.local import TokenBucket
+from embed_client.pacing.redis_gcra import RedisTokenBucket
 
 TEST_KEY = "tlk_TEST_KEY_do_not_leak_7f3a9c"
 # Spawned, not forked: the test process runs emulator and Redis client threads, which fork would copy

@@ -95,9 +95,9 @@ def test_mixed_manifest_on_marengo30_auto_routes_video_to_v2_with_exact_vectors(
         v1 = client.create("marengo3.0", text="a red kite over the dunes")
         np.testing.assert_array_equal(np.float32(grouped[("t", "text")][0]["embedding"]),
                                       np.float32(v1.text_embedding.segments[0].float_))
-        short = client.create_v2("video", "marengo3.0", video={"media_source": b64("short.mp4")})
+        short = client.v2.create("video", "marengo3.0", video={"media_source": b64("short.mp4")})
         _assert_rows_match(grouped[("v-short", "video")], short.data, 512)
-        clip = client.create_v2("video", "marengo3.0", video={"media_source": b64("short.mp4"),
+        clip = client.v2.create("video", "marengo3.0", video={"media_source": b64("short.mp4"),
                                                               "start_sec": 2.0, "end_sec": 6.0})
         _assert_rows_match(grouped[("v-clip", "video")], clip.data, 512)
         created = client.tasks.create("video", "marengo3.0", video={"media_source": {"url": f"{files.url}/long.mp4"}})
@@ -128,7 +128,7 @@ def test_mixed_manifest_on_marengo35_with_dimension_256(tmp_path, media, monkeyp
         stats = emu.stats()
         grouped = _by_item(read_segments(output))
         client = EmbedClient(api_key=TEST_KEY, base_url=emu.base_url)
-        text = client.create_v2("multi_input", "marengo3.5", multi_input={"input_text": "a red kite over the dunes"},
+        text = client.v2.create("multi_input", "marengo3.5", multi_input={"input_text": "a red kite over the dunes"},
                                 embedding_dimension=256)
         _assert_rows_match(grouped[("t", "text")], text.data, 256)
         created = client.tasks.create("audio", "marengo3.5", embedding_dimension=256, audio={
@@ -248,7 +248,7 @@ def test_a_video_too_large_for_base64_is_a_dead_letter_naming_the_fix(tmp_path, 
 
 
 def test_media_minutes_budget_paces_to_the_hourly_limit():
-    from embed_client.ratelimit import MediaMinutesBudget
+    from embed_client.pacing.local import MediaMinutesBudget
 
     now = [0.0]
     slept = []

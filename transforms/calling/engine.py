@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.pacing import Pacer
-from embed_client.ratelimit import MediaMinutesBudget
+from embed_client.pacing.local import MediaMinutesBudget
 from embed_client.retry import call_with_retries
 from transforms.records import Call, DeadLetter, Deferred, Item, Outcome, item_row
 from transforms.settings import ApiKeyRejected, CallSettings

@@ -92,7 +92,7 @@ def media_input(item: Item, settings: CallSettings, task: bool) -> Dict[str, Any
 
 
 def sync_request(item: Item, settings: CallSettings) -> Dict[str, Any]:
-    """Keyword arguments of `EmbedClient.build_create_v2` for one item."""
+    """Keyword arguments of `EmbedClient.v2.build_create` for one item."""
     model_name = settings.model
     truncate = None if item.text_truncate is None else item.text_truncate != "none"
     if model(model_name).sync_multi_input_only:
@@ -110,7 +110,7 @@ def sync_request(item: Item, settings: CallSettings) -> Dict[str, Any]:
 
 
 def task_request(item: Item, settings: CallSettings) -> Dict[str, Any]:
-    """Keyword arguments of `EmbedClient.build_task_create` for one audio or video item."""
+    """Keyword arguments of `EmbedClient.tasks.build_create` for one audio or video item."""
     return {"input_type": item.modality, "model_name": settings.model,
             "embedding_dimension": settings.embedding.dimension,
             item.modality: media_input(item, settings, True)}
@@ -175,10 +175,10 @@ class SyncV2Caller(_MediaPaced, Caller):
 
     def _build(self, items: List[Item]):
         (item,) = items
-        return self.client.build_create_v2(**sync_request(item, self.settings))
+        return self.client.v2.build_create(**sync_request(item, self.settings))
 
     def _send(self, body):
-        return self.client.send_v2(body)
+        return self.client.v2.send(body)
 
     def _check(self, items: List[Item], response) -> None:
         segments_from_data(response.data, self.dims)
@@ -306,7 +306,7 @@ class TaskCaller(_MediaPaced, Caller):
         if self.quota.stopped:
             return self._deferred(items)
         try:
-            body = self.client.build_task_create(**task_request(item, self.settings))
+            body = self.client.tasks.build_create(**task_request(item, self.settings))
         except errors.BadRequestError as exc:
             return self._dead(item, exc, 0)
         except OSError as exc:
@@ -317,7 +317,7 @@ class TaskCaller(_MediaPaced, Caller):
         counter = Attempts()
         self.journal.intend(item, self._clock())
         try:
-            created = self._send_paced(lambda: self._created(self.client.send_task_create(body)), 1, stats, counter)
+            created = self._send_paced(lambda: self._created(self.client.tasks.send_create(body)), 1, stats, counter)
         except NotCalled:
             return self._deferred(items)
         except errors.RateLimitError as exc:

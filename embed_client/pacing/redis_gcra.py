@@ -1,6 +1,6 @@
 """One rate limit for every worker: a GCRA token bucket kept in Redis and run as atomic Lua scripts.
 
-`RedisTokenBucket` has the interface of `embed_client.ratelimit.TokenBucket` (`acquire()`,
+`RedisTokenBucket` has the interface of `embed_client.pacing.local.TokenBucket` (`acquire()`,
 `on_rate_limited()`, `on_success()`, `current_rate_per_minute`), but its state lives in Redis under
 one key, so every thread of every process (on any machine) that uses the same URL and key shares one
 pace of `rate_per_minute`, one 429 slowdown and one Retry-After pause. A 429 that states the limit
@@ -32,8 +32,8 @@ import time
 import urllib.parse
 from typing import Callable, Optional, Tuple
 
-from embed_client.ratelimit import (BACKOFF_FACTOR, LEARNED_RATE_MARGIN, MIN_RATE_FRACTION, RECOVERY_STEP,
-                                    TokenBucket)
+from embed_client.pacing.local import (BACKOFF_FACTOR, LEARNED_RATE_MARGIN, MIN_RATE_FRACTION, RECOVERY_STEP,
+                                       TokenBucket)
 
 __all__ = ["RedisTokenBucket", "connect", "redacted_url"]
 

@@ -1,16 +1,19 @@
 """How calls are paced: the `Pacer` protocol both buckets implement, and the choice between them.
 
-`ratelimit.TokenBucket` paces one process; `redis_bucket.RedisTokenBucket` shares one limit among every
-worker through Redis. Callers depend on the protocol and on `make_bucket`, so neither bucket module
-imports the other's chooser (the old `ratelimit <-> redis_bucket` import circle).
+`local.TokenBucket` paces one process (`local.MediaMinutesBudget` meters media minutes per hour);
+`redis_gcra.RedisTokenBucket` shares one limit among every worker through Redis. Callers depend on the
+protocol and on `make_bucket`; the bucket modules import only downward (`redis_gcra` uses `local`'s
+constants and its fallback bucket), never this chooser.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import urllib.parse
 from typing import Optional, Protocol, runtime_checkable
 
-from embed_client.ratelimit import TokenBucket
+from embed_client.pacing.local import TokenBucket
+from embed_client.pacing.redis_gcra import RedisTokenBucket, connect, redacted_url
 
 __all__ = ["BACKENDS", "Pacer", "make_bucket"]
 
@@ -43,7 +46,7 @@ def make_bucket(rate_per_minute: Optional[float], backend: str = "local", redis_
     whole job (None: no pace).
 
     - backend "local": a `TokenBucket` at `rate_per_minute / max_workers`, this process's share.
-    - backend "redis": an `embed_client.redis_bucket.RedisTokenBucket` at `rate_per_minute`, shared by
+    - backend "redis": an `embed_client.pacing.redis_gcra.RedisTokenBucket` at `rate_per_minute`, shared by
       every worker that uses the same `redis_url` and `key` (so `max_workers` need not be exact).
       If Redis cannot be reached (or the `redis` package is missing), logs one warning per URL and
       process and returns the local bucket above: slower than it could be, never over the limit as
@@ -58,14 +61,12 @@ def make_bucket(rate_per_minute: Optional[float], backend: str = "local", redis_
         return TokenBucket(share, burst=burst)
     if not redis_url:
         raise ValueError("the redis rate limit backend needs a redis_url (redis://HOST:PORT/DB)")
-    from embed_client import redis_bucket
-
-    shown = redis_bucket.redacted_url(redis_url)
+    shown = redacted_url(redis_url)
     try:
-        client = redis_bucket.connect(redis_url)
+        client = connect(redis_url)
         client.ping()
-        return redis_bucket.RedisTokenBucket(rate_per_minute, redis_url, key=key, burst=burst,
-                                             max_workers=max_workers, client=client)
+        return RedisTokenBucket(rate_per_minute, redis_url, key=key, burst=burst,
+                                max_workers=max_workers, client=client)
     except Exception as exc:  # ImportError, ConnectionError, TimeoutError, auth, a bad URL: all mean "no Redis"
         with _WARNED_LOCK:
             first = shown not in _WARNED_URLS
@@ -79,8 +80,6 @@ def make_bucket(rate_per_minute: Optional[float], backend: str = "local", redis_
 
 def _redact(text: str, redis_url: str) -> str:
     """An error message without the URL's password, should the client have quoted it."""
-    import urllib.parse
-
     try:
         password = urllib.parse.urlsplit(redis_url).password
     except ValueError:
