@@ -54,6 +54,12 @@ class JobConfig:
     task_poll_sec: float = DEFAULTS["task_poll_sec"]
     max_tasks_in_flight: int = DEFAULTS["max_tasks_in_flight"]
     media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
+    asset_upload: str = DEFAULTS["asset_upload"]
+    delete_assets_after_run: bool = DEFAULTS["delete_assets_after_run"]
+    max_parallel_chunks: int = DEFAULTS["max_parallel_chunks"]
+    assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
+    asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]
+    asset_poll_sec: float = DEFAULTS["asset_poll_sec"]
     outage_after_failures: int = DEFAULTS["outage_after_failures"]
     columns: Dict[str, str] = dataclasses.field(default_factory=dict)  # manifest column -> the job's field
     retry_dead_letters: bool = False   # re-drive earlier runs' permanent call failures

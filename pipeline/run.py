@@ -18,12 +18,16 @@ from pipeline.report import summary as summary_mod
 from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows
 from transforms.calling.v2 import read_task_journal
 from transforms.memory import return_freed_memory
-from transforms.settings import CallSettings, ConfigError, EmbeddingSettings, settings_from
+from transforms.settings import CallSettings, ConfigError, EmbeddingSettings, make_client, settings_from
 from transforms.stages.dedup import read_permanent_failures
 from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
 from transforms.stages.write import recover_journals
 from transforms.store.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
-from transforms.store.layout import RUNS_DIR, SEGMENT_DIR, list_segment_pieces
+from transforms.calling.upload import Uploader
+from transforms.records import failure_kind
+from transforms.store.assets import AssetBook, AssetJournal, uploaded_by
+from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files,
+                                     list_segment_pieces, read_jsonl)
 from transforms.store.lock import OutputLock
 
 __all__ = ["run_job", "embedded_backend"]
@@ -209,6 +213,8 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
             # Submitted (a Flex Template launch must exit now): the next run finalizes this one's output.
             return summary_mod.submitted_summary(config, result, run_id)
         result.wait_until_finish()
+        deleted = 0 if config.dry_run or not settings.delete_assets_after_run else \
+            _delete_uploaded_assets(config, settings, run_id)
     if config.dry_run:
         return summary_mod.plan_summary(config, result, run_id, manifest_paths)
     # The job finalized its own output (on its workers); a runner that skipped the step leaves it to us.
@@ -216,4 +222,23 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
     finalized["segment_rows_dropped"] += settled.get("segment_rows_dropped", 0)
     finished = datetime.datetime.now(datetime.timezone.utc)
     return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized,
-                                     known_failures=known_failures)
+                                     known_failures=known_failures, assets_deleted=deleted)
+
+
+def _delete_uploaded_assets(config: JobConfig, settings: CallSettings, run_id: str) -> int:
+    """assets.delete_after_run: the assets this run uploaded, once nothing of the run still needs them (no
+    deferred item, no transient dead letter: the next run would upload them again). Never an `asset_id` row's."""
+    pending = [r for folder in (DEFERRED_DIR, DEAD_LETTER_DIR)
+               for path in list_files(FileSystems.join(config.output, folder), f"part-{run_id}-*.jsonl")
+               for r in read_jsonl(path) if folder == DEFERRED_DIR or failure_kind(r.get("code", ""),
+                                                                                   r.get("http_status")) == "transient"]
+    ids = uploaded_by(config.output, run_id)
+    if pending:
+        _LOGGER.info("keeping the %d assets this run uploaded: %d items wait for the next run", len(ids), len(pending))
+        return 0
+    with make_client(settings) as client:
+        uploader = Uploader(settings, client, AssetJournal(config.output, run_id), AssetBook())
+        try:
+            return len(uploader.delete(ids))
+        finally:
+            uploader.close()

@@ -18,7 +18,7 @@ __all__ = ["PROGRESS", "RunProgress"]
 # `rejected`: dead letters of the read and validate steps (rows that never become items); the units of
 # work are items + rejected, and `done` counts them as they finish.
 FIELDS = ("rows_read", "items", "rejected", "done", "embedded", "dead_letters", "deferred", "skipped", "calls",
-          "http_429")
+          "http_429", "bytes_uploaded")
 
 
 class RunProgress:

@@ -73,6 +73,11 @@ class Item:
     start_sec: Optional[float] = None  # v2 audio/video: the clip to embed
     end_sec: Optional[float] = None
     duration_sec: Optional[float] = None  # measured before any call for local files; None when unknown
+    # A file past the inline limit (or any audio/video file with assets.upload: always) is uploaded as an asset
+    # first; its bytes' sha256 names the asset in the output's asset journal, so identical files upload once.
+    upload: bool = False
+    file_sha256: Optional[str] = None
+    file_size: Optional[int] = None
     # Other items with the same content, model and options: they get this item's result, for free.
     copies: List["Item"] = dataclasses.field(default_factory=list)
 

@@ -97,6 +97,21 @@ SETTINGS: Tuple[Setting, ...] = (
             optional=True),
     Setting("embedding.segmentation", "segmentation", "map", None, "v2: {strategy: fixed, duration_sec: 2..10} or "
             "{strategy: dynamic, min_duration_sec: 2..5}", optional=True),
+    Setting("assets.upload", "asset_upload", "str", "auto", "local or FileSystems audio/video files through the "
+            "Assets API: auto (files past the inline base64 limit) or always (every audio/video file)",
+            choices=("auto", "always")),
+    Setting("assets.delete_after_run", "delete_assets_after_run", "bool", False, "delete the assets this job "
+            "uploaded once the run's vectors are committed (false: keep them, so a rerun with other options or a "
+            "moved row reuses them without uploading again; never deletes an `asset_id` row's asset)"),
+    Setting("assets.max_parallel_chunks", "max_parallel_chunks", "int", 4, "chunk PUTs of multipart uploads "
+            "in flight per worker process", low=1, high=64),
+    Setting("assets.requests_per_minute", "assets_requests_per_minute", "float", None, "the account's limit of "
+            "the assets category (create, status, report, delete), shared by all workers (unset: not paced)",
+            low=0.001, optional=True),
+    Setting("assets.ready_timeout_sec", "asset_ready_timeout_sec", "float", 1800.0, "wait this long in one run "
+            "for an uploaded asset to be ready, then defer its item (the asset is kept)", low=0.001),
+    Setting("assets.poll_sec", "asset_poll_sec", "float", 2.0, "first wait between polls of an asset's status "
+            "(grows 1.5x to 30 s)", low=0.001),
     Setting("rate_limit.backend", "rate_limit_backend", "str", "local", "local (each worker paces to its share) "
             "or redis (one limit shared through Redis)", choices=("local", "redis")),
     Setting("rate_limit.redis_url", "redis_url", "str", None, "redis://HOST:PORT/DB for the redis backend",
@@ -215,6 +230,12 @@ class CallSettings:
     outage_after_failures: int = DEFAULTS["outage_after_failures"]
     # The account's audio/video minutes per hour (the API's DPH limit), shared by all workers; None: not paced.
     media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
+    asset_upload: str = DEFAULTS["asset_upload"]
+    delete_assets_after_run: bool = DEFAULTS["delete_assets_after_run"]
+    max_parallel_chunks: int = DEFAULTS["max_parallel_chunks"]
+    assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
+    asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]
+    asset_poll_sec: float = DEFAULTS["asset_poll_sec"]
 
     def __post_init__(self):
         if self.model not in MODEL_DIMS:

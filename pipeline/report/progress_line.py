@@ -62,7 +62,14 @@ def format_progress(snap: dict, rows_total: Optional[int], rate_per_minute: Opti
             eta = f"ETA {_duration(max(0.0, total - snap['done']) / rate)}"
     return (f"{rows} | items {snap['done']}{of_total} done: {snap['embedded']} embedded, {snap['skipped']} skipped, "
             f"{snap['dead_letters']} dead, {snap['deferred']} deferred | {calls_per_sec:.1f} calls/s{limit} | "
-            f"429s {snap['http_429']} | {_duration(elapsed)} | {eta}")
+            f"429s {snap['http_429']}{_uploaded(snap, elapsed)} | {_duration(elapsed)} | {eta}")
+
+
+def _uploaded(snap: dict, elapsed: float) -> str:
+    sent = snap.get("bytes_uploaded", 0)
+    if not sent:
+        return ""
+    return f" | uploaded {sent / 1e6:.0f} MB at {sent / 1e6 / elapsed:.1f} MB/s"
 
 
 class ProgressPrinter:

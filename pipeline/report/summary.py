@@ -166,8 +166,31 @@ def _letter_key(record: dict) -> tuple:
     return record.get("source"), record.get("row_number"), record.get("modality"), record.get("code")
 
 
+_ASSET_COUNTS = ("uploaded", "reused", "reuploaded", "resumed", "sessions_restarted", "bytes_uploaded")
+
+
+def _assets_summary(metrics, deleted: int) -> dict:
+    """What the Assets API was used for: files uploaded (or reused, re-uploaded when gone), bytes and time."""
+    counts = {name: metrics.get(f"assets_{name}", 0) for name in _ASSET_COUNTS}
+    counts["upload_seconds"] = round(metrics.get("assets_upload_msecs", 0) / 1000.0, 3)
+    counts["deleted"] = deleted
+    return counts
+
+
+def _assets_line(summary: dict) -> List[str]:
+    a = summary.get("assets") or {}
+    if not any(a.get(k) for k in ("uploaded", "reused", "reuploaded", "resumed", "deleted")):
+        return []
+    rate = a["bytes_uploaded"] / 1e6 / a["upload_seconds"] if a.get("upload_seconds") else 0.0
+    return [f"  assets           {a['uploaded']} uploaded ({a['bytes_uploaded'] / 1e6:.1f} MB in "
+            f"{a['upload_seconds']:.1f} s, {rate:.1f} MB/s), {a['resumed']} resumed, {a['reused']} reused, "
+            f"{a['reuploaded']} re-uploaded (gone), {a['sessions_restarted']} sessions restarted (expired), "
+            f"{a['deleted']} deleted"]
+
+
 def write_summary(config, result, run_id: str, manifests: List[str], started: datetime.datetime,
-                  finished: datetime.datetime, finalized: dict = None, known_failures: set = frozenset()) -> dict:
+                  finished: datetime.datetime, finalized: dict = None, known_failures: set = frozenset(),
+                  assets_deleted: int = 0) -> dict:
     metrics = collect_metrics(result)
     segment_files = _run_files(FileSystems.join(config.output, SEGMENT_DIR), run_id, ".parquet")
     dead_files = _run_files(FileSystems.join(config.output, DEAD_LETTER_DIR), run_id, ".jsonl")
@@ -208,6 +231,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "tasks": {name: metrics.get(f"tasks_{name}", 0) for name in ("created", "resumed", "recreated", "ready",
                                                                        "failed")},
         "task_polls": metrics.get("task_polls", 0),
+        "assets": _assets_summary(metrics, assets_deleted),
         "usage": {"input_tokens": {name.split(".", 1)[1]: n for name, n in sorted(metrics.items())
                                    if name.startswith("usage_tokens.")},
                   "truncated": metrics.get("usage_truncated", 0)},
@@ -287,7 +311,7 @@ def _api_lines(summary: dict) -> List[str]:
              + (f"; v2 chosen automatically: {api['v2_chosen_because']}" if api.get("v2_chosen_because") else ""),
              f"  tasks            {tasks['created']} created, {tasks['resumed']} resumed from earlier runs, "
              f"{tasks['recreated']} re-created (past retention), {tasks['ready']} ready, {tasks['failed']} failed, "
-             f"{summary['task_polls']} polls"]
+             f"{summary['task_polls']} polls"] + _assets_line(summary)
     tokens = summary["usage"]["input_tokens"]
     if tokens:
         lines.append("  usage            " + ", ".join(f"{k} {v} tokens" for k, v in tokens.items())

@@ -28,4 +28,5 @@ def make_caller(kind: str, settings: CallSettings, client: EmbedClient, state: W
                             journal=TaskJournal(output, settings.run_id))
     caller.meter = state.meter
     caller.media = state.media
+    caller.uploads = lambda: state.uploader(settings, output)  # made on the first file that needs it
     return caller

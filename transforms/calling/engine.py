@@ -15,10 +15,12 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.pacing import Pacer
-from embed_client.pacing.local import MediaMinutesBudget
+from embed_client.pacing.local import MediaMinutesBudget, TokenBucket
 from embed_client.retry import call_with_retries
+from transforms.calling.upload import Uploader
 from transforms.records import Call, DeadLetter, Deferred, Item, Outcome, item_row
-from transforms.settings import ApiKeyRejected, CallSettings
+from transforms.settings import ApiKeyRejected, CallSettings, make_client
+from transforms.store.assets import AssetJournal, read_asset_journal
 
 __all__ = ["Attempts", "Caller", "CallRecord", "CallResult", "CallStats", "NotCalled", "QuotaState",
            "WaitMeter", "WorkerState", "read_file"]
@@ -186,6 +188,22 @@ class WorkerState:
     quota: QuotaState
     meter: WaitMeter = dataclasses.field(default_factory=WaitMeter)
     media: Optional[MediaMinutesBudget] = None
+    _uploader: Optional[Uploader] = None
+    _uploader_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def current_uploader(self) -> Optional[Uploader]:
+        return self._uploader
+
+    def uploader(self, settings: CallSettings, output: Optional[str]) -> Uploader:
+        """The process's uploader for this run, made once: its own client (callers' clients close with their
+        DoFns), the asset journal read once, one lock per file content, its own pace (the assets category)."""
+        with self._uploader_lock:
+            if self._uploader is None:
+                pacer = None if settings.assets_requests_per_minute is None else \
+                    TokenBucket(settings.assets_requests_per_minute / settings.max_workers)
+                self._uploader = Uploader(settings, make_client(settings, settings.max_parallel_chunks + 4),
+                                          AssetJournal(output, settings.run_id), read_asset_journal(output), pacer)
+            return self._uploader
 
     @classmethod
     def for_settings(cls, settings: CallSettings, bucket: Pacer) -> "WorkerState":
@@ -220,7 +238,7 @@ _SERVICE_FAILURES = (errors.ConnectionFailedError, errors.EmbedTimeoutError, err
                      errors.MalformedResponseError)
 
 
-def _is_service_failure(exc: errors.EmbedError, paid: bool) -> bool:
+def is_service_failure(exc: errors.EmbedError, paid: bool) -> bool:
     """Fails every item alike: unreachable, hanging, 5xx, lying, or (for an embed call) no such endpoint."""
     return isinstance(exc, _SERVICE_FAILURES) or (paid and isinstance(exc, errors.NotFoundError))
 
@@ -316,7 +334,7 @@ class Caller:
             response = send()
         except errors.EmbedError as exc:
             # The service's failure, not the item's: enough in a row and the run stops calling.
-            self.quota.service_result(_is_service_failure(exc, paid), f"{error_code(exc)}: {exc.message}")
+            self.quota.service_result(is_service_failure(exc, paid), f"{error_code(exc)}: {exc.message}")
             if isinstance(exc, errors.RateLimitError):
                 stats.mark(True)
                 stats.rate_limited += 1

@@ -65,6 +65,16 @@ class CallMetrics:
         if whole:
             self._throttled_sec.inc(whole)
 
+    def uploads(self, counts: dict) -> None:
+        """What the process's uploads did since the last report (transforms.calling.upload.UploadStats.take)."""
+        for name, value in counts.items():
+            if not value:
+                continue
+            if name == "upload_seconds":
+                Metrics.counter(NAMESPACE, "assets_upload_msecs").inc(int(value * 1000))
+            else:
+                Metrics.counter(NAMESPACE, f"assets_{name}").inc(int(value))
+
     def wall_wait(self, seconds: float) -> None:
         """Wall seconds the process waited at the limit (see call_policy.WaitMeter)."""
         if seconds:

@@ -3,20 +3,22 @@ the output before they are polled, and polled (paced like calls) until ready, fa
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import json
 import logging
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
-from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled
+from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled, is_service_failure, error_code
+from transforms.calling.upload import AssetFailed, AssetNotReady, Uploader
 from transforms.models import model
-from transforms.records import DeadLetter, Deferred, Item, Outcome
+from transforms.records import DeadLetter, Deferred, Item, Outcome, item_row
 from transforms.settings import CallSettings
 from transforms.store.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl
 
@@ -150,9 +152,42 @@ def data_minutes(data) -> float:
 
 
 class _MediaPaced:
-    """Audio and video minutes paced to `calls.media_minutes_per_hour`, besides the request rate."""
+    """Audio and video minutes paced to `calls.media_minutes_per_hour`, besides the request rate; and files
+    past the inline limit uploaded as assets before their call."""
 
     media = None  # a MediaMinutesBudget, set by the calling step
+    uploads: Optional[Callable[[], Uploader]] = None  # the process's uploader, set by the calling step
+
+    def _with_asset(self, item: Item) -> Union[Item, List[Union[DeadLetter, Deferred]]]:
+        """The item as it is sent: an uploaded file by its asset id; or the records that end it here."""
+        if not item.upload:
+            return item
+        if self.uploads is None:
+            raise RuntimeError("a file to upload reached a caller without an uploader")
+        try:
+            asset_id = self.uploads().ensure(item)
+        except AssetFailed as exc:
+            return [DeadLetter(i.id, i.source, i.row_number, i.modality, "upload", "asset_failed",
+                               f"{i.source} row {i.row_number}: `{i.modality}_file` {i.file_path} was uploaded as "
+                               f"asset {exc.asset_id}, which the platform could not process: {exc.reason}",
+                               content_hash=i.content_hash, row=item_row(i))
+                    for i in item.with_copies()]
+        except AssetNotReady as exc:
+            return [Deferred(i.id, i.source, i.row_number, i.modality, "asset_processing",
+                             detail=f"asset {exc.asset_id}") for i in item.with_copies()]
+        except errors.RateLimitError as exc:
+            if self._quota_spent(exc):
+                return self._deferred([item])
+            return self._dead(item, exc, exc.attempts or 1)
+        except errors.EmbedError as exc:
+            self.quota.service_result(is_service_failure(exc, paid=False), error_code(exc))
+            return self._dead(item, exc, exc.attempts or 1)
+        except OSError as exc:
+            return [DeadLetter(i.id, i.source, i.row_number, i.modality, "upload", "unreadable_file",
+                               f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
+                    for i in item.with_copies()]
+        self.quota.service_result(False)
+        return dataclasses.replace(item, asset_id=asset_id, file_path=None)
 
     def _pace_media(self, item: Item, stats: CallStats) -> None:
         if self.media is not None:
@@ -169,9 +204,13 @@ class SyncV2Caller(_MediaPaced, Caller):
     """One item per `POST /embed-v2` call; the same pacing, budget, retries and error mapping as v1."""
 
     def _run(self, items: List[Item], stats: CallStats):
-        if not self.quota.stopped:
-            self._pace_media(items[0], stats)
-        return super()._run(items, stats)
+        if self.quota.stopped:
+            return self._deferred(items)
+        sent = self._with_asset(items[0])
+        if isinstance(sent, list):
+            return sent
+        self._pace_media(sent, stats)
+        return super()._run([sent], stats)
 
     def _build(self, items: List[Item]):
         (item,) = items
@@ -305,8 +344,11 @@ class TaskCaller(_MediaPaced, Caller):
             stats.tasks_recreated += 1
         if self.quota.stopped:
             return self._deferred(items)
+        sent = self._with_asset(item)
+        if isinstance(sent, list):
+            return sent
         try:
-            body = self.client.tasks.build_create(**task_request(item, self.settings))
+            body = self.client.tasks.build_create(**task_request(sent, self.settings))
         except errors.BadRequestError as exc:
             return self._dead(item, exc, 0)
         except OSError as exc:

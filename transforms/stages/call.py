@@ -96,6 +96,9 @@ class _CreateEmbeddingsFn(beam.DoFn):
                 counts["embedded"] += 1
                 yield windowed
         self._metrics.results(**counts)
+        uploader = self._state.current_uploader()
+        if uploader is not None:
+            self._metrics.uploads(uploader.stats.take())
         times = CallTimes.from_stats(result.stats)
         if times is not None:
             yield TaggedOutput(TIMELINE, WindowedValue(times, timestamp, [window]))

@@ -10,7 +10,7 @@ import posixpath
 import re
 import unicodedata
 import urllib.parse
-from typing import Any, Iterable, List, Literal, Optional, Tuple, Union
+from typing import Any, Iterable, List, Literal, NamedTuple, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from embed_client.secrets import redact_url
+from transforms.calling.upload import MULTIPART_MAX
 from transforms.models import MODELS, model, uses_v2
 from transforms.progress import NAMESPACE, PROGRESS
 from transforms.records import (
@@ -47,6 +48,8 @@ MEDIA_RULES = {m.name: m.v1_file_bytes for m in MODELS}
 # v2 sends local files inline as base64 (a third larger than the file): a request body holds at most
 # 36 MB of it for audio and video, and an image source is at most 32 MB (API-V2-FACTS.md, limits).
 V2_BASE64_LIMIT = 36 * _MB
+# Large files are hashed this much at a time.
+_HASH_BLOCK = 8 * _MB
 V2_MEDIA_RULES = {"image": 32 * _MB, "audio": V2_BASE64_LIMIT * 3 // 4, "video": V2_BASE64_LIMIT * 3 // 4}
 TASK_MEDIA_SEC = (4.0, 4 * 3600.0)
 MIN_IMAGE_SIDE = 128
@@ -97,9 +100,16 @@ def _resolve(manifest: str, path: str) -> str:
     return posixpath.normpath(posixpath.join(folder, path)) if "://" not in folder else FileSystems.join(folder, path)
 
 
+class _Checked(NamedTuple):
+    digest: str        # sha256 of the file's bytes
+    duration: float    # seconds of audio/video (0 for images)
+    size: int
+    upload: bool       # past the inline limit (or assets.upload: always): uploaded as an asset first
+
+
 def _check_media_file(path: str, field: str, modality: str, model: str,
-                      offset: Optional[float], v2: bool = False) -> Tuple[str, float]:
-    """Checks a media file the way the API would; returns (sha256 of the bytes, duration or 0)."""
+                      offset: Optional[float], v2: bool = False, upload: str = "auto") -> _Checked:
+    """Checks a media file the way the API would, reading no more of it than that needs."""
     # exists/metadata, not match: a name may hold glob characters ("shot[1].png").
     try:
         filesystem = FileSystems.get_filesystem(path)
@@ -118,6 +128,8 @@ def _check_media_file(path: str, field: str, modality: str, model: str,
     limit = V2_MEDIA_RULES[modality] if v2 else MEDIA_RULES[model][modality]
     if size == 0:
         raise _Invalid("empty_file", f"`{field}` {path} is empty")
+    if v2 and modality in ("audio", "video") and (size > limit or upload == "always"):
+        return _check_large_media(path, field, modality, size, offset)
     if size > limit:
         if v2:
             raise _Invalid("file_too_large",
@@ -137,10 +149,42 @@ def _check_media_file(path: str, field: str, modality: str, model: str,
         raise _Invalid("unsupported_format",
                        f"`{field}` {path} is not {wanted} (its bytes are {'unknown' if kind is None else kind.upper()})")
     duration = _check_decodes(data, kind, field, path)
+    _check_offset(offset, duration, modality, path)
+    return _Checked(hashlib.sha256(data).hexdigest(), duration, size, False)
+
+
+def _check_offset(offset: Optional[float], duration: float, modality: str, path: str) -> None:
     if modality == "audio" and offset is not None and offset >= duration:
         raise _Invalid("invalid_offset",
                        f"`audio_start_offset_sec` {offset} is not before the end of {path} ({duration:.2f} s)")
-    return hashlib.sha256(data).hexdigest(), duration
+
+
+def _check_large_media(path: str, field: str, modality: str, size: int, offset: Optional[float]) -> _Checked:
+    """A file that goes through the Assets API: its kind and duration from the container's header (read
+    through FileSystems, so on gs:// and s3:// too), its sha256 streamed; never held whole."""
+    if size > MULTIPART_MAX:
+        raise _Invalid("file_too_large", f"`{field}` {path} is {size} bytes; the Assets API takes {modality} files "
+                                         f"up to {MULTIPART_MAX} bytes (10 GB)")
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as stream:
+            head = stream.read(200)
+            kind = _sniff_video(head) if modality == "video" else _sniff(head[:16])
+            if kind not in _KINDS[modality]:
+                wanted = "/".join(k.upper() for k in _KINDS[modality])
+                raise _Invalid("unsupported_format", f"`{field}` {path} is not {wanted} (its bytes are "
+                                                     f"{'unknown' if kind is None else kind.upper()})")
+            stream.seek(0)
+            duration = _check_decodes(stream, kind, field, path)
+        with FileSystems.open(path, compression_type="uncompressed") as stream:
+            digest = hashlib.sha256()
+            for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
+                digest.update(block)
+    except IsADirectoryError:
+        raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
+    except OSError as exc:
+        raise _Invalid("unreadable_file", f"`{field}` {path} cannot be read ({exc})")
+    _check_offset(offset, duration, modality, path)
+    return _Checked(digest.hexdigest(), duration, size, True)
 
 
 def _reason(exc: Exception) -> str:
@@ -148,7 +192,9 @@ def _reason(exc: Exception) -> str:
     return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
 
 
-def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
+def _check_decodes(data, kind: str, field: str, path: str) -> float:
+    """The media's duration (0 for images) if it decodes; `data` is its bytes, or a seekable stream of
+    audio/video (whose decoders read only the header)."""
     if kind in _KINDS["video"]:
         from transforms.stages.media_probe import MissingMediaDecoder, video_duration
 
@@ -182,7 +228,7 @@ def _check_decodes(data: bytes, kind: str, field: str, path: str) -> float:
         return 0.0
     soundfile = _decoder("soundfile", "checking local audio", field, path)
     try:
-        info = soundfile.info(io.BytesIO(data))
+        info = soundfile.info(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
         duration = info.frames / float(info.samplerate)
     except Exception as exc:
         raise _Invalid("corrupt_file",
@@ -263,8 +309,9 @@ class RoutePlan:
     """Which API generation and call kind each item goes to, and what of the settings keys its content."""
 
     def __init__(self, model: str, api_version: str = "auto", embedding_signature: str = "",
-                 dimension: Optional[int] = None):
+                 dimension: Optional[int] = None, asset_upload: str = "auto"):
         self.model = model
+        self.asset_upload = asset_upload
         self.api_version = api_version
         self.embedding_signature = embedding_signature
         self.dimension = dimension
@@ -272,13 +319,24 @@ class RoutePlan:
     @classmethod
     def from_settings(cls, settings) -> "RoutePlan":
         return cls(settings.model, settings.api_version, settings.embedding.signature(),
-                   settings.embedding.dimension)
+                   settings.embedding.dimension, settings.asset_upload)
 
     def uses_v2(self, modality: str) -> bool:
         return uses_v2(self.model, self.api_version, modality)
 
-    def route(self, modality: str, clip_sec: Optional[float]) -> str:
-        if not self.uses_v2(modality):
+    def audio_past_v1(self, row: ManifestRow, path: Any) -> bool:
+        """Whether an audio file is past v1's limit, on a model that v2 also serves (auto only): such a file
+        goes to v2 as an asset instead of becoming a dead letter."""
+        if self.api_version != "auto" or not model(self.model).v2 or not isinstance(path, str) or not path.strip():
+            return False
+        try:
+            size = FileSystems.get_filesystem(path).metadata(_resolve(row.source, path.strip())).size_in_bytes
+        except Exception:
+            return False  # the file's own check names what is wrong with it
+        return size > MEDIA_RULES[self.model]["audio"]
+
+    def route(self, modality: str, clip_sec: Optional[float], v2: Optional[bool] = None) -> str:
+        if not (self.uses_v2(modality) if v2 is None else v2):
             return "v1"
         if modality in ("text", "image"):
             return "v2"
@@ -286,9 +344,9 @@ class RoutePlan:
             return "task"
         return "v2"
 
-    def options_key(self, modality: str) -> Tuple:
+    def options_key(self, modality: str, v2: Optional[bool] = None) -> Tuple:
         """v1 keys stay as they were (saved outputs keep matching); v2 keys name the generation and options."""
-        if not self.uses_v2(modality):
+        if not (self.uses_v2(modality) if v2 is None else v2):
             return ()
         return ("v2", self.dimension) + ((self.embedding_signature,) if modality in ("audio", "video") else ())
 
@@ -395,6 +453,8 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
             continue
         try:
             v2 = plan.uses_v2(modality)
+            if not v2 and modality == "audio" and url is None and asset is None and plan.audio_past_v1(row, path):
+                v2 = True  # past what v1 takes inline: Embed API v2, by an uploaded asset
             if modality == "video" and not v2:
                 raise _Invalid("needs_api_v2", "video is embedded by Embed API v2 only: set api.version to v2 or "
                                                "leave it unset (auto)")
@@ -408,7 +468,7 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
             media = _media_fields(modality, v2, offset, start, end)
             # v1 keys are what earlier releases wrote (the offset, None for images): saved outputs keep matching.
             clip_key = (media.get("start_sec"), media.get("end_sec")) if v2 else (media.get("audio_start_offset_sec"),)
-            options = clip_key + plan.options_key(modality)
+            options = clip_key + plan.options_key(modality, v2)
             if url is not None:  # the URL wins over a file, as in the API
                 url = _check_url(url, f"{modality}_url")
                 out.append(Item(modality=modality, url=url, route=plan.route(modality, None), **media,
@@ -423,13 +483,14 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
                     got = repr(path) if isinstance(path, str) else type(path).__name__
                     raise _Invalid("invalid_type", f"`{modality}_file` must be a non-empty path, got {got}")
                 resolved = _resolve(row.source, path.strip())
-                digest, duration = _check_media_file(resolved, f"{modality}_file", modality, plan.model,
-                                                     media.get("audio_start_offset_sec"), v2)
-                clip = _clip_length(modality, duration, media, f"{modality}_file {resolved}")
-                out.append(Item(modality=modality, file_path=resolved, route=plan.route(modality, clip),
-                                duration_sec=duration if modality != "image" else None, **media,
-                                content_hash=content_hash(modality, "bytes", digest, *options),
-                                **base))
+                checked = _check_media_file(resolved, f"{modality}_file", modality, plan.model,
+                                            media.get("audio_start_offset_sec"), v2, plan.asset_upload)
+                clip = _clip_length(modality, checked.duration, media, f"{modality}_file {resolved}")
+                out.append(Item(modality=modality, file_path=resolved, route=plan.route(modality, clip, v2),
+                                duration_sec=checked.duration if modality != "image" else None, **media,
+                                content_hash=content_hash(modality, "bytes", checked.digest, *options),
+                                upload=checked.upload, file_sha256=checked.digest if checked.upload else None,
+                                file_size=checked.size if checked.upload else None, **base))
         except _Invalid as exc:
             reject(modality, exc)
     if not out:

@@ -4,6 +4,7 @@
     OUTPUT/dead_letters/part-RUN-WORKER-00001.jsonl one rejected input and modality a line
     OUTPUT/deferred/part-RUN-WORKER-00001.jsonl     inputs left for the next run
     OUTPUT/tasks/part-RUN-WORKER-00001.jsonl        v2 async tasks created (before their first poll)
+    OUTPUT/assets/part-RUN-WORKER-00001.jsonl       assets uploaded: upload sessions, chunks sent, status
     OUTPUT/index/base-RUN.parquet, delta-RUN.parquet what finished runs saved, as fingerprints (key_index)
     OUTPUT/index/rows-*.parquet, prefix-*.parquet   saved manifest rows and prefixes (key_index, saved_prefix)
     OUTPUT/runs/RUN/                                a run's summary, report, call timeline, row records,
@@ -18,7 +19,7 @@ from typing import Callable, Iterator, List
 
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "TMP_SUFFIX",
+__all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "ASSETS_DIR", "TMP_SUFFIX",
            "READER_ROW_GROUP", "SUMMARY_FILE", "REPORT_FILE", "RUNS_INDEX_FILE", "FINALIZE_COUNTS_FILE",
            "FINALIZED_MARK", "CALLS_PATTERN", "calls_piece_name", "run_folder", "commit", "list_files", "list_segment_pieces", "mkdirs", "piece_name", "read_jsonl",
            "replace", "write_parquet", "write_parquet_parts"]
@@ -27,6 +28,7 @@ SEGMENT_DIR = "segments"
 DEAD_LETTER_DIR = "dead_letters"
 DEFERRED_DIR = "deferred"
 TASKS_DIR = "tasks"
+ASSETS_DIR = "assets"
 INDEX_DIR = "index"
 RUNS_DIR = "runs"
 LOCKS_DIR = "locks"
