@@ -46,6 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task-retention-sec", type=float, default=7 * 86400.0)
     p.add_argument("--asset", action="append", default=[], metavar="ID=PATH",
                    help="an asset id that media_source.asset_id may name (repeatable)")
+    # Assets and multipart uploads (/v1.3/assets...)
+    p.add_argument("--asset-processing-sec", type=float, default=0.2,
+                   help="an uploaded asset stays processing at least this long")
+    p.add_argument("--asset-chunk-size", type=int, default=5 * 1024 * 1024,
+                   help="chunk_size of multipart sessions, bytes")
+    p.add_argument("--asset-initial-urls", type=int, default=10,
+                   help="presigned URLs in a new multipart session")
+    p.add_argument("--asset-url-ttl-sec", type=float, default=3600.0)
+    p.add_argument("--asset-session-ttl-sec", type=float, default=86400.0)
+    p.add_argument("--assets-rpm", type=int,
+                   help="requests per minute of the assets category (default unlimited)")
+    p.add_argument("--chunk-put-delay-ms", type=float, default=0.0)
+    p.add_argument("--chunk-put-fail-rate", type=float, default=0.0)
+    p.add_argument("--asset-storage-dir", help="parent folder of the uploaded bytes (default: temp)")
     p.add_argument("--api-key", action="append", default=[],
                    help="accepted key (repeatable; also EMULATOR_API_KEYS=a,b). Default: any key")
     p.add_argument("--log-level", default="WARNING")
@@ -73,7 +87,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         media_minutes_per_day=args.media_minutes_per_day,
         max_sync_media_sec_30=args.max_sync_media_sec_30,
         task_ready_after_sec=args.task_ready_after_sec, task_failure_rate=args.task_failure_rate,
-        task_retention_sec=args.task_retention_sec, assets=assets or None)
+        task_retention_sec=args.task_retention_sec, assets=assets or None,
+        asset_processing_sec=args.asset_processing_sec, asset_chunk_size=args.asset_chunk_size,
+        asset_initial_urls=args.asset_initial_urls, asset_url_ttl_sec=args.asset_url_ttl_sec,
+        asset_session_ttl_sec=args.asset_session_ttl_sec,
+        assets_requests_per_minute=args.assets_rpm, chunk_put_delay_ms=args.chunk_put_delay_ms,
+        chunk_put_fail_rate=args.chunk_put_fail_rate, asset_storage_dir=args.asset_storage_dir)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -56,15 +56,33 @@ class EmulatorConfig:
     task_failure_rate: float = 0.0
     # Tasks older than this are gone: 404 on retrieve, absent from the list (documented: 7 days).
     task_retention_sec: float = 7 * 86400.0
-    # Asset ids a media_source.asset_id may name, mapped to local file paths. Any other id is a
-    # 400 resource_not_exist (the emulator has no upload API).
+    # Asset ids a media_source.asset_id may name, mapped to local file paths. Assets uploaded
+    # through /v1.3/assets resolve too (see assets/); any other id is a 400 resource_not_exist.
     assets: Optional[Mapping[str, str]] = None
+
+    # ---- Assets and multipart uploads (/v1.3/assets..., see assets/) ----
+    # An uploaded asset stays `processing` at least this long after its bytes are in.
+    asset_processing_sec: float = 0.2
+    # The chunk_size a multipart session gets (the platform picks it; tests set small ones).
+    asset_chunk_size: int = 5 * 1024 * 1024
+    # How many presigned URLs a new session carries; the rest come from /presigned-urls.
+    asset_initial_urls: int = 10
+    # Lifetime of a presigned chunk URL (documented: one hour) and of a session (24 hours).
+    asset_url_ttl_sec: float = 3600.0
+    asset_session_ttl_sec: float = 86400.0
+    # The assets rate-limit category (every /v1.3/assets... call, not chunk PUTs), None = unlimited.
+    assets_requests_per_minute: Optional[int] = None
+    # Chunk PUTs to presigned URLs: added delay before the answer, and share answered 500.
+    chunk_put_delay_ms: float = 0.0
+    chunk_put_fail_rate: float = 0.0
+    # Parent folder of the per-instance folder that holds asset bytes (None: the system temp dir).
+    asset_storage_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.api_keys is not None:
             keys = [self.api_keys] if isinstance(self.api_keys, str) else list(self.api_keys)
             object.__setattr__(self, "api_keys", frozenset(keys))
-        for name in ("requests_per_minute", "requests_per_day"):
+        for name in ("requests_per_minute", "requests_per_day", "assets_requests_per_minute"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
@@ -82,6 +100,16 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must be positive")
         if float(self.task_ready_after_sec) < 0:
             raise ValueError("task_ready_after_sec must be >= 0")
+        for name in ("asset_chunk_size", "asset_initial_urls"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("asset_url_ttl_sec", "asset_session_ttl_sec"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("asset_processing_sec", "chunk_put_delay_ms"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0")
         if self.assets is not None:
             if not isinstance(self.assets, Mapping):
                 raise ValueError("assets must map asset ids to file paths")

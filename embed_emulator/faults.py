@@ -80,6 +80,11 @@ class FaultInjector:
         with self._lock:
             return self._hit(config.fault_modality_error_rate)
 
+    def chunk_put_fails(self, config: EmulatorConfig) -> bool:
+        """Whether one chunk PUT to a presigned URL is answered 500 (chunk_put_fail_rate)."""
+        with self._lock:
+            return self._hit(config.chunk_put_fail_rate)
+
     def latency_sec(self, config: EmulatorConfig) -> float:
         """Latency plus uniform jitter, never negative."""
         if config.latency_ms <= 0 and config.latency_jitter_ms <= 0:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from . import rules
 from .config import EmulatorConfig
@@ -29,12 +29,15 @@ class Gate:
 
     The two API generations differ only in how an error looks: v2 nests the body under "error"
     (nested_errors) and names the spent limit in X-Ratelimit-Dimensions on a 429
-    (dimension_header)."""
+    (dimension_header). `limits` picks the (per minute, per day) request limits of the caller's
+    rate-limit category from the config; the embed endpoints share requests_per_minute/_day."""
 
     def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
                  limiter: RateLimiter, faults: FaultInjector,
                  stopping: Callable[[], threading.Event], *, nested_errors: bool,
-                 dimension_header: bool):
+                 dimension_header: bool,
+                 limits: Optional[Callable[[EmulatorConfig],
+                                           Tuple[Optional[int], Optional[int]]]] = None):
         self._config = get_config
         self._stats = stats
         self._limiter = limiter
@@ -42,6 +45,7 @@ class Gate:
         self._stopping = stopping
         self._nested = nested_errors
         self._dimension_header = dimension_header
+        self._limits = limits or (lambda c: (c.requests_per_minute, c.requests_per_day))
 
     def handle(self, api_key: Optional[str], answer: Callable[[EmulatorConfig], Reply]) -> Reply:
         reply = self._handle(self._config(), api_key, answer)
@@ -57,8 +61,8 @@ class Gate:
         if fault is not None and fault.kind == "429_burst":
             self._stats.fault("429_burst")
             return self._burst_reply(fault.retry_after_sec)
-        admission, refusal = self._limiter.admit(config.requests_per_minute,
-                                                 config.requests_per_day, config.day_length_sec)
+        per_minute, per_day = self._limits(config)
+        admission, refusal = self._limiter.admit(per_minute, per_day, config.day_length_sec)
         if refusal is not None:
             self._stats.rate_limited()
             return self._refusal_reply(refusal)

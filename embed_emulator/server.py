@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator, Optional
 from urllib.parse import parse_qs, urlsplit
 
+from .assets import ASSETS_PATH, CHUNK_PATH, AssetService
 from .config import EmulatorConfig
 from .faults import FaultInjector
 from .limits import MediaMinutesLimiter, RateLimiter
@@ -28,11 +29,14 @@ from .v2 import V2_PATH, V2Service
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Emulator", "serve", "EMBED_PATH", "V2_PATH"]
+__all__ = ["Emulator", "serve", "EMBED_PATH", "V2_PATH", "ASSETS_PATH"]
 
 API_PREFIX = "/v1.3"
 EMBED_PATH = API_PREFIX + "/embed"
 MAX_BODY_BYTES = 100 * 1024 * 1024  # emulator choice: above the 36 MB audio limit plus form overhead
+# What is left of a body nobody read (a refused upload) is read and dropped up to this much, so the
+# connection stays usable; a longer rest closes the connection instead.
+DRAIN_MAX_BYTES = 8 * 1024 * 1024
 
 
 # The headers that state the limit; `rate_limit_headers: false` leaves them out (Retry-After stays).
@@ -40,6 +44,68 @@ _LIMIT_STATEMENT = frozenset({"x-ratelimit-limit", "x-ratelimit-remaining", "x-r
 
 class _BodyError(Exception):
     """The request body could not be read; the connection must close."""
+
+
+class _BodyStream:
+    """A request body read as a stream (Content-Length or chunked), for uploads that go to disk
+    instead of memory. read() returns b"" at the end; `length` is None when chunked."""
+
+    def __init__(self, rfile, headers):
+        self._rfile = rfile
+        self._chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        if self._chunked:
+            self.length = None
+        else:
+            try:
+                self.length = int(headers.get("Content-Length") or 0)
+            except ValueError:
+                raise _BodyError("bad Content-Length")
+            if self.length < 0:
+                raise _BodyError("bad Content-Length")
+        self._left = 0 if self._chunked else self.length  # of the body, or of the current chunk
+        self.finished = not self._chunked and self.length == 0
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.finished:
+            return b""
+        if size is None or size < 0:
+            size = 1 << 20
+        if self._chunked and self._left == 0:
+            line = self._rfile.readline(65537)
+            try:
+                self._left = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise _BodyError("bad chunk size")
+            if self._left == 0:
+                while self._rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self.finished = True
+                return b""
+        block = self._rfile.read(min(size, self._left))
+        if not block:
+            raise _BodyError("client closed mid-body")
+        self._left -= len(block)
+        self.count += len(block)
+        if self._left == 0:
+            if self._chunked:
+                self._rfile.readline()  # CRLF after the chunk
+            else:
+                self.finished = True
+        return block
+
+    def remaining(self) -> Optional[int]:
+        return None if self._chunked else self.length - self.count
+
+    def drain(self, limit: int) -> bool:
+        """Read and drop the rest, up to `limit` bytes; whether the body is now fully read."""
+        remaining = self.remaining()
+        if remaining is not None and remaining > limit:
+            return False
+        dropped = 0
+        while not self.finished and dropped <= limit:
+            dropped += len(self.read(1 << 20))
+        return self.finished
 
 
 class _HeadersOnly(http.client.HTTPMessage):
@@ -81,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._route()
         if path == EMBED_PATH:
             return self._embed()
+        if _is_assets(path):
+            return self._assets(path, query)
         if path.startswith(V2_PATH):  # v1 is matched first: v2 costs it one string compare
             return self._v2(path, query)
         body = self._read_body_or_close()
@@ -117,6 +185,10 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._route()
         if path.startswith(V2_PATH):
             return self._v2(path, query)
+        if _is_assets(path):
+            return self._assets(path, query)
+        if path.startswith(CHUNK_PATH + "/"):
+            return self._chunk_put(path, query)
         if self._read_body_or_close() is None:
             return
         if path == EMBED_PATH:
@@ -188,6 +260,69 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply)
         finally:
             emulator._stats.end()
+
+    def _assets(self, path: str, query: dict) -> None:
+        """Every /v1.3/assets... call (see assets/). The body is handed over as a stream: a
+        direct upload goes to disk as it arrives."""
+        emulator = self.server.emulator
+        endpoint, ident, early = AssetService.route(self.command, path)
+        try:
+            body = _BodyStream(self.rfile, self.headers)
+            if early is not None:
+                reply = early
+            else:
+                host = self.headers.get("Host") or f"{self.server.server_name}:{self.server.server_port}"
+                try:
+                    reply = emulator._assets.handle(endpoint, ident, query,
+                                                    self.headers.get("x-api-key"),
+                                                    self.headers.get("Content-Type"), body, host)
+                except _BodyError:
+                    raise
+                except Exception:  # a bug in the emulator must still answer like a server would
+                    logger.exception("assets call failed inside the emulator")
+                    reply = json_reply(500, {"code": "internal_error",
+                                             "message": "The emulator failed to handle the request."})
+            self._after_stream(body)
+        except _BodyError as exc:
+            logger.debug("closing connection: %s", exc)
+            self.close_connection = True
+            return
+        if reply.action == "drop":
+            return self._drop()
+        if reply.action == "hang":
+            emulator._stopping.wait(reply.hang_sec)
+            return self._drop()
+        self._send(reply)
+
+    def _chunk_put(self, path: str, query: dict) -> None:
+        """A request on a presigned chunk URL: object storage, so no API key is read."""
+        stats = self.server.emulator._stats
+        body = None
+        try:
+            body = _BodyStream(self.rfile, self.headers)
+            try:
+                reply = self.server.emulator._assets.put_chunk(self.command, path, query, body)
+            except _BodyError:
+                raise
+            except Exception:
+                logger.exception("chunk PUT failed inside the emulator")
+                reply = Reply(status=500, content_type="application/xml",
+                              body=b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'
+                                   b'InternalError</Code><Message>We encountered an internal '
+                                   b'error. Please try again.</Message></Error>')
+            self._after_stream(body)
+        except _BodyError as exc:
+            logger.debug("closing connection: %s", exc)
+            self.close_connection = True
+            return
+        finally:  # every body byte read, refused or not: what the client put on the wire
+            stats.asset("chunk_bytes_received", body.count if body is not None else 0)
+        self._send(reply)
+
+    def _after_stream(self, body: "_BodyStream") -> None:
+        """A refused upload leaves its body unread: drop a short rest, close on a long one."""
+        if not body.finished and not body.drain(DRAIN_MAX_BYTES):
+            self.close_connection = True
 
     # ---- I/O ------------------------------------------------------------------------
 
@@ -268,6 +403,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+def _is_assets(path: str) -> bool:
+    return path == ASSETS_PATH or path.startswith(ASSETS_PATH + "/")
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True     # a hung request never blocks exit
     block_on_close = False    # server_close must not join handler threads
@@ -302,9 +441,11 @@ class Emulator:
         self._tasks = TaskStore(on_final=lambda status: self._stats.task(status))
         self._tasks.reseed(self._config.seed)
         self._stats.set_sweeper(self._tasks.sweep)
+        self._assets = AssetService(lambda: self._config, self._stats, self._faults,
+                                    lambda: self._stopping)
         self._v2 = V2Service(lambda: self._config, self._stats, self._limiter,
                              self._media_limiter, self._faults, self._tasks,
-                             lambda: self._stopping)
+                             lambda: self._stopping, asset_lookup=self._assets.store.lookup)
         self._server: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._connections: set = set()
@@ -316,6 +457,7 @@ class Emulator:
         if self._server is not None:
             return self
         self._stopping = threading.Event()
+        self._assets.open()
         self._server = _HTTPServer((self.host, self._requested_port), self)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
@@ -341,6 +483,7 @@ class Emulator:
         self._tasks.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._assets.close()  # uploaded bytes live only as long as the instance
         logger.info("embed emulator stopped")
 
     def __enter__(self) -> "Emulator":
@@ -376,12 +519,13 @@ class Emulator:
 
     def reset_stats(self) -> None:
         """Zero the counters and also start fresh rate-limit windows (requests and media
-        minutes), 429 burst and fault RNGs, so a test can reuse one emulator as if it had just
+        minutes, the assets category), 429 burst and fault RNGs, so a test can reuse one emulator as if it had just
         started. Existing v2 tasks are kept (clients may still be polling them); tasks that
         turn ready or failed later are counted again from zero."""
         self._stats.reset()
         self._limiter.reset()
         self._media_limiter.reset()
+        self._assets.limiter.reset()
         self._faults.reseed(self._config.seed)
         self._tasks.reseed(self._config.seed)
 

@@ -7,10 +7,15 @@ import time
 from collections import Counter
 from typing import Callable, Iterable, Optional, Union
 
-__all__ = ["Stats", "item_key", "v2_key", "FAULT_KINDS", "TASK_COUNTERS"]
+__all__ = ["Stats", "item_key", "v2_key", "FAULT_KINDS", "TASK_COUNTERS", "ASSET_COUNTERS"]
 
 FAULT_KINDS = ("429_burst", "drop", "hang", "5xx", "malformed", "modality_error")
 TASK_COUNTERS = ("created", "polled", "ready", "failed")
+# The /v1.3/assets... counters (snapshot()["assets"]); "created.<method>" are counted apart.
+ASSET_COUNTERS = ("ready", "failed", "deleted", "sessions_created", "sessions_completed",
+                  "urls_issued", "chunks_reported", "chunk_puts_accepted", "chunk_puts_refused",
+                  "chunk_puts_failed", "chunk_bytes_received", "chunk_bytes_accepted")
+ASSET_METHODS = ("direct", "url", "multipart")
 
 
 def item_key(model_name: str, modality: str, content: Union[str, bytes],
@@ -63,6 +68,12 @@ class Stats:
             self._tasks: Counter = Counter({name: 0 for name in TASK_COUNTERS})
             self._task_keys: Counter = Counter()
             self._media_sec = 0.0
+            self._asset_requests = 0
+            self._asset_by_status: Counter = Counter()
+            self._asset_rate_limited = 0
+            self._asset_faults: Counter = Counter({kind: 0 for kind in FAULT_KINDS[:5]})
+            self._asset_created: Counter = Counter({method: 0 for method in ASSET_METHODS})
+            self._asset_counts: Counter = Counter({name: 0 for name in ASSET_COUNTERS})
 
     def set_sweeper(self, sweeper: Optional[Callable[[], None]]) -> None:
         """Called (outside the lock) before each snapshot: the task store uses it to count the
@@ -115,6 +126,25 @@ class Stats:
         with self._lock:
             self._media_sec += seconds
 
+    # ---- the assets category: its own requests, statuses, 429s and faults, apart from embed's ----
+
+    def asset_request(self) -> None:
+        with self._lock:
+            self._asset_requests += 1
+
+    def asset_created(self, method: str) -> None:
+        with self._lock:
+            self._asset_created[method] += 1
+
+    def asset(self, name: str, count: int = 1) -> None:
+        """Add to one of ASSET_COUNTERS."""
+        with self._lock:
+            self._asset_counts[name] += count
+
+    def assets_gate_view(self) -> "_AssetsGateView":
+        """What the assets Gate reports to: statuses, 429s and faults land under "assets"."""
+        return _AssetsGateView(self)
+
     def snapshot(self, detail: bool = False) -> dict:
         if self._sweeper is not None:
             self._sweeper()
@@ -131,8 +161,33 @@ class Stats:
                 "max_concurrent": self._max_concurrent,
                 "tasks": dict(self._tasks),
                 "media_seconds": round(self._media_sec, 3),
+                "assets": {"requests": self._asset_requests,
+                           "by_status": dict(self._asset_by_status),
+                           "rate_limited": self._asset_rate_limited,
+                           "faults": dict(self._asset_faults),
+                           "created": dict(self._asset_created),
+                           **self._asset_counts},
             }
             if detail:
                 data["item_keys"] = dict(self._item_keys)
                 data["task_keys"] = dict(self._task_keys)
             return data
+
+
+class _AssetsGateView:
+    """The Stats face a Gate sees (status, rate_limited, fault), counting into the assets section."""
+
+    def __init__(self, stats: Stats):
+        self._stats = stats
+
+    def status(self, code: int) -> None:
+        with self._stats._lock:
+            self._stats._asset_by_status[str(code)] += 1
+
+    def rate_limited(self) -> None:
+        with self._stats._lock:
+            self._stats._asset_rate_limited += 1
+
+    def fault(self, kind: str, count: int = 1) -> None:
+        with self._stats._lock:
+            self._stats._asset_faults[kind] += count

@@ -17,6 +17,7 @@ from ..stats import Stats
 from ..tasks import TaskStore, rfc3339, total_pages
 from .common import Outcome
 from .errors import MediaRefused, V2Error, bad, error_reply
+from .sources import AssetLookup
 from .spec import LIST_DEFAULT_RANGE_SEC, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, TASKS_PATH, V2_PATH
 from .sync_call import SyncCall
 from .task_call import TaskCall
@@ -31,8 +32,11 @@ class V2Service:
 
     def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
                  limiter: RateLimiter, media_limiter: MediaMinutesLimiter, faults: FaultInjector,
-                 tasks: TaskStore, stopping: Callable[[], threading.Event]):
+                 tasks: TaskStore, stopping: Callable[[], threading.Event],
+                 asset_lookup: Optional[AssetLookup] = None):
         self._stats = stats
+        # Uploaded assets (assets/ store), so media_source.asset_id also names them.
+        self.asset_lookup = asset_lookup
         self._media = media_limiter
         self.tasks = tasks
         self._gate = Gate(get_config, stats, limiter, faults, stopping,

@@ -5,8 +5,9 @@ import base64
 import binascii
 import io
 import os
+import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Protocol, Tuple
 
 import numpy as np
 from PIL import Image
@@ -30,10 +31,24 @@ class Source:
         return {"input_filename": self.filename} if self.filename else {}
 
 
-def load_source(config: EmulatorConfig, ms: dict, path: str, kind: str, max_bytes: int,
-                fetch_max: Optional[int] = None) -> Source:
+class UploadedAsset(Protocol):
+    """What the v2 calls need of an asset uploaded through /v1.3/assets (assets/store.py's Asset)."""
+    path: str
+    filename: str
+    error: Optional[str]
+
+    def status(self, now: float) -> str: ...
+
+
+# asset id -> the uploaded asset, or None. Injected by the server: v2 does not import assets/.
+AssetLookup = Callable[[str], Optional[UploadedAsset]]
+
+
+def load_source(config: EmulatorConfig, assets: Optional[AssetLookup], ms: dict, path: str,
+                kind: str, max_bytes: int, fetch_max: Optional[int] = None) -> Source:
     """The bytes of one media source (url, base64_string or asset_id), with the size checks
-    that need no decoding: 413 for a measured overage."""
+    that need no decoding: 413 for a measured overage. An asset_id names a config-mapped file
+    (`assets` knob) first, else an uploaded asset, which must be `ready`."""
     given = [k for k in ("url", "base64_string", "asset_id") if ms.get(k) is not None]
     if len(given) != 1:
         raise bad(invalid_message(path, "Provide exactly one of `url`, `base64_string` or "
@@ -67,21 +82,47 @@ def load_source(config: EmulatorConfig, ms: dict, path: str, kind: str, max_byte
                             f"{max_bytes // MB} MB) exceeds maximum limit of {max_bytes // MB} MB.")
         source = Source(data, url=value)
     else:
-        assets = config.assets or {}
-        if value not in assets:
-            raise bad(f"The asset `{value}` does not exist.", "resource_not_exist")
+        file_path, filename = _asset_file(config, assets, value, field_path)
+        cap = max_bytes if fetch_max is None else fetch_max
         try:
-            with open(assets[value], "rb") as f:
+            size = os.path.getsize(file_path)
+            if size > cap:  # measured before reading: an asset may be gigabytes
+                if fetch_max is not None:  # emulator limit, not the API's
+                    raise bad(invalid_message(field_path, f"The emulator reads at most "
+                                              f"{cap // MB} MB of an asset."))
+                raise too_large(size_message(size, max_bytes, f"The `{path}` is too large. "))
+            with open(file_path, "rb") as f:
                 data = f.read()
         except OSError:
             raise bad(f"The asset `{value}` is not ready.", "resource_not_exist")
-        source = Source(data, filename=os.path.basename(assets[value]))
+        source = Source(data, filename=filename)
     if not source.data:
         raise bad(invalid_message(field_path, "The file is empty."))
     if len(source.data) > max_bytes:
         raise too_large(size_message(len(source.data), max_bytes,
                                      f"The `{path}` is too large. "))
     return source
+
+
+def _asset_file(config: EmulatorConfig, assets: Optional[AssetLookup], asset_id: str,
+                field_path: str) -> Tuple[str, str]:
+    """(file path, filename) of an asset id. An uploaded asset still processing, or failed, is a
+    400 (codes: emulator choice) naming its state, so a client knows to poll or re-upload."""
+    mapped = config.assets or {}
+    if asset_id in mapped:
+        return mapped[asset_id], os.path.basename(mapped[asset_id])
+    asset = assets(asset_id) if assets is not None else None
+    if asset is None:
+        raise bad(f"The asset `{asset_id}` does not exist.", "resource_not_exist")
+    status = asset.status(time.time())
+    if status == "processing":
+        raise bad(f"The asset `{asset_id}` (`{field_path}`) is not ready: its status is "
+                  f"`processing`. Poll GET /assets/{asset_id} until it is `ready`.",
+                  "asset_not_ready")
+    if status == "failed":
+        raise bad(f"The asset `{asset_id}` (`{field_path}`) cannot be used: its status is "
+                  f"`failed` ({asset.error}). Upload the file again.", "asset_failed")
+    return asset.path, asset.filename
 
 
 def load_image(data: bytes, path: str) -> Image.Image:

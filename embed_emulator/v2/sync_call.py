@@ -28,6 +28,7 @@ _PLACEHOLDER_RE = re.compile(r"<@([^<>\s]+)>")
 class SyncCall:
     def __init__(self, service: V2Service, config: EmulatorConfig, request: dict):
         self.service, self.config, self.request = service, config, request
+        self.assets = service.asset_lookup
 
     def run(self) -> Outcome:
         c = parse_common(self.request, SYNC_INPUT_TYPES, ("auto_truncate",))
@@ -58,7 +59,7 @@ class SyncCall:
         c = self.c
         fields.known(c.obj, ("media_source",), "image")
         ms = fields.obj(c.obj, "media_source", "image.media_source", required=True)
-        source = load_source(self.config, ms, "image.media_source", "image", IMAGE_MAX_BYTES)
+        source = load_source(self.config, self.assets, ms, "image.media_source", "image", IMAGE_MAX_BYTES)
         image = load_image(source.data, "image.media_source")
         vec = vectors.v2_image(image, c.model)
         return self._result([data_entry(vec, c.dims, False, c.model)],
@@ -71,7 +72,7 @@ class SyncCall:
         text = fields.text(c.obj, "input_text", "text_image.input_text", required=True)
         text, _ = text_tokens(text, "text_image.input_text", c.model, False)
         ms = fields.obj(c.obj, "media_source", "text_image.media_source", required=True)
-        source = load_source(self.config, ms, "text_image.media_source", "image", IMAGE_MAX_BYTES)
+        source = load_source(self.config, self.assets, ms, "text_image.media_source", "image", IMAGE_MAX_BYTES)
         image = load_image(source.data, "text_image.media_source")
         vec = vectors.v2_combine([vectors.v2_text(text, c.model), vectors.v2_image(image, c.model)],
                                  c.model, "text_image")
@@ -90,7 +91,7 @@ class SyncCall:
         spec = parse_av(c.obj, kind, kind, c.model, task=False, uncertainty=False)
         self.service.check_media_minutes(self.config)
         path = f"{kind}.media_source"
-        source = load_source(self.config, c.obj["media_source"], path, kind, AV_MAX_BYTES)
+        source = load_source(self.config, self.assets, c.obj["media_source"], path, kind, AV_MAX_BYTES)
         duration, probed = measure_av(source.data, path, kind, c.model)
         # The limit applies to the file's duration, whatever start_sec/end_sec select
         # (emulator choice: the platform measures the file).
@@ -181,7 +182,7 @@ class SyncCall:
             path = f"multi_input.media_sources[{i}]"
             kind = ms["media_type"]
             max_bytes = IMAGE_MAX_BYTES  # 32 MB for every 3.5 source and 3.0 images
-            source = load_source(self.config, ms, path, kind, max_bytes)
+            source = load_source(self.config, self.assets, ms, path, kind, max_bytes)
             key_parts.append(source.data)
             if kind == "image":
                 parts.append(vectors.v2_image(load_image(source.data, path), c.model))

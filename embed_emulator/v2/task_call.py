@@ -27,6 +27,7 @@ _SENTENCE_RE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
 class TaskCall:
     def __init__(self, service: V2Service, config: EmulatorConfig, request: dict):
         self.service, self.config, self.request = service, config, request
+        self.assets = service.asset_lookup
 
     def run(self) -> Outcome:
         c = parse_common(self.request, TASK_INPUT_TYPES, ())
@@ -64,7 +65,7 @@ class TaskCall:
         spec = parse_av(c.obj, kind, kind, c.model, task=True, uncertainty=c.uncertainty)
         self.service.check_media_minutes(self.config)
         path = f"{kind}.media_source"
-        source = load_source(self.config, c.obj["media_source"], path, kind,
+        source = load_source(self.config, self.assets, c.obj["media_source"], path, kind,
                              AV_MAX_BYTES if "base64_string" in c.obj["media_source"] else
                              TASK_FETCH_MAX_BYTES, fetch_max=TASK_FETCH_MAX_BYTES)
         duration, probed = measure_av(source.data, path, kind, c.model, metadata_only=True)
@@ -106,7 +107,7 @@ class TaskCall:
                          ("separate_embedding",))
         fields.enum_list(c.obj, "embedding_scope", "image.embedding_scope", ("asset",), ("asset",))
         ms = fields.obj(c.obj, "media_source", "image.media_source", required=True)
-        source = load_source(self.config, ms, "image.media_source", "image", IMAGE_MAX_BYTES)
+        source = load_source(self.config, self.assets, ms, "image.media_source", "image", IMAGE_MAX_BYTES)
         image = load_image(source.data, "image.media_source")
         model, dims, uncertainty = c.model, c.dims, c.uncertainty
 
@@ -126,7 +127,7 @@ class TaskCall:
         fields.known(c.obj, ("media_source", "segmentation", "embedding_option", "embedding_type",
                              "embedding_scope"), "document")
         ms = fields.obj(c.obj, "media_source", "document.media_source", required=True)
-        source = load_source(self.config, ms, "document.media_source", "document",
+        source = load_source(self.config, self.assets, ms, "document.media_source", "document",
                              TASK_DOCUMENT_MAX_BYTES if "base64_string" not in ms else
                              BASE64_MAX["document"], fetch_max=TASK_FETCH_MAX_BYTES)
         if source.data.startswith(b"%PDF"):
