@@ -31,11 +31,18 @@ class _CountPlannedCalls(beam.DoFn):
         self._calls = Metrics.counter(NAMESPACE, "planned_calls")
         self._route_calls = Metrics.counter(NAMESPACE, f"planned_calls_{route}")
         self._items = Metrics.distribution(NAMESPACE, "planned_items_per_call")
+        # Files that go through the Assets API first (an upper bound: earlier runs' assets are reused).
+        self._uploads = Metrics.counter(NAMESPACE, "planned_uploads")
+        self._upload_bytes = Metrics.counter(NAMESPACE, "planned_upload_bytes")
 
     def process(self, call: Call):
         self._calls.inc()
         self._route_calls.inc()
         self._items.update(len(call.items))
+        for item in call.items:
+            if item.upload:
+                self._uploads.inc()
+                self._upload_bytes.inc(item.file_size or 0)
         return []
 
 

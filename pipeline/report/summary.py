@@ -117,6 +117,8 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
         "rows_skipped_unread": metrics.get("rows_skipped_unread", 0),
         "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
         "calls_needed": calls,
+        "uploads": metrics.get("planned_uploads", 0),
+        "upload_bytes": metrics.get("planned_upload_bytes", 0),
         "items_per_call": round((metrics.get("planned_items_per_call") or {}).get("mean", 0.0), 3),
         "dead_letters_by_reason": dict(sorted(dead.items())),
         "requests_per_minute": rpm,
@@ -146,6 +148,8 @@ def format_plan(plan: dict) -> str:
         f"  deduplicated     {plan['items_deduplicated']} items reuse another item's vectors",
         f"  calls needed     {plan['calls_needed']} ({plan['items_per_call']} items per call; "
         + ", ".join(f"{route} {n}" for route, n in plan["calls_by_route"].items()) + ")",
+        f"  uploads          {plan.get('uploads', 0)} files, {plan.get('upload_bytes', 0) / 1e6:.1f} MB to the Assets API "
+        "(at most: assets of earlier runs are reused)",
         f"  time             {'; '.join(timing) or 'set calls.requests_per_minute / requests_per_day to estimate'}",
         f"  rejected rows    {sum(plan['dead_letters_by_reason'].values())}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in plan["dead_letters_by_reason"].items()) + ")"

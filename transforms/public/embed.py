@@ -120,6 +120,13 @@ class TwelveLabsOptions:
     max_tasks_in_flight: int = DEFAULTS["max_tasks_in_flight"]
     media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
     outage_after_failures: int = DEFAULTS["outage_after_failures"]
+    # Large audio/video files go through the Assets API (kept on the platform: a plain pipeline has no
+    # output folder to remember them in, so each worker process uploads a file once per pipeline).
+    asset_upload: str = DEFAULTS["asset_upload"]
+    max_parallel_chunks: int = DEFAULTS["max_parallel_chunks"]
+    assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
+    asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]
+    asset_poll_sec: float = DEFAULTS["asset_poll_sec"]
 
     def call_settings(self, run_id: str) -> CallSettings:
         return settings_from(self, base_url=self.base_url, run_id=run_id, embedding=self.embedding)
