@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from embed_client import errors
 from embed_client.multipart import StreamFilePart, StreamingBody, guess_content_type, new_boundary, stream_multipart
-from embed_client.transport import Timeout, Transport
+from embed_client.transport import Transport
 from embed_client.types_assets import Asset, ListBody, Page
 
 __all__ = ["ASSET_METHODS", "AssetsClient", "build_asset_form", "build_query", "json_body", "resource_path"]
