@@ -1,6 +1,7 @@
 """`EmbedClient`: the TwelveLabs `POST /embed` call with the official SDK's signature and wire format
 (`create`, `build_request` + `send`), composed as the SDK's `client.embed` is: `client.v2` (the Embed API
-v2's `POST /embed-v2`) and `client.tasks` (its async tasks) share one `Transport` with it."""
+v2's `POST /embed-v2`), `client.tasks` (its async tasks), `client.assets` (`/assets`) and
+`client.multipart_upload` (`/assets/multipart-uploads`) share one `Transport` with it."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,12 @@ from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Tuple, Union
 import requests
 
 from embed_client import errors
+from embed_client.assets import AssetsClient
 from embed_client.multipart import FilePart, encode_multipart, guess_content_type, new_boundary
 from embed_client.secrets import scrub
 from embed_client.transport import (API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, Timeout,
                                     Transport)
+from embed_client.multipart_upload import MultipartUploadClient
 from embed_client.types import CreateEmbeddingsResult
 from embed_client.v2 import TasksClient, V2Client
 
@@ -65,6 +68,8 @@ class EmbedClient:
 
     v2: V2Client
     tasks: TasksClient
+    assets: AssetsClient
+    multipart_upload: MultipartUploadClient
 
     def __init__(
         self,
@@ -79,6 +84,10 @@ class EmbedClient:
         # Embed API v2: `POST /embed-v2` and, as `tasks`, the async embedding tasks (create, retrieve, list).
         self.v2 = V2Client(self._transport)
         self.tasks = self.v2.tasks
+        # Assets (`/assets`: direct and URL uploads, retrieve, list, delete) and multipart uploads
+        # (`/assets/multipart-uploads`, plus `put_chunk` to presigned URLs on a session without the key).
+        self.assets = AssetsClient(self._transport)
+        self.multipart_upload = MultipartUploadClient(self._transport)
 
     @property
     def base_url(self) -> str:
@@ -113,6 +122,7 @@ class EmbedClient:
 
     def close(self) -> None:
         self._transport.close()
+        self.multipart_upload.close()
 
     def __enter__(self) -> "EmbedClient":
         return self

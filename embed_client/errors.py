@@ -17,12 +17,14 @@ from embed_client.secrets import scrub
 __all__ = [
     "AuthError",
     "BadRequestError",
+    "ConflictError",
     "ConnectionFailedError",
     "ContentTooLargeError",
     "EmbedError",
     "EmbedTimeoutError",
     "MalformedResponseError",
     "NotFoundError",
+    "PresignedUrlExpiredError",
     "RateLimitError",
     "RateLimitInfo",
     "ServerError",
@@ -161,6 +163,22 @@ class ContentTooLargeError(BadRequestError):
     """413: the media is measurably too large (size, duration or pages); sending it again cannot help."""
 
 
+class ConflictError(BadRequestError):
+    """409 from the assets endpoints: the resource's state forbids the call (e.g. `DELETE /assets/{id}` of
+    an asset that indexed assets reference; only `force=True` helps). Sending it again cannot help.
+
+    The embed endpoints' 409 stays a retryable `ServerError` (see `error_from_response`)."""
+
+
+class PresignedUrlExpiredError(EmbedError):
+    """A presigned chunk URL was refused (403, or an expired-token answer): it expired (one hour), was
+    already used, or its signature does not match. The same URL will not work again: ask for a fresh one
+    (`client.multipart_upload.get_additional_presigned_urls`) and PUT the chunk to that."""
+
+    is_retryable = False
+    needs_fresh_url = True
+
+
 class AuthError(EmbedError):
     """401/403: the key is missing, wrong or not allowed; nothing else will work either."""
 
@@ -220,10 +238,13 @@ def _scrubbed_details(details: Any) -> Optional[Dict[str, Any]]:
         return None
 
 
-def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> EmbedError:
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str], *,
+                        conflict_is_final: bool = False) -> EmbedError:
     """Maps a non-2xx response to its typed error.
 
     Reads the v2 body `{"error": {"code", "message", "details"?}}` and the flat v1 `{code, message}`.
+    A 409 is a retryable `ServerError` (the embed endpoints), or with `conflict_is_final` (the assets
+    endpoints) a `ConflictError`.
     """
     code = None
     message = None
@@ -249,6 +270,8 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     info = RateLimitInfo.from_headers(headers)
     if status == 429:
         cls = RateLimitError
+    elif status == 409 and conflict_is_final:
+        cls = ConflictError
     elif status in (401, 403):
         cls = AuthError
     elif status >= 500 or status in _RETRYABLE_4XX:

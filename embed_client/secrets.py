@@ -5,17 +5,21 @@ from __future__ import annotations
 import re
 import threading
 from typing import Optional, Set
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 __all__ = ["InvalidApiKey", "MASK", "check_api_key", "redact_url", "register_secret", "scrub"]
 
 MASK = "***"
-# Query parameters that carry credentials in presigned or shared URLs (S3, GCS, Azure SAS, tokens).
-_SECRET_PARAM = re.compile(r"sig|token|key|secret|password|passwd|credential", re.I)
+# Query parameters that carry credentials in presigned or shared URLs: any name holding one of these words,
+# matched case-insensitively after percent-decoding. That covers S3 (X-Amz-Signature, X-Amz-Credential,
+# X-Amz-Security-Token, AWSAccessKeyId, Signature), GCS (X-Goog-Signature, X-Goog-Credential), Azure SAS
+# (sig), CloudFront (Signature, Key-Pair-Id) and bearer tokens (token, access_token, auth, api_key).
+_SECRET_WORDS = "sig|token|key|secret|password|passwd|credential|auth"
+_SECRET_PARAM = re.compile(_SECRET_WORDS, re.I)
 _USERINFO_IN_TEXT = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@\"'<>]+@")
 _SECRET_PARAM_IN_TEXT = re.compile(
-    r"([?&][^=&#\s\"'<>]*(?:sig|token|key|secret|password|passwd|credential)[^=&#\s\"'<>]*=)"
-    r"[^&#\s\"'<>]+", re.I)
+    r"([?&;][^=&;#\s\"'<>]*(?:" + _SECRET_WORDS + r")[^=&;#\s\"'<>]*=)"
+    r"[^&;#\s\"'<>]+", re.I)
 
 _SECRETS: Set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -51,8 +55,15 @@ def register_secret(secret: str) -> None:
             _SECRETS.add(secret)
 
 
+def _is_secret_param(raw_name: str) -> bool:
+    return bool(_SECRET_PARAM.search(raw_name) or _SECRET_PARAM.search(unquote_plus(raw_name)))
+
+
 def redact_url(url: Optional[str]) -> Optional[str]:
-    """The URL with its user:password@ and credential-bearing query values replaced by ***."""
+    """The URL with its user:password@ and the values of credential-bearing query parameters (signatures,
+    credentials, tokens, keys) replaced by ***; every other byte is kept as it was (no re-encoding).
+
+    Used wherever a URL may be shown: a presigned upload URL is itself a credential."""
     if not url or ("@" not in url and "?" not in url):
         return url
     try:
@@ -63,11 +74,14 @@ def redact_url(url: Optional[str]) -> Optional[str]:
     if "@" in netloc:
         netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
     query = parts.query
-    if query and _SECRET_PARAM.search(query):
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if pairs:
-            query = "&".join(f"{name}={MASK if _SECRET_PARAM.search(name) else value}" for name, value in pairs)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if query and ("%" in query or _SECRET_PARAM.search(query)):
+        pieces = []
+        for piece in re.split(r"([&;])", query):
+            name, eq, _value = piece.partition("=")
+            pieces.append(f"{name}={MASK}" if eq and _is_secret_param(name) else piece)
+        query = "".join(pieces)
+    fragment = scrub(parts.fragment) if "=" in parts.fragment else parts.fragment
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def scrub(text: Optional[str]) -> Optional[str]:

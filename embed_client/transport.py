@@ -33,6 +33,8 @@ _JSON = "application/json"
 T = TypeVar("T")
 
 Timeout = Union[float, Tuple[float, float]]
+# bytes, or a streamed body of known length (embed_client.multipart.StreamingBody).
+Body = Any
 
 
 def _caused_by_timeout(exc: BaseException) -> bool:
@@ -137,7 +139,7 @@ class Transport:
     def url(self, path: str, query: Optional[str] = None) -> str:
         return f"{self.base_url}/{path}" + (f"?{query}" if query else "")
 
-    def _send_raw(self, method: str, url: str, body: Optional[bytes], headers: dict,
+    def _send_raw(self, method: str, url: str, body: Optional[Body], headers: dict,
                   timeout: Timeout) -> requests.Response:
         if not self._own_session:
             return self._session.request(method, url, data=body, headers=headers, timeout=timeout)
@@ -154,11 +156,12 @@ class Transport:
         return self._adapter.send(prepared, stream=False, timeout=timeout, verify=self._session.verify,
                                   cert=None, proxies=self._session.proxies)
 
-    def request(self, method: str, url: str, body: Optional[bytes], headers: dict,
+    def request(self, method: str, url: str, body: Optional[Body], headers: dict,
                 timeout: Optional[Timeout] = None) -> Tuple[requests.Response, bytes]:
         """Sends one request on the pooled session; transport failures become typed errors.
 
-        Returns the response and its body, whatever the status."""
+        `body` is bytes, or a `multipart.StreamingBody` (any object with `len()` and `read(n)`), which is
+        streamed with its length as Content-Length. Returns the response and its body, whatever the status."""
         shown = redact_url(url)
         try:
             response = self._send_raw(method, url, body, headers, timeout if timeout is not None else self.timeout)
@@ -175,21 +178,27 @@ class Transport:
             raise errors.ConnectionFailedError(f"request to {shown} failed ({type(exc).__name__})") from None
         return response, content
 
-    def send(self, method: str, url: str, body: Optional[bytes], headers: dict,
-             timeout: Optional[Timeout] = None) -> Tuple[requests.Response, bytes, errors.RateLimitInfo]:
+    def send(self, method: str, url: str, body: Optional[Body], headers: dict,
+             timeout: Optional[Timeout] = None, *,
+             conflict_is_final: bool = False) -> Tuple[requests.Response, bytes, errors.RateLimitInfo]:
         """`request`, then a non-2xx answer raised as its typed error; returns the response, its body
-        and its rate-limit headers."""
+        and its rate-limit headers. `conflict_is_final`: a 409 is a `ConflictError` (assets), not a
+        retryable `ServerError` (embed)."""
         response, content = self.request(method, url, body, headers, timeout)
         if not 200 <= response.status_code < 300:
-            raise errors.error_from_response(response.status_code, content, response.headers)  # scrubbed there
+            raise errors.error_from_response(response.status_code, content, response.headers,  # scrubbed there
+                                             conflict_is_final=conflict_is_final)
         return response, content, errors.RateLimitInfo.from_headers(response.headers)
 
-    def call_json(self, method: str, path: str, body: Optional[bytes], parse: Callable[[Any], T], *,
+    def call_json(self, method: str, path: str, body: Optional[Body], parse: Callable[[Any], T], *,
                   query: Optional[str] = None, timeout: Optional[Timeout] = None,
-                  headers: Optional[Mapping[str, str]] = None) -> T:
-        """One v2 call: JSON in and out, typed errors, the rate-limit headers on the result."""
-        request_headers = self.headers(_V2_ACCEPT, _JSON if body is not None else None, headers)
-        response, content, info = self.send(method, self.url(path, query), body, request_headers, timeout)
+                  headers: Optional[Mapping[str, str]] = None, content_type: Optional[str] = _JSON,
+                  conflict_is_final: bool = False) -> T:
+        """One v2 (or assets) call: a JSON body (or `content_type`'s) in, JSON out, typed errors, the
+        rate-limit headers on the result."""
+        request_headers = self.headers(_V2_ACCEPT, content_type if body is not None else None, headers)
+        response, content, info = self.send(method, self.url(path, query), body, request_headers, timeout,
+                                            conflict_is_final=conflict_is_final)
         try:
             result = parse(json.loads(content))
         except (ValueError, RecursionError) as exc:
