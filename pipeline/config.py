@@ -56,6 +56,7 @@ class JobConfig:
     media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
     asset_upload: str = DEFAULTS["asset_upload"]
     delete_assets_after_run: bool = DEFAULTS["delete_assets_after_run"]
+    direct_upload_max_bytes: int = DEFAULTS["direct_upload_max_bytes"]
     max_parallel_chunks: int = DEFAULTS["max_parallel_chunks"]
     assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
     asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]

@@ -103,6 +103,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("assets.delete_after_run", "delete_assets_after_run", "bool", False, "delete the assets this job "
             "uploaded once the run's vectors are committed (false: keep them, so a rerun with other options or a "
             "moved row reuses them without uploading again; never deletes an `asset_id` row's asset)"),
+    Setting("assets.direct_upload_max_bytes", "direct_upload_max_bytes", "int", 200 * 1024 * 1024, "files up to "
+            "this size are uploaded in one request, larger ones by a multipart session that resumes chunk by chunk "
+            "after a kill (0: every upload multipart; the platform takes up to 200 MB in one request)", low=0,
+            high=200 * 1024 * 1024),
     Setting("assets.max_parallel_chunks", "max_parallel_chunks", "int", 4, "chunk PUTs of multipart uploads "
             "in flight per worker process", low=1, high=64),
     Setting("assets.requests_per_minute", "assets_requests_per_minute", "float", None, "the account's limit of "
@@ -232,6 +236,7 @@ class CallSettings:
     media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
     asset_upload: str = DEFAULTS["asset_upload"]
     delete_assets_after_run: bool = DEFAULTS["delete_assets_after_run"]
+    direct_upload_max_bytes: int = DEFAULTS["direct_upload_max_bytes"]
     max_parallel_chunks: int = DEFAULTS["max_parallel_chunks"]
     assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
     asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]

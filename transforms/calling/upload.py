@@ -194,7 +194,7 @@ class Uploader:
 
     def _upload(self, item: Item) -> str:
         started = time.monotonic()
-        if item.file_size <= DIRECT_UPLOAD_MAX:
+        if item.file_size <= min(self.settings.direct_upload_max_bytes, DIRECT_UPLOAD_MAX):
             asset_id = self._direct(item)
         else:
             asset_id = self._multipart(item)
@@ -206,8 +206,7 @@ class Uploader:
 
         def send():
             with FileSystems.open(item.file_path, compression_type="uncompressed") as stream:
-                return self.client.assets.create(method="direct", file=(name, stream, item.file_size),
-                                                 filename=name)
+                return self.client.assets.create(method="direct", file=(name, stream), filename=name)
 
         asset = self._api(send)
         self.stats.add(bytes_uploaded=item.file_size)
@@ -244,12 +243,22 @@ class Uploader:
             self.stats.add(sessions_restarted=1)
             del self.book.sessions[item.file_sha256]
             return None
-        done = {c.index for c in status.uploaded_chunks if c.status == "completed"}
+        done = self._completed_chunks(record, status)
         started = time.monotonic()
         self.stats.add(resumed=1)
         self._send_chunks(item, record, done, {}, None)
         self.stats.add(upload_seconds=time.monotonic() - started)
         return record.asset_id
+
+    def _completed_chunks(self, record: UploadRecord, status) -> set:
+        """Chunks the platform holds, over every page of the session's status."""
+        done = {c.index for c in status.uploaded_chunks if c.status == "completed"}
+        page, pages = 1, int((status.page_info or {}).get("total_page") or 1)
+        while page < pages:
+            page += 1
+            more = self._api(lambda: self.client.multipart_upload.get_status(record.upload_id, page=page))
+            done.update(c.index for c in more.uploaded_chunks if c.status == "completed")
+        return done
 
     def _send_chunks(self, item: Item, record: UploadRecord, done: set, urls: Dict[int, str],
                      headers: Optional[Dict[str, str]]) -> None:
@@ -266,7 +275,8 @@ class Uploader:
                 batch = to_report[:]
                 del to_report[:]
             self._api(lambda: self.client.multipart_upload.report_chunk_batch(
-                record.upload_id, completed_chunks=[{"chunk_index": i, "proof": record.etags[i]} for i in batch]))
+                record.upload_id, completed_chunks=[{"chunk_index": i, "proof": record.etags[i],
+                                                     "chunk_size": chunks.length(i)} for i in batch]))
             self.journal.reported(record.upload_id, batch)
             record.reported.update(batch)
 
@@ -349,4 +359,5 @@ class Uploader:
 
 
 def _chunk_retryable(exc: errors.EmbedError) -> bool:
-    return exc.is_retryable or getattr(exc, "status", None) in (403, 404)
+    """Worth another PUT: what can succeed later, and an expired or used URL (with a fresh one)."""
+    return exc.is_retryable or getattr(exc, "needs_fresh_url", False)

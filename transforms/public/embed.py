@@ -123,6 +123,7 @@ class TwelveLabsOptions:
     # Large audio/video files go through the Assets API (kept on the platform: a plain pipeline has no
     # output folder to remember them in, so each worker process uploads a file once per pipeline).
     asset_upload: str = DEFAULTS["asset_upload"]
+    direct_upload_max_bytes: int = DEFAULTS["direct_upload_max_bytes"]
     max_parallel_chunks: int = DEFAULTS["max_parallel_chunks"]
     assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
     asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]

@@ -324,11 +324,13 @@ class RoutePlan:
     def uses_v2(self, modality: str) -> bool:
         return uses_v2(self.model, self.api_version, modality)
 
-    def audio_past_v1(self, row: ManifestRow, path: Any) -> bool:
-        """Whether an audio file is past v1's limit, on a model that v2 also serves (auto only): such a file
-        goes to v2 as an asset instead of becoming a dead letter."""
+    def audio_as_asset(self, row: ManifestRow, path: Any) -> bool:
+        """Whether an audio file goes to v2 as an uploaded asset on a model v1 would take it on (auto only):
+        every file with assets.upload: always, else one past v1's limit (instead of a dead letter)."""
         if self.api_version != "auto" or not model(self.model).v2 or not isinstance(path, str) or not path.strip():
             return False
+        if self.asset_upload == "always":
+            return True
         try:
             size = FileSystems.get_filesystem(path).metadata(_resolve(row.source, path.strip())).size_in_bytes
         except Exception:
@@ -453,8 +455,8 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
             continue
         try:
             v2 = plan.uses_v2(modality)
-            if not v2 and modality == "audio" and url is None and asset is None and plan.audio_past_v1(row, path):
-                v2 = True  # past what v1 takes inline: Embed API v2, by an uploaded asset
+            if not v2 and modality == "audio" and url is None and asset is None and plan.audio_as_asset(row, path):
+                v2 = True  # Embed API v2, by an uploaded asset
             if modality == "video" and not v2:
                 raise _Invalid("needs_api_v2", "video is embedded by Embed API v2 only: set api.version to v2 or "
                                                "leave it unset (auto)")
