@@ -318,11 +318,11 @@ class MultipartUploadClient:
         if failure is not None:
             # Raised outside the except block: the requests exception (whose text holds the whole URL)
             # must not ride along as __context__.
-            logger.warning("chunk PUT failed: %s", failure.message)
+            logger.info("chunk PUT failed: %s", failure.message)  # the uploader retries; its caller decides
             raise failure
         if not 200 <= response.status_code < 300:
             error = _storage_error(response.status_code, content, response.headers, url)
-            logger.warning("chunk PUT failed: %s", error.message)
+            logger.info("chunk PUT failed: %s", error.message)
             raise error
         etag = (response.headers.get("ETag") or "").strip().strip('"')
         if not etag:

@@ -282,8 +282,14 @@ class Uploader:
 
         report(force=True)
 
+        stop = threading.Event()  # one chunk failed for good: the others stop instead of sending on
+
         def put(index: int) -> None:
-            etag = self._put_chunk(record, chunks, index, urls, headers)
+            if stop.is_set():
+                return
+            etag = self._put_chunk(record, chunks, index, urls, headers, stop)
+            if etag is None:
+                return
             record.etags[index] = etag
             self.journal.chunk(record.upload_id, index, etag)
             self.stats.add(bytes_uploaded=chunks.length(index))
@@ -294,21 +300,30 @@ class Uploader:
 
         # Bounded: at most max_parallel_chunks chunks are read and in flight at once.
         pending = set()
-        for index in missing:
-            if len(pending) >= self.settings.max_parallel_chunks:
-                finished, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
-                    future.result()
-            pending.add(self._chunk_pool.submit(put, index))
-        for future in concurrent.futures.as_completed(pending):
-            future.result()
+        try:
+            for index in missing:
+                if len(pending) >= self.settings.max_parallel_chunks:
+                    finished, pending = concurrent.futures.wait(pending,
+                                                                return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in finished:
+                        future.result()
+                pending.add(self._chunk_pool.submit(put, index))
+            for future in concurrent.futures.as_completed(pending):
+                future.result()
+        except BaseException:
+            stop.set()
+            concurrent.futures.wait(pending)  # what was sent is journaled; the next run reports it
+            raise
         report(force=True)
 
     def _put_chunk(self, record: UploadRecord, chunks: _Chunks, index: int, urls: Dict[int, str],
-                   headers: Optional[Dict[str, str]]) -> str:
+                   headers: Optional[Dict[str, str]], stop: threading.Event) -> Optional[str]:
+        """The chunk's ETag; None when the upload stopped before it was sent."""
         data = chunks.read(index)
         wait = self._retry.initial_backoff_sec
         for attempt in range(1, _CHUNK_ATTEMPTS + 1):
+            if stop.is_set():
+                return None
             url = urls.get(index) or self._fresh_urls(record, index, urls)
             try:
                 return self.client.multipart_upload.put_chunk(url, data, headers=headers)
