@@ -153,19 +153,21 @@ def test_delete_after_run_removes_only_what_the_run_uploaded(tmp_path, media):
 
 
 def test_a_large_audio_file_on_marengo30_goes_to_v2_by_asset_instead_of_a_dead_letter(tmp_path):
-    # Past v1's 36 MB and v2's 27 MiB inline limit: uploaded directly (under 200 MB), embedded by a task.
+    # Past v1's 36 MB and v2's 27 MiB inline limit: uploaded directly (under 200 MB), embedded by a task (a sync call takes 36 MB at most).
     import soundfile
 
     wav = tmp_path / "long.wav"
 
-    samples = (np.sin(np.linspace(0, 2000 * np.pi, (38 * 1024 * 1024 - 44) // 2)) * 3000).astype(np.int16)
-    soundfile.write(str(wav), samples, 16000, subtype="PCM_16", format="WAV")
+    # 48 kHz stereo: 38 MB is 3.5 minutes (what the emulator decodes), within the sync limit.
+    frames = (38 * 1024 * 1024 - 44) // 4
+    tone = (np.sin(np.linspace(0, 40000 * np.pi, frames)) * 3000).astype(np.int16)
+    soundfile.write(str(wav), np.stack([tone, tone[::-1]], axis=1), 48000, subtype="PCM_16", format="WAV")
     output = str(tmp_path / "out")
     with _emulator() as emu:
         summary = run(make_config(output, [_manifest(tmp_path, [{"id": "long", "audio_file": str(wav)}])],
                                   asset_poll_sec=0.05, task_poll_sec=0.1), emu.base_url)
         assets = emu.stats()["assets"]
-    assert summary["api"]["items_by_route"]["task"] == 1 and summary["dead_letters"] == 0
+    assert summary["api"]["items_by_route"]["task"] == 1 and summary["dead_letters"] == 0  # past the sync 36 MB
     assert assets["created"]["direct"] == 1 and summary["assets"]["bytes_uploaded"] == os.path.getsize(wav)
     assert len(read_segments(output)) > 0
 

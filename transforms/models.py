@@ -22,6 +22,7 @@ class Model:
     # Longest audio/video a sync `/embed-v2` call takes; longer (or unknown) goes to an async task. Marengo
     # 3.5's sync endpoint takes only multi_input (one vector, no segments): its audio and video always go to tasks.
     sync_media_sec: float = 0.0
+    sync_source_bytes: int = 36 * _MB          # the largest audio/video source a sync call takes (any kind)
     aliases: Tuple[str, ...] = ()              # other spellings the API answers with
     # v2 request shapes that differ by model (API-V2-FACTS.md):
     sync_multi_input_only: bool = False        # its sync /embed-v2 takes multi_input only
@@ -35,7 +36,7 @@ MODELS: Tuple[Model, ...] = (
           sync_media_sec=600.0, audio_fixed_windows_only=True, transcription=True),
     Model("marengo3.5", 512, dimension_choices=(128, 256, 512), v2=True,
           v1_file_bytes={"image": 5 * _MB, "audio": 36 * _MB}, sync_multi_input_only=True,
-          task_segmentation_in_temporal=True),
+          task_segmentation_in_temporal=True, sync_source_bytes=32 * _MB),
     Model("marengo2.7", 1024, v1=True, v1_file_bytes={"image": 5 * _MB, "audio": 10 * _MB},
           aliases=("Marengo-retrieval-2.7",)),
     Model("Marengo-retrieval-2.7", 1024, v1=True, v1_file_bytes={"image": 5 * _MB, "audio": 10 * _MB},

@@ -337,13 +337,15 @@ class RoutePlan:
             return False  # the file's own check names what is wrong with it
         return size > MEDIA_RULES[self.model]["audio"]
 
-    def route(self, modality: str, clip_sec: Optional[float], v2: Optional[bool] = None) -> str:
+    def route(self, modality: str, clip_sec: Optional[float], v2: Optional[bool] = None,
+              size: Optional[int] = None) -> str:
         if not (self.uses_v2(modality) if v2 is None else v2):
             return "v1"
         if modality in ("text", "image"):
             return "v2"
-        if clip_sec is None or clip_sec > model(self.model).sync_media_sec:
-            return "task"
+        limits = model(self.model)
+        if clip_sec is None or clip_sec > limits.sync_media_sec or (size or 0) > limits.sync_source_bytes:
+            return "task"  # a sync call takes neither media this long nor a source this large
         return "v2"
 
     def options_key(self, modality: str, v2: Optional[bool] = None) -> Tuple:
@@ -488,7 +490,8 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
                 checked = _check_media_file(resolved, f"{modality}_file", modality, plan.model,
                                             media.get("audio_start_offset_sec"), v2, plan.asset_upload)
                 clip = _clip_length(modality, checked.duration, media, f"{modality}_file {resolved}")
-                out.append(Item(modality=modality, file_path=resolved, route=plan.route(modality, clip, v2),
+                route = plan.route(modality, clip, v2, checked.size)
+                out.append(Item(modality=modality, file_path=resolved, route=route,
                                 duration_sec=checked.duration if modality != "image" else None, **media,
                                 content_hash=content_hash(modality, "bytes", checked.digest, *options),
                                 upload=checked.upload, file_sha256=checked.digest if checked.upload else None,
