@@ -232,19 +232,19 @@ def test_incompatible_v2_settings_are_one_line_before_any_call(tmp_path, extra, 
     assert "Traceback" not in out.stderr
 
 
-def test_a_video_too_large_for_base64_is_a_dead_letter_naming_the_fix(tmp_path, monkeypatch):
+def test_a_video_past_the_assets_api_limit_is_a_dead_letter_naming_it_before_any_call(tmp_path, monkeypatch):
     monkeypatch.setenv("TWELVE_LABS_API_KEY", TEST_KEY)
     big = tmp_path / "big.mp4"
     with open(big, "wb") as f:
-        f.truncate(28 * 1024 * 1024)  # sparse: past 36 MB of base64
+        f.truncate(10 * 1024 ** 3 + 1)  # sparse: past what even a multipart upload takes (10 GB)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "big", "video_file": "big.mp4"}) + "\n")
     output = str(tmp_path / "out")
     with Emulator(EmulatorConfig()) as emu:
         run(make_config(output, [str(manifest)]), emu.base_url)
-        assert emu.stats()["requests"] == 0
+        assert emu.stats()["requests"] == 0 and emu.stats()["assets"]["requests"] == 0
     (letter,) = read_dead_letters(output)
-    assert letter["code"] == "file_too_large" and "video_url" in letter["message"] and "base64" in letter["message"]
+    assert letter["code"] == "file_too_large" and "10 GB" in letter["message"] and "Assets API" in letter["message"]
 
 
 def test_media_minutes_budget_paces_to_the_hourly_limit():
