@@ -9,11 +9,12 @@ import base64
 import io
 import ipaddress
 import logging
+import os
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import soundfile
@@ -96,10 +97,41 @@ def load_audio(data: bytes, field: str, model: str) -> Tuple[np.ndarray, int]:
     return samples, sample_rate
 
 
-def decode_audio(data: bytes) -> Tuple[np.ndarray, int]:
-    """Decode to mono float32, no checks. Shared with vectors.audio_segment_vectors."""
-    samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return samples.mean(axis=1), int(sample_rate)
+# Frames per read when a WAV/FLAC file is decoded block by block.
+AUDIO_BLOCK_FRAMES = 1 << 16
+
+
+def decode_audio(data: Union[bytes, str, os.PathLike]) -> Tuple[np.ndarray, int]:
+    """Decode to mono float32, no checks. Shared with vectors.audio_segment_vectors.
+
+    Bytes are decoded at once. A WAV/FLAC file path is decoded block by block into the mono
+    array, so the multichannel float32 copy of a long file never exists; same samples as at
+    once (PCM decodes sample by sample; each frame's channel mean is its own). An MP3 file is
+    read in one call like bytes: libsndfile's MP3 decoder gives different samples when the
+    same stream is read in several calls."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        return samples.mean(axis=1), int(sample_rate)
+    path = os.fspath(data)
+    with soundfile.SoundFile(path) as f:
+        blockwise = f.format in ("WAV", "WAVEX", "FLAC")
+    if not blockwise:
+        samples, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        return samples.mean(axis=1), int(sample_rate)
+    with soundfile.SoundFile(path) as f:
+        if f.seekable():
+            f.seek(0)  # as soundfile.read does
+        sample_rate, total = f.samplerate, f.frames
+        mono = np.empty(max(0, total), dtype=np.float32)
+        filled = 0
+        while filled < total:
+            block = f.read(min(AUDIO_BLOCK_FRAMES, total - filled), dtype="float32",
+                           always_2d=True)
+            if len(block) == 0:
+                break
+            mono[filled:filled + len(block)] = block.mean(axis=1)
+            filled += len(block)
+    return mono[:filled], int(sample_rate)
 
 
 def fetch_url(url: str, field: str, timeout: float, max_bytes: int) -> bytes:

@@ -30,16 +30,23 @@ def item_key(model_name: str, modality: str, content: Union[str, bytes],
     return digest.hexdigest()
 
 
-def v2_key(model_name: str, input_type: str, content: Union[str, bytes],
+def v2_key(model_name: str, input_type: str, content: Union[str, bytes, Iterable[bytes]],
            start_sec: Optional[float] = None, end_sec: Optional[float] = None) -> str:
     """Content key of one v2 input (sync call or task): sha256 hex of model name + input type +
     content (the text, or the media bytes however they arrived) + the requested start_sec /
     end_sec when either was sent. Without times it equals item_key(model, input_type, content),
     so a v2 text key is the v1 text key of the same model and text. multi_input and text_image
-    content is the concatenation of their parts (see v2/sync_call.py)."""
+    content is the concatenation of their parts (see v2/sync_call.py). Content may also come as
+    an iterable of byte blocks (an asset's file read in blocks): the key of their concatenation."""
     digest = hashlib.sha256()
     digest.update(model_name.encode() + b"\0" + input_type.encode() + b"\0")
-    digest.update(content.encode("utf-8") if isinstance(content, str) else content)
+    if isinstance(content, str):
+        digest.update(content.encode("utf-8"))
+    elif isinstance(content, (bytes, bytearray, memoryview)):
+        digest.update(content)
+    else:
+        for block in content:
+            digest.update(block)
     if start_sec is not None or end_sec is not None:
         digest.update(b"\0" + repr(None if start_sec is None else float(start_sec)).encode()
                       + b":" + repr(None if end_sec is None else float(end_sec)).encode())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import soundfile
@@ -13,9 +13,13 @@ from .. import media, rules, vectors, video
 from ..rules import invalid_message
 from . import fields
 from .errors import bad
-from .sources import Source, load_audio, probe_video
+from .sources import Source, head_of, load_audio, probe_video
 from .spec import (AUDIO_TOKENS_PER_SEC, AV_OPTIONS, DYNAMIC_RANGE, EMBEDDING_TYPES, FIXED_RANGE, M35,
                    VIDEO_TOKENS_PER_SEC)
+
+
+# Inline bytes, or the path of an asset's file (Source.media).
+Media = Union[bytes, str]
 
 
 @dataclass
@@ -245,21 +249,23 @@ def av_usage(kind: str, seconds: float) -> dict:
     return {"input_tokens": {kind: int(math.ceil(seconds)) * per_sec}, "truncated": False}
 
 
-def measure_av(data: bytes, path: str, kind: str, model: str,
+def measure_av(data: Media, path: str, kind: str, model: str,
                metadata_only: bool = False) -> Tuple[float, Any]:
-    """(duration, probe result): the metadata and playability checks. With metadata_only (task
-    creation), audio is not decoded: its header gives the duration and a first block of
-    samples shows it plays; the probe result is then None and decode_av decodes later."""
+    """(duration, probe result): the metadata and playability checks, on the bytes or on an
+    asset's file (Source.media). With metadata_only (task creation), audio is not decoded: its
+    header gives the duration and a first block of samples shows it plays; the probe result is
+    then None and decode_av decodes later."""
     if kind == "video":
         info = probe_video(data, path, model)
         return info.duration, info
     if not metadata_only:
         samples, rate = load_audio(data, path)
         return samples.size / rate, (samples, rate)
-    if media.sniff_audio(data) is None:
+    if media.sniff_audio(head_of(data)) is None:
         raise bad(invalid_message(path, "The audio must be in WAV, MP3 or FLAC format."))
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as f:
+        target = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        with soundfile.SoundFile(target) as f:
             frames, rate = f.frames, f.samplerate
             first = f.read(1024, dtype="float32")
     except Exception:
@@ -269,10 +275,15 @@ def measure_av(data: bytes, path: str, kind: str, model: str,
     return frames / rate, None
 
 
-def decode_av(data: bytes, kind: str, probed: Any, duration: float, span: Tuple[float, float],
+def decode_av(data: Media, kind: str, probed: Any, duration: float, span: Tuple[float, float],
               want_audio: bool = True) -> AVContent:
+    """Decode the span of the bytes or of an asset's file (opened by path, never read whole:
+    only the decoded content, 2 small frames and 16000 mono samples per second, is kept)."""
     if kind == "video":
-        decoded = video.decode(data, span[0], span[1], audio=want_audio)
+        try:
+            decoded = video.decode(data, span[0], span[1], audio=want_audio)
+        except OSError as exc:  # the asset's file went away (deleted) before it was opened
+            raise video.VideoError(f"the file could not be read ({exc.__class__.__name__})")
         return AVContent(duration=duration, span=span, decoded=decoded)
     if probed is None:
         try:

@@ -7,7 +7,7 @@ import io
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Tuple
+from typing import Callable, Iterator, Optional, Protocol, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -19,11 +19,39 @@ from .errors import bad, megabytes, size_message, too_large
 from .spec import BASE64_MAX, IMAGE_MIN_SIDE, M30, VIDEO_MAX_ASPECT, VIDEO_MAX_LONG, VIDEO_MAX_SHORT, VIDEO_MIN_SIDE
 
 
+BLOCK = 1 << 20  # bytes per read when an asset's file is hashed (content keys)
+
+
 @dataclass
 class Source:
-    data: bytes
+    """One media source: its bytes (base64, URL, image and document assets), or, for an
+    audio/video asset, the path of its file, which the decoders open themselves so an asset of
+    gigabytes is never held in memory."""
+    data: Optional[bytes] = None
     url: Optional[str] = None
     filename: Optional[str] = None
+    path: Optional[str] = None     # set instead of data: an audio/video asset's file
+
+    @property
+    def media(self) -> Union[bytes, str]:
+        """What the decoders take: the bytes, or the file path."""
+        return self.data if self.data is not None else self.path
+
+    def blocks(self) -> Iterator[bytes]:
+        """The bytes in order: all at once, or the file in blocks of BLOCK (content keys)."""
+        if self.data is not None:
+            yield self.data
+            return
+        try:
+            f = open(self.path, "rb")
+        except OSError:  # deleted since it was measured
+            raise bad(f"The asset file `{self.filename}` is no longer there.", "resource_not_exist")
+        with f:
+            while True:
+                block = f.read(BLOCK)
+                if not block:
+                    return
+                yield block
 
     def metadata(self) -> dict:
         if self.url is not None:
@@ -45,10 +73,15 @@ AssetLookup = Callable[[str], Optional[UploadedAsset]]
 
 
 def load_source(config: EmulatorConfig, assets: Optional[AssetLookup], ms: dict, path: str,
-                kind: str, max_bytes: int, fetch_max: Optional[int] = None) -> Source:
+                kind: str, max_bytes: int, fetch_max: Optional[int] = None,
+                asset_max: Optional[int] = None) -> Source:
     """The bytes of one media source (url, base64_string or asset_id), with the size checks
     that need no decoding: 413 for a measured overage. An asset_id names a config-mapped file
-    (`assets` knob) first, else an uploaded asset, which must be `ready`."""
+    (`assets` knob) first, else an uploaded asset, which must be `ready`.
+
+    An audio or video asset is not read: the Source holds its path, measured against
+    `asset_max` (default max_bytes) only, never against the emulator's read cap `fetch_max`.
+    Image and document assets are read, within max_bytes and fetch_max."""
     given = [k for k in ("url", "base64_string", "asset_id") if ms.get(k) is not None]
     if len(given) != 1:
         raise bad(invalid_message(path, "Provide exactly one of `url`, `base64_string` or "
@@ -83,6 +116,9 @@ def load_source(config: EmulatorConfig, assets: Optional[AssetLookup], ms: dict,
         source = Source(data, url=value)
     else:
         file_path, filename = _asset_file(config, assets, value, field_path)
+        if kind in ("audio", "video"):
+            return _file_source(file_path, filename, value, path, field_path,
+                                max_bytes if asset_max is None else asset_max)
         cap = max_bytes if fetch_max is None else fetch_max
         try:
             size = os.path.getsize(file_path)
@@ -102,6 +138,23 @@ def load_source(config: EmulatorConfig, assets: Optional[AssetLookup], ms: dict,
         raise too_large(size_message(len(source.data), max_bytes,
                                      f"The `{path}` is too large. "))
     return source
+
+
+def _file_source(file_path: str, filename: str, asset_id: str, path: str, field_path: str,
+                 limit: int) -> Source:
+    """An audio/video asset by path: sized (413 over `limit`), opened once to see it is there,
+    not read."""
+    try:
+        size = os.path.getsize(file_path)
+        with open(file_path, "rb"):
+            pass
+    except OSError:
+        raise bad(f"The asset `{asset_id}` is not ready.", "resource_not_exist")
+    if size == 0:
+        raise bad(invalid_message(field_path, "The file is empty."))
+    if size > limit:
+        raise too_large(size_message(size, limit, f"The `{path}` is too large. "))
+    return Source(path=file_path, filename=filename)
 
 
 def _asset_file(config: EmulatorConfig, assets: Optional[AssetLookup], asset_id: str,
@@ -141,11 +194,19 @@ def load_image(data: bytes, path: str) -> Image.Image:
         raise bad(invalid_message(path, "The image could not be decoded."))
 
 
-def load_audio(data: bytes, path: str) -> Tuple[np.ndarray, int]:
-    if media.sniff_audio(data) is None:
+def head_of(data_or_path: Union[bytes, str], n: int = 64) -> bytes:
+    """The first n bytes of inline bytes or of a file."""
+    if isinstance(data_or_path, (bytes, bytearray, memoryview)):
+        return bytes(data_or_path[:n])
+    with open(data_or_path, "rb") as f:
+        return f.read(n)
+
+
+def load_audio(data_or_path: Union[bytes, str], path: str) -> Tuple[np.ndarray, int]:
+    if media.sniff_audio(head_of(data_or_path)) is None:
         raise bad(invalid_message(path, "The audio must be in WAV, MP3 or FLAC format."))
     try:
-        samples, rate = media.decode_audio(data)
+        samples, rate = media.decode_audio(data_or_path)
     except Exception:
         raise bad(invalid_message(path, "The audio could not be decoded."))
     if samples.size == 0:
@@ -153,10 +214,10 @@ def load_audio(data: bytes, path: str) -> Tuple[np.ndarray, int]:
     return samples, rate
 
 
-def probe_video(data: bytes, path: str, model: str) -> video.VideoInfo:
+def probe_video(data_or_path: Union[bytes, str], path: str, model: str) -> video.VideoInfo:
     try:
-        info = video.probe(data)
-    except video.VideoError as exc:
+        info = video.probe(data_or_path)
+    except (video.VideoError, OSError) as exc:
         raise bad(invalid_message(path, f"The video could not be decoded: {exc}."))
     if model == M30:
         short, long_ = sorted((info.width, info.height))

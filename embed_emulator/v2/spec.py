@@ -23,6 +23,9 @@ IMAGE_MAX_BYTES = 32 * MB            # 3.0 image; every 3.5 media source
 AV_MAX_BYTES = 36 * MB               # 3.0 sync audio/video, decoded
 BASE64_MAX = {"image": 32 * MB, "audio": 36 * MB, "video": 36 * MB, "document": 32 * MB}
 TASK_FETCH_MAX_BYTES = 200 * MB      # emulator choice: a URL task reads at most this much
+# An audio/video asset in a task is opened by path, not read: it may be as large as an asset may
+# be (10 GB by multipart upload, see assets/spec.py). Config-mapped files are held to the same.
+TASK_ASSET_MAX_BYTES = 10 * 1024 * MB
 TASK_DOCUMENT_MAX_BYTES = 512 * MB
 IMAGE_MIN_SIDE = 128
 SYNC_MAX_SEC_35 = 30.0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 
@@ -92,18 +92,18 @@ class SyncCall:
         self.service.check_media_minutes(self.config)
         path = f"{kind}.media_source"
         source = load_source(self.config, self.assets, c.obj["media_source"], path, kind, AV_MAX_BYTES)
-        duration, probed = measure_av(source.data, path, kind, c.model)
+        duration, probed = measure_av(source.media, path, kind, c.model)
         # The limit applies to the file's duration, whatever start_sec/end_sec select
         # (emulator choice: the platform measures the file).
         if duration > self.config.max_sync_media_sec_30:
             raise too_large(duration_message(duration, self.config.max_sync_media_sec_30))
         span = media_span(spec, duration, kind)
         try:
-            content = decode_av(source.data, kind, probed, duration, span, wants_audio(spec))
+            content = decode_av(source.media, kind, probed, duration, span, wants_audio(spec))
         except video.VideoError as exc:
             raise bad(invalid_message(path, f"The media could not be decoded: {exc}."))
         data = av_entries(content, spec, c.model, c.dims, False)
-        key = v2_key(c.model, kind, source.data,
+        key = v2_key(c.model, kind, source.blocks(),
                      spec.start if spec.start_given else None, spec.end if spec.end_given else None)
         return self._result(data, key, av_metadata(spec, source, duration, span, c.model, None),
                             media_sec=span[1] - span[0])
@@ -168,14 +168,14 @@ class SyncCall:
             self.service.check_media_minutes(self.config)
 
         parts: List[np.ndarray] = []
-        key_parts: List[bytes] = []
+        key_parts: List[Iterable[bytes]] = []  # each part's bytes, in blocks
         tokens: Dict[str, int] = {}
         media_sec = 0.0
         text_parts = 0
         has_pdf = False
         if text is not None:
             parts.append(vectors.v2_text(text, c.model))
-            key_parts.append(text.encode())
+            key_parts.append([text.encode()])
             tokens["text"] = count_tokens(text)
             text_parts += 1
         for i, ms in enumerate(sources):
@@ -183,17 +183,17 @@ class SyncCall:
             kind = ms["media_type"]
             max_bytes = IMAGE_MAX_BYTES  # 32 MB for every 3.5 source and 3.0 images
             source = load_source(self.config, self.assets, ms, path, kind, max_bytes)
-            key_parts.append(source.data)
+            key_parts.append(source.blocks())
             if kind == "image":
                 parts.append(vectors.v2_image(load_image(source.data, path), c.model))
                 tokens["image"] = tokens.get("image", 0) + IMAGE_TOKENS
             elif kind in ("audio", "video"):
-                duration, probed = measure_av(source.data, path, kind, c.model)
+                duration, probed = measure_av(source.media, path, kind, c.model)
                 if duration > SYNC_MAX_SEC_35:
                     raise too_large(f"The `{path}` is too long. "
                                     + duration_message(duration, SYNC_MAX_SEC_35))
                 try:
-                    content = decode_av(source.data, kind, probed, duration, (0.0, duration))
+                    content = decode_av(source.media, kind, probed, duration, (0.0, duration))
                 except video.VideoError as exc:
                     raise bad(invalid_message(path, f"The video could not be decoded: {exc}."))
                 samples, rate = content.audio(0.0, duration)
@@ -233,5 +233,13 @@ class SyncCall:
             if truncated:
                 usage["truncation_reason"] = "model_context_window"
         return self._result([data_entry(vec, c.dims, c.uncertainty, c.model)],
-                            v2_key(c.model, "multi_input", b"\0".join(key_parts)),
+                            v2_key(c.model, "multi_input", _joined(key_parts)),
                             metadata, usage, media_sec)
+
+
+def _joined(parts: List[Iterable[bytes]]) -> Iterator[bytes]:
+    """The parts' bytes separated by NUL bytes, in blocks: b"\\0".join of the parts' bytes."""
+    for i, part in enumerate(parts):
+        if i:
+            yield b"\0"
+        yield from part

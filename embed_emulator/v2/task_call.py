@@ -15,8 +15,8 @@ from .av import (av_entries, av_metadata, av_usage, data_entry, decode_av, measu
 from .common import Outcome, parse_common
 from .errors import V2Error, bad
 from .sources import document_text, load_image, load_source
-from .spec import (AV_MAX_BYTES, BASE64_MAX, IMAGE_MAX_BYTES, IMAGE_TOKENS, M30, M35, TASK_DOCUMENT_MAX_BYTES,
-                   TASK_FETCH_MAX_BYTES, TASK_INPUT_TYPES, TASK_MAX_SEC, TASK_MIN_SEC, TEXT_TOKEN_LIMITS)
+from .spec import (AV_MAX_BYTES, BASE64_MAX, IMAGE_MAX_BYTES, IMAGE_TOKENS, M30, M35, TASK_ASSET_MAX_BYTES,
+                   TASK_DOCUMENT_MAX_BYTES, TASK_FETCH_MAX_BYTES, TASK_INPUT_TYPES, TASK_MAX_SEC, TASK_MIN_SEC, TEXT_TOKEN_LIMITS)
 
 if TYPE_CHECKING:  # the service imports this module to dispatch to it
     from .service import V2Service
@@ -65,16 +65,18 @@ class TaskCall:
         spec = parse_av(c.obj, kind, kind, c.model, task=True, uncertainty=c.uncertainty)
         self.service.check_media_minutes(self.config)
         path = f"{kind}.media_source"
+        # An asset is opened by path, never read whole: it may be as large as an asset can be.
         source = load_source(self.config, self.assets, c.obj["media_source"], path, kind,
                              AV_MAX_BYTES if "base64_string" in c.obj["media_source"] else
-                             TASK_FETCH_MAX_BYTES, fetch_max=TASK_FETCH_MAX_BYTES)
-        duration, probed = measure_av(source.data, path, kind, c.model, metadata_only=True)
+                             TASK_FETCH_MAX_BYTES, fetch_max=TASK_FETCH_MAX_BYTES,
+                             asset_max=TASK_ASSET_MAX_BYTES)
+        duration, probed = measure_av(source.media, path, kind, c.model, metadata_only=True)
         if duration < TASK_MIN_SEC or duration > TASK_MAX_SEC:
             raise bad(invalid_message(path, f"The duration ({duration:.1f} seconds) must be "
                                       f"between {TASK_MIN_SEC:g} seconds and "
                                       f"{TASK_MAX_SEC / 3600:g} hours."))
         span = media_span(spec, duration, kind)
-        model, dims, uncertainty, data = c.model, c.dims, c.uncertainty, source.data
+        model, dims, uncertainty, data = c.model, c.dims, c.uncertainty, source.media
 
         def work():
             try:
@@ -94,7 +96,7 @@ class TaskCall:
             listed = {**source.metadata(), "audio_embedding_option": spec.options,
                       "audio_embedding_scope": spec.scopes, "duration": round(duration, 6),
                       "start_offset_sec": round(span[0], 6), "end_offset_sec": round(span[1], 6)}
-        key = v2_key(c.model, kind, source.data,
+        key = v2_key(c.model, kind, source.blocks(),
                      spec.start if spec.start_given else None, spec.end if spec.end_given else None)
         return self._created(work, metadata, listed, key, media_sec=span[1] - span[0])
 
