@@ -102,6 +102,10 @@ def test_files_go_up_once_by_multipart_and_come_back_with_the_vectors_of_their_b
     assert assets["chunk_bytes_accepted"] == sizes and assets["chunk_puts_refused"] == 0
     assert summary["assets"]["uploaded"] == 2 and summary["assets"]["bytes_uploaded"] == sizes
     assert summary["assets"]["reused"] == 1  # the second row of the same bytes used the first one's asset
+    with open(os.path.join(output, "report.html")) as f:
+        report = f.read()
+    assert '<span data-key="assets.uploaded">2</span>' in report
+    assert f'<span data-key="assets.bytes_uploaded">{sizes}</span>' in report
     letters = {l["id"]: l["code"] for l in read_dead_letters(output)}
     assert letters == {"bad": "unsupported_format"}
     assert_exactly_once(output, 6)

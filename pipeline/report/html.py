@@ -311,7 +311,19 @@ def _api(summary: dict) -> str:
     tasks = summary.get("tasks") or {}
     return (f'<p>API: v1 {routes.get("v1", 0)} items, v2 {routes.get("v2", 0)} items, async tasks '
             f'{routes.get("task", 0)} items; tasks {tasks.get("created", 0)} created, {tasks.get("resumed", 0)} '
-            f'resumed, {tasks.get("ready", 0)} ready, {tasks.get("failed", 0)} failed.</p>')
+            f'resumed, {tasks.get("ready", 0)} ready, {tasks.get("failed", 0)} failed.</p>' + _assets(summary))
+
+
+def _assets(summary: dict) -> str:
+    a = summary.get("assets") or {}
+    if not any(a.get(k) for k in ("uploaded", "reused", "reuploaded", "resumed", "deleted")):
+        return ""
+    return (f'<p>Assets: <span data-key="assets.uploaded">{a.get("uploaded", 0)}</span> uploaded '
+            f'(<span data-key="assets.bytes_uploaded">{a.get("bytes_uploaded", 0)}</span> bytes in '
+            f'{a.get("upload_seconds", 0):.1f} s), {a.get("resumed", 0)} resumed, '
+            f'<span data-key="assets.reused">{a.get("reused", 0)}</span> reused, {a.get("reuploaded", 0)} '
+            f'uploaded again (gone), {a.get("sessions_restarted", 0)} sessions restarted (expired), '
+            f'<span data-key="assets.deleted">{a.get("deleted", 0)}</span> deleted.</p>')
 
 
 def render_report(summary: dict, timeline: Timeline, rate_per_minute: Optional[float] = None,
