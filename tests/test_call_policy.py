@@ -242,10 +242,10 @@ def test_worker_state_is_one_per_process_and_run_and_the_bucket_one_per_limit():
     other_run = acquire_worker_state(CallSettings(base_url="http://127.0.0.1:9/v1.3", model="marengo3.0",
                                                   run_id="r2", requests_per_minute=600, max_workers=2))
     assert other_run is not state and other_run.quota is not state.quota
-    assert other_run.bucket is state.bucket  # the account's limit outlives a run
+    assert other_run.pacer is state.pacer  # the account's limit outlives a run
     slower = acquire_worker_state(CallSettings(base_url="http://127.0.0.1:9/v1.3", model="marengo3.0",
                                                run_id="r1", requests_per_minute=60, max_workers=2))
-    assert slower.bucket is not state.bucket and isinstance(state.bucket, Pacer)
+    assert slower.pacer is not state.pacer and isinstance(state.pacer, Pacer)
 
 
 def test_worker_state_outlives_a_dofn_torn_down_per_bundle_then_makes_room():

@@ -35,7 +35,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import embed_client
 import transforms
-from embed_client.pacing import make_bucket
+from embed_client.pacing import make_pacer
 from embed_client.pacing.local import TokenBucket
 from transforms import (EmbedWithTwelveLabs, TwelveLabsEmbeddingModelHandler, TwelveLabsImageEmbeddings,
                         TwelveLabsOptions, TwelveLabsTextEmbeddings)
@@ -61,7 +61,7 @@ try:
     from embed_emulator import Emulator
 except ImportError as exc:
     report["emulator"] = str(exc)
-bucket = make_bucket(600, backend="redis", redis_url="redis://127.0.0.1:9/0")
+bucket = make_pacer(600, backend="redis", redis_url="redis://127.0.0.1:9/0")
 report["redis_fallback"] = isinstance(bucket, TokenBucket)
 print("REPORT", json.dumps(report), flush=True)
 '''

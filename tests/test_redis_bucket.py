@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from embed_client.pacing import make_bucket
+from embed_client.pacing import make_pacer
 from embed_client.pacing.local import TokenBucket
 from embed_client.pacing.redis_gcra import RedisTokenBucket
 
@@ -318,15 +318,15 @@ def test_unlimited_rate_still_shares_the_pause(redis_server, key):
 
 
 def test_factory_backends(redis_server, key):
-    local = make_bucket(600, "local", max_workers=4)
+    local = make_pacer(600, "local", max_workers=4)
     assert type(local) is TokenBucket and local.configured_rate == 150
-    assert make_bucket(None).configured_rate is None
-    shared = make_bucket(600, "redis", redis_server.url, max_workers=4, key=key)
+    assert make_pacer(None).configured_rate is None
+    shared = make_pacer(600, "redis", redis_server.url, max_workers=4, key=key)
     assert isinstance(shared, RedisTokenBucket) and shared.configured_rate == 600
     with pytest.raises(ValueError, match="unknown rate limit backend"):
-        make_bucket(600, "memcached")
+        make_pacer(600, "memcached")
     with pytest.raises(ValueError, match="redis_url"):
-        make_bucket(600, "redis")
+        make_pacer(600, "redis")
 
 
 def test_factory_falls_back_to_a_per_worker_share_when_redis_is_unreachable(caplog):
@@ -334,8 +334,8 @@ def test_factory_falls_back_to_a_per_worker_share_when_redis_is_unreachable(capl
     url = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
     with caplog.at_level(logging.WARNING, logger="embed_client"):
         began = time.monotonic()
-        bucket = make_bucket(600, "redis", url, max_workers=4)
-        again = make_bucket(600, "redis", url, max_workers=4)
+        bucket = make_pacer(600, "redis", url, max_workers=4)
+        again = make_pacer(600, "redis", url, max_workers=4)
     assert time.monotonic() - began < 5
     assert type(bucket) is TokenBucket and bucket.configured_rate == 150
     assert type(again) is TokenBucket and again.configured_rate == 150
@@ -353,7 +353,7 @@ def test_factory_falls_back_to_a_per_worker_share_when_redis_is_unreachable(capl
 def test_redis_lost_mid_run_paces_locally_at_the_share(tmp_path, key, caplog):
     server = RedisServer(_redis_binary(), str(tmp_path))
     try:
-        bucket = make_bucket(600, "redis", server.url, max_workers=2, key=key)
+        bucket = make_pacer(600, "redis", server.url, max_workers=2, key=key)
         assert isinstance(bucket, RedisTokenBucket)
         bucket.acquire()
     finally:

@@ -2,7 +2,7 @@
 
 `local.TokenBucket` paces one process (`local.MediaMinutesBudget` meters media minutes per hour);
 `redis_gcra.RedisTokenBucket` shares one limit among every worker through Redis. Callers depend on the
-protocol and on `make_bucket`; the bucket modules import only downward (`redis_gcra` uses `local`'s
+protocol and on `make_pacer`; the bucket modules import only downward (`redis_gcra` uses `local`'s
 constants and its fallback bucket), never this chooser.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Optional, Protocol, runtime_checkable
 from embed_client.pacing.local import TokenBucket
 from embed_client.pacing.redis_gcra import RedisTokenBucket, connect, redacted_url
 
-__all__ = ["BACKENDS", "Pacer", "make_bucket"]
+__all__ = ["BACKENDS", "Pacer", "make_pacer"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _WARNED_URLS: set = set()
 _WARNED_LOCK = threading.Lock()
 
 
-def make_bucket(rate_per_minute: Optional[float], backend: str = "local", redis_url: Optional[str] = None,
+def make_pacer(rate_per_minute: Optional[float], backend: str = "local", redis_url: Optional[str] = None,
                 max_workers: int = 1, key: str = "tl-embed:ratelimit", burst: float = 1.0):
     """The bucket a worker process paces its calls with. `rate_per_minute` is the limit for the
     whole job (None: no pace).

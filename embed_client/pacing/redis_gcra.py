@@ -21,7 +21,7 @@ there is no read-modify-write race between workers and no dependency on workers'
 
 If Redis becomes unreachable mid-run, the bucket logs one warning and paces with a local bucket at
 `rate_per_minute / max_workers` (this process's share) until Redis answers again; it never stops the
-job and never runs unthrottled. `make_bucket` in `embed_client.pacing` does the same when Redis is
+job and never runs unthrottled. `make_pacer` in `embed_client.pacing` does the same when Redis is
 unreachable from the start.
 """
 from __future__ import annotations

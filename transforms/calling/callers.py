@@ -20,11 +20,11 @@ def make_caller(kind: str, settings: CallSettings, client: EmbedClient, state: W
     if kind not in ROUTES:
         raise ValueError(f"kind must be one of {ROUTES}")
     if kind == "v1":
-        return Caller(settings, client, state.bucket, state.quota, state.meter)
+        return Caller(settings, client, state.pacer, state.quota, state.meter)
     if kind == "v2":
-        caller: Caller = SyncV2Caller(settings, client, state.bucket, state.quota)
+        caller: Caller = SyncV2Caller(settings, client, state.pacer, state.quota)
     else:
-        caller = TaskCaller(settings, client, state.bucket, state.quota, known=known_tasks or {},
+        caller = TaskCaller(settings, client, state.pacer, state.quota, known=known_tasks or {},
                             journal=TaskJournal(output, settings.run_id))
     caller.meter = state.meter
     caller.media = state.media

@@ -2,7 +2,7 @@
 answer to outcomes, dead letters or deferred items. No Beam in here: the calling step's DoFn, the
 RunInference handler and the unit tests drive the same objects.
 
-    policy = Caller(settings, client, bucket)      # bucket: any embed_client.pacing.Pacer
+    caller = Caller(settings, client, pacer)       # pacer: any embed_client.pacing.Pacer
     records, stats = policy.run(Call([item, ...]))     # never raises for an item; ApiKeyRejected for a bad key
 """
 from __future__ import annotations
@@ -184,7 +184,7 @@ class WorkerState:
     """What every caller of one process shares for a run: the pace, the quota, the wait meter and the
     media-minutes budget (None when not configured). transforms.calling.worker_state hands these out per process."""
 
-    bucket: Pacer
+    pacer: Pacer
     quota: QuotaState
     meter: WaitMeter = dataclasses.field(default_factory=WaitMeter)
     media: Optional[MediaMinutesBudget] = None
@@ -206,12 +206,12 @@ class WorkerState:
             return self._uploader
 
     @classmethod
-    def for_settings(cls, settings: CallSettings, bucket: Pacer) -> "WorkerState":
+    def for_settings(cls, settings: CallSettings, pacer: Pacer) -> "WorkerState":
         """A fresh state with this process's share of the run's call budget and media minutes."""
         budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
         media = None if settings.media_minutes_per_hour is None else \
             MediaMinutesBudget(settings.media_minutes_per_hour / settings.max_workers)
-        return cls(bucket, QuotaState(budget, settings.outage_after_failures), WaitMeter(), media)
+        return cls(pacer, QuotaState(budget, settings.outage_after_failures), WaitMeter(), media)
 
 
 def read_file(path: str) -> Tuple[str, bytes, str]:
@@ -257,12 +257,12 @@ class Caller:
 
     The v2 callers (transforms.calling.v2) override `_run`, `_build`, `_send`, `_check` and `_map`."""
 
-    def __init__(self, settings: CallSettings, client: EmbedClient, bucket: Pacer,
+    def __init__(self, settings: CallSettings, client: EmbedClient, pacer: Pacer,
                  quota: Optional[QuotaState] = None, meter: Optional[WaitMeter] = None,
                  read: Callable[[str], Tuple[str, bytes, str]] = read_file):
         self.settings = settings
         self.client = client
-        self.bucket = bucket
+        self.pacer = pacer
         self.quota = quota or QuotaState(settings.max_calls, settings.outage_after_failures)
         self.meter = meter or WaitMeter()
         self.policy = settings.retry_policy()
@@ -319,8 +319,8 @@ class Caller:
     def attempt(self, send: Callable[[], object], items_in_call: int, stats: CallStats, counter: Attempts,
                 paid: bool = True):
         """One try: wait for a turn at the limit, take the budget (paid calls only), send, and tell the
-        bucket and the quota how it went. Raises NotCalled when the budget is spent."""
-        stats.throttled_sec += self.meter.wait(self.bucket.acquire)
+        pacer and the quota how it went. Raises NotCalled when the budget is spent."""
+        stats.throttled_sec += self.meter.wait(self.pacer.acquire)
         if paid and not self.quota.take_call():
             raise NotCalled()
         counter.count += 1
@@ -341,13 +341,13 @@ class Caller:
                 dimension = getattr(exc.rate_limit, "dimensions", None)
                 if dimension:
                     stats.limited_dimensions.append(dimension)
-                self.bucket.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
+                self.pacer.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
                                             _per_minute_limit(exc.rate_limit))
             raise
         stats.latencies_ms.append(int((time.monotonic() - sent) * 1000))
         stats.mark(False)
         self.quota.service_result(False)
-        self.bucket.on_success()
+        self.pacer.on_success()
         return response
 
     def _send_paced(self, send, items_in_call: int, stats: CallStats, counter: Attempts, paid: bool = True):

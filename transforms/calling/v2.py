@@ -314,9 +314,9 @@ class _TaskGone(Exception):
 class TaskCaller(_MediaPaced, Caller):
     """Audio and video too long for a sync call: create a task once, record it, poll it to the end."""
 
-    def __init__(self, settings: CallSettings, client, bucket, quota=None, known: Optional[Dict[str, TaskRecord]] = None,
+    def __init__(self, settings: CallSettings, client, pacer, quota=None, known: Optional[Dict[str, TaskRecord]] = None,
                  journal: Optional[TaskJournal] = None, clock=time.time, sleep=time.sleep):
-        super().__init__(settings, client, bucket, quota)
+        super().__init__(settings, client, pacer, quota)
         self.known = dict(known or {})
         self.journal = journal or TaskJournal(None, settings.run_id)
         # Task ids some item already owns: an unrecorded create may only be matched to another task.

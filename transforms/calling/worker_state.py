@@ -15,11 +15,11 @@ import threading
 
 from apache_beam.utils import shared
 
-from embed_client.pacing import Pacer, make_bucket
+from embed_client.pacing import Pacer, make_pacer
 from transforms.calling.engine import QuotaState, WaitMeter, WorkerState
 from transforms.settings import CallSettings
 
-__all__ = ["QuotaState", "WaitMeter", "WorkerState", "acquire_worker_state", "process_bucket"]
+__all__ = ["QuotaState", "WaitMeter", "WorkerState", "acquire_worker_state", "process_pacer"]
 
 
 class _NamedShared(shared.Shared):
@@ -29,9 +29,9 @@ class _NamedShared(shared.Shared):
         self._key = key
 
 
-def bucket_key(settings: CallSettings) -> str:
-    """One bucket per process, endpoint and limit, across runs (the account's limit outlives a run)."""
-    return "tl-embed/bucket/" + json.dumps([settings.base_url, settings.requests_per_minute, settings.max_workers,
+def pacer_key(settings: CallSettings) -> str:
+    """One pacer per process, endpoint and limit, across runs (the account's limit outlives a run)."""
+    return "tl-embed/pacer/" + json.dumps([settings.base_url, settings.requests_per_minute, settings.max_workers,
                                             settings.rate_limit_backend, settings.redis_url,
                                             settings.rate_limit_key])
 
@@ -40,12 +40,12 @@ def state_key(settings: CallSettings) -> str:
     """One quota, call budget, wait meter and media budget per process, run and endpoint."""
     return "tl-embed/state/" + json.dumps([settings.run_id, settings.base_url, settings.max_calls,
                                            settings.max_workers, settings.outage_after_failures,
-                                           settings.media_minutes_per_hour]) + bucket_key(settings)
+                                           settings.media_minutes_per_hour]) + pacer_key(settings)
 
 
-def process_bucket(settings: CallSettings) -> Pacer:
-    """This process's bucket for `settings`; it lives while someone (a WorkerState) holds it."""
-    return _NamedShared(bucket_key(settings)).acquire(lambda: make_bucket(
+def process_pacer(settings: CallSettings) -> Pacer:
+    """This process's pacer for `settings`; it lives while someone (a WorkerState) holds it."""
+    return _NamedShared(pacer_key(settings)).acquire(lambda: make_pacer(
         settings.requests_per_minute, backend=settings.rate_limit_backend, redis_url=settings.redis_url,
         max_workers=settings.max_workers, key=settings.rate_limit_key))
 
@@ -59,7 +59,7 @@ _recent_lock = threading.Lock()
 def acquire_worker_state(settings: CallSettings) -> WorkerState:
     """This process's state for `settings`: keep the returned object referenced while calling."""
     state = _NamedShared(state_key(settings)).acquire(
-        lambda: WorkerState.for_settings(settings, process_bucket(settings)))
+        lambda: WorkerState.for_settings(settings, process_pacer(settings)))
     with _recent_lock:
         if not any(held is state for held in _recent):
             _recent.append(state)

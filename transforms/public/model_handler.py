@@ -95,7 +95,7 @@ def _error(record: Union[DeadLetter, Deferred]) -> EmbeddingError:
 
 
 class TwelveLabsEmbeddingModel:
-    """What `load_model` returns: one client, this process's bucket and quota, the v1/v2/task callers, and the
+    """What `load_model` returns: one client, this process's pacer and quota, the v1/v2/task callers, and the
     bounded pools their calls run on. Shared (through RunInference's `Shared`) by every thread of the process."""
 
     def __init__(self, settings: CallSettings, pack: bool = True):
@@ -108,7 +108,7 @@ class TwelveLabsEmbeddingModel:
         # No output folder: a task is polled until it ends or `task_deadline_sec` passes, then deferred.
         self.callers: Dict[str, Caller] = {kind: make_caller(kind, settings, self.client, self.state)
                                                for kind in ("v1", "v2", "task")}
-        self.bucket, self.quota = self.state.bucket, self.state.quota
+        self.pacer, self.quota = self.state.pacer, self.state.quota
         self._calls_pool = concurrent.futures.ThreadPoolExecutor(settings.max_in_flight,
                                                                  thread_name_prefix="tl-infer")
         self._tasks_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
