@@ -393,6 +393,7 @@ class Bench:
                 print("  upload s: session created to last chunk reported (our ensure() minus the wait for ready);\n"
                       "  hash s: our sha256 pass before it (the job's validate step; the SDK keys nothing);\n"
                       "  temp MB: largest size seen of the SDK's chunk folder (<file>_chunks, next to the file);\n"
+                      "  CPU s: the arm's user+system over its work (hash, upload and wait);\n"
                       "  disk wr / read MB: the arm's /proc/self/io write_bytes over its work, rchar over the upload",
                       flush=True)
                 print(flush=True)

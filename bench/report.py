@@ -250,8 +250,8 @@ def scale_ratios(rows: List[dict]) -> str:
 
 
 _MIB = 1024 * 1024
-UPLOAD_COLUMNS = ("arm", "file MB", "upload s", "MB/s", "hash s", "ready s", "asset", "RSS start", "RSS peak",
-                  "temp MB", "disk wr MB", "read MB")
+UPLOAD_COLUMNS = ("arm", "file MB", "upload s", "MB/s", "hash s", "ready s", "asset", "CPU s", "RSS start",
+                  "RSS peak", "temp MB", "disk wr MB", "read MB")
 
 
 def derive_upload(result: dict, label: str) -> dict:
@@ -266,12 +266,13 @@ def derive_upload(result: dict, label: str) -> dict:
 
 
 def upload_table(title: str, rows: List[dict]) -> str:
-    widths = (34, 7, 8, 6, 6, 7, 6, 9, 8, 7, 10, 7)
+    widths = (34, 7, 8, 6, 6, 7, 6, 5, 9, 8, 7, 10, 7)
     mb = lambda v: "-" if v is None else f"{v / _MIB:.0f}"  # noqa: E731
     lines = [title, _row(UPLOAD_COLUMNS, widths)]
     for r in rows:
         lines.append(_row((r["label"], mb(r["size"]), f"{r['upload_sec']:.2f}", f"{r['mb_per_sec']:.0f}",
-                           f"{r['hash_sec']:.2f}", f"{r['ready_sec']:.2f}", r["status"], f"{r['start_rss_mb']:.0f}",
+                           f"{r['hash_sec']:.2f}", f"{r['ready_sec']:.2f}", r["status"], f"{r['cpu_sec']:.1f}",
+                           f"{r['start_rss_mb']:.0f}",
                            f"{r['peak_rss_mb']:.0f}", mb(r.get("temp_peak")), mb(r["write_bytes"]),
                            mb(r["read_bytes"])), widths))
     return "\n".join(lines)
