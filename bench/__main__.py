@@ -35,6 +35,14 @@ Scenarios:
                 again with 2 rows' text changed (the rewrite finalize does for them). Per run: wall time, time
                 to the first call (the emulator's own time of its first request), finalize's time (timed in the
                 arm) and bytes rewritten, peak RSS; then the ratios of the largest N to the smallest.
+  upload        large media uploads (issue 23), the emulator's chunk size left at its platform-like 5 MiB, asset
+                processing 0.05 s: (1) a 1 GB WAV (--full 2 GB) through our Uploader (multipart, max_parallel_chunks
+                4 and 5) vs twelvelabs 1.3.6 `multipart_upload.upload_file` (max_workers 5, batch_size 10): upload
+                seconds, MB/s, peak RSS, temp disk (the SDK's chunk copies, sampled) and disk writes; (2) our peak
+                RSS on 256 MB vs 2 GB from a local path and from benchfs:// (bench.benchfs: Beam's remote-read
+                stack over a local file); (3) SIGKILL at half of a 1 GB upload, then a rerun: bytes the emulator
+                accepted over both vs the file (target: at most one chunk plus the chunks in flight more), ours
+                (journal) and the SDK's (starts over). Arms `upload-job` / `upload-sdk`.
   durable       the cost of durability: text manifest (5000, --full 20000), no limit, no latency, the
                 default output.flush_sec (5 s, every result journaled) against flush_sec 0 (a Parquet
                 piece per call's results); two alternating rounds (--full: one).
@@ -70,16 +78,18 @@ from typing import Dict, List, Optional, Sequence
 from bench import report
 from bench.arm import ARMS
 from bench.emulator import ROOT, EmulatorProcess, RequestSampler
+from bench import upload as up
 from bench.manifests import (MediaServer, edited_manifest, head_manifest, mixed_manifest, text_manifest, v2_counts,
                              v2_manifest)
 
-SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable", "scale")
+SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable", "scale", "upload")
 # (default, --full); None means no cap.
 SIZES = {"rate_items": (360, 3000), "rate_peer_items": (40, 600),
          "text_items": (5000, 20000), "mixed_items": (900, 3000), "overhead_peer_items": (1000, None),
          "memory_rows": (20000, 100000), "memory_base_rows": (3000, 3000), "v2_items": (340, 1530),
          "adaptive_items": (1800, 3600), "durable_items": (5000, 20000),
-         "scale_rows": ((10000, 30000), (10000, 100000, 300000))}
+         "scale_rows": ((10000, 30000), (10000, 100000, 300000)),
+         "upload_mb": (1024, 2048), "upload_rss_mb": ((256, 2048), (256, 2048)), "upload_kill_mb": (1024, 1024)}
 # scale: the rerun adds this fraction of new rows; the third run changes the text of this many rows.
 SCALE_ADDED, SCALE_EDITED = 0.01, 2
 RPM, LATENCY_MS, JITTER_MS, THREADS = 600, 200.0, 50.0, 8
@@ -88,6 +98,9 @@ TASK_READY_AFTER_SEC, TASK_POLL_SEC = 3.0, 1.0
 ADAPTIVE_TOLD_RPM, ADAPTIVE_SERVER_RPM = 1200, 900
 # durable: the two arms alternate, so drift in the machine's load hits both; (default, --full) rounds.
 DURABLE_ROUNDS = (2, 1)
+# upload: the emulator's chunk size (its default, the platform's 5 MiB, set explicitly), its asset processing time
+# (short: the wait for `ready` must not weigh on the upload), our parallel chunk PUTs, the SDK's max_workers.
+UPLOAD_CHUNK, UPLOAD_PROCESSING_SEC, UPLOAD_PARALLEL, SDK_WORKERS = 5 * 1024 * 1024, 0.05, (4, 5), 5
 LABELS = {"handler": "RunInference + our handler", "sdk": "twelvelabs SDK loop",
           "runinference": "RunInference remote",
           "threads": f"requests x{THREADS} threads"}
@@ -335,6 +348,128 @@ class Bench:
             f"(load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at the start)", rows))
         print(report.scale_ratios(rows), flush=True)
         print(flush=True)
+
+    def upload(self) -> None:
+        folder = os.path.join(self.workdir, "upload")
+        store = os.path.join(folder, "emulator")
+        os.makedirs(store, exist_ok=True)
+        mib = 1024 * 1024
+        files: Dict[int, str] = {}
+
+        def media(mb: int) -> str:
+            if mb not in files:
+                files[mb] = up.make_wav(os.path.join(folder, f"upload-{mb}mb.wav"), mb * mib)
+            return files[mb]
+
+        def arm(emu, name: str, path: str, label: str, args: Sequence[str] = ()) -> Optional[dict]:
+            if name not in self.arms:
+                return None
+            emu.reset()
+            proc = up.ArmProcess(emu, name, ["--file", path, *args], os.path.join(folder, "arm.json"), ROOT,
+                                 watch=[up.sdk_chunk_dir(path)])
+            result = proc.run()
+            result.update(arm=name, temp_peak=proc.temp_peak, emulator=emu.stats()["assets"],
+                          load_1m=os.getloadavg()[0])
+            emu.delete_asset(result["upload"]["asset_id"])
+            return report.derive_upload(result, label)
+
+        size_mb = self.size("upload_mb")
+        try:
+            with EmulatorProcess(asset_chunk_size=UPLOAD_CHUNK, asset_processing_sec=UPLOAD_PROCESSING_SEC,
+                                 asset_storage_dir=store, quiet=True) as emu:
+                path = media(size_mb)
+                rows = [arm(emu, "upload-job", path, f"Uploader, {p} parallel chunks", ["--parallel", str(p)])
+                        for p in UPLOAD_PARALLEL]
+                sdk = arm(emu, "upload-sdk", path, f"SDK upload_file, max_workers {SDK_WORKERS}",
+                          ["--parallel", str(SDK_WORKERS)])
+                rows = [r for r in rows + [sdk] if r]
+                self.results.setdefault("upload", []).extend(rows)
+                print(report.upload_table(
+                    f"== upload: a {size_mb} MB WAV from a local path, multipart, chunks of {UPLOAD_CHUNK // mib} MiB "
+                    f"(MB = 2^20 bytes; load average {os.getloadavg()[0]:.2f})", rows))
+                ours = [r for r in rows if r["arm"] == "upload-job"]
+                if ours and sdk:
+                    print(report.upload_ratios(ours, sdk))
+                print("  upload s: session created to last chunk reported (our ensure() minus the wait for ready);\n"
+                      "  hash s: our sha256 pass before it (the job's validate step; the SDK keys nothing);\n"
+                      "  temp MB: largest size seen of the SDK's chunk folder (<file>_chunks, next to the file);\n"
+                      "  CPU s: the arm's user+system over its work (hash, upload and wait);\n"
+                      "  disk wr / read MB: the arm's /proc/self/io write_bytes over its work, rchar over the upload",
+                      flush=True)
+                print(flush=True)
+
+                rss_rows = []
+                for mb in self.size("upload_rss_mb"):
+                    for via in ("local", "benchfs"):
+                        row = arm(emu, "upload-job", media(mb), f"Uploader {via}, {mb} MB",
+                                  ["--parallel", str(UPLOAD_PARALLEL[0]), "--via", via])
+                        if row:
+                            rss_rows.append(row)
+                self.results.setdefault("upload", []).extend(rss_rows)
+                print(report.upload_table(
+                    f"== upload RSS: our Uploader ({UPLOAD_PARALLEL[0]} parallel chunks) by file size, local path vs "
+                    "benchfs:// (Beam's DownloaderStream in a 16 MiB BufferedReader, as s3io/gcsio)", rss_rows))
+                by = {(r["upload"]["via"], r["size"]): r for r in rss_rows}
+                small, big = (m * mib for m in self.size("upload_rss_mb"))
+                for via in ("local", "benchfs"):
+                    if (via, small) in by and (via, big) in by:
+                        a, b = by[(via, small)], by[(via, big)]
+                        growth = [r["peak_rss_mb"] - r["start_rss_mb"] for r in (a, b)]
+                        print(f"  {via}: peak RSS {big // mib} MB / {small // mib} MB x"
+                              f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}; growth over start {growth[0]:.0f} -> "
+                              f"{growth[1]:.0f} MB; bytes read per byte uploaded {b['read_bytes'] / b['size']:.2f}")
+                print(flush=True)
+
+                kill_rows = []
+                kill_mb = self.size("upload_kill_mb")
+                path = media(kill_mb)
+                for name, label, args in (
+                        ("upload-job", f"Uploader, {UPLOAD_PARALLEL[0]} parallel",
+                         ["--parallel", str(UPLOAD_PARALLEL[0])]),
+                        ("upload-sdk", f"SDK, max_workers {SDK_WORKERS}", ["--parallel", str(SDK_WORKERS)])):
+                    if name in self.arms:
+                        kill_rows.append(self._upload_kill(emu, folder, name, label, path, args))
+                self.results.setdefault("upload-kill", []).extend(kill_rows)
+                print(report.upload_kill_table(
+                    f"== upload kill/rerun: SIGKILL once the emulator accepted half of a {kill_mb} MB upload, then run "
+                    "again; bytes accepted over both runs", kill_rows))
+                print("  ours: the rerun reads the asset journal (OUTPUT/assets/) and carries the session on;\n"
+                      "  target: the file + one chunk + the chunks in flight at the kill (max_parallel_chunks).\n"
+                      "  SDK: nothing is kept across a kill: a new session and the whole file again; its chunk copies\n"
+                      "  stay on disk after the kill ('left on disk') until a later run of the same file removes them.",
+                      flush=True)
+                print(flush=True)
+        finally:
+            up.remove(folder)
+
+    def _upload_kill(self, emu: EmulatorProcess, folder: str, name: str, label: str, path: str,
+                     args: Sequence[str]) -> dict:
+        size = os.path.getsize(path)
+        output = os.path.join(folder, "kill-output")
+        up.remove(output)
+        emu.reset()
+        out = os.path.join(folder, "arm.json")
+        extra = ["--output", output] if name == "upload-job" else []
+        first = up.ArmProcess(emu, name, ["--file", path, *args, *extra], out, ROOT, kill_at_bytes=size // 2)
+        first.run()
+        if first.killed_at is None:
+            raise SystemExit(f"{label}: finished before the kill at half ({first.returncode})")
+        time.sleep(0.5)  # PUTs cut by the kill end on the emulator's side
+        at_kill = emu.stats()["assets"]
+        left = up.dir_bytes(up.sdk_chunk_dir(path)) if name == "upload-sdk" else 0
+        second = up.ArmProcess(emu, name, ["--file", path, *args, *extra], out, ROOT, watch=[up.sdk_chunk_dir(path)])
+        result = second.run()
+        stats = emu.stats()["assets"]
+        emu.delete_asset(result["upload"]["asset_id"])
+        up.remove(output)
+        parallel = int(args[args.index("--parallel") + 1])
+        return {"arm": name, "label": label, "size": size, "killed_at": at_kill["chunk_bytes_accepted"],
+                "killed_at_sampled": first.killed_at, "left_on_disk": left, "rerun_sec": result["upload"]["upload_sec"],
+                "rerun": result["upload"], "rerun_peak_rss_mb": result["peak_rss_mb"], "temp_peak": second.temp_peak,
+                "total_accepted": stats["chunk_bytes_accepted"], "total_received": stats["chunk_bytes_received"],
+                "sessions": stats["sessions_created"], "chunk_size": UPLOAD_CHUNK,
+                "target_excess": UPLOAD_CHUNK * (1 + parallel) if name == "upload-job" else None,
+                "emulator": stats}
 
     @staticmethod
     def _v2_check(row: dict) -> str:

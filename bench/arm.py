@@ -7,6 +7,10 @@ to FILE (the two epoch times bound the work, so the bench can place the emulator
 pipeline arm adds "summary": the job's own counts (calls, task polls, tasks, 429s, items by route), and
 "finalize": the job's finalize step (a step of the Beam job) as its summary reports it ({"sec",
 "segment_rows_dropped", "segment_bytes_rewritten", "pieces_compacted"}).
+
+The upload arms (`upload-job`: our Uploader, `upload-sdk`: twelvelabs' `upload_file`) take `--file` instead
+of a manifest and add "upload": timings, the asset's status and the Uploader's counts (bench.upload), and
+"io": the process's /proc/self/io counters over the work (write_bytes: what it wrote to disk).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import tempfile
 import threading
 import time
 
-ARMS = ("pipeline", "handler", "sdk", "runinference", "threads")
+ARMS = ("pipeline", "handler", "sdk", "runinference", "threads", "upload-job", "upload-sdk")
+UPLOAD_ARMS = ("upload-job", "upload-sdk")
 
 
 def _cpu() -> float:
@@ -86,7 +91,7 @@ def _profiled(work, path: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.arm")
     parser.add_argument("arm", choices=ARMS)
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--manifest", help="the manifest (every arm but the upload ones)")
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--out", required=True, help="JSON result file")
     parser.add_argument("--output", help="the pipeline's output folder (default: a new temp folder)")
@@ -97,7 +102,14 @@ def main(argv=None) -> int:
     parser.add_argument("--task-poll-sec", type=float, help="pipeline: calls.task_poll_sec (default: the job's)")
     parser.add_argument("--max-tasks-in-flight", type=int, help="pipeline: calls.max_tasks_in_flight")
     parser.add_argument("--flush-sec", type=float, help="pipeline: output.flush_sec (0: a piece per call's results)")
+    parser.add_argument("--file", help="upload arms: the file to upload")
+    parser.add_argument("--parallel", type=int, default=4,
+                        help="upload-job: max_parallel_chunks; upload-sdk: max_workers")
+    parser.add_argument("--via", choices=("local", "benchfs"), default="local",
+                        help="upload-job: read the file by its local path or as benchfs:// (bench.benchfs)")
     args = parser.parse_args(argv)
+    if (args.arm in UPLOAD_ARMS) != (args.file is not None) or (args.arm not in UPLOAD_ARMS and not args.manifest):
+        parser.error("the upload arms take --file, the others --manifest")
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TWELVE_LABS_API_KEY", "bench-key")
 
@@ -106,14 +118,23 @@ def main(argv=None) -> int:
         import pipeline.run  # noqa: F401
     elif args.arm in ("runinference", "handler"):
         import apache_beam.ml.inference.base  # noqa: F401
-    elif args.arm == "sdk":
+    elif args.arm in ("sdk", "upload-sdk"):
         import twelvelabs  # noqa: F401
-    from bench import peers
+    elif args.arm == "upload-job":
+        import transforms.calling.upload  # noqa: F401
+    if args.arm in UPLOAD_ARMS:
+        from bench import upload
+    else:
+        from bench import peers
 
     settings = {name: getattr(args, name) for name in ("api_version", "task_poll_sec", "max_tasks_in_flight", "flush_sec")
                 if getattr(args, name) is not None}
     extra: dict = {}
+    upload_extra: dict = {}
     runners = {
+        "upload-job": lambda: upload.run_upload_job(args.file, args.base_url, args.parallel, args.via, args.output,
+                                                    upload_extra),
+        "upload-sdk": lambda: upload.run_upload_sdk(args.file, args.base_url, args.parallel, upload_extra),
         "pipeline": lambda: run_pipeline(args.manifest, args.base_url, args.rpm,
                                          args.output or tempfile.mkdtemp(prefix="bench-out-"), args.threads,
                                          extra, **settings),
@@ -122,11 +143,15 @@ def main(argv=None) -> int:
         "handler": lambda: peers.run_handler(args.manifest, args.base_url, args.rpm),
         "threads": lambda: peers.run_threads(args.manifest, args.base_url, args.rpm, args.threads),
     }
+    io0 = upload.proc_io() if args.arm in UPLOAD_ARMS else {}
     start_rss, cpu0, started_at, t0 = _rss_mb(), _cpu(), time.time(), time.perf_counter()
     items = _profiled(runners[args.arm], args.profile) if args.profile else runners[args.arm]()
     wall, cpu, ended_at = time.perf_counter() - t0, _cpu() - cpu0, time.time()
     result = {"items": items, "wall_sec": wall, "cpu_sec": cpu, "peak_rss_mb": _rss_mb(),
               "start_rss_mb": start_rss, "started_at": started_at, "ended_at": ended_at}
+    if upload_extra:
+        result["upload"] = upload_extra
+        result["io"] = {name: value - io0.get(name, 0) for name, value in upload.proc_io().items()}
     if extra:
         finalize = extra.pop("finalize", None)
         result["summary"] = extra

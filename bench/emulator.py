@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import List, Optional, Tuple
 
@@ -16,16 +17,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class EmulatorProcess:
-    def __init__(self, rpm: Optional[int] = None, latency_ms: float = 0.0, jitter_ms: float = 0.0):
+    """`asset_knobs`: the emulator's asset options by their CLI names without dashes (asset_chunk_size,
+    asset_processing_sec, asset_initial_urls, chunk_put_delay_ms, asset_storage_dir, ...); `quiet`: its stderr
+    discarded (a client killed mid-PUT makes its HTTP server print a traceback per cut connection)."""
+
+    def __init__(self, rpm: Optional[int] = None, latency_ms: float = 0.0, jitter_ms: float = 0.0,
+                 quiet: bool = False, **asset_knobs):
+        self.quiet = quiet
         self.args = ["--port", "0", "--seed", "1", "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms)]
         if rpm:
             self.args += ["--rpm", str(rpm)]
+        for name, value in asset_knobs.items():
+            if value is not None:
+                self.args += ["--" + name.replace("_", "-"), str(value)]
         self.proc: Optional[subprocess.Popen] = None
         self.base_url = ""
 
     def __enter__(self) -> "EmulatorProcess":
         self.proc = subprocess.Popen([sys.executable, "-m", "embed_emulator", *self.args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if self.quiet else None,
+                                     text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("EMULATOR_URL="):
             self.__exit__()
@@ -61,6 +72,17 @@ class EmulatorProcess:
 
     def stats(self) -> dict:
         return self._control("GET", "/emulator/stats")
+
+    def delete_asset(self, asset_id: str) -> None:
+        """DELETE /assets/{id}: frees the emulator's copy of the bytes (an uploaded GB stays on disk otherwise)."""
+        request = urllib.request.Request(f"{self.base_url}/assets/{asset_id}", method="DELETE",
+                                         headers={"x-api-key": os.environ.get("TWELVE_LABS_API_KEY", "bench-key")})
+        try:
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
 
     def cpu_sec(self) -> float:
         """The emulator's own CPU so far (user + system, from /proc), to see what it takes from the client."""

@@ -247,3 +247,65 @@ def scale_ratios(rows: List[dict]) -> str:
         parts.append(f"  {edited['run']} on {hi} rows rewrote {edited['bytes_rewritten'] / 1e6:.1f} MB "
                      f"(target: a few MB at 300k)")
     return "\n".join(parts)
+
+
+_MIB = 1024 * 1024
+UPLOAD_COLUMNS = ("arm", "file MB", "upload s", "MB/s", "hash s", "ready s", "asset", "CPU s", "RSS start",
+                  "RSS peak", "temp MB", "disk wr MB", "read MB")
+
+
+def derive_upload(result: dict, label: str) -> dict:
+    """An upload arm's row: rates from its timings (upload s: the upload alone, session to last report; hash s:
+    the job's sha256 pass before it; ready s: the wait for the asset's processing after it)."""
+    up, io = result["upload"], result.get("io") or {}
+    result.update(label=label, size=up["size"], upload_sec=up["upload_sec"],
+                  mb_per_sec=up["size"] / _MIB / up["upload_sec"], hash_sec=up["hash_sec"],
+                  ready_sec=up["ready_wait_sec"], status=up["status"], write_bytes=io.get("write_bytes"),
+                  read_bytes=up.get("upload_read_bytes"))
+    return result
+
+
+def upload_table(title: str, rows: List[dict]) -> str:
+    widths = (34, 7, 8, 6, 6, 7, 6, 5, 9, 8, 7, 10, 7)
+    mb = lambda v: "-" if v is None else f"{v / _MIB:.0f}"  # noqa: E731
+    lines = [title, _row(UPLOAD_COLUMNS, widths)]
+    for r in rows:
+        lines.append(_row((r["label"], mb(r["size"]), f"{r['upload_sec']:.2f}", f"{r['mb_per_sec']:.0f}",
+                           f"{r['hash_sec']:.2f}", f"{r['ready_sec']:.2f}", r["status"], f"{r['cpu_sec']:.1f}",
+                           f"{r['start_rss_mb']:.0f}",
+                           f"{r['peak_rss_mb']:.0f}", mb(r.get("temp_peak")), mb(r["write_bytes"]),
+                           mb(r["read_bytes"])), widths))
+    return "\n".join(lines)
+
+
+def upload_ratios(ours: List[dict], sdk: dict) -> str:
+    """Each of our rows against the SDK's: upload time (SDK / ours), upload + hash, RSS peak and growth."""
+    lines = [f"  ours / {sdk['label']}: speed x (SDK s / our s, upload only; with our hash pass), "
+             "RSS peak x, RSS growth x, temp disk"]
+    for r in ours:
+        growth = (r["peak_rss_mb"] - r["start_rss_mb"]) / max(sdk["peak_rss_mb"] - sdk["start_rss_mb"], 1e-9)
+        lines.append(f"    {r['label']:<34} x{sdk['upload_sec'] / r['upload_sec']:.2f} "
+                     f"(x{sdk['upload_sec'] / (r['upload_sec'] + r['hash_sec']):.2f})  RSS x"
+                     f"{r['peak_rss_mb'] / sdk['peak_rss_mb']:.2f}  growth x{growth:.2f}  temp "
+                     f"{(r.get('temp_peak') or 0) / _MIB:.0f} MB vs {(sdk.get('temp_peak') or 0) / _MIB:.0f} MB")
+    return "\n".join(lines)
+
+
+KILL_COLUMNS = ("arm", "file MB", "killed at MB", "left on disk MB", "rerun s", "total sent MB", "excess MB",
+                "target MB", "sessions", "within")
+
+
+def upload_kill_table(title: str, rows: List[dict]) -> str:
+    """SIGKILL near half, then a rerun: bytes the emulator accepted over both runs against the file's size;
+    target: the file plus one chunk plus the chunks in flight (ours); the SDK has none (it starts over)."""
+    widths = (26, 7, 12, 15, 7, 13, 9, 9, 8, 6)
+    lines = [title, _row(KILL_COLUMNS, widths)]
+    for r in rows:
+        excess = r["total_accepted"] - r["size"]
+        target = r.get("target_excess")
+        lines.append(_row((r["label"], f"{r['size'] / _MIB:.0f}", f"{r['killed_at'] / _MIB:.0f}",
+                           f"{r['left_on_disk'] / _MIB:.0f}", f"{r['rerun_sec']:.2f}",
+                           f"{r['total_accepted'] / _MIB:.0f}", f"{excess / _MIB:.1f}",
+                           "-" if target is None else f"{target / _MIB:.0f}", str(r["sessions"]),
+                           "-" if target is None else ("yes" if excess <= target else "NO")), widths))
+    return "\n".join(lines)
