@@ -108,6 +108,12 @@ def check_settings(raw: Dict[str, Any], where: str) -> Dict[str, Any]:
     return fields
 
 
+def _bound(value) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"  # 209715200, not 2.09715e+08
+
+
 def reference() -> str:
     """Every key, its type, default and meaning: `python -m pipeline config`."""
     lines = ["Config keys (YAML; relative paths are relative to the config file's folder):", ""]
@@ -117,8 +123,7 @@ def reference() -> str:
         if setting.choices:
             kind = "|".join(map(str, setting.choices))
         elif setting.low is not None or setting.high is not None:
-            low = "" if setting.low is None else f"{setting.low:g}"
-            high = "" if setting.high is None else f"{setting.high:g}"
+            low, high = _bound(setting.low), _bound(setting.high)
             kind = f"{kind} {low}..{high}"
         default = "unset" if setting.default is None else repr(setting.default)
         lines.append(f"{setting.key:<{width}}{kind}  (default {default})")
