@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -9,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from transforms.models import MODEL_DIMS
-from transforms.settings import DEFAULTS, ConfigError
+from transforms.settings import SETTINGS, ConfigError, Setting
 
 __all__ = ["EMBEDDED", "JobConfig", "load_config", "parse_args"]
 
@@ -18,56 +19,29 @@ EMBEDDED = "embedded"
 _SECRET_FLAGS = ("--api-key", "--api_key", "--apikey", "--key", "--twelve-labs-api-key", "--x-api-key")
 
 
-@dataclasses.dataclass
-class JobConfig:
-    manifests: List[str]
-    output: str
-    model: str = DEFAULTS["model"]
-    base_url: str = DEFAULTS["base_url"]
-    key_file: Optional[str] = DEFAULTS["key_file"]
-    requests_per_minute: Optional[float] = DEFAULTS["requests_per_minute"]
-    requests_per_day: Optional[int] = DEFAULTS["requests_per_day"]
-    max_calls: Optional[int] = DEFAULTS["max_calls"]
-    dry_run: bool = False
-    max_workers: int = DEFAULTS["max_workers"]
-    rate_limit_backend: str = DEFAULTS["rate_limit_backend"]
-    redis_url: Optional[str] = DEFAULTS["redis_url"]
-    rate_limit_key: str = DEFAULTS["rate_limit_key"]
-    max_in_flight: int = DEFAULTS["max_in_flight"]
-    dead_letters_exit_code: int = DEFAULTS["dead_letters_exit_code"]
-    pack: bool = DEFAULTS["pack"]
-    connect_timeout_sec: float = DEFAULTS["connect_timeout_sec"]
-    read_timeout_sec: float = DEFAULTS["read_timeout_sec"]
-    max_attempts: int = DEFAULTS["max_attempts"]
-    item_deadline_sec: float = DEFAULTS["item_deadline_sec"]
-    rows_per_piece: int = DEFAULTS["rows_per_piece"]
-    flush_sec: Optional[float] = DEFAULTS["flush_sec"]
-    emulator: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    samples: Optional[str] = DEFAULTS["samples"]
-    api_version: str = DEFAULTS["api_version"]
-    embedding_dimension: Optional[int] = DEFAULTS["embedding_dimension"]
-    embedding_options: Optional[List[str]] = DEFAULTS["embedding_options"]
-    embedding_scopes: Optional[List[str]] = DEFAULTS["embedding_scopes"]
-    embedding_type: Optional[List[str]] = DEFAULTS["embedding_type"]
-    segmentation: Optional[Dict[str, Any]] = DEFAULTS["segmentation"]
-    task_deadline_sec: float = DEFAULTS["task_deadline_sec"]
-    task_poll_sec: float = DEFAULTS["task_poll_sec"]
-    max_tasks_in_flight: int = DEFAULTS["max_tasks_in_flight"]
-    media_minutes_per_hour: Optional[float] = DEFAULTS["media_minutes_per_hour"]
-    asset_upload: str = DEFAULTS["asset_upload"]
-    delete_assets_after_run: bool = DEFAULTS["delete_assets_after_run"]
-    direct_upload_max_bytes: int = DEFAULTS["direct_upload_max_bytes"]
-    max_parallel_chunks: int = DEFAULTS["max_parallel_chunks"]
-    assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
-    asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]
-    asset_poll_sec: float = DEFAULTS["asset_poll_sec"]
-    outage_after_failures: int = DEFAULTS["outage_after_failures"]
-    columns: Dict[str, str] = dataclasses.field(default_factory=dict)  # manifest column -> the job's field
-    retry_dead_letters: bool = False   # re-drive earlier runs' permanent call failures
-    json_output: bool = False          # print the plan or summary as JSON
-    no_wait: bool = False              # submit the job and exit (Flex Template launches)
-    beam_args: List[str] = dataclasses.field(default_factory=list)
-    config_path: Optional[str] = None
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": List[str], "map": Dict[str, Any],
+          "path": str, "paths": List[str]}
+
+
+def _setting_field(setting: Setting) -> Tuple[str, Any, Any]:
+    kind = Optional[_TYPES[setting.kind]] if setting.optional else _TYPES[setting.kind]
+    if isinstance(setting.default, (list, dict)):  # a fresh copy per config
+        return setting.field, kind, dataclasses.field(default_factory=lambda d=setting.default: copy.deepcopy(d))
+    return setting.field, kind, dataclasses.field(default=setting.default)
+
+
+# The job's configuration: a field for every setting of the table (transforms.settings.SETTINGS, where each key's
+# type, range and default is written once), plus what only the command line sets.
+JobConfig = dataclasses.make_dataclass(
+    "JobConfig",
+    [("manifests", List[str]), ("output", str)]
+    + [_setting_field(s) for s in SETTINGS if s.field not in ("manifests", "output")]
+    + [("dry_run", bool, False),             # --dry-run: plan, call nothing
+       ("retry_dead_letters", bool, False),  # re-drive earlier runs' permanent call failures
+       ("json_output", bool, False),         # print the plan or summary as JSON
+       ("no_wait", bool, False),             # submit the job and exit (Flex Template launches)
+       ("config_path", Optional[str], None)])
+JobConfig.__module__ = __name__  # pickled by reference (make_dataclass names no module before Python 3.12)
 
 
 def _resolve_path(value: Optional[str], base: str) -> Optional[str]:
