@@ -2,7 +2,8 @@
 `/assets` and `/assets/multipart-uploads` endpoints that bring large media to them), with its retry policy
 and rate limiter."""
 from embed_client.assets import AssetsClient
-from embed_client.client import API_KEY_ENV, DEFAULT_BASE_URL, MODEL_NAMES, EmbedClient, load_file_part
+from embed_client.client import MODEL_NAMES, EmbedClient, load_file_part
+from embed_client.transport import API_KEY_ENV, DEFAULT_BASE_URL
 from embed_client.errors import (
     AuthError,
     BadRequestError,
@@ -42,8 +43,8 @@ from embed_client.types_assets import (
 )
 from embed_client.types_v2 import (
     EmbeddingData,
-    EmbeddingTask,
     EmbeddingsV2Result,
+    EmbeddingTask,
     MediaEmbeddingTask,
     TaskCreated,
     UsageV2,
