@@ -2,8 +2,7 @@
 `/assets` and `/assets/multipart-uploads` endpoints that bring large media to them), with its retry policy
 and rate limiter."""
 from embed_client.assets import AssetsClient
-from embed_client.client import MODEL_NAMES, EmbedClient, load_file_part
-from embed_client.transport import API_KEY_ENV, DEFAULT_BASE_URL
+from embed_client.client import API_KEY_ENV, DEFAULT_BASE_URL, MODEL_NAMES, EmbedClient, load_file_part
 from embed_client.errors import (
     AuthError,
     BadRequestError,
@@ -43,8 +42,8 @@ from embed_client.types_assets import (
 )
 from embed_client.types_v2 import (
     EmbeddingData,
-    EmbeddingsV2Result,
     EmbeddingTask,
+    EmbeddingsV2Result,
     MediaEmbeddingTask,
     TaskCreated,
     UsageV2,

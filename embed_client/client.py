@@ -12,24 +12,17 @@ import requests
 
 from embed_client import errors
 from embed_client.assets import AssetsClient
-from embed_client.models import V1_MODELS
 from embed_client.multipart import FilePart, encode_multipart, guess_content_type, new_boundary
-from embed_client.multipart_upload import MultipartUploadClient
 from embed_client.secrets import scrub
-from embed_client.transport import (
-    API_KEY_ENV,
-    DEFAULT_BASE_URL,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_TIMEOUT,
-    Timeout,
-    Transport,
-)
+from embed_client.transport import (API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, Timeout,
+                                    Transport)
+from embed_client.multipart_upload import MultipartUploadClient
 from embed_client.types import CreateEmbeddingsResult
 from embed_client.v2 import TasksClient, V2Client
 
 __all__ = ["DEFAULT_BASE_URL", "API_KEY_ENV", "EmbedClient", "MODEL_NAMES", "load_file_part"]
 
-MODEL_NAMES = V1_MODELS  # what POST /embed takes
+MODEL_NAMES = ("marengo3.0", "marengo2.7", "Marengo-retrieval-2.7")
 TEXT_TRUNCATE_VALUES = ("none", "start", "end")
 _V1_ACCEPT = "application/json"
 

@@ -27,16 +27,8 @@ from embed_client.assets import _options, build_query, json_body, resource_path
 from embed_client.multipart import StreamingBody, _FileSlice, stream_length
 from embed_client.secrets import MASK, redact_url, scrub
 from embed_client.transport import DEFAULT_MAX_CONNECTIONS, USER_AGENT, Timeout, Transport, _caused_by_timeout
-from embed_client.types_assets import (
-    ChunkBatchReport,
-    CompletedChunk,
-    IncompleteUpload,
-    ListBody,
-    Page,
-    PresignedUrls,
-    UploadSession,
-    UploadStatus,
-)
+from embed_client.types_assets import (ChunkBatchReport, CompletedChunk, IncompleteUpload, ListBody, Page,
+                                       PresignedUrls, UploadSession, UploadStatus)
 
 __all__ = ["MultipartUploadClient", "build_completed_chunks", "chunk_span"]
 

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar
 
 from embed_client.secrets import redact_url, scrub
-from embed_client.types_v2 import _extras, _Malformed, _object, _opt_dict, _opt_float, _opt_int, _opt_str, _task_id
+from embed_client.types_v2 import _Malformed, _extras, _object, _opt_dict, _opt_float, _opt_int, _opt_str, _task_id
 
 __all__ = [
     "Asset",

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from embed_client.models import MODEL_DIMS
+from transforms.models import MODEL_DIMS
 from transforms.settings import SETTINGS, ConfigError, Setting
 
 __all__ = ["EMBEDDED", "JobConfig", "load_config", "parse_args"]

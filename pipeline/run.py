@@ -16,25 +16,18 @@ from pipeline.config import EMBEDDED, JobConfig
 from pipeline.graph import build_pipeline
 from pipeline.report import summary as summary_mod
 from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows
-from transforms.calling.upload import Uploader
 from transforms.calling.v2 import read_task_journal
 from transforms.memory import return_freed_memory
-from transforms.records import failure_kind
 from transforms.settings import CallSettings, ConfigError, EmbeddingSettings, make_client, settings_from
 from transforms.stages.dedup import read_permanent_failures
 from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
 from transforms.stages.write import recover_journals
-from transforms.store.assets import AssetBook, AssetJournal, uploaded_by
 from transforms.store.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
-from transforms.store.layout import (
-    DEAD_LETTER_DIR,
-    DEFERRED_DIR,
-    RUNS_DIR,
-    SEGMENT_DIR,
-    list_files,
-    list_segment_pieces,
-    read_jsonl,
-)
+from transforms.calling.upload import Uploader
+from transforms.records import failure_kind
+from transforms.store.assets import AssetBook, AssetJournal, uploaded_by
+from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files,
+                                     list_segment_pieces, read_jsonl)
 from transforms.store.lock import OutputLock
 
 __all__ = ["run_job", "embedded_backend"]
@@ -120,7 +113,8 @@ def _refuse_other_model(pieces, model: str, output: str, dims: Optional[int] = N
         return
     import pyarrow.parquet as pq
 
-    from embed_client.models import canonical_model
+    from transforms.models import canonical_model
+
     with FileSystems.open(pieces[0], compression_type="uncompressed") as f:
         parquet = pq.ParquetFile(f)
         found_dims = parquet.schema_arrow.field("embedding").type.list_size

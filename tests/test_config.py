@@ -136,7 +136,7 @@ def test_the_settings_reference_lists_every_key_and_fills_every_config_field():
     import sys
 
     from pipeline.config import JobConfig
-    from transforms.settings import SETTINGS
+    from pipeline.settings import SETTINGS
 
     fields = {f.name for f in dataclasses.fields(JobConfig)}
     assert {s.field for s in SETTINGS} == fields - {"dry_run", "retry_dead_letters", "config_path", "json_output",

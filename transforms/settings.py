@@ -9,11 +9,10 @@ from typing import Any, Dict, Optional, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import API_KEY_ENV, EmbedClient
-from embed_client.models import MODEL_DIMS, MODELS, V1_MODELS, V2_MODELS
-from embed_client.models import model as lookup_model
 from embed_client.retry import RetryPolicy
 from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
-from transforms.models import API_VERSIONS, uses_v2
+from transforms.models import API_VERSIONS, MODEL_DIMS, MODELS, V1_MODELS, V2_MODELS, uses_v2
+from transforms.models import model as lookup_model
 
 __all__ = ["DEFAULTS", "SETTINGS", "Setting", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
            "make_client", "resolve_api_key", "settings_from"]

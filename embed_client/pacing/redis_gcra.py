@@ -32,7 +32,8 @@ import time
 import urllib.parse
 from typing import Callable, Optional, Tuple
 
-from embed_client.pacing.local import BACKOFF_FACTOR, LEARNED_RATE_MARGIN, MIN_RATE_FRACTION, RECOVERY_STEP, TokenBucket
+from embed_client.pacing.local import (BACKOFF_FACTOR, LEARNED_RATE_MARGIN, MIN_RATE_FRACTION, RECOVERY_STEP,
+                                       TokenBucket)
 
 __all__ = ["RedisTokenBucket", "connect", "redacted_url"]
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from embed_client.models import MODEL_DIMS, model
 from pipeline.report.html import latency_percentiles, read_calls, write_report
 from pipeline.report.status import STATUS_TEXT, exit_code, run_status
+from transforms.models import MODEL_DIMS, model
 from transforms.progress import NAMESPACE
 from transforms.records import MODALITIES, ROUTES
 from transforms.store.layout import (

@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
-from embed_client.models import model
-from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled, error_code, is_service_failure
+from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled, is_service_failure, error_code
 from transforms.calling.upload import AssetFailed, AssetNotReady, Uploader
+from transforms.models import model
 from transforms.records import DeadLetter, Deferred, Item, Outcome, item_row
 from transforms.settings import CallSettings
 from transforms.store.layout import TASKS_DIR, commit, list_files, mkdirs, piece_name, read_jsonl

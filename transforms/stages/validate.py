@@ -18,10 +18,9 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from embed_client.models import MODELS, model
 from embed_client.secrets import redact_url
 from transforms.calling.upload import MULTIPART_MAX
-from transforms.models import uses_v2
+from transforms.models import MODELS, model, uses_v2
 from transforms.progress import NAMESPACE, PROGRESS
 from transforms.records import (
     DEAD_LETTERS,

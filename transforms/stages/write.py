@@ -16,9 +16,9 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from embed_client.models import MODEL_DIMS
 from embed_client.secrets import redact_url, scrub
 from transforms.memory import return_freed_memory
+from transforms.models import MODEL_DIMS
 from transforms.records import Outcome
 from transforms.store.layout import (
     DEAD_LETTER_DIR,
