@@ -12,6 +12,7 @@ import requests
 
 from embed_client import errors
 from embed_client.assets import AssetsClient
+from embed_client.models import V1_MODELS
 from embed_client.multipart import FilePart, encode_multipart, guess_content_type, new_boundary
 from embed_client.secrets import scrub
 from embed_client.transport import (API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, Timeout,
@@ -22,7 +23,7 @@ from embed_client.v2 import TasksClient, V2Client
 
 __all__ = ["DEFAULT_BASE_URL", "API_KEY_ENV", "EmbedClient", "MODEL_NAMES", "load_file_part"]
 
-MODEL_NAMES = ("marengo3.0", "marengo2.7", "Marengo-retrieval-2.7")
+MODEL_NAMES = V1_MODELS  # what POST /embed takes (embed_client.models)
 TEXT_TRUNCATE_VALUES = ("none", "start", "end")
 _V1_ACCEPT = "application/json"
 

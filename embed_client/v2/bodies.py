@@ -19,6 +19,7 @@ import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from embed_client import errors
+from embed_client.models import V2_MODELS
 
 __all__ = [
     "MODEL_NAMES_V2",
@@ -34,7 +35,7 @@ __all__ = [
     "multi_input_source",
 ]
 
-MODEL_NAMES_V2 = ("marengo3.0", "marengo3.5")
+MODEL_NAMES_V2 = V2_MODELS  # what /embed-v2 and its tasks take (embed_client.models)
 SYNC_INPUT_TYPES = ("text", "image", "text_image", "audio", "video", "multi_input")
 TASK_INPUT_TYPES = ("audio", "video", "document", "image")
 TASK_STATUSES = ("processing", "ready", "failed")
