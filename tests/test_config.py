@@ -148,6 +148,29 @@ def test_the_settings_reference_lists_every_key_and_fills_every_config_field():
         assert f"\n{setting.key} " in out.stdout, setting.key
 
 
+def test_the_calling_settings_and_public_options_take_every_default_from_the_table():
+    """CallSettings and TwelveLabsOptions list their fields for readers and IDEs; the table stays the one place
+    a default is written, and every calling setting a job can set, a pipeline author can set too."""
+    import dataclasses
+
+    from transforms import TwelveLabsOptions
+    from transforms.settings import DEFAULTS, SETTINGS, CallSettings
+
+    call_fields = {f.name: f for f in dataclasses.fields(CallSettings)}
+    option_fields = {f.name: f for f in dataclasses.fields(TwelveLabsOptions)}
+    for fields in (call_fields, option_fields):
+        for name, field in fields.items():
+            # (base_url: `embedded` is the job's word for the emulator; required fields have no default)
+            if name in DEFAULTS and name != "base_url" and field.default is not dataclasses.MISSING:
+                assert field.default == DEFAULTS[name], name
+    table_fields = {s.field for s in SETTINGS}
+    # CallSettings carries each calling setting of the table, and the public options offer it, except what a
+    # plain pipeline has no place for (an output folder to clean up assets after).
+    job_only = {"delete_assets_after_run"}
+    assert (table_fields & set(call_fields)) - set(option_fields) == job_only
+    assert len(table_fields & set(call_fields)) >= 25
+
+
 def test_worker_processes_is_the_new_name_of_max_workers(tmp_path):
     from transforms.settings import ConfigError
 
