@@ -31,14 +31,16 @@ setuptools.setup(
     #   reachable server, each worker paces to its share of the limit.
     # `dask`: the job on a Dask cluster (--runner dask, pipeline/dask_runner.py); the versions Beam's own
     #   [dask] extra asks for.
-    # `test`: the suite also reads the output with DuckDB, Polars and pandas, as users do, and runs Dask.
+    # `test`: the suite also reads the output with DuckDB, Polars and pandas, as users do, and runs Dask;
+    # pytest-xdist runs it on every core.
     # ./run.sh installs [emulator,redis]; ./run.sh test installs [emulator,redis,dask,test].
     extras_require={
         "media": MEDIA,
         "emulator": ["python-multipart>=0.0.20"] + MEDIA,
         "redis": ["redis>=5"],
         "dask": DASK,
-        "test": ["pytest>=8", "twelvelabs==1.3.6", "import-linter>=2.1", "duckdb>=1.1", "polars>=1.0", "pandas>=2.0", "hypothesis>=6.100"]
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "twelvelabs==1.3.6", "import-linter>=2.1", "duckdb>=1.1", "polars>=1.0",
+                 "pandas>=2.0", "hypothesis>=6.100"]
         + DASK,
     },
 )

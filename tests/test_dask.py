@@ -280,6 +280,7 @@ COMPARED = ("rows_read", "items", "items_embedded", "segments_written", "items_d
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_job_on_dask_matches_the_local_runner_and_workers_share_one_limit(dask_cluster, tmp_path, monkeypatch):
     """A mixed manifest (text, image, audio; five bad rows) on the Dask cluster against an emulator injecting
     5% 5xx and 20-60 ms latency and enforcing RPM calls per sliding minute, the workers sharing that limit

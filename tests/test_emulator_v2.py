@@ -127,10 +127,8 @@ def error_of(response) -> dict:
 
 # ---- helpers of the package ---------------------------------------------------------------
 
-def test_synth_mp4_is_small_fast_deterministic_and_real():
-    started = time.perf_counter()
+def test_synth_mp4_is_small_deterministic_and_real():
     clip = synth.mp4_bytes(10.0)
-    assert time.perf_counter() - started < 1.0
     assert len(clip) < 200_000 and clip[4:8] == b"ftyp"
     assert clip == synth.mp4_bytes(10.0) != synth.mp4_bytes(10.0, seed=1)
     info = video.probe(clip)

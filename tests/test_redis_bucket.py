@@ -211,6 +211,7 @@ def _rate_elsewhere(url, key):
 
 # ---- the tests ----------------------------------------------------------------------------------------
 
+@pytest.mark.serial
 def test_slots_are_never_closer_than_the_interval_across_processes_and_threads(redis_server, key):
     """3 processes x 4 threads grab 480 slots as fast as they can: every slot is at least one interval
     after the one before, whoever took it. A read-then-write in the client instead of one script would
@@ -227,6 +228,7 @@ def test_slots_are_never_closer_than_the_interval_across_processes_and_threads(r
     assert slots[-1] - slots[0] == pytest.approx(479 * interval, abs=0.01)
 
 
+@pytest.mark.serial
 def test_acquire_paces_processes_and_threads_to_the_rate_over_any_window(redis_server, key):
     """3 processes x 3 threads acquire for 3 s at 30 per second: they start at most the rate (plus the
     burst of 1) in any window, and together reach it."""
@@ -371,6 +373,7 @@ def test_redis_lost_mid_run_paces_locally_at_the_share(tmp_path, key, caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_workers_sharing_the_limit_reach_it_without_a_429(redis_server, key):
     """3 worker processes x 3 threads call the emulator, which refuses more than R calls per sliding
     minute, each call paced by one RedisTokenBucket at R: no 429, and together they reach the limit.
