@@ -46,8 +46,14 @@ class CaptureServer:
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_POST(self):
+                self._answer("POST")
+
+            def do_GET(self):
+                self._answer("GET")
+
+            def _answer(self, method):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                req = CapturedRequest("POST", self.path, dict(self.headers), body)
+                req = CapturedRequest(method, self.path, dict(self.headers), body)
                 outer.requests.append(req)
                 status, headers, payload = outer.responder(req)
                 head = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers.items()]
