@@ -6,6 +6,7 @@ import threading
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -69,6 +70,27 @@ def test_an_expired_session_starts_a_new_one_and_is_counted(tmp_path, wav):
         uploader.ensure(_item(wav))
         stats = emu.stats()["assets"]
     assert stats["sessions_created"] == 2 and uploader.stats.sessions_restarted == 1
+
+
+def test_chunks_are_read_over_one_stream_per_thread_and_arrive_exact(tmp_path, wav, monkeypatch):
+    """An open is a request and a handshake on an object store: 10 chunks, 2 in flight, at most 2 opens (it was 10)."""
+    opened, streams = [], []
+    real_open = FileSystems.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(path)
+        streams.append(real_open(path, *args, **kwargs))
+        return streams[-1]
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(counting_open))
+    with Emulator(EmulatorConfig(asset_chunk_size=CHUNK, asset_initial_urls=3, asset_processing_sec=0.05)) as emu:
+        asset_id = _uploader(emu.base_url, str(tmp_path / "out"), max_parallel_chunks=2).ensure(_item(wav))
+        stats = emu.stats()["assets"]
+        received = emu.asset_sha256(asset_id)
+    assert stats["chunk_puts_accepted"] == 10 and stats["chunk_bytes_accepted"] == wav.stat().st_size
+    assert 1 <= opened.count(str(wav)) <= 2, opened
+    assert all(stream.closed for stream in streams)
+    assert received == hashlib.sha256(wav.read_bytes()).hexdigest()
 
 
 class _FailingAssets:

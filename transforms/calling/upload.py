@@ -94,33 +94,57 @@ class UploadStats:
 
 
 class _Chunks:
-    """Reads chunk `index` (1-based) of a file through FileSystems: one seek and one bounded read."""
+    """Reads chunk `index` (1-based) of a file through FileSystems, with one open stream per reading thread:
+    on an object store each open is a request and a handshake, so a thread reads on from where its last chunk
+    ended, and seeks only when its next chunk lies elsewhere. `close()` closes every stream it opened."""
 
     def __init__(self, path: str, size: int, chunk_size: int):
         self.path, self.size, self.chunk_size = path, size, chunk_size
+        self._local = threading.local()  # .stream: [raw stream, its position]
+        self._streams: List = []
+        self._lock = threading.Lock()
 
     def length(self, index: int) -> int:
         start = (index - 1) * self.chunk_size
         return max(0, min(self.chunk_size, self.size - start))
 
-    def read(self, index: int) -> bytes:
-        want = self.length(index)
-        with FileSystems.open(self.path, compression_type="uncompressed") as stream:
+    def _stream(self) -> list:
+        held = getattr(self._local, "stream", None)
+        if held is None:
+            stream = FileSystems.open(self.path, compression_type="uncompressed")
+            with self._lock:
+                self._streams.append(stream)
             # Past the reader's read-ahead: Beam's remote readers buffer 16 MiB per open stream, which for
             # 5 MiB chunks tripled the bytes fetched and held 16 MiB per chunk in flight.
-            raw = getattr(stream, "raw", stream)
-            raw.seek((index - 1) * self.chunk_size)
-            parts, got = [], 0
-            while got < want:
-                part = raw.read(want - got)
-                if not part:
-                    break
-                parts.append(part)
-                got += len(part)
-            data = b"".join(parts)
+            held = self._local.stream = [getattr(stream, "raw", stream), 0]
+        return held
+
+    def read(self, index: int) -> bytes:
+        want = self.length(index)
+        start = (index - 1) * self.chunk_size
+        held = self._stream()
+        raw = held[0]
+        if held[1] != start:
+            raw.seek(start)
+        held[1] = None  # unknown until this read ends (a read that raises leaves it so: the next one seeks)
+        parts, got = [], 0
+        while got < want:
+            part = raw.read(want - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        held[1] = start + got
+        data = b"".join(parts)
         if len(data) != want:
             raise OSError(f"{self.path} changed while uploading (chunk {index} is {len(data)} bytes)")
         return data
+
+    def close(self) -> None:
+        with self._lock:
+            streams, self._streams = self._streams, []
+        for stream in streams:
+            stream.close()
 
 
 class Uploader:
@@ -332,6 +356,8 @@ class Uploader:
             stop.set()
             concurrent.futures.wait(pending)  # what was sent is journaled; the next run reports it
             raise
+        finally:
+            chunks.close()
         report(force=True)
 
     def _put_chunk(self, record: UploadRecord, chunks: _Chunks, index: int, urls: Dict[int, str],
