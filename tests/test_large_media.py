@@ -1,6 +1,7 @@
 """Large media through the Assets API: uploaded once (direct or multipart), resumable across SIGKILL, embedded
 by asset_id with the emulator's vectors for those bytes, reused across runs, cleaned up on request."""
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -174,6 +175,66 @@ def test_a_large_audio_file_on_marengo30_goes_to_v2_by_asset_instead_of_a_dead_l
     assert summary["api"]["items_by_route"]["task"] == 1 and summary["dead_letters"] == 0  # past the sync 36 MB
     assert assets["created"]["direct"] == 1 and summary["assets"]["bytes_uploaded"] == os.path.getsize(wav)
     assert len(read_segments(output)) > 0
+
+
+class _CountingStream:
+    """A FileSystems stream that adds the bytes read to `counts`."""
+
+    def __init__(self, stream, counts):
+        self._stream, self._counts = stream, counts
+
+    def read(self, size=-1):
+        data = self._stream.read(size)
+        self._counts["read"] += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stream.close()
+
+
+@pytest.mark.parametrize("field,upload", [("audio_file", "auto"), ("video_file", "always")])
+def test_validation_sizes_and_reads_a_large_file_once(tmp_path, media, monkeypatch, field, upload):
+    """Each open and metadata read is a request on an object store: the size that routes audio to an asset is the
+    one its check uses, and the header probe and the sha256 share one open and one pass (it was 2 and 2)."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.localfilesystem import LocalFileSystem
+
+    from transforms.records import ManifestRow
+    from transforms.stages import validate
+
+    path = media / ("speech.wav" if field == "audio_file" else "clip.mp4")
+    size = os.path.getsize(path)
+    counts = {"open": 0, "metadata": 0, "read": 0}
+    real_open, real_metadata = FileSystems.open, LocalFileSystem.metadata
+
+    def counting_open(name, *args, **kwargs):
+        counts["open"] += 1
+        return _CountingStream(real_open(name, *args, **kwargs), counts)
+
+    def counting_metadata(self, name):
+        counts["metadata"] += 1
+        return real_metadata(self, name)
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(counting_open))
+    monkeypatch.setattr(LocalFileSystem, "metadata", counting_metadata)
+    # Limits under the file's size: audio past v1's limit goes to v2 by an asset (the size decides the route).
+    monkeypatch.setitem(validate.MEDIA_RULES["marengo3.0"], "audio", 1000)
+    monkeypatch.setitem(validate.V2_MEDIA_RULES, "audio", 1000)
+    plan = validate.RoutePlan("marengo3.0", asset_upload=upload)
+    (item,) = validate.row_to_items(ManifestRow(str(tmp_path / "m.jsonl"), 1, {"id": "x", field: str(path)}),
+                                    "marengo3.0", plan)
+    assert item.upload and item.route in ("v2", "task") and item.file_size == size
+    assert item.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert counts["open"] == 1 and counts["metadata"] == 1, counts
+    # The probe's reads from the start are hashed on the way; only the decoder's seeks back read bytes again
+    # (PyAV re-reads a few 32 KiB blocks; the second pass re-read the whole header too).
+    assert size <= counts["read"] < size + 64 * 1024, counts
 
 
 def test_sigkill_during_a_multipart_upload_then_rerun_sends_only_what_was_missing(tmp_path, media):

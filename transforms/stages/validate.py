@@ -10,7 +10,7 @@ import posixpath
 import re
 import unicodedata
 import urllib.parse
-from typing import Any, Iterable, List, Literal, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, List, Literal, NamedTuple, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -107,9 +107,8 @@ class _Checked(NamedTuple):
     upload: bool       # past the inline limit (or assets.upload: always): uploaded as an asset first
 
 
-def _check_media_file(path: str, field: str, modality: str, model: str,
-                      offset: Optional[float], v2: bool = False, upload: str = "auto") -> _Checked:
-    """Checks a media file the way the API would, reading no more of it than that needs."""
+def _file_size(path: str, field: str) -> int:
+    """The size of a media file that exists and is a regular file (else _Invalid saying what it is)."""
     # exists/metadata, not match: a name may hold glob characters ("shot[1].png").
     try:
         filesystem = FileSystems.get_filesystem(path)
@@ -124,7 +123,43 @@ def _check_media_file(path: str, field: str, modality: str, model: str,
         if FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list:
             raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
         raise _Invalid("missing_file", f"`{field}` {path} does not exist")
-    size = filesystem.metadata(path).size_in_bytes
+    return filesystem.metadata(path).size_in_bytes
+
+
+class _FileSize:
+    """A media file's size, read from its filesystem at most once however many checks of a row ask (on an object
+    store each metadata read is a request)."""
+
+    def __init__(self, path: str, field: str):
+        self.path, self.field = path, field
+        self._size: Optional[int] = None
+        self._error: Optional[Exception] = None
+
+    def __call__(self) -> int:
+        """The size; raises what made it unknown (an _Invalid names it for the dead letter)."""
+        if self._size is None and self._error is None:
+            try:
+                self._size = _file_size(self.path, self.field)
+            except Exception as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._size
+
+    def known(self) -> Optional[int]:
+        """The size, or None when it cannot be read (the file's own check then says why)."""
+        try:
+            return self()
+        except Exception:
+            return None
+
+
+def _check_media_file(path: str, field: str, modality: str, model: str,
+                      offset: Optional[float], v2: bool = False, upload: str = "auto",
+                      file_size: Optional[Callable[[], int]] = None) -> _Checked:
+    """Checks a media file the way the API would, reading no more of it than that needs. `file_size`: the row's
+    memo of its size (_FileSize), when something else asked for it already."""
+    size = (file_size or _FileSize(path, field))()
     limit = V2_MEDIA_RULES[modality] if v2 else MEDIA_RULES[model][modality]
     if size == 0:
         raise _Invalid("empty_file", f"`{field}` {path} is empty")
@@ -159,32 +194,72 @@ def _check_offset(offset: Optional[float], duration: float, modality: str, path:
                        f"`audio_start_offset_sec` {offset} is not before the end of {path} ({duration:.2f} s)")
 
 
+class _HashingReader:
+    """A seekable view of a stream that hashes the file's bytes in order as they are read, so what a probe reads
+    from the start is hashed on the way; `finish()` reads and hashes only the rest. Decoders read it through
+    read/seek/tell (soundfile falls back to read() without readinto)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._pos = 0
+        self._hashed = 0  # bytes [0, _hashed) are in the digest
+        self._digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        start, self._pos = self._pos, self._pos + len(data)
+        if start <= self._hashed < self._pos:
+            self._digest.update(memoryview(data)[self._hashed - start:])
+            self._hashed = self._pos
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._stream.seek(offset, whence)
+        self._pos = self._stream.tell()
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def finish(self) -> str:
+        """The sha256 of the whole file, reading on from the first byte not yet hashed."""
+        self.seek(self._hashed)
+        for _ in iter(lambda: self.read(_HASH_BLOCK), b""):
+            pass
+        return self._digest.hexdigest()
+
+
 def _check_large_media(path: str, field: str, modality: str, size: int, offset: Optional[float]) -> _Checked:
     """A file that goes through the Assets API: its kind and duration from the container's header (read
-    through FileSystems, so on gs:// and s3:// too), its sha256 streamed; never held whole."""
+    through FileSystems, so on gs:// and s3:// too), its sha256 streamed; never held whole. One open and one
+    pass: the header the probe reads is hashed as it goes, the hash reads on from there."""
     if size > MULTIPART_MAX:
         raise _Invalid("file_too_large", f"`{field}` {path} is {size} bytes; the Assets API takes {modality} files "
                                          f"up to {MULTIPART_MAX} bytes (10 GB)")
     try:
         with FileSystems.open(path, compression_type="uncompressed") as stream:
-            head = stream.read(200)
+            reader = _HashingReader(stream)
+            head = reader.read(200)
             kind = _sniff_video(head) if modality == "video" else _sniff(head[:16])
             if kind not in _KINDS[modality]:
                 wanted = "/".join(k.upper() for k in _KINDS[modality])
                 raise _Invalid("unsupported_format", f"`{field}` {path} is not {wanted} (its bytes are "
                                                      f"{'unknown' if kind is None else kind.upper()})")
-            stream.seek(0)
-            duration = _check_decodes(stream, kind, field, path)
-        with FileSystems.open(path, compression_type="uncompressed") as stream:
-            digest = hashlib.sha256()
-            for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
-                digest.update(block)
+            reader.seek(0)
+            duration = _check_decodes(reader, kind, field, path)
+            digest = reader.finish()
     except IsADirectoryError:
         raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
     except OSError as exc:
         raise _Invalid("unreadable_file", f"`{field}` {path} cannot be read ({exc})")
     _check_offset(offset, duration, modality, path)
-    return _Checked(digest.hexdigest(), duration, size, True)
+    return _Checked(digest, duration, size, True)
 
 
 def _reason(exc: Exception) -> str:
@@ -324,18 +399,17 @@ class RoutePlan:
     def uses_v2(self, modality: str) -> bool:
         return uses_v2(self.model, self.api_version, modality)
 
-    def audio_as_asset(self, row: ManifestRow, path: Any) -> bool:
+    def audio_as_asset(self, file_size: Callable[[], Optional[int]]) -> bool:
         """Whether an audio file goes to v2 as an uploaded asset on a model v1 would take it on (auto only):
-        every file with assets.upload: always, else one past v1's limit (instead of a dead letter)."""
-        if self.api_version != "auto" or not model(self.model).v2 or not isinstance(path, str) or not path.strip():
+        every file with assets.upload: always, else one past v1's limit (instead of a dead letter).
+        `file_size()`: its size, None when unknown (the file's own check names what is wrong); asked only if
+        it decides, and given by the row's memo, so the file's check does not read the metadata again."""
+        if self.api_version != "auto" or not model(self.model).v2:
             return False
         if self.asset_upload == "always":
             return True
-        try:
-            size = FileSystems.get_filesystem(path).metadata(_resolve(row.source, path.strip())).size_in_bytes
-        except Exception:
-            return False  # the file's own check names what is wrong with it
-        return size > MEDIA_RULES[self.model]["audio"]
+        size = file_size()
+        return size is not None and size > MEDIA_RULES[self.model]["audio"]
 
     def route(self, modality: str, clip_sec: Optional[float], v2: Optional[bool] = None,
               size: Optional[int] = None) -> str:
@@ -455,9 +529,13 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
         asset = fields.get("asset_id") if asset_modality == modality else None
         if url is None and path is None and asset is None:
             continue
+        # A file is the input (a URL or an asset wins): its size is read once, for routing and for its check.
+        by_file = url is None and asset is None and isinstance(path, str) and bool(path.strip())
+        resolved = _resolve(row.source, path.strip()) if by_file else None
+        file_size = _FileSize(resolved, f"{modality}_file") if by_file else None
         try:
             v2 = plan.uses_v2(modality)
-            if not v2 and modality == "audio" and url is None and asset is None and plan.audio_as_asset(row, path):
+            if not v2 and modality == "audio" and by_file and plan.audio_as_asset(file_size.known):
                 v2 = True  # Embed API v2, by an uploaded asset
             if modality == "video" and not v2:
                 raise _Invalid("needs_api_v2", "video is embedded by Embed API v2 only: set api.version to v2 or "
@@ -483,12 +561,11 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
                                 content_hash=content_hash(modality, "asset", asset, *options),
                                 **base))
             else:
-                if not isinstance(path, str) or not path.strip():
+                if not by_file:
                     got = repr(path) if isinstance(path, str) else type(path).__name__
                     raise _Invalid("invalid_type", f"`{modality}_file` must be a non-empty path, got {got}")
-                resolved = _resolve(row.source, path.strip())
                 checked = _check_media_file(resolved, f"{modality}_file", modality, plan.model,
-                                            media.get("audio_start_offset_sec"), v2, plan.asset_upload)
+                                            media.get("audio_start_offset_sec"), v2, plan.asset_upload, file_size)
                 clip = _clip_length(modality, checked.duration, media, f"{modality}_file {resolved}")
                 route = plan.route(modality, clip, v2, checked.size)
                 out.append(Item(modality=modality, file_path=resolved, route=route,
