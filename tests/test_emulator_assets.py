@@ -279,6 +279,21 @@ def test_list_and_delete(http, make_emulator):
     assert emu.stats()["assets"]["deleted"] == 1
 
 
+def test_delete_of_a_referenced_asset_is_409_unless_forced(http, make_emulator):
+    """The platform refuses to delete an asset that indexed assets reference (409) unless force=true."""
+    emu = make_emulator(assets_referenced=True)
+    asset_id = upload_direct(http, emu, PNG, "one.png").json()["_id"]
+    refused = http.delete(f"{emu.base_url}/assets/{asset_id}", headers=KEY)
+    assert refused.status_code == 409 and refused.json()["code"] == "asset_referenced"
+    assert asset_id in refused.json()["message"] and "force" in refused.json()["message"]
+    assert get_asset(http, emu, asset_id).status_code == 200  # still there
+    assert http.delete(f"{emu.base_url}/assets/nope", headers=KEY).status_code == 404  # unknown: 404 first
+    assert http.delete(f"{emu.base_url}/assets/{asset_id}", headers=KEY,
+                       params={"force": "true"}).status_code == 200
+    assert get_asset(http, emu, asset_id).status_code == 404
+    assert emu.stats()["assets"]["deleted"] == 1
+
+
 # ---- multipart uploads -----------------------------------------------------------------------
 
 def test_multipart_upload_with_partial_urls_and_out_of_order_reports(http, emulator):

@@ -177,3 +177,28 @@ def test_an_uploads_429_is_throttling_in_the_jobs_metrics_as_a_calls_is(tmp_path
     # Retry-After less what passed before the wait was judged, plus up to 0.25 s of jitter.
     assert 900 <= counters["throttled_msecs"] <= 1300, counters
     assert counters.get("cumulativeThrottlingSeconds", 0) == counters["throttled_msecs"] // 1000, counters
+
+
+def test_cleanup_keeps_and_reports_an_asset_the_platform_refuses_to_delete(tmp_path, wav, caplog):
+    """assets.delete_after_run: a 409 (indexed assets reference the asset) keeps it and says so, the run goes on
+    and the others are deleted; a later cleanup the platform allows deletes it."""
+    from pipeline.report.summary import _assets_line, _assets_summary
+    from pipeline.run import _delete_uploaded_assets
+    from tests.helpers import make_config
+
+    output = str(tmp_path / "out")
+    with Emulator(EmulatorConfig(asset_processing_sec=0.05, assets_referenced=True)) as emu:
+        uploader = _uploader(emu.base_url, output)
+        asset_id = uploader.ensure(_item(wav))
+        uploader.journal.asset("f" * 64, "a-gone-asset", "ready")  # also this run's, already gone: a 404
+        settings = CallSettings(base_url=emu.base_url, model="marengo3.0", max_attempts=2, run_id="run1")
+        with caplog.at_level("WARNING", logger="transforms.calling.upload"):
+            kept = _delete_uploaded_assets(make_config(output, []), settings, "run1")
+        assert (kept.deleted, kept.kept) == (["a-gone-asset"], [asset_id])
+        assert emu.stats()["assets"]["deleted"] == 0 and emu.stats()["assets"]["by_status"]["409"] == 1
+        assert f"asset {asset_id} is kept" in caplog.text and "409" in caplog.text
+        emu.configure(assets_referenced=False)
+        later = _delete_uploaded_assets(make_config(output, []), settings, "run1")
+        assert (later.deleted, later.kept) == ([asset_id], []) and emu.stats()["assets"]["deleted"] == 1
+    line = _assets_line({"assets": _assets_summary({"assets_uploaded": 2}, len(kept.deleted), len(kept.kept))})
+    assert line[0].endswith("1 deleted, 1 kept (delete refused or failed)")

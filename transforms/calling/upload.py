@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -31,8 +31,8 @@ from transforms.records import Item
 from transforms.settings import ApiKeyRejected, CallSettings, make_client
 from transforms.store.assets import AssetBook, AssetJournal, AssetRecord, UploadRecord, read_asset_journal
 
-__all__ = ["DIRECT_UPLOAD_MAX", "MULTIPART_MAX", "AssetFailed", "AssetNotReady", "UploadStats", "Uploader",
-           "process_uploader"]
+__all__ = ["DIRECT_UPLOAD_MAX", "MULTIPART_MAX", "AssetFailed", "AssetNotReady", "Cleanup", "UploadStats",
+           "Uploader", "process_uploader"]
 
 _LOGGER = logging.getLogger(__name__)
 _MB = 1024 * 1024
@@ -145,6 +145,13 @@ class _Chunks:
             streams, self._streams = self._streams, []
         for stream in streams:
             stream.close()
+
+
+class Cleanup(NamedTuple):
+    """What `Uploader.delete` did: assets deleted, and assets kept because their delete was refused or failed."""
+
+    deleted: List[str]
+    kept: List[str]
 
 
 class Uploader:
@@ -403,20 +410,27 @@ class Uploader:
 
     # ---- cleanup -----------------------------------------------------------------------------------------
 
-    def delete(self, asset_ids: Iterable[str]) -> List[str]:
-        """Deletes assets this job uploaded; returns those deleted (already gone counts as deleted)."""
-        gone = []
+    def delete(self, asset_ids: Iterable[str]) -> Cleanup:
+        """Deletes assets this job uploaded (already gone counts as deleted). One the platform refuses (409:
+        indexed assets reference it) or that fails to delete is kept and reported, never forced: the rest go on."""
+        gone, kept = [], []
         for asset_id in asset_ids:
             try:
                 self._api(lambda: self.client.assets.delete(asset_id), None)
             except errors.NotFoundError:
                 pass
+            except errors.ConflictError:
+                _LOGGER.warning("asset %s is kept: the platform refuses to delete it while indexed assets reference "
+                                "it (409); delete it with force=true if you mean to", asset_id)
+                kept.append(asset_id)
+                continue
             except (errors.EmbedError, ApiKeyRejected) as exc:
                 _LOGGER.warning("asset %s could not be deleted (%s); it is kept", asset_id, type(exc).__name__)
+                kept.append(asset_id)
                 continue
             self.journal.deleted(asset_id)
             gone.append(asset_id)
-        return gone
+        return Cleanup(gone, kept)
 
 
 def _chunk_retryable(exc: errors.EmbedError) -> bool:
