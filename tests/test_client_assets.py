@@ -411,6 +411,20 @@ def test_put_chunk_sends_no_key_and_returns_the_etag(tmp_path):
     assert _headers(api.requests[0])["x-api-key"] == KEY and _headers(api.requests[0])["x-trace"] == "caller"
 
 
+def test_put_chunk_sends_a_bytearray_or_a_view_as_they_are():
+    """The uploader PUTs a view of a reused chunk buffer (no copy per chunk): the wire carries exactly its bytes."""
+    buffer = bytearray(bytes(range(256)) * 8)
+    with Server(_storage()) as storage:
+        mpu = _ours(storage.base_url).multipart_upload
+        mpu.put_chunk(_presigned(storage), buffer)
+        mpu.put_chunk(_presigned(storage), memoryview(buffer)[100:612])
+        with pytest.raises(errors.BadRequestError, match="512 bytes"):
+            mpu.put_chunk(_presigned(storage), memoryview(buffer)[100:612], length=500)
+    whole, part = storage.requests
+    assert whole.body == bytes(buffer) and _headers(whole)["content-length"] == "2048"
+    assert part.body == bytes(buffer[100:612]) and _headers(part)["content-length"] == "512"
+
+
 def test_put_chunk_refuses_to_send_the_key():
     with Server(_storage()) as storage:
         mpu = _ours(storage.base_url).multipart_upload

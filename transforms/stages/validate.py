@@ -1,6 +1,7 @@
 """ValidateRows: turn manifest rows into items, rejecting before any call what the API would reject."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -50,6 +51,10 @@ MEDIA_RULES = {m.name: m.v1_file_bytes for m in MODELS}
 V2_BASE64_LIMIT = 36 * _MB
 # Large files are hashed this much at a time.
 _HASH_BLOCK = 8 * _MB
+# The header probe of a file for the Assets API fetches blocks this large (one ranged request each on a bucket),
+# and keeps this many (a head and a tail).
+_PROBE_BUFFER = 1 * _MB
+_PROBE_BLOCKS = 2
 V2_MEDIA_RULES = {"image": 32 * _MB, "audio": V2_BASE64_LIMIT * 3 // 4, "video": V2_BASE64_LIMIT * 3 // 4}
 TASK_MEDIA_SEC = (4.0, 4 * 3600.0)
 MIN_IMAGE_SIDE = 128
@@ -194,28 +199,100 @@ def _check_offset(offset: Optional[float], duration: float, modality: str, path:
                        f"`audio_start_offset_sec` {offset} is not before the end of {path} ({duration:.2f} s)")
 
 
-class _HashingReader:
-    """A seekable view of a stream that hashes the file's bytes in order as they are read, so what a probe reads
-    from the start is hashed on the way; `finish()` reads and hashes only the rest. Decoders read it through
-    read/seek/tell (soundfile falls back to read() without readinto)."""
+class _HashingRaw(io.RawIOBase):
+    """The bytes under an open FileSystems stream's read-ahead (its `raw`, when it has one), hashed in file order as
+    they are fetched: what the header probe fetches from the start is hashed on the way, and `finish()` fetches and
+    hashes only the rest, into one block. Beam's remote readers fill a 16 MiB buffer (and copy each fill twice) for
+    a 200-byte header: 33 MB at the peak of validating a file in a bucket, and a second fetch of that much."""
 
     def __init__(self, stream):
-        self._stream = stream
+        self._raw = getattr(stream, "raw", stream)
         self._pos = 0
         self._hashed = 0  # bytes [0, _hashed) are in the digest
         self._digest = hashlib.sha256()
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        start, self._pos = self._pos, self._pos + len(data)
-        if start <= self._hashed < self._pos:
-            self._digest.update(memoryview(data)[self._hashed - start:])
-            self._hashed = self._pos
-        return data
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._stream.seek(offset, whence)
-        self._pos = self._stream.tell()
+        self._raw.seek(offset, whence)
+        self._pos = self._raw.tell()
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if hasattr(self._raw, "readinto"):
+            n = self._raw.readinto(view) or 0
+        else:
+            data = self._raw.read(len(view))
+            n = len(data)
+            view[:n] = data
+        start, self._pos = self._pos, self._pos + n
+        if start <= self._hashed < self._pos:
+            self._digest.update(view[self._hashed - start:n])
+            self._hashed = self._pos
+        return n
+
+    def finish(self) -> str:
+        """The sha256 of the whole file, fetching on from the first byte not yet hashed."""
+        self.seek(self._hashed)
+        block = bytearray(_HASH_BLOCK)
+        while self.readinto(block):
+            pass
+        return self._digest.hexdigest()
+
+
+class _Probe:
+    """What the decoders read a file's header through: blocks of _PROBE_BUFFER fetched from `source` (one ranged
+    request each on a bucket), the last _PROBE_BLOCKS of them kept, so a decoder that seeks to the end and back to
+    the head (MP4's index may sit at either end) fetches each block once."""
+
+    def __init__(self, source: _HashingRaw, size: int):
+        self._source, self._size = source, size
+        self._blocks: "collections.OrderedDict[int, bytes]" = collections.OrderedDict()  # start -> bytes
+        self._pos = 0
+
+    def _block(self, pos: int) -> Tuple[int, bytes]:
+        for start, data in self._blocks.items():
+            if start <= pos < start + len(data):
+                self._blocks.move_to_end(start)
+                return start, data
+        self._source.seek(pos)
+        buffer = bytearray(min(_PROBE_BUFFER, self._size - pos))
+        view, got = memoryview(buffer), 0
+        while got < len(buffer):
+            n = self._source.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        data = bytes(view[:got])
+        self._blocks[pos] = data
+        if len(self._blocks) > _PROBE_BLOCKS:
+            self._blocks.popitem(last=False)
+        return pos, data
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        parts = []
+        while self._pos < end:
+            start, data = self._block(self._pos)
+            if not data:
+                break
+            piece = data[self._pos - start:end - start]
+            parts.append(piece)
+            self._pos += len(piece)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Moves only the position: decoders seek to the end for the length and back, which fetches nothing."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
         return self._pos
 
     def tell(self) -> int:
@@ -227,33 +304,27 @@ class _HashingReader:
     def readable(self) -> bool:
         return True
 
-    def finish(self) -> str:
-        """The sha256 of the whole file, reading on from the first byte not yet hashed."""
-        self.seek(self._hashed)
-        for _ in iter(lambda: self.read(_HASH_BLOCK), b""):
-            pass
-        return self._digest.hexdigest()
-
 
 def _check_large_media(path: str, field: str, modality: str, size: int, offset: Optional[float]) -> _Checked:
     """A file that goes through the Assets API: its kind and duration from the container's header (read
     through FileSystems, so on gs:// and s3:// too), its sha256 streamed; never held whole. One open and one
-    pass: the header the probe reads is hashed as it goes, the hash reads on from there."""
+    pass: the header the probe fetches is hashed as it goes, the hash fetches on from there."""
     if size > MULTIPART_MAX:
         raise _Invalid("file_too_large", f"`{field}` {path} is {size} bytes; the Assets API takes {modality} files "
                                          f"up to {MULTIPART_MAX} bytes (10 GB)")
     try:
         with FileSystems.open(path, compression_type="uncompressed") as stream:
-            reader = _HashingReader(stream)
-            head = reader.read(200)
+            hashing = _HashingRaw(stream)  # closing it (or collecting it) leaves `stream` open: ours to close
+            probe = _Probe(hashing, size)
+            head = probe.read(200)
             kind = _sniff_video(head) if modality == "video" else _sniff(head[:16])
             if kind not in _KINDS[modality]:
                 wanted = "/".join(k.upper() for k in _KINDS[modality])
                 raise _Invalid("unsupported_format", f"`{field}` {path} is not {wanted} (its bytes are "
                                                      f"{'unknown' if kind is None else kind.upper()})")
-            reader.seek(0)
-            duration = _check_decodes(reader, kind, field, path)
-            digest = reader.finish()
+            probe.seek(0)
+            duration = _check_decodes(probe, kind, field, path)
+            digest = hashing.finish()
     except IsADirectoryError:
         raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
     except OSError as exc:
