@@ -11,9 +11,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 
 from embed_emulator import Emulator, EmulatorConfig, synth
+from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
 
 PNG = synth.png_bytes(seed=1)
 MP4 = synth.mp4_bytes(6.0, seed=5)      # about 67 KB: 9 chunks of 8 KiB
@@ -31,14 +31,6 @@ def md5(data: bytes) -> str:
 
 
 # ---- fixtures ------------------------------------------------------------------------------
-
-@pytest.fixture
-def http():
-    session = requests.Session()
-    session.trust_env = False
-    yield session
-    session.close()
-
 
 @pytest.fixture(scope="module")
 def emulator():

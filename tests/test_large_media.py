@@ -15,8 +15,8 @@ import pytest
 
 from embed_client import EmbedClient
 from embed_emulator import Emulator, EmulatorConfig, synth
-from tests.helpers import (TEST_KEY, assert_exactly_once, make_config, read_dead_letters, read_segments, run,
-                           v2_sorted)
+from tests.helpers import (TEST_KEY, assert_exactly_once, assert_v2_rows, make_config, read_dead_letters,
+                           read_segments, run, v2_sorted)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = 64 * 1024
@@ -70,15 +70,6 @@ def _expected_rows(client, path, modality, clip=None):
     return v2_sorted(client.v2.create(modality, "marengo3.0", **{modality: source}).data)
 
 
-def _assert_vectors(rows, expected):
-    rows = sorted(rows, key=lambda r: r["segment_index"])
-    assert len(rows) == len(expected)
-    for row, entry in zip(rows, expected):
-        np.testing.assert_array_equal(np.asarray(row["embedding"], dtype=np.float32),
-                                      np.asarray(entry.embedding, dtype=np.float32))
-        assert (row["start_offset_sec"], row["end_offset_sec"]) == (entry.start_sec, entry.end_sec)
-
-
 def _by_item(table):
     grouped = {}
     for row in table.to_pylist():
@@ -94,10 +85,10 @@ def test_files_go_up_once_by_multipart_and_come_back_with_the_vectors_of_their_b
         assets = emu.stats()["assets"]
         client = EmbedClient(api_key=TEST_KEY, base_url=emu.base_url)
         grouped = _by_item(read_segments(output))
-        _assert_vectors(grouped[("v", "video")], _expected_rows(client, media / "clip.mp4", "video"))
-        _assert_vectors(grouped[("v-again", "video")],
+        assert_v2_rows(grouped[("v", "video")], _expected_rows(client, media / "clip.mp4", "video"))
+        assert_v2_rows(grouped[("v-again", "video")],
                         _expected_rows(client, media / "clip.mp4", "video", {"start_sec": 1.0, "end_sec": 5.0}))
-        _assert_vectors(grouped[("a", "audio")], _expected_rows(client, media / "speech.wav", "audio"))
+        assert_v2_rows(grouped[("a", "audio")], _expected_rows(client, media / "speech.wav", "audio"))
     sizes = os.path.getsize(media / "clip.mp4") + os.path.getsize(media / "speech.wav")
     # Two files (the same video bytes under two names upload once), every byte sent exactly once.
     assert assets["sessions_created"] == 2 and assets["created"]["multipart"] == 2
