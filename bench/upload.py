@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,6 @@ import urllib.request
 from typing import Dict, Optional, Sequence
 
 MIB = 1024 * 1024
-_HASH_BLOCK = 8 * MIB
 KEY = os.environ.get("TWELVE_LABS_API_KEY", "bench-key")
 
 
@@ -85,15 +83,17 @@ def proc_io() -> Dict[str, int]:
 
 def run_upload_job(path: str, base_url: str, parallel: int, via: str = "local", output: Optional[str] = None,
                    extra: Optional[dict] = None) -> int:
-    """Our Uploader on one file, as the job runs it: the sha256 streamed through FileSystems first (the job's
-    validate step does it before any upload), then `Uploader.ensure` (multipart: direct_upload_max_bytes 0).
+    """Our Uploader on one file, as the job runs it: the job's validate step first (`row_to_items` on a row
+    naming the file with assets.upload: always: the header probed and the sha256 streamed through FileSystems),
+    then `Uploader.ensure` of the item it gives (multipart: direct_upload_max_bytes 0).
     `via` "benchfs" reads the file as benchfs://; `output` journals to OUTPUT/assets/ (a rerun resumes).
     `extra` gets the timings (hash, upload, ready wait), the asset's final status and the Uploader's counts."""
     from apache_beam.io.filesystems import FileSystems
 
     from transforms.calling.upload import AssetFailed, Uploader
-    from transforms.records import Item
+    from transforms.records import ManifestRow
     from transforms.settings import CallSettings, make_client
+    from transforms.stages.validate import RoutePlan, row_to_items
     from transforms.store.assets import AssetJournal, read_asset_journal
 
     local = os.path.abspath(path)
@@ -104,16 +104,14 @@ def run_upload_job(path: str, base_url: str, parallel: int, via: str = "local", 
         file_path = local
     size = FileSystems.match([file_path])[0].metadata_list[0].size_in_bytes
     t0 = time.perf_counter()
-    digest = hashlib.sha256()
-    with FileSystems.open(file_path, compression_type="uncompressed") as stream:
-        for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
-            digest.update(block)
+    (item,) = row_to_items(ManifestRow("bench.jsonl", 1, {"id": "big", "audio_file": file_path}), "marengo3.0",
+                           RoutePlan("marengo3.0", asset_upload="always"))
     hash_sec = time.perf_counter() - t0
+    if not getattr(item, "upload", False):
+        raise SystemExit(f"validation did not route {file_path} to an upload: {item}")
     settings = CallSettings(base_url=base_url, model="marengo3.0", direct_upload_max_bytes=0,
                             max_parallel_chunks=parallel, asset_poll_sec=0.05, asset_ready_timeout_sec=300)
     uploader = Uploader(settings, make_client(settings), AssetJournal(output, "bench"), read_asset_journal(output))
-    item = Item(id="big", modality="audio", source="bench", row_number=1, content_hash="bench", file_path=file_path,
-                upload=True, file_sha256=digest.hexdigest(), file_size=size)
     io0 = proc_io()
     t1 = time.perf_counter()
     status, error = "ready", None

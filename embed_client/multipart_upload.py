@@ -271,7 +271,8 @@ class MultipartUploadClient:
         surrounding double quotes stripped (as the SDK reports it; `"abc"` -> `abc`): use it as the
         chunk's `proof`.
 
-        `data` is bytes, or a binary file object streamed from its current position: `length` bytes of it
+        `data` is bytes (a bytearray or memoryview is sent without a copy: keep it unchanged until this returns),
+        or a binary file object streamed from its current position: `length` bytes of it
         (e.g. `f.seek(offset); put_chunk(url, f, length=size)`, see `chunk_span`), or all that is left
         when `length` is None. `headers` are the session's `upload_headers` (Content-Type defaults to
         application/octet-stream). Nothing else is sent: no API key, no cookies, no caller session.
@@ -333,11 +334,15 @@ class MultipartUploadClient:
     @staticmethod
     def _chunk_body(data: Any, length: Optional[int]):
         if isinstance(data, (bytes, bytearray, memoryview)):
-            data = bytes(data)
-            if length is not None and length != len(data):
-                raise errors.BadRequestError(f"`length` is {length} but the data has {len(data)} bytes",
+            # Sent as they are, not copied (a chunk is megabytes; the caller keeps them unchanged until we return).
+            if not isinstance(data, bytes):
+                data = memoryview(data)
+                data = data.cast("B") if data.contiguous else memoryview(data.tobytes())
+            size = data.nbytes if isinstance(data, memoryview) else len(data)
+            if length is not None and length != size:
+                raise errors.BadRequestError(f"`length` is {length} but the data has {size} bytes",
                                              code="parameter_invalid")
-            return data, len(data)
+            return data, size
         if isinstance(data, str) or not hasattr(data, "read"):
             raise TypeError(f"chunk data must be bytes or a binary file object, not {type(data).__name__}")
         if length is None:

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-put-delay-ms", type=float, default=0.0)
     p.add_argument("--chunk-put-fail-rate", type=float, default=0.0)
     p.add_argument("--asset-storage-dir", help="parent folder of the uploaded bytes (default: temp)")
+    p.add_argument("--assets-referenced", action="store_true",
+                   help="every asset counts as referenced by indexed assets: DELETE answers 409 unless force=true")
     p.add_argument("--api-key", action="append", default=[],
                    help="accepted key (repeatable; also EMULATOR_API_KEYS=a,b). Default: any key")
     p.add_argument("--log-level", default="WARNING")
@@ -92,7 +94,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         asset_initial_urls=args.asset_initial_urls, asset_url_ttl_sec=args.asset_url_ttl_sec,
         asset_session_ttl_sec=args.asset_session_ttl_sec,
         assets_requests_per_minute=args.assets_rpm, chunk_put_delay_ms=args.chunk_put_delay_ms,
-        chunk_put_fail_rate=args.chunk_put_fail_rate, asset_storage_dir=args.asset_storage_dir)
+        chunk_put_fail_rate=args.chunk_put_fail_rate, asset_storage_dir=args.asset_storage_dir,
+        assets_referenced=args.assets_referenced)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -75,6 +75,9 @@ class EmulatorConfig:
     # Chunk PUTs to presigned URLs: added delay before the answer, and share answered 500.
     chunk_put_delay_ms: float = 0.0
     chunk_put_fail_rate: float = 0.0
+    # Every asset counts as referenced by indexed assets (the emulator has no indexes): DELETE /assets/{id}
+    # answers 409 unless force=true, as the platform does for an asset that indexed assets reference.
+    assets_referenced: bool = False
     # Parent folder of the per-instance folder that holds asset bytes (None: the system temp dir).
     asset_storage_dir: Optional[str] = None
 

@@ -5,6 +5,7 @@ client's delayed ACK add ~40 ms to each keep-alive call.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import socket
@@ -512,6 +513,18 @@ class Emulator:
     @property
     def config(self) -> EmulatorConfig:
         return self._config
+
+    def asset_sha256(self, asset_id: str) -> Optional[str]:
+        """The sha256 of the bytes an uploaded asset holds (None: no such asset, or not processed yet), for tests
+        that check an upload arrived exact."""
+        asset = self._assets.store.lookup(asset_id)
+        if asset is None or not asset.done:
+            return None
+        digest = hashlib.sha256()
+        with open(asset.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def stats(self) -> dict:
         """Same as GET /emulator/stats?detail=1."""

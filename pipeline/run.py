@@ -23,7 +23,7 @@ from transforms.stages.dedup import read_permanent_failures
 from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
 from transforms.stages.write import recover_journals
 from transforms.store.finalize import finalize_output, read_finalize_counts, settle_earlier_runs
-from transforms.calling.upload import Uploader
+from transforms.calling.upload import Cleanup, Uploader
 from transforms.records import failure_kind
 from transforms.store.assets import AssetBook, AssetJournal, uploaded_by
 from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files,
@@ -213,7 +213,7 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
             # Submitted (a Flex Template launch must exit now): the next run finalizes this one's output.
             return summary_mod.submitted_summary(config, result, run_id)
         result.wait_until_finish()
-        deleted = 0 if config.dry_run or not settings.delete_assets_after_run else \
+        cleanup = Cleanup([], []) if config.dry_run or not settings.delete_assets_after_run else \
             _delete_uploaded_assets(config, settings, run_id)
     if config.dry_run:
         return summary_mod.plan_summary(config, result, run_id, manifest_paths)
@@ -222,10 +222,11 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
     finalized["segment_rows_dropped"] += settled.get("segment_rows_dropped", 0)
     finished = datetime.datetime.now(datetime.timezone.utc)
     return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized,
-                                     known_failures=known_failures, assets_deleted=deleted)
+                                     known_failures=known_failures, assets_deleted=len(cleanup.deleted),
+                                     assets_delete_refused=len(cleanup.kept))
 
 
-def _delete_uploaded_assets(config: JobConfig, settings: CallSettings, run_id: str) -> int:
+def _delete_uploaded_assets(config: JobConfig, settings: CallSettings, run_id: str) -> Cleanup:
     """assets.delete_after_run: the assets this run uploaded, once nothing of the run still needs them (no
     deferred item, no transient dead letter: the next run would upload them again). Never an `asset_id` row's."""
     pending = [r for folder in (DEFERRED_DIR, DEAD_LETTER_DIR)
@@ -235,10 +236,10 @@ def _delete_uploaded_assets(config: JobConfig, settings: CallSettings, run_id: s
     ids = uploaded_by(config.output, run_id)
     if pending:
         _LOGGER.info("keeping the %d assets this run uploaded: %d items wait for the next run", len(ids), len(pending))
-        return 0
+        return Cleanup([], [])
     with make_client(settings) as client:
         uploader = Uploader(settings, client, AssetJournal(config.output, run_id), AssetBook())
         try:
-            return len(uploader.delete(ids))
+            return uploader.delete(ids)
         finally:
             uploader.close()

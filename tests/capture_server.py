@@ -1,6 +1,7 @@
 """A loopback HTTP server that records raw requests and answers with canned responses."""
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import socket
@@ -31,9 +32,11 @@ class CapturedRequest:
 
 
 class CaptureServer:
-    """Records every request; `responder(request)` picks the answer (default: a tiny 200)."""
+    """Records every request (GET, POST, PUT, DELETE); `responder(request)` picks the answer (default: a tiny 200).
+    `sink=True` reads bodies a piece at a time and keeps only their first 400 bytes, length (`received`) and
+    SHA-256 (`sha256`), so a 50 MB upload costs the test process no memory."""
 
-    def __init__(self, responder: Optional[Callable[[CapturedRequest], Response]] = None):
+    def __init__(self, responder: Optional[Callable[[CapturedRequest], Response]] = None, sink: bool = False):
         self.requests: List[CapturedRequest] = []
         self.responder = responder or (lambda req: DEFAULT_OK)
         outer = self
@@ -46,8 +49,32 @@ class CaptureServer:
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                req = CapturedRequest("POST", self.path, dict(self.headers), body)
+                self._answer("POST")
+
+            def do_GET(self):
+                self._answer("GET")
+
+            def do_PUT(self):
+                self._answer("PUT")
+
+            def do_DELETE(self):
+                self._answer("DELETE")
+
+            def _answer(self, method):
+                length = int(self.headers.get("Content-Length", 0))
+                if sink:
+                    digest, left, head = hashlib.sha256(), length, b""
+                    while left:
+                        piece = self.rfile.read(min(65536, left))
+                        if not piece:
+                            break
+                        head = head or piece[:400]
+                        digest.update(piece)
+                        left -= len(piece)
+                    req = CapturedRequest(method, self.path, dict(self.headers), head)
+                    req.received, req.sha256 = length - left, digest.hexdigest()
+                else:
+                    req = CapturedRequest(method, self.path, dict(self.headers), self.rfile.read(length))
                 outer.requests.append(req)
                 status, headers, payload = outer.responder(req)
                 head = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers.items()]

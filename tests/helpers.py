@@ -10,6 +10,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+import requests
 
 from pipeline.config import JobConfig
 from pipeline.run import run_job
@@ -72,6 +74,16 @@ def assert_exactly_once(output: str, expected_rows: int) -> None:
     assert not both, f"both embedded and dead-lettered: {both}"
     rows = {(s, r) for s, r, _ in embedded} | {(s, r) for s, r, _ in dead}
     assert len(rows) == expected_rows, (len(rows), expected_rows)
+
+
+@pytest.fixture(name="http")
+def loopback_http():
+    """The `http` fixture: a requests session that ignores the environment's proxies (the emulators listen on
+    loopback). A test module takes it with `from tests.helpers import loopback_http  # noqa: F401`."""
+    session = requests.Session()
+    session.trust_env = False  # never send 127.0.0.1 traffic to an env proxy
+    yield session
+    session.close()
 
 
 class StaticFiles:
@@ -154,15 +166,19 @@ def v2_sorted(data):
 def check_v2_rows_match_client(rows, client, model, fields):
     import base64
 
-    import numpy as np
-
     with open(fields["video_file"], "rb") as f:
         source = {"base64_string": base64.b64encode(f.read()).decode("ascii")}
     video = {"media_source": source}
     for name in ("start_sec", "end_sec"):
         if fields.get(name) is not None:
             video[name] = float(fields[name])
-    expected = v2_sorted(client.v2.create("video", model, video=video).data)
+    assert_v2_rows(rows, v2_sorted(client.v2.create("video", model, video=video).data))
+
+
+def assert_v2_rows(rows, expected) -> None:
+    """An item's output rows are the v2 answer's data[] (`expected`, in v2_sorted order): vectors, spans, labels."""
+    import numpy as np
+
     rows = sorted(rows, key=lambda r: r["segment_index"])
     assert len(rows) == len(expected)
     for row, entry in zip(rows, expected):

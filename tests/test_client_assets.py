@@ -16,7 +16,7 @@ from embed_client import EmbedClient, errors
 from embed_client.assets import build_asset_form
 from embed_client.multipart import encode_multipart
 from embed_client.secrets import redact_url, scrub
-from tests.capture_server import CapturedRequest, CaptureServer, json_response
+from tests.capture_server import CaptureServer, json_response
 
 KEY = "tlk_FAKE_ASSETS_KEY_0123456789abcd"
 SIGNATURE = "5f1e2d3c4b5a69788796a5b4c3d2e1f0SIGNATURE"
@@ -28,41 +28,6 @@ ASSET_READY = {"_id": "as_1", "method": "direct", "status": "ready", "filename":
                "duration": 12.5, "hls": {"status": "ready", "manifest_url": "https://cdn/x.m3u8"},
                "technical_metadata": {"video_codec": "h264"}, "user_metadata": {"k": "v"}}
 ASSET_FAILED = {"_id": "as_2", "status": "failed", "error": {"message": f"corrupt file; key {KEY}"}}
-
-
-class Server(CaptureServer):
-    """The shared capture server answering every method; `sink=True` reads bodies a piece at a time and
-    keeps only their length and SHA-256 (so a 50 MB upload costs the test process no memory)."""
-
-    def __init__(self, responder=None, sink=False):
-        super().__init__(responder)
-        outer = self
-
-        def handle(handler, method):
-            length = int(handler.headers.get("Content-Length", 0))
-            if sink:
-                digest, left, head = hashlib.sha256(), length, b""
-                while left:
-                    piece = handler.rfile.read(min(65536, left))
-                    if not piece:
-                        break
-                    head = head or piece[:400]
-                    digest.update(piece)
-                    left -= len(piece)
-                body = head
-            else:
-                body = handler.rfile.read(length)
-            req = CapturedRequest(method, handler.path, dict(handler.headers), body)
-            if sink:
-                req.received, req.sha256 = length - left, digest.hexdigest()
-            outer.requests.append(req)
-            status, headers, payload = outer.responder(req)
-            head = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers.items()]
-            head.append(f"Content-Length: {len(payload)}")
-            handler.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-
-        for name in ("GET", "POST", "PUT", "DELETE"):
-            setattr(self._server.RequestHandlerClass, f"do_{name}", lambda h, m=name: handle(h, m))
 
 
 def _json(obj, status=200, headers=None):
@@ -137,7 +102,7 @@ def test_asset_create_bytes_match_sdk(case, tmp_path):
     path.write_bytes(MP4)
     ours, theirs = _create_cases(path)[case]
     ours, theirs = (ours() if callable(ours) else ours), (theirs() if callable(theirs) else theirs)
-    with Server(_json(ASSET, 201)) as server:
+    with CaptureServer(_json(ASSET, 201)) as server:
         asset = _ours(server.base_url).assets.create(**ours)
         sdk_asset = _sdk(server.base_url).assets.create(**theirs)
     mine, sdk = server.requests
@@ -178,7 +143,7 @@ def test_a_large_direct_upload_streams_in_small_memory(tmp_path):
     path = tmp_path / "big.mp4"
     with open(path, "wb") as f:
         f.truncate(size)  # sparse: 50 MB of zeros, no disk or memory cost to make
-    with Server(_json(ASSET, 201), sink=True) as server:
+    with CaptureServer(_json(ASSET, 201), sink=True) as server:
         client = _ours(server.base_url)
         tracemalloc.start()
         try:
@@ -204,14 +169,14 @@ def test_a_file_that_shrinks_while_sent_fails_typed():
             return b"" if self.tell() >= 100 else super().read(min(n, 50))
 
     source = Shrinking(b"x" * 1000)
-    with Server(_json(ASSET, 201)) as server:
+    with CaptureServer(_json(ASSET, 201)) as server:
         with pytest.raises(errors.BadRequestError) as info:
             _ours(server.base_url, timeout=(2, 2)).assets.create(method="direct", file=source)
     assert info.value.code == "file_changed"
 
 
 def test_asset_create_validates_locally():
-    with Server(_json(ASSET, 201)) as server:
+    with CaptureServer(_json(ASSET, 201)) as server:
         client = _ours(server.base_url)
         for kwargs, code in [(dict(method="direct"), "parameter_not_provided"),
                              (dict(method="url"), "parameter_not_provided"),
@@ -234,7 +199,7 @@ def test_asset_retrieve_delete_list_match_sdk():
             return json_response(200, page if "page=1" in req.path else {"data": [], "page_info": {}})
         return json_response(200, ASSET_FAILED if "as_2" in req.path else ASSET_READY)
 
-    with Server(responder) as server:
+    with CaptureServer(responder) as server:
         ours, sdk = _ours(server.base_url), _sdk(server.base_url)
         ready = ours.assets.retrieve("as_1")
         sdk.assets.retrieve("as_1")
@@ -303,7 +268,7 @@ def _mpu_responder(req):
 def test_multipart_calls_match_sdk():
     from twelvelabs.types import CompletedChunk as SdkChunk
 
-    with Server(_mpu_responder) as server:
+    with CaptureServer(_mpu_responder) as server:
         ours, sdk = _ours(server.base_url).multipart_upload, _sdk(server.base_url).multipart_upload
         session = ours.create(filename="big clip.mp4", type="video", total_size=12000000)
         sdk.create(filename="big clip.mp4", type="video", total_size=12000000)
@@ -388,7 +353,7 @@ def test_put_chunk_sends_no_key_and_returns_the_etag(tmp_path):
     path = tmp_path / "f.bin"
     data = bytes(range(256)) * 40
     path.write_bytes(data)
-    with Server(_storage()) as storage, Server(_json(ASSET)) as api:
+    with CaptureServer(_storage()) as storage, CaptureServer(_json(ASSET)) as api:
         client = _ours(api.base_url, session=caller)
         mpu = client.multipart_upload
         url = _presigned(storage)
@@ -411,8 +376,22 @@ def test_put_chunk_sends_no_key_and_returns_the_etag(tmp_path):
     assert _headers(api.requests[0])["x-api-key"] == KEY and _headers(api.requests[0])["x-trace"] == "caller"
 
 
+def test_put_chunk_sends_a_bytearray_or_a_view_as_they_are():
+    """The uploader PUTs a view of a reused chunk buffer (no copy per chunk): the wire carries exactly its bytes."""
+    buffer = bytearray(bytes(range(256)) * 8)
+    with CaptureServer(_storage()) as storage:
+        mpu = _ours(storage.base_url).multipart_upload
+        mpu.put_chunk(_presigned(storage), buffer)
+        mpu.put_chunk(_presigned(storage), memoryview(buffer)[100:612])
+        with pytest.raises(errors.BadRequestError, match="512 bytes"):
+            mpu.put_chunk(_presigned(storage), memoryview(buffer)[100:612], length=500)
+    whole, part = storage.requests
+    assert whole.body == bytes(buffer) and _headers(whole)["content-length"] == "2048"
+    assert part.body == bytes(buffer[100:612]) and _headers(part)["content-length"] == "512"
+
+
 def test_put_chunk_refuses_to_send_the_key():
-    with Server(_storage()) as storage:
+    with CaptureServer(_storage()) as storage:
         mpu = _ours(storage.base_url).multipart_upload
         for headers in ({"x-api-key": "anything"}, {"X-Custom": KEY}):
             with pytest.raises(errors.BadRequestError):
@@ -421,9 +400,9 @@ def test_put_chunk_refuses_to_send_the_key():
 
 
 def test_an_unquoted_etag_is_returned_as_is_and_a_missing_one_is_malformed():
-    with Server(_storage(etag="plain-etag")) as storage:
+    with CaptureServer(_storage(etag="plain-etag")) as storage:
         assert _ours(storage.base_url).multipart_upload.put_chunk(_presigned(storage), b"x") == "plain-etag"
-    with Server(_storage(etag=None)) as storage:
+    with CaptureServer(_storage(etag=None)) as storage:
         with pytest.raises(errors.MalformedResponseError) as info:
             _ours(storage.base_url).multipart_upload.put_chunk(_presigned(storage), b"x")
     assert SIGNATURE not in str(info.value)
@@ -487,7 +466,7 @@ def test_a_failing_put_is_typed_and_never_shows_the_signature(case, all_logs):
         with pytest.raises(expected[0]) as info:
             mpu.put_chunk(url, b"data")
     else:
-        with Server(responders[case]) as storage:
+        with CaptureServer(responders[case]) as storage:
             url = _presigned(storage)
             with pytest.raises(expected[0]) as info:
                 _ours(storage.base_url).multipart_upload.put_chunk(url, io.BytesIO(b"data" * 100))
@@ -546,7 +525,7 @@ def test_a_whole_multipart_upload_through_the_client(tmp_path):
             return json_response(200, {"asset_id": "as", "total_completed": 3})
         return json_response(200, {"upload_id": "up", "status": "completed", "total_size": len(data)})
 
-    with Server(responder) as server:
+    with CaptureServer(responder) as server:
         mpu = _ours(server.base_url).multipart_upload
         session = mpu.create(filename="v.mp4", type="video", total_size=len(data))
         done = []
@@ -584,7 +563,7 @@ def _api_error(status, code, message, headers=None):
 ])
 def test_api_errors_are_typed(call, status, exc, retryable):
     headers = {"Retry-After": "2", "X-Ratelimit-Limit": "30", "X-Ratelimit-Remaining": "0"} if status == 429 else None
-    with Server(_api_error(status, "some_code", f"failed; echo {KEY}", headers)) as server:
+    with CaptureServer(_api_error(status, "some_code", f"failed; echo {KEY}", headers)) as server:
         client = _ours(server.base_url)
         calls = {
             "retrieve": lambda: client.assets.retrieve("nope"),
@@ -608,17 +587,17 @@ def test_api_errors_are_typed(call, status, exc, retryable):
 
 
 def test_the_embed_endpoints_409_stays_a_retryable_server_error():
-    with Server(_json({"error": {"code": "conflict", "message": "busy"}}, 409)) as server:
+    with CaptureServer(_json({"error": {"code": "conflict", "message": "busy"}}, 409)) as server:
         with pytest.raises(errors.ServerError) as info:
             _ours(server.base_url).v2.create("text", "marengo3.0", text={"input_text": "x"})
     assert info.value.is_retryable and not isinstance(info.value, errors.ConflictError)
 
 
 def test_malformed_bodies_are_typed():
-    with Server(_json({"status": "ready"})) as server:  # no _id
+    with CaptureServer(_json({"status": "ready"})) as server:  # no _id
         with pytest.raises(errors.MalformedResponseError):
             _ours(server.base_url).assets.retrieve("as_1")
-    with Server(_json({"upload_urls": "nope", "upload_id": "u"}, 201)) as server:
+    with CaptureServer(_json({"upload_urls": "nope", "upload_id": "u"}, 201)) as server:
         with pytest.raises(errors.MalformedResponseError):
             _ours(server.base_url).multipart_upload.create(filename="a", type="video", total_size=1)
 

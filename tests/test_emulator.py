@@ -20,6 +20,7 @@ from PIL import Image
 
 from embed_emulator import Emulator, EmulatorConfig, item_key, rules, serve, synth, vectors
 from embed_emulator.limits import RateLimiter
+from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = [("marengo3.0", 512), ("marengo2.7", 1024)]
@@ -51,14 +52,6 @@ def cosine(a, b) -> float:
 
 def root(emulator) -> str:
     return f"http://127.0.0.1:{emulator.port}"
-
-
-@pytest.fixture
-def http():
-    session = requests.Session()
-    session.trust_env = False  # never send 127.0.0.1 traffic to an env proxy
-    yield session
-    session.close()
 
 
 @pytest.fixture(scope="module")

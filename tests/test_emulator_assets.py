@@ -11,9 +11,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 
 from embed_emulator import Emulator, EmulatorConfig, synth
+from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
 
 PNG = synth.png_bytes(seed=1)
 MP4 = synth.mp4_bytes(6.0, seed=5)      # about 67 KB: 9 chunks of 8 KiB
@@ -31,14 +31,6 @@ def md5(data: bytes) -> str:
 
 
 # ---- fixtures ------------------------------------------------------------------------------
-
-@pytest.fixture
-def http():
-    session = requests.Session()
-    session.trust_env = False
-    yield session
-    session.close()
-
 
 @pytest.fixture(scope="module")
 def emulator():
@@ -276,6 +268,21 @@ def test_list_and_delete(http, make_emulator):
     assert get_asset(http, emu, first["_id"]).status_code == 404
     refused = embed_image(http, emu, {"asset_id": first["_id"]})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "resource_not_exist"
+    assert emu.stats()["assets"]["deleted"] == 1
+
+
+def test_delete_of_a_referenced_asset_is_409_unless_forced(http, make_emulator):
+    """The platform refuses to delete an asset that indexed assets reference (409) unless force=true."""
+    emu = make_emulator(assets_referenced=True)
+    asset_id = upload_direct(http, emu, PNG, "one.png").json()["_id"]
+    refused = http.delete(f"{emu.base_url}/assets/{asset_id}", headers=KEY)
+    assert refused.status_code == 409 and refused.json()["code"] == "asset_referenced"
+    assert asset_id in refused.json()["message"] and "force" in refused.json()["message"]
+    assert get_asset(http, emu, asset_id).status_code == 200  # still there
+    assert http.delete(f"{emu.base_url}/assets/nope", headers=KEY).status_code == 404  # unknown: 404 first
+    assert http.delete(f"{emu.base_url}/assets/{asset_id}", headers=KEY,
+                       params={"force": "true"}).status_code == 200
+    assert get_asset(http, emu, asset_id).status_code == 404
     assert emu.stats()["assets"]["deleted"] == 1
 
 

@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 import pytest
-import requests
 import soundfile
 
 from embed_emulator import Emulator, EmulatorConfig, media, synth
 from embed_emulator.stats import v2_key
+from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
 
 KEY = {"x-api-key": "k"}
 MB = 1024 * 1024
@@ -112,14 +112,6 @@ MP4 = noisy_mp4()
 
 
 # ---- HTTP helpers --------------------------------------------------------------------------------
-
-@pytest.fixture
-def http():
-    session = requests.Session()
-    session.trust_env = False
-    yield session
-    session.close()
-
 
 @pytest.fixture(scope="module")
 def emulator():

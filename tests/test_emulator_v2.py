@@ -15,6 +15,7 @@ import requests
 
 from embed_emulator import Emulator, EmulatorConfig, synth, vectors, video
 from embed_emulator.stats import item_key, v2_key
+from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
 
 MP4_12 = synth.mp4_bytes(12.0, seed=3)
 MP4_6 = synth.mp4_bytes(6.0, seed=5)
@@ -35,14 +36,6 @@ def cosine(a, b) -> float:
 
 
 # ---- fixtures ------------------------------------------------------------------------------
-
-@pytest.fixture
-def http():
-    session = requests.Session()
-    session.trust_env = False
-    yield session
-    session.close()
-
 
 @pytest.fixture(scope="module")
 def emulator():

@@ -1,6 +1,8 @@
 """Large media through the Assets API: uploaded once (direct or multipart), resumable across SIGKILL, embedded
 by asset_id with the emulator's vectors for those bytes, reused across runs, cleaned up on request."""
 import base64
+import hashlib
+import io
 import json
 import os
 import signal
@@ -13,8 +15,8 @@ import pytest
 
 from embed_client import EmbedClient
 from embed_emulator import Emulator, EmulatorConfig, synth
-from tests.helpers import (TEST_KEY, assert_exactly_once, make_config, read_dead_letters, read_segments, run,
-                           v2_sorted)
+from tests.helpers import (TEST_KEY, assert_exactly_once, assert_v2_rows, make_config, read_dead_letters,
+                           read_segments, run, v2_sorted)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = 64 * 1024
@@ -68,15 +70,6 @@ def _expected_rows(client, path, modality, clip=None):
     return v2_sorted(client.v2.create(modality, "marengo3.0", **{modality: source}).data)
 
 
-def _assert_vectors(rows, expected):
-    rows = sorted(rows, key=lambda r: r["segment_index"])
-    assert len(rows) == len(expected)
-    for row, entry in zip(rows, expected):
-        np.testing.assert_array_equal(np.asarray(row["embedding"], dtype=np.float32),
-                                      np.asarray(entry.embedding, dtype=np.float32))
-        assert (row["start_offset_sec"], row["end_offset_sec"]) == (entry.start_sec, entry.end_sec)
-
-
 def _by_item(table):
     grouped = {}
     for row in table.to_pylist():
@@ -92,10 +85,10 @@ def test_files_go_up_once_by_multipart_and_come_back_with_the_vectors_of_their_b
         assets = emu.stats()["assets"]
         client = EmbedClient(api_key=TEST_KEY, base_url=emu.base_url)
         grouped = _by_item(read_segments(output))
-        _assert_vectors(grouped[("v", "video")], _expected_rows(client, media / "clip.mp4", "video"))
-        _assert_vectors(grouped[("v-again", "video")],
+        assert_v2_rows(grouped[("v", "video")], _expected_rows(client, media / "clip.mp4", "video"))
+        assert_v2_rows(grouped[("v-again", "video")],
                         _expected_rows(client, media / "clip.mp4", "video", {"start_sec": 1.0, "end_sec": 5.0}))
-        _assert_vectors(grouped[("a", "audio")], _expected_rows(client, media / "speech.wav", "audio"))
+        assert_v2_rows(grouped[("a", "audio")], _expected_rows(client, media / "speech.wav", "audio"))
     sizes = os.path.getsize(media / "clip.mp4") + os.path.getsize(media / "speech.wav")
     # Two files (the same video bytes under two names upload once), every byte sent exactly once.
     assert assets["sessions_created"] == 2 and assets["created"]["multipart"] == 2
@@ -174,6 +167,65 @@ def test_a_large_audio_file_on_marengo30_goes_to_v2_by_asset_instead_of_a_dead_l
     assert summary["api"]["items_by_route"]["task"] == 1 and summary["dead_letters"] == 0  # past the sync 36 MB
     assert assets["created"]["direct"] == 1 and summary["assets"]["bytes_uploaded"] == os.path.getsize(wav)
     assert len(read_segments(output)) > 0
+
+
+class _CountingFile(io.FileIO):
+    """A local file that adds the bytes read to `counts`, under a buffered reader as a FileSystems stream is
+    (reads through the buffer and from under it are both counted)."""
+
+    def __init__(self, path, counts):
+        super().__init__(path, "rb")
+        self._counts = counts
+
+    def readinto(self, buffer):
+        n = super().readinto(buffer)
+        self._counts["read"] += n or 0
+        return n
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self._counts["read"] += len(data)
+        return data
+
+
+@pytest.mark.parametrize("field,upload", [("audio_file", "auto"), ("video_file", "always")])
+def test_validation_sizes_and_reads_a_large_file_once(tmp_path, media, monkeypatch, field, upload):
+    """Each open and metadata read is a request on an object store: the size that routes audio to an asset is the
+    one its check uses, and the header probe and the sha256 share one open and one pass over the bytes (it was two
+    opens, two metadata reads and up to 2.5x the file's bytes)."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.localfilesystem import LocalFileSystem
+
+    from transforms.records import ManifestRow
+    from transforms.stages import validate
+
+    path = media / ("speech.wav" if field == "audio_file" else "clip.mp4")
+    size = os.path.getsize(path)
+    counts = {"open": 0, "metadata": 0, "read": 0}
+    real_metadata = LocalFileSystem.metadata
+
+    def counting_open(name, *args, **kwargs):
+        counts["open"] += 1
+        return io.BufferedReader(_CountingFile(name, counts))
+
+    def counting_metadata(self, name):
+        counts["metadata"] += 1
+        return real_metadata(self, name)
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(counting_open))
+    monkeypatch.setattr(LocalFileSystem, "metadata", counting_metadata)
+    # Limits under the file's size: audio past v1's limit goes to v2 by an asset (the size decides the route).
+    monkeypatch.setitem(validate.MEDIA_RULES["marengo3.0"], "audio", 1000)
+    monkeypatch.setitem(validate.V2_MEDIA_RULES, "audio", 1000)
+    plan = validate.RoutePlan("marengo3.0", asset_upload=upload)
+    (item,) = validate.row_to_items(ManifestRow(str(tmp_path / "m.jsonl"), 1, {"id": "x", field: str(path)}),
+                                    "marengo3.0", plan)
+    assert item.upload and item.route in ("v2", "task") and item.file_size == size
+    assert item.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert counts["open"] == 1 and counts["metadata"] == 1, counts
+    # Every byte fetched once: what the header probe fetched is hashed on the way, the hash fetches the rest (it
+    # was a second open reading it all again; an MP4 probed through a buffer fetched 2.5x its size).
+    assert counts["read"] == size, counts
 
 
 def test_sigkill_during_a_multipart_upload_then_rerun_sends_only_what_was_missing(tmp_path, media):

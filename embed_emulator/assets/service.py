@@ -124,7 +124,7 @@ class AssetService:
             if endpoint == "retrieve":
                 return self._retrieve(ident)
             if endpoint == "delete":
-                return self._delete(ident, query)
+                return self._delete(config, ident, query)
             if endpoint == "upload_list":
                 return self._upload_list(query)
             if endpoint == "upload_status":
@@ -232,10 +232,13 @@ class AssetService:
             raise _not_found("asset", asset_id)
         return json_reply(200, self.store.detail(asset, self.store.now()))
 
-    def _delete(self, asset_id: str, query: Query) -> Reply:
-        _query_bool(query, "force")
-        # Emulator choice: nothing references an asset here (there are no indexes), so the
-        # documented 409 never happens and `force` changes nothing.
+    def _delete(self, config: EmulatorConfig, asset_id: str, query: Query) -> Reply:
+        force = _query_bool(query, "force")
+        # There are no indexes here: `assets_referenced` stands for "indexed assets reference every asset",
+        # which the platform answers 409 unless force=true (the OAS names no error code: emulator choice).
+        if config.assets_referenced and not force and self.store.get(asset_id) is not None:
+            raise ApiError(409, "asset_referenced", f"The asset `{asset_id}` cannot be deleted: indexed assets "
+                                                    "reference it. Set `force` to true to delete it anyway.")
         if not self.store.delete(asset_id):
             raise _not_found("asset", asset_id)
         self.sessions.drop_asset(asset_id)

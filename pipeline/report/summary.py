@@ -173,11 +173,13 @@ def _letter_key(record: dict) -> tuple:
 _ASSET_COUNTS = ("uploaded", "reused", "reuploaded", "resumed", "sessions_restarted", "bytes_uploaded")
 
 
-def _assets_summary(metrics, deleted: int) -> dict:
-    """What the Assets API was used for: files uploaded (or reused, re-uploaded when gone), bytes and time."""
+def _assets_summary(metrics, deleted: int, delete_refused: int = 0) -> dict:
+    """What the Assets API was used for: files uploaded (or reused, re-uploaded when gone), bytes and time; and
+    for assets.delete_after_run, assets deleted and those kept because their delete was refused (409) or failed."""
     counts = {name: metrics.get(f"assets_{name}", 0) for name in _ASSET_COUNTS}
     counts["upload_seconds"] = round(metrics.get("assets_upload_msecs", 0) / 1000.0, 3)
     counts["deleted"] = deleted
+    counts["delete_refused"] = delete_refused
     return counts
 
 
@@ -189,12 +191,13 @@ def _assets_line(summary: dict) -> List[str]:
     return [f"  assets           {a['uploaded']} uploaded ({a['bytes_uploaded'] / 1e6:.1f} MB in "
             f"{a['upload_seconds']:.1f} s, {rate:.1f} MB/s), {a['resumed']} resumed, {a['reused']} reused, "
             f"{a['reuploaded']} re-uploaded (gone), {a['sessions_restarted']} sessions restarted (expired), "
-            f"{a['deleted']} deleted"]
+            f"{a['deleted']} deleted" + (f", {a['delete_refused']} kept (delete refused or failed)"
+                                         if a.get("delete_refused") else "")]
 
 
 def write_summary(config, result, run_id: str, manifests: List[str], started: datetime.datetime,
                   finished: datetime.datetime, finalized: dict = None, known_failures: set = frozenset(),
-                  assets_deleted: int = 0) -> dict:
+                  assets_deleted: int = 0, assets_delete_refused: int = 0) -> dict:
     metrics = collect_metrics(result)
     segment_files = _run_files(FileSystems.join(config.output, SEGMENT_DIR), run_id, ".parquet")
     dead_files = _run_files(FileSystems.join(config.output, DEAD_LETTER_DIR), run_id, ".jsonl")
@@ -235,7 +238,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "tasks": {name: metrics.get(f"tasks_{name}", 0) for name in ("created", "resumed", "recreated", "ready",
                                                                        "failed")},
         "task_polls": metrics.get("task_polls", 0),
-        "assets": _assets_summary(metrics, assets_deleted),
+        "assets": _assets_summary(metrics, assets_deleted, assets_delete_refused),
         "usage": {"input_tokens": {name.split(".", 1)[1]: n for name, n in sorted(metrics.items())
                                    if name.startswith("usage_tokens.")},
                   "truncated": metrics.get("usage_truncated", 0)},

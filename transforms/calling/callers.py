@@ -5,6 +5,7 @@ from typing import Dict, Optional, Tuple
 
 from embed_client import EmbedClient
 from transforms.calling.engine import Caller, WorkerState
+from transforms.calling.upload import process_uploader
 from transforms.calling.v2 import SyncV2Caller, TaskCaller, TaskJournal
 from transforms.records import ROUTES
 from transforms.settings import CallSettings
@@ -28,5 +29,5 @@ def make_caller(kind: str, settings: CallSettings, client: EmbedClient, state: W
                             journal=TaskJournal(output, settings.run_id))
     caller.meter = state.meter
     caller.media = state.media
-    caller.uploads = lambda: state.uploader(settings, output)  # made on the first file that needs it
+    caller.uploads = lambda: process_uploader(state, settings, output)  # made on the first file that needs it
     return caller

@@ -11,16 +11,17 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union
 
 from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.pacing import Pacer
-from embed_client.pacing.local import MediaMinutesBudget, TokenBucket
+from embed_client.pacing.local import MediaMinutesBudget
 from embed_client.retry import call_with_retries
-from transforms.calling.upload import Uploader
 from transforms.records import Call, DeadLetter, Deferred, Item, Outcome, item_row
-from transforms.settings import ApiKeyRejected, CallSettings, make_client
-from transforms.store.assets import AssetJournal, read_asset_journal
+from transforms.settings import ApiKeyRejected, CallSettings
+
+if TYPE_CHECKING:  # the uploader builds on the Caller below (transforms.calling.upload imports this module)
+    from transforms.calling.upload import Uploader
 
 __all__ = ["Attempts", "Caller", "CallRecord", "CallResult", "CallStats", "NotCalled", "QuotaState",
            "WaitMeter", "WorkerState", "read_file"]
@@ -28,6 +29,7 @@ __all__ = ["Attempts", "Caller", "CallRecord", "CallResult", "CallStats", "NotCa
 _LOGGER = logging.getLogger(__name__)
 
 CallRecord = Union[Outcome, DeadLetter, Deferred]
+T = TypeVar("T")
 
 
 class NotCalled(Exception):
@@ -71,6 +73,14 @@ class CallStats:
         for kind, tokens in (usage.input_tokens or {}).items():
             self.usage_tokens[kind] = self.usage_tokens.get(kind, 0) + int(tokens or 0)
         self.truncated += int(bool(usage.truncated))
+
+    def add_waits(self, other: "CallStats") -> None:
+        """Another request's retries, 429s and seconds throttled (not its calls, polls or latencies): what an
+        upload's API requests add to the call they upload for."""
+        self.retries += other.retries
+        self.rate_limited += other.rate_limited
+        self.throttled_sec += other.throttled_sec
+        self.limited_dimensions.extend(other.limited_dimensions)
 
     def mark(self, rate_limited: bool) -> None:
         bucket = self.timeline.setdefault(int(time.time()), [0, 0])
@@ -188,21 +198,17 @@ class WorkerState:
     quota: QuotaState
     meter: WaitMeter = dataclasses.field(default_factory=WaitMeter)
     media: Optional[MediaMinutesBudget] = None
-    _uploader: Optional[Uploader] = None
+    _uploader: Optional["Uploader"] = None
     _uploader_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
-    def current_uploader(self) -> Optional[Uploader]:
+    def current_uploader(self) -> Optional["Uploader"]:
         return self._uploader
 
-    def uploader(self, settings: CallSettings, output: Optional[str]) -> Uploader:
-        """The process's uploader for this run, made once: its own client (callers' clients close with their
-        DoFns), the asset journal read once, one lock per file content, its own pace (the assets category)."""
+    def uploader(self, make: Callable[[], "Uploader"]) -> "Uploader":
+        """The process's uploader for this run, made once by `make` (transforms.calling.upload.process_uploader)."""
         with self._uploader_lock:
             if self._uploader is None:
-                pacer = None if settings.assets_requests_per_minute is None else \
-                    TokenBucket(settings.assets_requests_per_minute / settings.max_workers)
-                self._uploader = Uploader(settings, make_client(settings, settings.max_parallel_chunks + 4),
-                                          AssetJournal(output, settings.run_id), read_asset_journal(output), pacer)
+                self._uploader = make()
             return self._uploader
 
     @classmethod
@@ -268,6 +274,7 @@ class Caller:
         self.policy = settings.retry_policy()
         self.dims = settings.dims
         self._read = read
+        self._waits_lock = threading.Lock()  # request(): an upload's chunk threads share one call's stats
 
     def run(self, call: Call) -> CallResult:
         stats = CallStats()
@@ -363,6 +370,18 @@ class Caller:
         except errors.AuthError as exc:
             raise ApiKeyRejected(f"The API refused the key ({exc}). Check {API_KEY_ENV} or the key file; "
                                  "no further calls were made by this worker.") from None
+
+    def request(self, send: Callable[[], T], stats: Optional[CallStats] = None) -> T:
+        """An unpaid API request outside a call (an upload's create, status, report, delete): paced, retried
+        and judged as calls are (`attempt`), so its 429s, retries and seconds throttled reach `stats` (the call
+        it is made for) and the job's throttling metrics like a call's. Thread-safe."""
+        part = CallStats()
+        try:
+            return self._send_paced(send, 0, part, Attempts(), paid=False)
+        finally:
+            if stats is not None:
+                with self._waits_lock:
+                    stats.add_waits(part)
 
     def _quota_spent(self, exc: errors.RateLimitError) -> bool:
         return self.quota.spent_by(exc, self.policy.deadline_sec)

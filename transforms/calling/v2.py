@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
-from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled, is_service_failure, error_code
+from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled
 from transforms.calling.upload import AssetFailed, AssetNotReady, Uploader
 from transforms.models import model
 from transforms.records import DeadLetter, Deferred, Item, Outcome, item_row
@@ -158,14 +158,15 @@ class _MediaPaced:
     media = None  # a MediaMinutesBudget, set by the calling step
     uploads: Optional[Callable[[], Uploader]] = None  # the process's uploader, set by the calling step
 
-    def _with_asset(self, item: Item) -> Union[Item, List[Union[DeadLetter, Deferred]]]:
-        """The item as it is sent: an uploaded file by its asset id; or the records that end it here."""
+    def _with_asset(self, item: Item, stats: CallStats) -> Union[Item, List[Union[DeadLetter, Deferred]]]:
+        """The item as it is sent: an uploaded file by its asset id; or the records that end it here. The
+        upload's requests count toward the outage and throttling like the call's own (Caller.request)."""
         if not item.upload:
             return item
         if self.uploads is None:
             raise RuntimeError("a file to upload reached a caller without an uploader")
         try:
-            asset_id = self.uploads().ensure(item)
+            asset_id = self.uploads().ensure(item, stats)
         except AssetFailed as exc:
             return [DeadLetter(i.id, i.source, i.row_number, i.modality, "upload", "asset_failed",
                                f"{i.source} row {i.row_number}: `{i.modality}_file` {i.file_path} was uploaded as "
@@ -180,13 +181,11 @@ class _MediaPaced:
                 return self._deferred([item])
             return self._dead(item, exc, exc.attempts or 1)
         except errors.EmbedError as exc:
-            self.quota.service_result(is_service_failure(exc, paid=False), error_code(exc))
             return self._dead(item, exc, exc.attempts or 1)
         except OSError as exc:
             return [DeadLetter(i.id, i.source, i.row_number, i.modality, "upload", "unreadable_file",
                                f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
                     for i in item.with_copies()]
-        self.quota.service_result(False)
         return dataclasses.replace(item, asset_id=asset_id, file_path=None)
 
     def _pace_media(self, item: Item, stats: CallStats) -> None:
@@ -206,7 +205,7 @@ class SyncV2Caller(_MediaPaced, Caller):
     def _run(self, items: List[Item], stats: CallStats):
         if self.quota.stopped:
             return self._deferred(items)
-        sent = self._with_asset(items[0])
+        sent = self._with_asset(items[0], stats)
         if isinstance(sent, list):
             return sent
         self._pace_media(sent, stats)
@@ -344,7 +343,7 @@ class TaskCaller(_MediaPaced, Caller):
             stats.tasks_recreated += 1
         if self.quota.stopped:
             return self._deferred(items)
-        sent = self._with_asset(item)
+        sent = self._with_asset(item, stats)
         if isinstance(sent, list):
             return sent
         try:

@@ -1,6 +1,7 @@
 """ValidateRows: turn manifest rows into items, rejecting before any call what the API would reject."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -10,7 +11,7 @@ import posixpath
 import re
 import unicodedata
 import urllib.parse
-from typing import Any, Iterable, List, Literal, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, List, Literal, NamedTuple, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -50,6 +51,10 @@ MEDIA_RULES = {m.name: m.v1_file_bytes for m in MODELS}
 V2_BASE64_LIMIT = 36 * _MB
 # Large files are hashed this much at a time.
 _HASH_BLOCK = 8 * _MB
+# The header probe of a file for the Assets API fetches blocks this large (one ranged request each on a bucket),
+# and keeps this many (a head and a tail).
+_PROBE_BUFFER = 1 * _MB
+_PROBE_BLOCKS = 2
 V2_MEDIA_RULES = {"image": 32 * _MB, "audio": V2_BASE64_LIMIT * 3 // 4, "video": V2_BASE64_LIMIT * 3 // 4}
 TASK_MEDIA_SEC = (4.0, 4 * 3600.0)
 MIN_IMAGE_SIDE = 128
@@ -107,9 +112,8 @@ class _Checked(NamedTuple):
     upload: bool       # past the inline limit (or assets.upload: always): uploaded as an asset first
 
 
-def _check_media_file(path: str, field: str, modality: str, model: str,
-                      offset: Optional[float], v2: bool = False, upload: str = "auto") -> _Checked:
-    """Checks a media file the way the API would, reading no more of it than that needs."""
+def _file_size(path: str, field: str) -> int:
+    """The size of a media file that exists and is a regular file (else _Invalid saying what it is)."""
     # exists/metadata, not match: a name may hold glob characters ("shot[1].png").
     try:
         filesystem = FileSystems.get_filesystem(path)
@@ -124,7 +128,43 @@ def _check_media_file(path: str, field: str, modality: str, model: str,
         if FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list:
             raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
         raise _Invalid("missing_file", f"`{field}` {path} does not exist")
-    size = filesystem.metadata(path).size_in_bytes
+    return filesystem.metadata(path).size_in_bytes
+
+
+class _FileSize:
+    """A media file's size, read from its filesystem at most once however many checks of a row ask (on an object
+    store each metadata read is a request)."""
+
+    def __init__(self, path: str, field: str):
+        self.path, self.field = path, field
+        self._size: Optional[int] = None
+        self._error: Optional[Exception] = None
+
+    def __call__(self) -> int:
+        """The size; raises what made it unknown (an _Invalid names it for the dead letter)."""
+        if self._size is None and self._error is None:
+            try:
+                self._size = _file_size(self.path, self.field)
+            except Exception as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._size
+
+    def known(self) -> Optional[int]:
+        """The size, or None when it cannot be read (the file's own check then says why)."""
+        try:
+            return self()
+        except Exception:
+            return None
+
+
+def _check_media_file(path: str, field: str, modality: str, model: str,
+                      offset: Optional[float], v2: bool = False, upload: str = "auto",
+                      file_size: Optional[Callable[[], int]] = None) -> _Checked:
+    """Checks a media file the way the API would, reading no more of it than that needs. `file_size`: the row's
+    memo of its size (_FileSize), when something else asked for it already."""
+    size = (file_size or _FileSize(path, field))()
     limit = V2_MEDIA_RULES[modality] if v2 else MEDIA_RULES[model][modality]
     if size == 0:
         raise _Invalid("empty_file", f"`{field}` {path} is empty")
@@ -159,32 +199,138 @@ def _check_offset(offset: Optional[float], duration: float, modality: str, path:
                        f"`audio_start_offset_sec` {offset} is not before the end of {path} ({duration:.2f} s)")
 
 
+class _HashingRaw(io.RawIOBase):
+    """The bytes under an open FileSystems stream's read-ahead (its `raw`, when it has one), hashed in file order as
+    they are fetched: what the header probe fetches from the start is hashed on the way, and `finish()` fetches and
+    hashes only the rest, into one block. Beam's remote readers fill a 16 MiB buffer (and copy each fill twice) for
+    a 200-byte header: 33 MB at the peak of validating a file in a bucket, and a second fetch of that much."""
+
+    def __init__(self, stream):
+        self._raw = getattr(stream, "raw", stream)
+        self._pos = 0
+        self._hashed = 0  # bytes [0, _hashed) are in the digest
+        self._digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._raw.seek(offset, whence)
+        self._pos = self._raw.tell()
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if hasattr(self._raw, "readinto"):
+            n = self._raw.readinto(view) or 0
+        else:
+            data = self._raw.read(len(view))
+            n = len(data)
+            view[:n] = data
+        start, self._pos = self._pos, self._pos + n
+        if start <= self._hashed < self._pos:
+            self._digest.update(view[self._hashed - start:n])
+            self._hashed = self._pos
+        return n
+
+    def finish(self) -> str:
+        """The sha256 of the whole file, fetching on from the first byte not yet hashed."""
+        self.seek(self._hashed)
+        block = bytearray(_HASH_BLOCK)
+        while self.readinto(block):
+            pass
+        return self._digest.hexdigest()
+
+
+class _Probe:
+    """What the decoders read a file's header through: blocks of _PROBE_BUFFER fetched from `source` (one ranged
+    request each on a bucket), the last _PROBE_BLOCKS of them kept, so a decoder that seeks to the end and back to
+    the head (MP4's index may sit at either end) fetches each block once."""
+
+    def __init__(self, source: _HashingRaw, size: int):
+        self._source, self._size = source, size
+        self._blocks: "collections.OrderedDict[int, bytes]" = collections.OrderedDict()  # start -> bytes
+        self._pos = 0
+
+    def _block(self, pos: int) -> Tuple[int, bytes]:
+        for start, data in self._blocks.items():
+            if start <= pos < start + len(data):
+                self._blocks.move_to_end(start)
+                return start, data
+        self._source.seek(pos)
+        buffer = bytearray(min(_PROBE_BUFFER, self._size - pos))
+        view, got = memoryview(buffer), 0
+        while got < len(buffer):
+            n = self._source.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        data = bytes(view[:got])
+        self._blocks[pos] = data
+        if len(self._blocks) > _PROBE_BLOCKS:
+            self._blocks.popitem(last=False)
+        return pos, data
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        parts = []
+        while self._pos < end:
+            start, data = self._block(self._pos)
+            if not data:
+                break
+            piece = data[self._pos - start:end - start]
+            parts.append(piece)
+            self._pos += len(piece)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Moves only the position: decoders seek to the end for the length and back, which fetches nothing."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
 def _check_large_media(path: str, field: str, modality: str, size: int, offset: Optional[float]) -> _Checked:
     """A file that goes through the Assets API: its kind and duration from the container's header (read
-    through FileSystems, so on gs:// and s3:// too), its sha256 streamed; never held whole."""
+    through FileSystems, so on gs:// and s3:// too), its sha256 streamed; never held whole. One open and one
+    pass: the header the probe fetches is hashed as it goes, the hash fetches on from there."""
     if size > MULTIPART_MAX:
         raise _Invalid("file_too_large", f"`{field}` {path} is {size} bytes; the Assets API takes {modality} files "
                                          f"up to {MULTIPART_MAX} bytes (10 GB)")
     try:
         with FileSystems.open(path, compression_type="uncompressed") as stream:
-            head = stream.read(200)
+            hashing = _HashingRaw(stream)  # closing it (or collecting it) leaves `stream` open: ours to close
+            probe = _Probe(hashing, size)
+            head = probe.read(200)
             kind = _sniff_video(head) if modality == "video" else _sniff(head[:16])
             if kind not in _KINDS[modality]:
                 wanted = "/".join(k.upper() for k in _KINDS[modality])
                 raise _Invalid("unsupported_format", f"`{field}` {path} is not {wanted} (its bytes are "
                                                      f"{'unknown' if kind is None else kind.upper()})")
-            stream.seek(0)
-            duration = _check_decodes(stream, kind, field, path)
-        with FileSystems.open(path, compression_type="uncompressed") as stream:
-            digest = hashlib.sha256()
-            for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
-                digest.update(block)
+            probe.seek(0)
+            duration = _check_decodes(probe, kind, field, path)
+            digest = hashing.finish()
     except IsADirectoryError:
         raise _Invalid("not_a_file", f"`{field}` {path} is a directory")
     except OSError as exc:
         raise _Invalid("unreadable_file", f"`{field}` {path} cannot be read ({exc})")
     _check_offset(offset, duration, modality, path)
-    return _Checked(digest.hexdigest(), duration, size, True)
+    return _Checked(digest, duration, size, True)
 
 
 def _reason(exc: Exception) -> str:
@@ -324,18 +470,17 @@ class RoutePlan:
     def uses_v2(self, modality: str) -> bool:
         return uses_v2(self.model, self.api_version, modality)
 
-    def audio_as_asset(self, row: ManifestRow, path: Any) -> bool:
+    def audio_as_asset(self, file_size: Callable[[], Optional[int]]) -> bool:
         """Whether an audio file goes to v2 as an uploaded asset on a model v1 would take it on (auto only):
-        every file with assets.upload: always, else one past v1's limit (instead of a dead letter)."""
-        if self.api_version != "auto" or not model(self.model).v2 or not isinstance(path, str) or not path.strip():
+        every file with assets.upload: always, else one past v1's limit (instead of a dead letter).
+        `file_size()`: its size, None when unknown (the file's own check names what is wrong); asked only if
+        it decides, and given by the row's memo, so the file's check does not read the metadata again."""
+        if self.api_version != "auto" or not model(self.model).v2:
             return False
         if self.asset_upload == "always":
             return True
-        try:
-            size = FileSystems.get_filesystem(path).metadata(_resolve(row.source, path.strip())).size_in_bytes
-        except Exception:
-            return False  # the file's own check names what is wrong with it
-        return size > MEDIA_RULES[self.model]["audio"]
+        size = file_size()
+        return size is not None and size > MEDIA_RULES[self.model]["audio"]
 
     def route(self, modality: str, clip_sec: Optional[float], v2: Optional[bool] = None,
               size: Optional[int] = None) -> str:
@@ -455,9 +600,13 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
         asset = fields.get("asset_id") if asset_modality == modality else None
         if url is None and path is None and asset is None:
             continue
+        # A file is the input (a URL or an asset wins): its size is read once, for routing and for its check.
+        by_file = url is None and asset is None and isinstance(path, str) and bool(path.strip())
+        resolved = _resolve(row.source, path.strip()) if by_file else None
+        file_size = _FileSize(resolved, f"{modality}_file") if by_file else None
         try:
             v2 = plan.uses_v2(modality)
-            if not v2 and modality == "audio" and url is None and asset is None and plan.audio_as_asset(row, path):
+            if not v2 and modality == "audio" and by_file and plan.audio_as_asset(file_size.known):
                 v2 = True  # Embed API v2, by an uploaded asset
             if modality == "video" and not v2:
                 raise _Invalid("needs_api_v2", "video is embedded by Embed API v2 only: set api.version to v2 or "
@@ -483,12 +632,11 @@ def _row_to_items(row: ManifestRow, model: str, plan: Optional[RoutePlan] = None
                                 content_hash=content_hash(modality, "asset", asset, *options),
                                 **base))
             else:
-                if not isinstance(path, str) or not path.strip():
+                if not by_file:
                     got = repr(path) if isinstance(path, str) else type(path).__name__
                     raise _Invalid("invalid_type", f"`{modality}_file` must be a non-empty path, got {got}")
-                resolved = _resolve(row.source, path.strip())
                 checked = _check_media_file(resolved, f"{modality}_file", modality, plan.model,
-                                            media.get("audio_start_offset_sec"), v2, plan.asset_upload)
+                                            media.get("audio_start_offset_sec"), v2, plan.asset_upload, file_size)
                 clip = _clip_length(modality, checked.duration, media, f"{modality}_file {resolved}")
                 route = plan.route(modality, clip, v2, checked.size)
                 out.append(Item(modality=modality, file_path=resolved, route=route,
