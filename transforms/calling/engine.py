@@ -238,13 +238,25 @@ _SERVICE_FAILURES = (errors.ConnectionFailedError, errors.EmbedTimeoutError, err
                      errors.MalformedResponseError)
 
 
+# A POST to an embed route names no resource that could be missing (an unknown asset id is a 400), so a 404 or
+# 405 there says the endpoint is not where the config points: the service's (or the config's) fault, never the row's.
+_ENDPOINT_MISSING_STATUSES = (404, 405)
+
+
+def endpoint_missing(exc: errors.EmbedError) -> bool:
+    """A 404/405 answer to an embed call: no such endpoint at the base URL."""
+    return isinstance(exc, errors.BadRequestError) and exc.status in _ENDPOINT_MISSING_STATUSES
+
+
 def is_service_failure(exc: errors.EmbedError, paid: bool) -> bool:
     """Fails every item alike: unreachable, hanging, 5xx, lying, or (for an embed call) no such endpoint."""
-    return isinstance(exc, _SERVICE_FAILURES) or (paid and isinstance(exc, errors.NotFoundError))
+    return isinstance(exc, _SERVICE_FAILURES) or (paid and endpoint_missing(exc))
 
 
-def error_code(exc: errors.EmbedError) -> str:
-    """The dead-letter code of a failed call."""
+def error_code(exc: errors.EmbedError, paid: bool = False) -> str:
+    """The dead-letter code of a failed call; `paid`: an embed call, whose 404/405 is the endpoint's."""
+    if paid and endpoint_missing(exc):
+        return "endpoint_not_found"  # transient (transforms.records.TRANSIENT_CODES): the next run tries again
     if exc.code:
         return exc.code
     return {errors.EmbedTimeoutError: "timeout", errors.ConnectionFailedError: "connection_failed",
@@ -307,6 +319,9 @@ class Caller:
                 return self._deferred(items)
             return [d for item in items for d in self._dead(item, exc, counter.count)]
         except errors.BadRequestError as exc:
+            if endpoint_missing(exc):
+                # Not the items' fault: no split (every part would get the same answer), a transient letter each.
+                return [d for item in items for d in self._dead(item, exc, counter.count, paid=True)]
             if len(items) > 1:
                 # One bad item must not sink its call-mates: retry each alone.
                 stats.split_calls += 1
@@ -334,7 +349,7 @@ class Caller:
             response = send()
         except errors.EmbedError as exc:
             # The service's failure, not the item's: enough in a row and the run stops calling.
-            self.quota.service_result(is_service_failure(exc, paid), f"{error_code(exc)}: {exc.message}")
+            self.quota.service_result(is_service_failure(exc, paid), f"{error_code(exc, paid)}: {exc.message}")
             if isinstance(exc, errors.RateLimitError):
                 stats.mark(True)
                 stats.rate_limited += 1
@@ -424,9 +439,12 @@ class Caller:
         return out
 
     @staticmethod
-    def _dead(item: Item, exc: errors.EmbedError, attempts: int) -> List[DeadLetter]:
-        code = error_code(exc)
+    def _dead(item: Item, exc: errors.EmbedError, attempts: int, paid: bool = False) -> List[DeadLetter]:
+        code = error_code(exc, paid)
+        message = exc.message if code != "endpoint_not_found" else (
+            f"the embed endpoint itself answered {exc.status} ({exc.message}): check api.base_url; the row is not "
+            "at fault and the next run tries it again")
         return [DeadLetter(each.id, each.source, each.row_number, each.modality, "call", code,
-                           f"{each.source} row {each.row_number}: {exc.message}", exc.status,
+                           f"{each.source} row {each.row_number}: {message}", exc.status,
                            getattr(exc, "attempts", attempts) or attempts)
                 for each in item.with_copies()]

@@ -367,7 +367,7 @@ class TaskCaller(_MediaPaced, Caller):
                 return self._deferred(items)
             return self._dead(item, exc, counter.count)
         except errors.EmbedError as exc:
-            return self._dead(item, exc, counter.count)
+            return self._dead(item, exc, counter.count, paid=True)
         created_at = self._clock()
         # Before the first poll: a kill from here on costs nothing, the next run polls this id.
         self.journal.record(item, created.id, created_at)
