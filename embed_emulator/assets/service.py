@@ -39,6 +39,12 @@ def _bad(message: str, code: str = "parameter_invalid") -> ApiError:
     return ApiError(400, code, message)
 
 
+def _assets_limits(config) -> tuple:
+    """The assets category's (per minute, per day): `category_limits.assets` when set, else assets_requests_per_minute."""
+    own = (config.category_limits or {}).get("assets") or {}
+    return own.get("rpm", config.assets_requests_per_minute), own.get("rpd")
+
+
 def _not_found(kind: str, ident: str) -> ApiError:
     return ApiError(404, "resource_not_exist", f"The {kind} `{ident}` does not exist.")
 
@@ -62,7 +68,7 @@ class AssetService:
         self.sessions = SessionStore(lambda: self.store.folder)
         self._gate = Gate(get_config, stats.assets_gate_view(), self.limiter, faults, stopping,
                           nested_errors=False, dimension_header=False,
-                          limits=lambda c: (c.assets_requests_per_minute, None))
+                          limits=_assets_limits)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
