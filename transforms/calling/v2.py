@@ -189,15 +189,21 @@ class _MediaPaced:
         self.quota.service_result(False)
         return dataclasses.replace(item, asset_id=asset_id, file_path=None)
 
+    def _media_budget(self, item: Item):
+        """The media-minutes budget of the item's category (one for all audio/video unless paced per category)."""
+        return self.media.get(item.modality) if isinstance(self.media, dict) else self.media
+
     def _pace_media(self, item: Item, stats: CallStats) -> None:
-        if self.media is not None:
+        budget = self._media_budget(item)
+        if budget is not None:
             minutes = clip_minutes(item)
             if minutes is not None:
-                stats.throttled_sec += self.media.acquire(minutes)
+                stats.throttled_sec += budget.acquire(minutes)
 
     def _charge_media(self, item: Item, data) -> None:
-        if self.media is not None and item.modality in ("audio", "video") and clip_minutes(item) is None:
-            self.media.charge(data_minutes(data))
+        budget = self._media_budget(item)
+        if budget is not None and item.modality in ("audio", "video") and clip_minutes(item) is None:
+            budget.charge(data_minutes(data))
 
 
 class SyncV2Caller(_MediaPaced, Caller):
@@ -359,11 +365,12 @@ class TaskCaller(_MediaPaced, Caller):
         counter = Attempts()
         self.journal.intend(item, self._clock())
         try:
-            created = self._send_paced(lambda: self._created(self.client.tasks.send_create(body)), 1, stats, counter)
+            created = self._send_paced(lambda: self._created(self.client.tasks.send_create(body)), 1, stats, counter,
+                                       categories=(item.modality,))
         except NotCalled:
             return self._deferred(items)
         except errors.RateLimitError as exc:
-            if self._quota_spent(exc):
+            if self._quota_spent(exc, (item.modality,)):
                 return self._deferred(items)
             return self._dead(item, exc, counter.count)
         except errors.EmbedError as exc:
@@ -391,7 +398,8 @@ class TaskCaller(_MediaPaced, Caller):
             for page in range(1, _LIST_PAGES + 1):
                 found, _ = self._send_paced(
                     lambda page=page: self.client.tasks.list_page(started_at=started, ended_at=ended, page=page,
-                                                                  page_limit=50), 1, stats, Attempts(), paid=False)
+                                                                  page_limit=50), 1, stats, Attempts(), paid=False,
+                    categories=(item.modality,))
                 listed += [task for task in found if self._lists_as(item, task)]
                 if len(found) < 50:
                     break
@@ -400,7 +408,7 @@ class TaskCaller(_MediaPaced, Caller):
             match = None
             for task in listed[:_CANDIDATES]:
                 full = self._send_paced(lambda task_id=task.id: self.client.tasks.retrieve(task_id), 1, stats,
-                                        Attempts(), paid=False)
+                                        Attempts(), paid=False, categories=(item.modality,))
                 fit = self._fits(item, full.metadata or {})
                 if fit is True or (fit is None and len(listed) == 1):
                     match = task
@@ -459,11 +467,12 @@ class TaskCaller(_MediaPaced, Caller):
                 return self._pending(item, task_id, self.quota.stopped, self.quota.resets_at)
             counter = Attempts()
             try:
-                task = self._send_paced(lambda: self.client.tasks.retrieve(task_id), 1, stats, counter, paid=False)
+                task = self._send_paced(lambda: self.client.tasks.retrieve(task_id), 1, stats, counter, paid=False,
+                                        categories=(item.modality,))
             except errors.NotFoundError:
                 raise _TaskGone()
             except errors.RateLimitError as exc:
-                if self._quota_spent(exc):
+                if self._quota_spent(exc, (item.modality,)):
                     return self._pending(item, task_id, "quota_exhausted", self.quota.resets_at)
                 return self._pending(item, task_id, "task_pending", None)
             except errors.EmbedError as exc:

@@ -1,0 +1,149 @@
+"""Per-category limits in the job (issue 24 items 1-3): one bucket per rate-limit category, a packed call takes
+from each category it touches, a limit learned from any answer updates only the category it is about, and a
+daily quota spent in one category defers only that category. Driven without Beam against the emulator."""
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from embed_client import EmbedClient
+from embed_client.errors import RateLimitInfo
+from embed_client.pacing.categories import CategoryPacers, named_category, per_minute_limit
+from embed_client.pacing.local import TokenBucket
+from embed_emulator import Emulator, EmulatorConfig
+from tests.helpers import TEST_KEY
+from transforms.calling.callers import make_caller
+from transforms.calling.engine import Caller, CallStats, QuotaState, WorkerState
+from transforms.calling.worker_state import acquire_worker_state
+from transforms.records import Call, Deferred, Item, Outcome
+from transforms.settings import CallSettings, CategoryLimit, ConfigError
+
+
+def _item(i, modality, **fields):
+    if modality == "text":
+        fields.setdefault("text", f"caption {i}")
+    return Item(id=f"{modality[0]}{i}", modality=modality, source="m.jsonl", row_number=i,
+                content_hash=f"h{modality}{i}", **fields)
+
+
+@pytest.fixture
+def png(tmp_path):
+    path = tmp_path / "p.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (160, 160), (20, 200, 30)).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+    return str(path)
+
+
+def _buckets(**rates):
+    return CategoryPacers({c: TokenBucket(rates.get(c)) for c in ("text", "image", "audio", "video")})
+
+
+# ---- the pacers -------------------------------------------------------------------------------------------
+
+def test_a_429_naming_a_category_slows_that_category_only():
+    pacers = _buckets(text=600, audio=600)
+    reset = time.time() + 30
+    pacers.on_rate_limited(("text", "audio"), RateLimitInfo(limit=60, reset_at=reset, dimensions="rpm:audio"), None)
+    rates = pacers.rates()
+    assert rates["audio"] == pytest.approx(57.0) and rates["text"] == 600  # 60 x 0.95 learned, text untouched
+
+
+def test_a_success_stating_its_limit_teaches_its_category_before_any_429():
+    pacers = _buckets(text=1200, image=1200)
+    stated = RateLimitInfo(limit=900, remaining=850, reset_at=time.time() + 40)
+    pacers.on_success(("text",), stated)
+    assert pacers.rates()["text"] == pytest.approx(855.0) and pacers.rates()["image"] == 1200
+    pacers.on_success(("text", "image"), RateLimitInfo(limit=10, remaining=5, reset_at=time.time() + 40))
+    # a packed call's statement does not say which category it is about: nothing learned from it
+    assert pacers.rates() == {"text": pytest.approx(855.0), "image": 1200, "audio": None, "video": None}
+    # nothing left in the window: wait for its reset instead of drawing the 429
+    pacers.on_success(("image",), RateLimitInfo(limit=1200, remaining=0, reset_at=time.time() + 3))
+    assert 2.0 < pacers.ready_in(("image",)) <= 3.0 and pacers.ready_in(("text",)) < 0.1
+
+
+def test_the_one_number_is_one_bucket_and_a_packed_call_takes_a_turn_from_each_category():
+    single = CategoryPacers.single(TokenBucket(60))
+    assert single.is_single and single.pacer("audio") is single.pacer("text")
+    pacers = _buckets(text=6000, audio=60)
+    assert pacers.acquire(("text",)) == 0.0 and pacers.acquire(("audio",)) == 0.0  # the burst token each
+    started = time.monotonic()
+    pacers.acquire(("text", "audio"))  # the audio bucket is empty: the packed call waits for it
+    assert 0.9 <= time.monotonic() - started <= 1.5
+    assert pacers.ready_in(("text",)) < 0.05  # the text bucket was not held up
+
+
+def test_dimension_names_and_minute_windows_are_read_from_the_headers():
+    assert named_category(RateLimitInfo(dimensions="rpd:video")) == "video"
+    assert named_category(RateLimitInfo(dimensions="rpm")) is None
+    assert named_category(RateLimitInfo(dimensions="tpm:speech")) is None
+    assert per_minute_limit(RateLimitInfo(limit=5, reset_at=time.time() + 20)) == 5.0
+    assert per_minute_limit(RateLimitInfo(limit=5, reset_at=time.time() + 3600)) is None  # a daily window
+
+
+# ---- settings ---------------------------------------------------------------------------------------------
+
+def test_per_category_settings_override_the_one_number():
+    settings = CallSettings(base_url="x", model="marengo3.5", requests_per_minute=300,
+                            category_limits=(CategoryLimit("text", 600), CategoryLimit("audio", 60, None, 30.0)))
+    assert [settings.category_rate(c) for c in ("text", "image", "audio", "video")] == [600, 300, 60, 300]
+    limits = settings.limits_in_force()
+    assert limits["per_category"] and limits["audio"]["media_minutes_per_hour"] == 30.0
+    assert CallSettings(base_url="x", model="marengo3.0", requests_per_minute=300).limits_in_force() == {
+        "per_category": False, "all": {"requests_per_minute": 300, "requests_per_day": None,
+                                       "media_minutes_per_hour": None}}
+    with pytest.raises(ConfigError, match="rate_limit.audio.requests_per_minute must be > 0"):
+        CallSettings(base_url="x", model="marengo3.0", category_limits=(CategoryLimit("audio", -1),))
+
+
+def test_each_process_keeps_one_bucket_per_category_and_the_one_number_keeps_one():
+    per = acquire_worker_state(CallSettings(base_url="http://127.0.0.1:9/v1.3", model="marengo3.5", run_id="c1",
+                                            requests_per_minute=300, category_limits=(CategoryLimit("text", 600),)))
+    assert not per.pacer.is_single
+    assert {c: r for c, r in per.pacer.rates().items()} == {"text": 600, "image": 300, "audio": 300, "video": 300}
+    one = acquire_worker_state(CallSettings(base_url="http://127.0.0.1:9/v1.3", model="marengo3.5", run_id="c1",
+                                            requests_per_minute=300))
+    assert one.pacer.is_single and one.pacer.rates()["video"] == 300
+
+
+# ---- the caller against the emulator ----------------------------------------------------------------------
+
+def _caller(emu, kind="v1", model="marengo3.0", **changes):
+    settings = CallSettings(base_url=emu.base_url, model=model, max_attempts=3, initial_backoff_sec=0.01,
+                            max_backoff_sec=0.02, item_deadline_sec=10.0, run_id=f"t{time.monotonic_ns()}",
+                            **changes)
+    state = WorkerState.for_settings(settings, acquire_worker_state(settings).pacer)
+    return make_caller(kind, settings, EmbedClient(api_key=TEST_KEY, base_url=emu.base_url), state)
+
+
+def test_a_daily_quota_spent_in_one_category_defers_only_that_categorys_items(png):
+    config = EmulatorConfig(category_limits={"image": {"rpd": 2}}, day_length_sec=3600)
+    with Emulator(config) as emu:
+        caller = _caller(emu, category_limits=(CategoryLimit("text", 6000), CategoryLimit("image", 6000)))
+        records = []
+        for i in range(5):  # packed text + image calls: the third finds the image quota spent
+            records += caller.run(Call([_item(i, "text"), _item(i, "image", file_path=png)])).records
+        served = emu.stats()
+    embedded = sorted(r.item.id for r in records if isinstance(r, Outcome))
+    deferred = [r for r in records if isinstance(r, Deferred)]
+    assert embedded == ["i0", "i1", "t0", "t1", "t2", "t3", "t4"]  # every text, the images before the quota
+    assert sorted(d.id for d in deferred) == ["i2", "i3", "i4"]
+    assert {(d.reason, d.detail) for d in deferred} == {("quota_exhausted", "image quota")}
+    assert all(d.resets_at and d.resets_at - time.time() > 300 for d in deferred)
+    assert caller.quota.stopped is None and set(caller.quota.stopped_categories) == {"image"}
+    # one refused call learned it; after that the images were not sent again
+    assert served["rate_limited_by"] == {"rpd:image": 1} and served["calls_ok"] == 2 + 3
+
+
+def test_a_v2_call_learns_its_categorys_limit_from_its_answers_and_counts_per_category():
+    config = EmulatorConfig(category_limits={"text": {"rpm": 120}})
+    with Emulator(config) as emu:
+        caller = _caller(emu, kind="v2", model="marengo3.5", requests_per_minute=6000,
+                         category_limits=(CategoryLimit("image", 6000),))
+        stats = CallStats()
+        records = caller._run([_item(1, "text")], stats)
+        assert isinstance(records[0], Outcome)
+    rates = caller.pacer.rates()
+    assert rates["text"] == pytest.approx(114.0) and rates["image"] == 6000 and rates["video"] == 6000
+    assert stats.by_category == {"text": [1, 0]}
