@@ -147,3 +147,45 @@ def test_a_v2_call_learns_its_categorys_limit_from_its_answers_and_counts_per_ca
     rates = caller.pacer.rates()
     assert rates["text"] == pytest.approx(114.0) and rates["image"] == 6000 and rates["video"] == 6000
     assert stats.by_category == {"text": [1, 0]}
+
+
+# ---- scheduling under several buckets ------------------------------------------------------------------------
+
+def _scheduler(split=True, **rates):
+    from transforms.calling.schedule import CategoryScheduler
+
+    return CategoryScheduler(_buckets(**rates), QuotaState(None), split_packed=split)
+
+
+def test_calls_of_a_category_with_an_empty_bucket_wait_without_holding_up_the_others():
+    scheduler = _scheduler(text=600, audio=6)
+    for name, modality in [("a1", "audio"), ("a2", "audio"), ("t1", "text"), ("t2", "text"), ("t3", "text")]:
+        scheduler.add(Call([_item(int(name[1]), modality)]), name)
+    first = scheduler.take_ready(8)
+    assert [(tag, prepaid) for _, tag, prepaid in first] == [("a1", True), ("t1", True)]  # a burst turn each
+    assert 0.05 < scheduler.soonest() <= 0.11  # the next text turn; a2 waits ~10 s behind it
+    time.sleep(scheduler.soonest())
+    assert [tag for _, tag, _ in scheduler.take_ready(8)] == ["t2"]  # overtakes a2
+    time.sleep(0.11)
+    assert [tag for _, tag, _ in scheduler.take_ready(8)] == ["t3"]
+    assert len(scheduler) == 1 and scheduler.soonest() > 9
+
+
+def test_a_packed_call_sends_its_ready_part_unless_told_to_wait_for_every_category():
+    for split, expected in ((True, [["t2"]]), (False, [])):
+        scheduler = _scheduler(split, text=600, audio=6)
+        scheduler.add(Call([_item(1, "audio")]), "first")
+        assert [tag for _, tag, _ in scheduler.take_ready(8)] == ["first"]  # the audio bucket is empty now
+        time.sleep(0.11)
+        scheduler.add(Call([_item(2, "text"), _item(2, "audio")]), "packed")
+        went = scheduler.take_ready(8)
+        assert [[i.id for i in call.items] for call, _, _ in went] == expected
+        assert len(scheduler) == 1  # the audio part (or the whole call) waits for its turn
+
+
+def test_items_of_a_spent_category_are_handed_out_at_once_to_be_deferred_without_a_turn():
+    scheduler = _scheduler(text=600, audio=6)
+    scheduler._quota.stop_category("audio", None)
+    scheduler.add(Call([_item(1, "audio")]), "a")
+    scheduler.add(Call([_item(2, "audio")]), "b")
+    assert [(tag, prepaid) for _, tag, prepaid in scheduler.take_ready(8)] == [("a", False), ("b", False)]

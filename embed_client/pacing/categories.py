@@ -67,8 +67,12 @@ class CategoryPacers:
         return dict(self._pacers)
 
     def _distinct(self, categories: Iterable[str]) -> List[Tuple[str, object]]:
+        """The pacers of `categories`, each once. No category (a task poll, which no category lists) is paced
+        by the one bucket when there is one, and by none when each category has its own."""
+        if not categories:
+            return [(EMBED_CATEGORIES[0], self._pacers[EMBED_CATEGORIES[0]])] if self.is_single else []
         seen, out = set(), []
-        for category in categories or EMBED_CATEGORIES[:1]:
+        for category in categories:
             pacer = self.pacer(category)
             if id(pacer) not in seen:
                 seen.add(id(pacer))
@@ -81,6 +85,8 @@ class CategoryPacers:
         distinct = self._distinct(categories)
         if len(distinct) == 1:
             return distinct[0][1].acquire()
+        if not distinct:
+            return 0.0
         waits = []
         for _, pacer in distinct:
             reserve = getattr(pacer, "_reserve", None)
@@ -92,6 +98,14 @@ class CategoryPacers:
         if wait > 0:
             time.sleep(wait)
         return wait
+
+    def reserve(self, categories: Sequence[str] = ()) -> float:
+        """Takes a turn from every category's bucket without sleeping; returns how long the caller must wait."""
+        waits = []
+        for _, pacer in self._distinct(categories):
+            reserve = getattr(pacer, "_reserve", None)
+            waits.append(reserve() if reserve is not None else pacer.acquire())
+        return max(waits, default=0.0)
 
     def ready_in(self, categories: Sequence[str] = ()) -> float:
         """Seconds until every bucket of `categories` has a turn (0 when a pacer cannot tell)."""

@@ -322,11 +322,16 @@ class Caller:
         self.meter = meter or WaitMeter()
         self.policy = settings.retry_policy()
         self.dims = settings.dims
+        self._local = threading.local()  # per pool thread: whether the current call's first turn is paid for
         self._read = read
 
-    def run(self, call: Call) -> CallResult:
+    def run(self, call: Call, prepaid: bool = False) -> CallResult:
+        """`prepaid`: the scheduler already took this call's turn in its categories (its first try does not
+        wait for the pacers again)."""
         stats = CallStats()
+        self._local.prepaid = prepaid
         records = self._run(call.items, stats)
+        self._local.prepaid = False
         # A call's dead letter carries what was sent: its content key (a later run re-tries it only if that
         # changed) and the manifest fields (to fix or re-drive it).
         by_key = {(i.id, i.source, i.row_number, i.modality): i for item in call.items for i in item.with_copies()}
@@ -386,7 +391,10 @@ class Caller:
                 paid: bool = True, categories: Tuple[str, ...] = ()):
         """One try: wait for a turn in every rate-limit category the call touches, take the budget (paid calls
         only), send, and tell the pacers and the quota how it went. Raises NotCalled when the budget is spent."""
-        stats.throttled_sec += self.meter.wait(lambda: self.pacer.acquire(categories))
+        if getattr(self._local, "prepaid", False):
+            self._local.prepaid = False  # the scheduler took this turn; retries and split parts take their own
+        else:
+            stats.throttled_sec += self.meter.wait(lambda: self.pacer.acquire(categories))
         if paid and not self.quota.take_call():
             raise NotCalled()
         counter.count += 1

@@ -398,8 +398,7 @@ class TaskCaller(_MediaPaced, Caller):
             for page in range(1, _LIST_PAGES + 1):
                 found, _ = self._send_paced(
                     lambda page=page: self.client.tasks.list_page(started_at=started, ended_at=ended, page=page,
-                                                                  page_limit=50), 1, stats, Attempts(), paid=False,
-                    categories=(item.modality,))
+                                                                  page_limit=50), 1, stats, Attempts(), paid=False)
                 listed += [task for task in found if self._lists_as(item, task)]
                 if len(found) < 50:
                     break
@@ -408,7 +407,7 @@ class TaskCaller(_MediaPaced, Caller):
             match = None
             for task in listed[:_CANDIDATES]:
                 full = self._send_paced(lambda task_id=task.id: self.client.tasks.retrieve(task_id), 1, stats,
-                                        Attempts(), paid=False, categories=(item.modality,))
+                                        Attempts(), paid=False)
                 fit = self._fits(item, full.metadata or {})
                 if fit is True or (fit is None and len(listed) == 1):
                     match = task
@@ -467,8 +466,9 @@ class TaskCaller(_MediaPaced, Caller):
                 return self._pending(item, task_id, self.quota.stopped, self.quota.resets_at)
             counter = Attempts()
             try:
-                task = self._send_paced(lambda: self.client.tasks.retrieve(task_id), 1, stats, counter, paid=False,
-                                        categories=(item.modality,))
+                # Polls take from no category (the platform's categories list the POSTs only): with one
+                # bucket for every category they are paced by it, as they always were.
+                task = self._send_paced(lambda: self.client.tasks.retrieve(task_id), 1, stats, counter, paid=False)
             except errors.NotFoundError:
                 raise _TaskGone()
             except errors.RateLimitError as exc:
