@@ -189,3 +189,51 @@ def test_items_of_a_spent_category_are_handed_out_at_once_to_be_deferred_without
     scheduler.add(Call([_item(1, "audio")]), "a")
     scheduler.add(Call([_item(2, "audio")]), "b")
     assert [(tag, prepaid) for _, tag, prepaid in scheduler.take_ready(8)] == [("a", False), ("b", False)]
+
+
+# ---- through the CLI ----------------------------------------------------------------------------------------
+
+def _cli(tmp_path, config):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import TEST_KEY
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(config))
+    env = dict(os.environ, PYTHONPATH=root, TWELVE_LABS_API_KEY=TEST_KEY)
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(path)], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=300)
+    with open(os.path.join(config["output"]["path"], "summary.json")) as f:
+        return out, json.load(f)
+
+
+def test_a_spent_daily_quota_of_one_category_defers_only_it_and_the_summary_says_which(tmp_path):
+    import json
+
+    rows = 12
+    manifest = tmp_path / "m.jsonl"
+    lines = []
+    for i in range(rows):
+        path = tmp_path / f"p{i}.png"
+        Image.new("RGB", (160, 160), (10 * i, 200, 30)).save(path, format="PNG")
+        lines.append(json.dumps({"id": f"r{i}", "text": f"caption {i}", "image_file": str(path)}) + "\n")
+    manifest.write_text("".join(lines))
+    out, summary = _cli(tmp_path, {
+        "model": "marengo3.0", "manifests": [str(manifest)], "output": {"path": str(tmp_path / "out")},
+        "api": {"base_url": "embedded"}, "calls": {"max_in_flight": 2, "pack": True},
+        "rate_limit": {"text": {"requests_per_minute": 6000}, "image": {"requests_per_minute": 6000}},
+        "emulator": {"category_limits": {"image": {"rpd": 3}}, "day_length_sec": 3600},
+        "beam": {"args": ["--runner=DirectRunner"]}})
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    assert summary["status"] == "deferred" and summary["items_embedded"] == {"image": 3, "text": rows}
+    assert summary["quota_spent_categories"] == {"image": rows - 3} and summary["deferred"] == rows - 3
+    assert f"quota spent only in image ({rows - 3} items), the rest went on" in out.stdout
+    by_category = summary["by_category"]
+    assert by_category["text"]["calls"] == rows and by_category["image"]["http_429"] >= 1
+    assert by_category["image"]["calls"] == 3 + by_category["image"]["http_429"]
+    assert summary["limits"]["per_category"] and summary["limits"]["image"]["requests_per_minute"] == 6000
+    assert "categories       " in out.stdout and "image 3" not in out.stdout.split("categories")[0]
