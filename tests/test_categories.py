@@ -237,3 +237,39 @@ def test_a_spent_daily_quota_of_one_category_defers_only_it_and_the_summary_says
     assert by_category["image"]["calls"] == 3 + by_category["image"]["http_429"]
     assert summary["limits"]["per_category"] and summary["limits"]["image"]["requests_per_minute"] == 6000
     assert "categories       " in out.stdout and "image 3" not in out.stdout.split("categories")[0]
+
+
+def test_category_limits_in_the_config_show_in_the_dry_run_and_a_mistake_is_one_line(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"r{i}", "text": f"caption {i}"}) + "\n" for i in range(120)))
+    config = {"model": "marengo3.0", "manifests": [str(manifest)], "output": {"path": str(tmp_path / "out")},
+              "api": {"base_url": "embedded"}, "calls": {"requests_per_minute": 300},
+              "rate_limit": {"text": {"requests_per_minute": 60, "requests_per_day": 1000},
+                             "audio": {"media_minutes_per_hour": 30}},
+              "beam": {"args": ["--runner=DirectRunner"]}}
+
+    def cli(given, *flags):
+        path = tmp_path / "job.yaml"
+        path.write_text(json.dumps(given))
+        return subprocess.run([sys.executable, "-m", "pipeline", "--config", str(path), *flags],
+                              capture_output=True, text=True, cwd=root, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=root))
+
+    bad = cli(dict(config, rate_limit={"audio": {"requests_per_minut": 5}}), "--dry-run")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "unknown setting `rate_limit.audio.requests_per_minut` (did you mean " \
+           "rate_limit.audio.requests_per_minute?)" in bad.stderr
+    plan = cli(config, "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    plan = json.loads(plan.stdout)
+    assert plan["limits"]["per_category"] and plan["limits"]["text"] == {"requests_per_minute": 60,
+                                                                           "requests_per_day": 1000}
+    assert plan["limits"]["image"]["requests_per_minute"] == 300  # the one number for the rest
+    assert plan["limits"]["audio"]["media_minutes_per_hour"] == 30
+    assert plan["minutes_at_rate"] == 2.0  # 120 texts at text's own 60/min, not at 300/min

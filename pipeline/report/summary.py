@@ -103,6 +103,12 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
     dead = {name.split(".", 1)[1]: n for name, n in metrics.items() if name.startswith("planned_dead_letters.")}
     rpm, rpd = config.requests_per_minute, config.requests_per_day
     minutes = calls / rpm if rpm else None
+    limits = limits_in_force(config)
+    if limits["per_category"]:
+        # Each category's items take its turns (a packed call one turn in each): the slowest category's bound.
+        needs = [(metrics.get(f"items_{m}", 0), limits[m]["requests_per_minute"])
+                 for m in MODALITIES if m in limits and metrics.get(f"items_{m}", 0)]
+        minutes = None if not needs or any(not rate for _, rate in needs) else max(n / rate for n, rate in needs)
     # The daily quota and this run's call budget are different limits: each gets its own estimate.
     days = (-(-calls // rpd) if calls else 0) if rpd else None
     runs = (-(-calls // max(1, config.max_calls)) if calls else 0) if config.max_calls is not None else None
@@ -136,7 +142,9 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
 def format_plan(plan: dict) -> str:
     items = plan["items"]
     timing = []
-    if plan["minutes_at_rate"] is not None:
+    if plan["minutes_at_rate"] is not None and (plan.get("limits") or {}).get("per_category"):
+        timing.append(f"{plan['minutes_at_rate']} min at the categories' limits (the slowest category's items)")
+    elif plan["minutes_at_rate"] is not None:
         timing.append(f"{plan['minutes_at_rate']} min at {plan['requests_per_minute']:g} calls/min")
     if plan["days_at_daily_quota"] is not None:
         timing.append(f"{plan['days_at_daily_quota']} day(s) at the daily quota of {plan['requests_per_day']} calls")
