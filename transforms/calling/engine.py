@@ -513,8 +513,8 @@ class Caller:
     def _dead(item: Item, exc: errors.EmbedError, attempts: int, paid: bool = False) -> List[DeadLetter]:
         code = error_code(exc, paid)
         message = exc.message if code != "endpoint_not_found" else (
-            f"the embed endpoint itself answered {exc.status} ({exc.message}): check api.base_url; the row is not "
-            "at fault and the next run tries it again")
+            f"the endpoint itself answered {exc.status} ({exc.message}): check api.base_url; the row is not at "
+            "fault and the next run tries it again")
         return [DeadLetter(each.id, each.source, each.row_number, each.modality, "call", code,
                            f"{each.source} row {each.row_number}: {message}", exc.status,
                            getattr(exc, "attempts", attempts) or attempts)

@@ -180,8 +180,10 @@ class _MediaPaced:
                 return self._deferred([item])
             return self._dead(item, exc, exc.attempts or 1)
         except errors.EmbedError as exc:
-            self.quota.service_result(is_service_failure(exc, paid=False), error_code(exc))
-            return self._dead(item, exc, exc.attempts or 1)
+            # The uploader handles the 404s that are about an asset or session (gone: uploaded again); one that
+            # reaches here answered a create, so it is the endpoint's, as on an embed call.
+            self.quota.service_result(is_service_failure(exc, paid=True), error_code(exc, paid=True))
+            return self._dead(item, exc, exc.attempts or 1, paid=True)
         except OSError as exc:
             return [DeadLetter(i.id, i.source, i.row_number, i.modality, "upload", "unreadable_file",
                                f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
