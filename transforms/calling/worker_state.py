@@ -15,7 +15,7 @@ import threading
 
 from apache_beam.utils import shared
 
-from embed_client.pacing import Pacer, make_pacer
+from embed_client.pacing import make_pacer
 from embed_client.pacing.categories import CategoryPacers
 from embed_client.pacing.redis_gcra import RedisTokenBucket
 from transforms.calling.engine import QuotaState, WaitMeter, WorkerState
@@ -43,7 +43,9 @@ def state_key(settings: CallSettings) -> str:
     """One quota, call budget, wait meter and media budget per process, run and endpoint."""
     return "tl-embed/state/" + json.dumps([settings.run_id, settings.base_url, settings.max_calls,
                                            settings.max_workers, settings.outage_after_failures,
-                                           settings.media_minutes_per_hour]) + pacer_key(settings)
+                                           settings.media_minutes_per_hour,
+                                           [[c.category, c.media_minutes_per_hour] for c in settings.category_limits]]
+                                          ) + pacer_key(settings)
 
 
 def _make_pacers(settings: CallSettings) -> CategoryPacers:
