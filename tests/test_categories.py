@@ -237,6 +237,10 @@ def test_a_spent_daily_quota_of_one_category_defers_only_it_and_the_summary_says
     assert by_category["image"]["calls"] == 3 + by_category["image"]["http_429"]
     assert summary["limits"]["per_category"] and summary["limits"]["image"]["requests_per_minute"] == 6000
     assert "categories       " in out.stdout and "image 3" not in out.stdout.split("categories")[0]
+    with open(summary["report_file"], encoding="utf-8") as f:
+        report = f.read()
+    assert f'data-key="by_category.text.calls">{rows}<' in report
+    assert f"Quota spent only in image ({rows - 3} items deferred)" in report
 
 
 def test_category_limits_in_the_config_show_in_the_dry_run_and_a_mistake_is_one_line(tmp_path):
