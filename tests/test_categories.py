@@ -277,3 +277,47 @@ def test_category_limits_in_the_config_show_in_the_dry_run_and_a_mistake_is_one_
     assert plan["limits"]["image"]["requests_per_minute"] == 300  # the one number for the rest
     assert plan["limits"]["audio"]["media_minutes_per_hour"] == 30
     assert plan["minutes_at_rate"] == 2.0  # 120 texts at text's own 60/min, not at 300/min
+
+
+def test_the_scheduled_pool_sends_every_text_while_audio_waits_for_its_turns(tmp_path):
+    """2 pool threads, 3 audio calls queued first (audio: one turn a second), then 20 texts: every text is
+    answered before the second audio call is sent; threads blocking on the audio bucket would hold them."""
+    import concurrent.futures
+    import wave
+
+    from tests.capture_server import CaptureServer, json_response
+    from transforms.calling.schedule import CategoryScheduler, ScheduledPool
+
+    wav = tmp_path / "a.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 8000)
+    sent = []
+
+    def answer(request):
+        modality = "audio" if b'name="audio_file"' in request.body else "text"
+        sent.append((time.monotonic(), modality))
+        body = {"model_name": "marengo3.0", f"{modality}_embedding": {"segments": [{"float": [0.5] * 512}]}}
+        return json_response(200, body)
+
+    with CaptureServer(answer) as server:
+        settings = CallSettings(base_url=server.base_url, model="marengo3.0", run_id="sched",
+                                category_limits=(CategoryLimit("text", 6000), CategoryLimit("audio", 60)))
+        pacers = _buckets(text=6000, audio=60)
+        caller = Caller(settings, EmbedClient(api_key=TEST_KEY, base_url=server.base_url), pacers)
+        with concurrent.futures.ThreadPoolExecutor(2) as threads:
+            pool = ScheduledPool(CategoryScheduler(pacers, caller.quota), threads, caller.run, slots=2)
+            for i in range(3):
+                pool.add(Call([_item(i, "audio", file_path=str(wav))]), f"a{i}")
+            for i in range(20):
+                pool.add(Call([_item(i, "text")]), f"t{i}")
+            done = []
+            while len(done) < 23:
+                finished, _, _ = pool.collect(22 - len(done))
+                done += finished
+            pool.stop()
+    assert all(isinstance(r, Outcome) for f in done for r in f.result().records)
+    audio = [t for t, m in sent if m == "audio"]
+    texts = [t for t, m in sent if m == "text"]
+    assert len(audio) == 3 and len(texts) == 20
+    assert max(texts) < audio[1], "a text waited behind the audio bucket"
+    assert audio[2] - audio[0] >= 1.9  # audio kept its own pace
