@@ -43,6 +43,11 @@ Scenarios:
                 stack over a local file); (3) SIGKILL at half of a 1 GB upload, then a rerun: bytes the emulator
                 accepted over both vs the file (target: at most one chunk plus the chunks in flight more), ours
                 (journal) and the SDK's (starts over). Arms `upload-job` / `upload-sdk`.
+  categories    per-category rate limits (issue 24; bench/categories.py): (a) marengo3.5, text/image/audio/video
+                at 300/min each: POSTs/s over the sum of the four limits, per-category job vs one bucket; (b)
+                marengo3.0 packed, text/image 600/min, audio 60/min: items/s per category vs one bucket at 60
+                and vs packing tied to every category; (c) told 1200/min, server 900 stating it on successes:
+                calls per 10 s.
   durable       the cost of durability: text manifest (5000, --full 20000), no limit, no latency, the
                 default output.flush_sec (5 s, every result journaled) against flush_sec 0 (a Parquet
                 piece per call's results); two alternating rounds (--full: one).
@@ -82,7 +87,7 @@ from bench import upload as up
 from bench.manifests import (MediaServer, edited_manifest, head_manifest, mixed_manifest, text_manifest, v2_counts,
                              v2_manifest)
 
-SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable", "scale", "upload")
+SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable", "scale", "upload", "categories")
 # (default, --full); None means no cap.
 SIZES = {"rate_items": (360, 3000), "rate_peer_items": (40, 600),
          "text_items": (5000, 20000), "mixed_items": (900, 3000), "overhead_peer_items": (1000, None),
@@ -262,6 +267,11 @@ class Bench:
             print("  note: wall time includes start-up and the last tasks' wait, which nothing else overlaps:\n"
                   "  a short run is weighed down by them; use --full")
         print(flush=True)
+
+    def categories(self) -> None:
+        from bench.categories import run_categories
+
+        run_categories(self)
 
     def adaptive(self) -> None:
         items = self.size("adaptive_items")

@@ -40,6 +40,7 @@ def _rss_mb() -> float:
 
 # The job's summary keys the bench keeps (the v2 scenario cross-checks the emulator's counts with them).
 SUMMARY_KEYS = ("api", "tasks", "task_polls", "calls", "http_429", "retries", "items_embedded", "dead_letters",
+                "by_category", "items_per_call",
                 "dead_letters_by_reason", "deferred", "deferred_by_reason", "seconds_throttled", "call_latency_ms",
                 "items_already_done", "items_deduplicated", "segment_rows_dropped", "seconds")
 
@@ -102,6 +103,11 @@ def main(argv=None) -> int:
     parser.add_argument("--task-poll-sec", type=float, help="pipeline: calls.task_poll_sec (default: the job's)")
     parser.add_argument("--max-tasks-in-flight", type=int, help="pipeline: calls.max_tasks_in_flight")
     parser.add_argument("--flush-sec", type=float, help="pipeline: output.flush_sec (0: a piece per call's results)")
+    parser.add_argument("--model", help="pipeline: the model (default: the job's)")
+    parser.add_argument("--category-rpm", action="append", default=[], metavar="CATEGORY=N",
+                        help="pipeline: rate_limit.CATEGORY.requests_per_minute (repeatable)")
+    parser.add_argument("--pack-waits", action="store_true",
+                        help="pipeline: calls.pack_waits_for_every_category (packing tied to every category)")
     parser.add_argument("--file", help="upload arms: the file to upload")
     parser.add_argument("--parallel", type=int, default=4,
                         help="upload-job: max_parallel_chunks; upload-sdk: max_workers")
@@ -127,8 +133,14 @@ def main(argv=None) -> int:
     else:
         from bench import peers
 
-    settings = {name: getattr(args, name) for name in ("api_version", "task_poll_sec", "max_tasks_in_flight", "flush_sec")
+    settings = {name: getattr(args, name) for name in ("api_version", "task_poll_sec", "max_tasks_in_flight", "flush_sec",
+                                                       "model")
                 if getattr(args, name) is not None}
+    for given in args.category_rpm:
+        category, _, rate = given.partition("=")
+        settings[f"{category}_requests_per_minute"] = float(rate)
+    if args.pack_waits:
+        settings["pack_waits_for_every_category"] = True
     extra: dict = {}
     upload_extra: dict = {}
     runners = {

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--asset-session-ttl-sec", type=float, default=86400.0)
     p.add_argument("--assets-rpm", type=int,
                    help="requests per minute of the assets category (default unlimited)")
+    p.add_argument("--category-limit", action="append", default=[], metavar="CATEGORY.DIM=N",
+                   help="a per-category limit, e.g. text.rpm=600, audio.dph=120 (categories text, image, audio, "
+                        "video, assets; rpm, rpd, and for audio/video dph, dpd in media minutes); repeatable")
     p.add_argument("--chunk-put-delay-ms", type=float, default=0.0)
     p.add_argument("--chunk-put-fail-rate", type=float, default=0.0)
     p.add_argument("--asset-storage-dir", help="parent folder of the uploaded bytes (default: temp)")
@@ -75,6 +78,17 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         if not sep or not asset_id or not path:
             raise ValueError(f"--asset takes ID=PATH, got {item!r}")
         assets[asset_id] = path
+    categories: dict = {}
+    for item in args.category_limit:
+        name, sep, value = item.partition("=")
+        category, dot, dim = name.partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not dot or number is None:
+            raise ValueError(f"--category-limit takes CATEGORY.DIM=N (e.g. text.rpm=600), got {item!r}")
+        categories.setdefault(category, {})[dim] = int(number) if number.is_integer() else number
     keys = list(args.api_key)
     keys += [k.strip() for k in os.environ.get("EMULATOR_API_KEYS", "").split(",") if k.strip()]
     return EmulatorConfig(
@@ -94,8 +108,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         asset_initial_urls=args.asset_initial_urls, asset_url_ttl_sec=args.asset_url_ttl_sec,
         asset_session_ttl_sec=args.asset_session_ttl_sec,
         assets_requests_per_minute=args.assets_rpm, chunk_put_delay_ms=args.chunk_put_delay_ms,
-        chunk_put_fail_rate=args.chunk_put_fail_rate, asset_storage_dir=args.asset_storage_dir,
-        assets_referenced=args.assets_referenced)
+        chunk_put_fail_rate=args.chunk_put_fail_rate, category_limits=categories or None,
+        asset_storage_dir=args.asset_storage_dir, assets_referenced=args.assets_referenced)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Optional
 
+from .categories import check_category_limits
+
 __all__ = ["EmulatorConfig"]
 
 
@@ -37,6 +39,12 @@ class EmulatorConfig:
     audio_segment_sec: float = 6.0
     max_audio_sec_30: float = 600.0
     fetch_timeout_sec: float = 10.0
+    # Per-category limits, as the platform groups them by modality: {category: {dimension: limit}} with
+    # categories text, image, audio, video, assets and dimensions rpm (sliding minute), rpd (day window as
+    # requests_per_day's), and for audio/video dph, dpd (media minutes per UTC hour / day). A call takes from
+    # every category it touches; a 429 names `dimension:category` in X-Ratelimit-Dimensions. These apply on top
+    # of requests_per_minute/_day (the embed endpoints' shared limit). None = no per-category limit.
+    category_limits: Optional[Mapping[str, Mapping[str, float]]] = None
     # Whether answers state the limit (X-Ratelimit-Limit/-Remaining/-Used/-Reset); Retry-After is always sent.
     rate_limit_headers: bool = True
     # Count embedded items by content key, so tests can spot double work.
@@ -113,6 +121,7 @@ class EmulatorConfig:
         for name in ("asset_processing_sec", "chunk_put_delay_ms"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        object.__setattr__(self, "category_limits", check_category_limits(self.category_limits))
         if self.assets is not None:
             if not isinstance(self.assets, Mapping):
                 raise ValueError("assets must map asset ids to file paths")

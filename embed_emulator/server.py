@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from .assets import ASSETS_PATH, CHUNK_PATH, AssetService
+from .categories import CategoryLimiter
 from .config import EmulatorConfig
 from .faults import FaultInjector
 from .limits import MediaMinutesLimiter, RateLimiter
@@ -436,8 +437,9 @@ class Emulator:
         self._limiter = RateLimiter()
         self._faults = FaultInjector(self._config.seed)
         self._stopping = threading.Event()
+        self._categories = CategoryLimiter()
         self._service = EmbedService(lambda: self._config, self._stats, self._limiter,
-                                     self._faults, lambda: self._stopping)
+                                     self._faults, lambda: self._stopping, categories=self._categories)
         self._media_limiter = MediaMinutesLimiter()
         self._tasks = TaskStore(on_final=lambda status: self._stats.task(status))
         self._tasks.reseed(self._config.seed)
@@ -446,7 +448,8 @@ class Emulator:
                                     lambda: self._stopping)
         self._v2 = V2Service(lambda: self._config, self._stats, self._limiter,
                              self._media_limiter, self._faults, self._tasks,
-                             lambda: self._stopping, asset_lookup=self._assets.store.lookup)
+                             lambda: self._stopping, asset_lookup=self._assets.store.lookup,
+                             categories=self._categories)
         self._server: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._connections: set = set()
@@ -538,6 +541,7 @@ class Emulator:
         self._stats.reset()
         self._limiter.reset()
         self._media_limiter.reset()
+        self._categories.reset()
         self._assets.limiter.reset()
         self._faults.reseed(self._config.seed)
         self._tasks.reseed(self._config.seed)

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import forms, media, rules, vectors
 from .config import EmulatorConfig
 from .faults import FaultInjector
+from .categories import CategoryLimiter
 from .gate import Gate
 from .limits import RateLimiter
 from .reply import Reply, json_reply
@@ -24,25 +25,35 @@ class EmbedService:
     processing."""
 
     def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
-                 limiter: RateLimiter, faults: FaultInjector, stopping: Callable[[], threading.Event]):
+                 limiter: RateLimiter, faults: FaultInjector, stopping: Callable[[], threading.Event],
+                 categories: Optional[CategoryLimiter] = None):
         self._stats = stats
         self._faults = faults
+        self._categories = categories
         self._gate = Gate(get_config, stats, limiter, faults, stopping,
-                          nested_errors=False, dimension_header=False)
+                          nested_errors=False, dimension_header=False, categories=categories)
 
     def handle(self, api_key: Optional[str], content_type: Optional[str], body: bytes) -> Reply:
-        return self._gate.handle(api_key, lambda config: self._answer(config, content_type, body))
-
-    def _answer(self, config: EmulatorConfig, content_type, body: bytes) -> Reply:
+        # The form is read once, before admission, so the call's categories (its modalities) are known;
+        # an unreadable form touches none and gets its 400 from the answer.
         try:
-            return self._process(config, content_type, body)
+            request: object = forms.build_request(forms.parse_multipart(content_type, body))
+            categories = tuple(request.modalities())
+        except ApiError as exc:
+            request, categories = exc, ()
+        return self._gate.handle(api_key, lambda config: self._answer(config, request), categories)
+
+    def _answer(self, config: EmulatorConfig, request) -> Reply:
+        try:
+            if isinstance(request, ApiError):
+                raise request
+            return self._process(config, request)
         except ApiError as exc:
             return json_reply(exc.status, exc.body())
 
     # ---- normal processing ------------------------------------------------------------
 
-    def _process(self, config: EmulatorConfig, content_type, body: bytes) -> Reply:
-        request = forms.build_request(forms.parse_multipart(content_type, body))
+    def _process(self, config: EmulatorConfig, request: forms.EmbedRequest) -> Reply:
         results: Dict[str, dict] = {}
         embedded: List[str] = []
         keys: List[str] = []
@@ -95,6 +106,8 @@ class EmbedService:
 
         samples, sample_rate = media.load_audio(data, source.field, request.model)
         duration = samples.size / sample_rate
+        if self._categories is not None:
+            self._categories.add_media("audio", duration, config.day_length_sec)
         offset = request.audio_offset_sec
         if offset >= duration:
             raise MediaError(rules.invalid_message(

@@ -68,6 +68,7 @@ class Stats:
             self._items: Counter = Counter({"text": 0, "image": 0, "audio": 0})
             self._items_per_call: Counter = Counter({"1": 0, "2": 0, "3": 0})
             self._rate_limited = 0
+            self._rate_limited_by: Counter = Counter()  # by X-Ratelimit-Dimensions, e.g. "rpm:audio"
             self._faults: Counter = Counter({kind: 0 for kind in FAULT_KINDS})
             self._active = 0
             self._max_concurrent = 0
@@ -104,9 +105,11 @@ class Stats:
         with self._lock:
             self._by_status[str(code)] += 1
 
-    def rate_limited(self) -> None:
+    def rate_limited(self, dimension: Optional[str] = None) -> None:
         with self._lock:
             self._rate_limited += 1
+            if dimension:
+                self._rate_limited_by[dimension] += 1
 
     def fault(self, kind: str, count: int = 1) -> None:
         with self._lock:
@@ -164,6 +167,7 @@ class Stats:
                 "items": dict(self._items),
                 "items_per_call": dict(self._items_per_call),
                 "rate_limited": self._rate_limited,
+                "rate_limited_by": dict(self._rate_limited_by),
                 "faults": dict(self._faults),
                 "max_concurrent": self._max_concurrent,
                 "tasks": dict(self._tasks),
@@ -191,7 +195,7 @@ class _AssetsGateView:
         with self._stats._lock:
             self._stats._asset_by_status[str(code)] += 1
 
-    def rate_limited(self) -> None:
+    def rate_limited(self, dimension: Optional[str] = None) -> None:
         with self._stats._lock:
             self._stats._asset_rate_limited += 1
 

@@ -18,7 +18,8 @@ from pipeline.report import summary as summary_mod
 from pipeline.report.progress_line import ProgressPrinter, count_manifest_rows
 from transforms.calling.v2 import read_task_journal
 from transforms.memory import return_freed_memory
-from transforms.settings import CallSettings, ConfigError, EmbeddingSettings, make_client, settings_from
+from transforms.settings import (RATE_LIMIT_CATEGORIES, CallSettings, ConfigError, EmbeddingSettings, limits_in_force,
+                                make_client, settings_from)
 from transforms.stages.dedup import read_permanent_failures
 from transforms.stages.read import check_manifest_columns, expand_manifest_patterns
 from transforms.stages.write import recover_journals
@@ -84,6 +85,16 @@ def new_run_id(now: datetime.datetime) -> str:
 
 # Runners whose workers live in this process, so the progress line can read them.
 _IN_PROCESS_RUNNERS = ("fnapirunner",)
+
+
+def _pace_per_minute(config) -> Optional[float]:
+    """The calls per minute the progress line measures against: the one limit, or with a bucket per category
+    the sum of the categories' limits (None when one of them is left to learn)."""
+    limits = limits_in_force(config)
+    if not limits["per_category"]:
+        return config.requests_per_minute
+    rates = [limits[c]["requests_per_minute"] for c in RATE_LIMIT_CATEGORIES]
+    return None if any(r is None for r in rates) else sum(rates)
 
 
 def _runs_in_process(options: PipelineOptions) -> bool:
@@ -207,7 +218,7 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
                        known_tasks=known_tasks, columns=config.columns, failed=failed,
                        grouping=_grouping(options), finalize=not config.dry_run)
         if progress and _runs_in_process(options):
-            stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), config.requests_per_minute))
+            stack.enter_context(ProgressPrinter(count_manifest_rows(manifest_paths), _pace_per_minute(config)))
         result = p.run()
         if config.no_wait and not config.dry_run:
             # Submitted (a Flex Template launch must exit now): the next run finalizes this one's output.

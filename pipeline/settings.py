@@ -46,6 +46,19 @@ def _flatten(raw: Dict[str, Any], where: str) -> Dict[str, Any]:
                 if top == "api" and name in ("api_key", "key"):
                     raise ConfigError(f"{where}: do not put the API key in a config; use TWELVE_LABS_API_KEY or "
                                       "api.key_file")
+                subs = [k.split(".", 1)[1] for k in keys if k.startswith(f"{name}.")]
+                if subs:  # a block inside the block (rate_limit.text: {requests_per_minute: ...})
+                    if inner is None:
+                        continue
+                    if not isinstance(inner, dict):
+                        raise ConfigError(f"{where}: `{top}.{name}` must be a mapping of settings (e.g. "
+                                          f"{top}: {{{name}: {{{subs[0]}: ...}}}})")
+                    for sub, leaf in inner.items():
+                        if sub not in subs:
+                            raise ConfigError(f"{where}: unknown setting `{top}.{name}.{sub}`"
+                                              f"{_nearest(str(sub), subs).replace('mean ', f'mean {top}.{name}.')}")
+                        values[f"{top}.{name}.{sub}"] = leaf
+                    continue
                 if name not in keys:
                     raise ConfigError(f"{where}: unknown setting `{top}.{name}`"
                                       f"{_nearest(str(name), keys).replace('mean ', 'mean ' + top + '.')}")

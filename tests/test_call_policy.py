@@ -148,6 +148,17 @@ def test_a_400_splits_the_packed_call_and_dead_letters_only_the_bad_item(png):
     assert (stats.calls, stats.split_calls, stats.items_per_call, stats.retries) == (3, 1, [2, 1, 1], 0)
 
 
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_404_or_405_on_the_embed_route_is_transient_unsplit_and_counts_towards_the_outage(png, status):
+    """The endpoint's answer, not the items': one try, no split, transient letters, one service failure."""
+    with CaptureServer(lambda req: json_response(status, {"code": "resource_not_exist", "message": "no"})) as server:
+        quota = QuotaState(None, outage_after=5)
+        records, stats = _policy(server.base_url, quota=quota).run(Call([_text(1), _image(2, png)]))
+    assert [(r.id, r.code, r.http_status, r.as_dict()["kind"]) for r in records] == [
+        ("t1", "endpoint_not_found", status, "transient"), ("i2", "endpoint_not_found", status, "transient")]
+    assert (len(server.requests), stats.split_calls, quota.service_failures) == (1, 0, 1)
+
+
 def test_a_5xx_is_retried_and_the_attempts_are_counted():
     answers = iter([json_response(503, {"message": "busy"}), json_response(500, {"message": "oops"})])
     with CaptureServer(lambda req: next(answers, _ok("text"))) as server:

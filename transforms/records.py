@@ -104,7 +104,8 @@ class Call:
 # Dead-letter codes of failures that are the service's or the moment's, not the item's: the next run
 # tries them again. Every other code is the item's own (bad input, refused by the API): permanent.
 TRANSIENT_CODES = frozenset({"connection_failed", "timeout", "server_error", "malformed_response", "decoder_missing",
-                             "too_many_requests", "unreadable_file", "internal_error", "service_unavailable"})
+                             "too_many_requests", "unreadable_file", "internal_error", "service_unavailable",
+                             "endpoint_not_found"})
 
 
 def failure_kind(code: str, http_status: Optional[int] = None) -> str:

@@ -14,8 +14,9 @@ from embed_client.secrets import InvalidApiKey, check_api_key, redact_url
 from transforms.models import API_VERSIONS, MODEL_DIMS, MODELS, V1_MODELS, V2_MODELS, uses_v2
 from transforms.models import model as lookup_model
 
-__all__ = ["DEFAULTS", "SETTINGS", "Setting", "ApiKeyRejected", "CallSettings", "ConfigError", "EmbeddingSettings",
-           "make_client", "resolve_api_key", "settings_from"]
+__all__ = ["DEFAULTS", "RATE_LIMIT_CATEGORIES", "SETTINGS", "Setting", "ApiKeyRejected", "CallSettings",
+           "CategoryLimit", "ConfigError", "EmbeddingSettings", "category_limits_from", "limits_in_force", "make_client",
+           "resolve_api_key", "settings_from"]
 
 _OPTIONS = ("visual", "audio", "transcription")
 _SCOPES = ("clip", "asset")
@@ -37,6 +38,19 @@ class Setting:
     high: Optional[float] = None
     optional: bool = False      # None allowed (and the default)
 
+
+# The embed endpoints' rate-limit categories (the platform's rate-limits page; assets is the fifth, with its own
+# `assets.requests_per_minute`), and what each may state. Any one set turns on per-category pacing: one bucket
+# each, at its own rate or else calls.requests_per_minute.
+RATE_LIMIT_CATEGORIES = ("text", "image", "audio", "video")
+_CATEGORY_LIMITS = (
+    ("requests_per_minute", "float", 0.001, "the account's {category} embeddings per minute, shared by all workers "
+     "(unset: calls.requests_per_minute, one bucket per category; none set: one bucket for all)"),
+    ("requests_per_day", "int", 1, "the account's {category} embeddings per day (--dry-run's estimate)"),
+    ("media_minutes_per_hour", "float", 0.001, "{category} minutes per hour, shared by all workers (unset: "
+     "calls.media_minutes_per_hour, v2)"),
+    ("media_minutes_per_day", "float", 0.001, "{category} minutes per day (--dry-run's estimate)"),
+)
 
 SETTINGS: Tuple[Setting, ...] = (
     Setting("model", "model", "str", "marengo3.0", "the embedding model", choices=tuple(MODEL_DIMS)),
@@ -124,6 +138,14 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("exit_codes.dead_letters", "dead_letters_exit_code", "int", 3, "the exit status of a run whose new "
             "dead letters are its only problem (README \"Exit codes\"); the sample config sets 0, its bad rows are "
             "on purpose", choices=(0, 3)),
+    *(Setting(f"rate_limit.{category}.{name}", f"{category}_{name}", kind, None, doc.format(category=category),
+              low=low, optional=True)
+      for category in RATE_LIMIT_CATEGORIES
+      for name, kind, low, doc in _CATEGORY_LIMITS
+      if category in ("audio", "video") or not name.startswith("media_")),
+    Setting("calls.pack_waits_for_every_category", "pack_waits_for_every_category", "bool", False, "v1 with "
+            "per-category limits: a packed call waits until every category it touches has a turn (true), or sends "
+            "the items whose categories have one now and keeps the rest for later (false)"),
     Setting("beam.args", "beam_args", "list", [], "flags for Beam (--runner=..., --setup_file=...)"),
     Setting("emulator", "emulator", "map", {}, "the embedded emulator's knobs (python -m embed_emulator --help)"),
 )
@@ -190,6 +212,30 @@ class EmbeddingSettings:
                                   f"got {value!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class CategoryLimit:
+    """One rate-limit category's stated limits (None: not stated)."""
+
+    category: str
+    requests_per_minute: Optional[float] = None
+    requests_per_day: Optional[int] = None
+    media_minutes_per_hour: Optional[float] = None
+    media_minutes_per_day: Optional[float] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "category" and v is not None}
+
+
+def category_limits_from(source: Any) -> Tuple[CategoryLimit, ...]:
+    """The per-category limits a settings holder states (its `rate_limit.<category>.*` fields), in table order."""
+    limits = []
+    for category in RATE_LIMIT_CATEGORIES:
+        values = {name: getattr(source, f"{category}_{name}", None) for name, _, _, _ in _CATEGORY_LIMITS}
+        if any(v is not None for v in values.values()):
+            limits.append(CategoryLimit(category, **values))
+    return tuple(limits)
+
+
 class ApiKeyRejected(RuntimeError):
     """401/403 from the API: every other call would fail the same way, so the job stops."""
 
@@ -241,6 +287,9 @@ class CallSettings:
     assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
     asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]
     asset_poll_sec: float = DEFAULTS["asset_poll_sec"]
+    # Per-category limits (rate_limit.<category>.*); empty: one bucket for every category, as before.
+    category_limits: Tuple[CategoryLimit, ...] = ()
+    pack_waits_for_every_category: bool = DEFAULTS["pack_waits_for_every_category"]
 
     def __post_init__(self):
         if self.model not in MODEL_DIMS:
@@ -272,7 +321,34 @@ class CallSettings:
             raise ValueError("rate_limit.backend 'redis' needs rate_limit.redis_url")
         if self.max_calls is not None and self.max_calls < 0:
             raise ValueError("max_calls must be >= 0")
+        for limit in self.category_limits:
+            if limit.category not in RATE_LIMIT_CATEGORIES:
+                raise ConfigError(f"unknown rate-limit category {limit.category!r}; use one of "
+                                  f"{', '.join(RATE_LIMIT_CATEGORIES)}")
+            for name, value in limit.as_dict().items():
+                if value <= 0:
+                    raise ConfigError(f"rate_limit.{limit.category}.{name} must be > 0 (or left out)")
         self.retry_policy()  # validates the retry bounds
+
+    @property
+    def per_category(self) -> bool:
+        """Whether calls are paced per rate-limit category (any rate_limit.<category>.* set)."""
+        return bool(self.category_limits)
+
+    def category_limit(self, category: str) -> CategoryLimit:
+        return next((c for c in self.category_limits if c.category == category), CategoryLimit(category))
+
+    def category_rate(self, category: str) -> Optional[float]:
+        """The per-minute limit of a category's bucket: its own, else the one number for every category."""
+        own = self.category_limit(category).requests_per_minute
+        return own if own is not None else self.requests_per_minute
+
+    def category_media_minutes(self, category: str) -> Optional[float]:
+        own = self.category_limit(category).media_minutes_per_hour
+        return own if own is not None else self.media_minutes_per_hour
+
+    def limits_in_force(self) -> Dict[str, Any]:
+        return limits_in_force(self)
 
     @property
     def dims(self) -> int:
@@ -287,9 +363,36 @@ class CallSettings:
         return RetryPolicy(self.max_attempts, self.item_deadline_sec, self.initial_backoff_sec, self.max_backoff_sec)
 
 
+def limits_in_force(source: Any) -> Dict[str, Any]:
+    """What paces the calls of a settings holder (JobConfig, CallSettings), per category: for `--dry-run --json`,
+    the summary and the report."""
+    rpm, media = getattr(source, "requests_per_minute", None), getattr(source, "media_minutes_per_hour", None)
+    limits = getattr(source, "category_limits", None)
+    limits = category_limits_from(source) if limits is None else limits
+    if not limits:
+        return {"per_category": False, "all": {"requests_per_minute": rpm, "requests_per_day":
+                                               getattr(source, "requests_per_day", None),
+                                               "media_minutes_per_hour": media}}
+    own = {c.category: c for c in limits}
+    out: Dict[str, Any] = {"per_category": True}
+    for category in RATE_LIMIT_CATEGORIES:
+        limit = own.get(category, CategoryLimit(category))
+        entry = {"requests_per_minute": rpm if limit.requests_per_minute is None else limit.requests_per_minute,
+                 "requests_per_day": limit.requests_per_day}
+        if category in ("audio", "video"):
+            entry["media_minutes_per_hour"] = media if limit.media_minutes_per_hour is None else \
+                limit.media_minutes_per_hour
+            entry["media_minutes_per_day"] = limit.media_minutes_per_day
+        out[category] = entry
+    out["assets"] = {"requests_per_minute": getattr(source, "assets_requests_per_minute", None)}
+    return out
+
+
 def settings_from(source: Any, **derived: Any) -> CallSettings:
     """CallSettings from any object holding settings by their table names (the job's config, the public
     options), plus the values derived from them; a setting is named once, so it is mapped once."""
+    if "category_limits" not in derived and not hasattr(source, "category_limits"):
+        derived = dict(derived, category_limits=category_limits_from(source))
     names = {f.name for f in dataclasses.fields(CallSettings)} - set(derived)
     given = {name: getattr(source, name) for name in names if hasattr(source, name)}
     return CallSettings(**given, **derived)

@@ -91,6 +91,32 @@ class TokenBucket:
             self._sleep(wait)
         return wait
 
+    def ready_in(self) -> float:
+        """Seconds until a call could start, without taking a turn (a scheduler's peek)."""
+        with self._lock:
+            now = self._clock()
+            paused = max(0.0, self._paused_until - now)
+            if self.configured_rate is None:
+                return paused
+            per_sec = self.configured_rate * self._fraction * PACE_MARGIN / 60.0
+            tokens = min(self.burst, self._tokens + (now - self._updated) * per_sec)
+            return max(paused, 0.0 if tokens >= 1.0 else (1.0 - tokens) / per_sec)
+
+    def on_stated(self, limit_per_minute: Optional[float] = None, remaining: Optional[int] = None,
+                  reset_in_sec: Optional[float] = None) -> None:
+        """An answer (a success too) stated the per-minute limit: pace just under it before any 429, and
+        with nothing remaining in the window, wait for its reset instead of drawing the 429."""
+        with self._lock:
+            # Only a limit under the pace teaches: one equal to the configured rate is already paced under.
+            if limit_per_minute and (self.configured_rate is None
+                                     or limit_per_minute < self.configured_rate * self._fraction):
+                self.configured_rate = max(1.0, limit_per_minute * LEARNED_RATE_MARGIN)
+                self._fraction = self._ceiling = 1.0
+                self.learned = True
+                self._tokens, self._updated = min(self._tokens, 0.0), self._clock()
+            if remaining == 0 and reset_in_sec:
+                self._paused_until = max(self._paused_until, self._clock() + reset_in_sec)
+
     def on_rate_limited(self, retry_after_sec: Optional[float] = None,
                         limit_per_minute: Optional[float] = None) -> None:
         """A 429: pause for `retry_after_sec`; slow down, or with no rate yet, learn the stated limit."""

@@ -5,8 +5,10 @@
 one key, so every thread of every process (on any machine) that uses the same URL and key shares one
 pace of `rate_per_minute`, one 429 slowdown and one Retry-After pause. A 429 that states the limit
 (X-Ratelimit-Limit) sets the shared pace just under it and recovery stops there; one that states nothing
-cuts the pace (AIMD: once per cooldown, then back up step by step). Unlike the local bucket it does not yet
-learn an unstated limit from the calls that got through.
+cuts the pace (AIMD: once per cooldown, then back up step by step). A bucket told no rate learns the first
+stated limit (on a 429 or, through `on_stated`, on any answer) as everyone's pace. Unlike the local bucket it
+does not yet learn an unstated limit from the calls that got through. One bucket per key: the job keeps one
+key per rate-limit category (`KEY:text`, `KEY:audio`, ...).
 
 The algorithm is GCRA (the "generic cell rate algorithm", a token bucket written as one timestamp):
 the key holds the theoretical arrival time `tat` of the next call. A caller is given the slot
@@ -48,12 +50,15 @@ RECONNECT_AFTER_SEC = 30.0
 # pause; a limit that is really lower keeps producing 429s after it and is cut again.
 CUT_COOLDOWN_SEC = 1.0
 
-# KEYS: tat, fraction, paused_until. ARGV: rate per minute (0 = unlimited), burst, ttl.
-# Returns {slot, now, fraction} as strings (a Lua number would be truncated to an integer reply).
+# KEYS: tat, fraction, paused_until, learned rate. ARGV: rate per minute (0 = unlimited unless a limit was
+# learned), burst, ttl. Returns {slot, now, fraction} as strings (a Lua number would be truncated to an integer reply).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
+if rate <= 0 then
+  rate = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+end
 local burst = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local fraction = tonumber(redis.call('GET', KEYS[2]) or '1') or 1
@@ -106,6 +111,29 @@ if retry_after > 0 then
              'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
 end
 return string.format('%.6f %.6f', fraction, cap)
+"""
+
+# KEYS: learned rate, paused_until. ARGV: the stated limit just under it (0 = none), pause seconds (0 = none), ttl.
+# For a bucket told no rate: a stated limit under what was learned (or the first one) becomes the shared pace.
+# Returns the learned rate.
+_LEARN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local stated = tonumber(ARGV[1])
+local pause = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local rate = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if stated > 0 and (rate <= 0 or stated < rate) then
+  rate = stated
+  redis.call('SET', KEYS[1], string.format('%.6f', rate), 'EX', ttl)
+end
+if pause > 0 then
+  local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  local paused_until = math.max(paused, now + pause)
+  redis.call('SET', KEYS[2], string.format('%.6f', paused_until),
+             'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
+end
+return string.format('%.6f', rate)
 """
 
 # KEYS: fraction, cap. ARGV: recovery step, ttl. Raises the pace by a step, never over the cap (a stated
@@ -183,10 +211,11 @@ class RedisTokenBucket:
         self._sleep = sleep
         self._cut_cooldown = float(cut_cooldown_sec)
         # A hash tag keeps all keys of one bucket in one Redis Cluster slot (a script may only touch those).
-        self._keys = {name: f"{{{key}}}:{name}" for name in ("tat", "fraction", "paused", "cut", "cap")}
+        self._keys = {name: f"{{{key}}}:{name}" for name in ("tat", "fraction", "paused", "cut", "cap", "learned")}
         self._reserve_script = client.register_script(_RESERVE)
         self._rate_limited_script = client.register_script(_RATE_LIMITED)
         self._success_script = client.register_script(_SUCCESS)
+        self._learn_script = client.register_script(_LEARN)
         self._fraction = 1.0  # last fraction seen; on_success skips the round trip at full pace (or the cap)
         self._cap = 1.0
         self._lock = threading.Lock()
@@ -250,7 +279,11 @@ class RedisTokenBucket:
         if local is not None:
             return local.current_rate_per_minute
         if self.configured_rate is None:
-            return None
+            try:
+                learned = self._client.get(self._keys["learned"])
+            except self._redis_errors():
+                return None
+            return None if learned is None else float(learned)
         try:
             value = self._client.get(self._keys["fraction"])
             self._fraction = 1.0 if value is None else float(value)
@@ -260,7 +293,7 @@ class RedisTokenBucket:
 
     def _take(self) -> Tuple[Optional[Tuple[float, float]], Optional[TokenBucket]]:
         k = self._keys
-        result, local = self._run(self._reserve_script, [k["tat"], k["fraction"], k["paused"]],
+        result, local = self._run(self._reserve_script, [k["tat"], k["fraction"], k["paused"], k["learned"]],
                                   [self.configured_rate or 0, self.burst, STATE_TTL_SEC])
         if local is not None:
             return None, local
@@ -293,6 +326,10 @@ class RedisTokenBucket:
         """A 429: pauses every worker for `retry_after_sec`. A stated `limit_per_minute` (X-Ratelimit-Limit,
         for all workers together) under the shared pace sets the pace just under it for everyone, and the
         recovery stops there; without one the shared pace is cut (at most once per cooldown)."""
+        if limit_per_minute and not self.configured_rate:
+            # Told no rate: the stated limit becomes everyone's pace (no cut), the pause is shared.
+            self._learn(limit_per_minute, retry_after_sec)
+            return
         stated = 0.0
         if limit_per_minute and self.configured_rate:
             stated = max(1.0, limit_per_minute * LEARNED_RATE_MARGIN) / self.configured_rate
@@ -305,6 +342,58 @@ class RedisTokenBucket:
             local.on_rate_limited(retry_after_sec, share)
             return
         self._fraction, self._cap = (float(v) for v in result.split())
+
+    def _learn(self, limit_per_minute: Optional[float], pause_sec: Optional[float]) -> None:
+        stated = max(1.0, limit_per_minute * LEARNED_RATE_MARGIN) if limit_per_minute else 0.0
+        result, local = self._run(self._learn_script, [self._keys["learned"], self._keys["paused"]],
+                                  [stated, float(pause_sec or 0), STATE_TTL_SEC])
+        if local is not None:
+            local.on_stated(limit_per_minute / self.max_workers if limit_per_minute else None,
+                            0 if pause_sec else None, pause_sec)
+
+    def on_stated(self, limit_per_minute: Optional[float] = None, remaining: Optional[int] = None,
+                  reset_in_sec: Optional[float] = None) -> None:
+        """An answer (a success too) stated the limit (for all workers together): every worker paces just
+        under it, and with nothing remaining in the window, every worker waits for its reset. Unlike a 429,
+        it never cuts the pace."""
+        pause = reset_in_sec if remaining == 0 and reset_in_sec else 0.0
+        if not self.configured_rate:
+            if limit_per_minute or pause:
+                self._learn(limit_per_minute, pause)
+            return
+        stated = 0.0
+        if limit_per_minute and limit_per_minute < self.configured_rate * self._fraction:
+            stated = max(1.0, limit_per_minute * LEARNED_RATE_MARGIN) / self.configured_rate
+        if not pause and not stated:
+            return  # nothing new: no round trip on every success
+        if not stated:
+            stated = 2.0  # "above the pace": only the pause applies, no cut
+        k = self._keys
+        result, local = self._run(self._rate_limited_script, [k["fraction"], k["paused"], k["cut"], k["cap"]],
+                                  [BACKOFF_FACTOR, MIN_RATE_FRACTION, float(pause), self._cut_cooldown,
+                                   STATE_TTL_SEC, stated])
+        if local is not None:
+            local.on_stated(limit_per_minute / self.max_workers if limit_per_minute else None, remaining,
+                            reset_in_sec)
+            return
+        self._fraction, self._cap = (float(v) for v in result.split())
+
+    def ready_in(self) -> float:
+        """Seconds until the next shared slot, without taking it (one read of Redis; 0 when it cannot tell)."""
+        local = self._local()
+        if local is not None:
+            return local.ready_in()
+        try:
+            tat, paused, learned = self._client.mget(self._keys["tat"], self._keys["paused"], self._keys["learned"])
+            now = time.time()  # the server's clock decides slots; a small skew only shifts a peek
+        except self._redis_errors():
+            return 0.0
+        rate = self.configured_rate or (float(learned) if learned else 0.0)
+        wait = max(0.0, float(paused) - now) if paused else 0.0
+        if rate and tat:
+            interval = 60.0 / (rate * (self._fraction or 1.0))
+            wait = max(wait, float(tat) - (self.burst - 1) * interval - now)
+        return wait
 
     def on_success(self) -> None:
         """A call went through: raises the shared pace back toward the configured rate (or the stated limit)."""

@@ -25,7 +25,7 @@ from .multipart import Session, SessionStore, StorageError
 from .spec import (ASSET_TYPES, ASSETS_PATH, CHUNK_PATH, CREATE_FIELDS, DIRECT_MAX_AV,
                    FORM_OVERHEAD, IMAGE_MAX, MULTIPART_FIELDS, MULTIPART_MAX_AV,
                    PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PRESIGN_MAX_COUNT, UPLOADS_PATH)
-from .store import Asset, AssetStore
+from .store import AssetStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ JSON_BODY_MAX = 1 * MB  # emulator choice: the JSON endpoints take small bodies
 
 def _bad(message: str, code: str = "parameter_invalid") -> ApiError:
     return ApiError(400, code, message)
+
+
+def _assets_limits(config) -> tuple:
+    """The assets category's (per minute, per day): `category_limits.assets` when set, else assets_requests_per_minute."""
+    own = (config.category_limits or {}).get("assets") or {}
+    return own.get("rpm", config.assets_requests_per_minute), own.get("rpd")
 
 
 def _not_found(kind: str, ident: str) -> ApiError:
@@ -62,7 +68,7 @@ class AssetService:
         self.sessions = SessionStore(lambda: self.store.folder)
         self._gate = Gate(get_config, stats.assets_gate_view(), self.limiter, faults, stopping,
                           nested_errors=False, dimension_header=False,
-                          limits=lambda c: (c.assets_requests_per_minute, None))
+                          limits=_assets_limits)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 

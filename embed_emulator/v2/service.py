@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ..categories import CategoryLimiter, v2_categories
 from ..config import EmulatorConfig
 from ..faults import FaultInjector
 from ..gate import Gate
@@ -33,14 +34,15 @@ class V2Service:
     def __init__(self, get_config: Callable[[], EmulatorConfig], stats: Stats,
                  limiter: RateLimiter, media_limiter: MediaMinutesLimiter, faults: FaultInjector,
                  tasks: TaskStore, stopping: Callable[[], threading.Event],
-                 asset_lookup: Optional[AssetLookup] = None):
+                 asset_lookup: Optional[AssetLookup] = None, categories: Optional[CategoryLimiter] = None):
         self._stats = stats
         # Uploaded assets (assets/ store), so media_source.asset_id also names them.
         self.asset_lookup = asset_lookup
         self._media = media_limiter
         self.tasks = tasks
+        self._categories = categories
         self._gate = Gate(get_config, stats, limiter, faults, stopping,
-                          nested_errors=True, dimension_header=True)
+                          nested_errors=True, dimension_header=True, categories=categories)
 
     # ---- routing ------------------------------------------------------------------------
 
@@ -67,8 +69,14 @@ class V2Service:
 
     def handle(self, endpoint: str, task_id: Optional[str], query: Dict[str, List[str]],
                api_key: Optional[str], body: bytes) -> Reply:
+        categories: tuple = ()
+        if endpoint in ("embed", "create"):  # the POSTs the platform's categories list; polls take from none
+            try:
+                categories = v2_categories(json.loads(body or b"{}"))
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                categories = ()
         return self._gate.handle(
-            api_key, lambda config: self._answer(config, endpoint, task_id, query, body))
+            api_key, lambda config: self._answer(config, endpoint, task_id, query, body), categories)
 
     def _answer(self, config: EmulatorConfig, endpoint: str, task_id: Optional[str],
                 query: Dict[str, List[str]], body: bytes) -> Reply:
@@ -84,6 +92,8 @@ class V2Service:
     def _count(self, config: EmulatorConfig, outcome: Outcome) -> None:
         if outcome.media_sec > 0:
             self._media.add(outcome.media_sec, config.day_length_sec)
+            if self._categories is not None:
+                self._categories.add_media(outcome.input_type, outcome.media_sec, config.day_length_sec)
             self._stats.media(outcome.media_sec)
         if outcome.task_created:
             self._stats.task("created", outcome.key if config.record_keys else None)

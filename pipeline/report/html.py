@@ -326,6 +326,28 @@ def _assets(summary: dict) -> str:
             f'<span data-key="assets.deleted">{a.get("deleted", 0)}</span> deleted.</p>')
 
 
+def _categories(summary: dict) -> str:
+    """Per rate-limit category (paced per category only): answers that took from it, its 429s, its share of its
+    limit over the calling span; and which categories' quota ran out."""
+    rows = summary.get("by_category") or {}
+    if not rows or not (summary.get("limits") or {}).get("per_category"):
+        return ""
+    cells = []
+    for category, r in rows.items():
+        limit = "-" if r.get("limit_per_minute") is None else f'{r["limit_per_minute"]:g}/min'
+        share = "-" if r.get("share_of_limit") is None else f'{r["share_of_limit"]:.0%}'
+        key = f"by_category.{_esc(category)}"
+        cells.append(f'<tr><th>{_esc(category)}</th><td data-key="{key}.calls">{r["calls"]}</td>'
+                     f'<td data-key="{key}.http_429">{r["http_429"]}</td><td>{_esc(limit)}</td>'
+                     f'<td data-key="{key}.share_of_limit">{_esc(share)}</td></tr>')
+    spent = summary.get("quota_spent_categories") or {}
+    note = ("<p class=\"note\">Quota spent only in " + ", ".join(f"{_esc(c)} ({n} items deferred)"
+                                                           for c, n in spent.items())
+            + "; the other categories went on.</p>") if spent else ""
+    return ('<h2>Rate-limit categories</h2><table><tr><th>Category</th><th>Calls</th><th>429s</th><th>Limit</th>'
+            '<th>Share of the limit</th></tr>' + "".join(cells) + '</table>' + note)
+
+
 def render_report(summary: dict, timeline: Timeline, rate_per_minute: Optional[float] = None,
                   letters: Optional[List[dict]] = None, links: Optional[Dict[str, str]] = None) -> str:
     """The page. `letters`: this run's dead-letter records (for samples); `links`: label -> relative href."""
@@ -385,6 +407,7 @@ finished in <span data-key="seconds">{esc(summary['seconds'])}</span> s. Output:
 {_api(summary)}{deferred_note}
 {_progress(summary)}
 <h2>Counts</h2><table>{rows}</table>
+{_categories(summary)}
 {_dead_letters(summary, letters)}
 {_latency(summary)}
 <h2>Calls per second</h2>{_chart(timeline, rate_per_minute / 60 if rate_per_minute else None)}

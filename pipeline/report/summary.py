@@ -16,6 +16,7 @@ from pipeline.report.status import STATUS_TEXT, exit_code, run_status
 from transforms.models import MODEL_DIMS, model
 from transforms.progress import NAMESPACE
 from transforms.records import MODALITIES, ROUTES
+from transforms.settings import limits_in_force
 from transforms.store.layout import (
     DEAD_LETTER_DIR,
     DEFERRED_DIR,
@@ -102,6 +103,12 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
     dead = {name.split(".", 1)[1]: n for name, n in metrics.items() if name.startswith("planned_dead_letters.")}
     rpm, rpd = config.requests_per_minute, config.requests_per_day
     minutes = calls / rpm if rpm else None
+    limits = limits_in_force(config)
+    if limits["per_category"]:
+        # Each category's items take its turns (a packed call one turn in each): the slowest category's bound.
+        needs = [(metrics.get(f"items_{m}", 0), limits[m]["requests_per_minute"])
+                 for m in MODALITIES if m in limits and metrics.get(f"items_{m}", 0)]
+        minutes = None if not needs or any(not rate for _, rate in needs) else max(n / rate for n, rate in needs)
     # The daily quota and this run's call budget are different limits: each gets its own estimate.
     days = (-(-calls // rpd) if calls else 0) if rpd else None
     runs = (-(-calls // max(1, config.max_calls)) if calls else 0) if config.max_calls is not None else None
@@ -123,6 +130,7 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
         "dead_letters_by_reason": dict(sorted(dead.items())),
         "requests_per_minute": rpm,
         "requests_per_day": rpd,
+        "limits": limits_in_force(config),
         "minutes_at_rate": None if minutes is None else round(minutes, 1),
         "days_at_daily_quota": days,
         "max_calls": config.max_calls,
@@ -134,7 +142,9 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
 def format_plan(plan: dict) -> str:
     items = plan["items"]
     timing = []
-    if plan["minutes_at_rate"] is not None:
+    if plan["minutes_at_rate"] is not None and (plan.get("limits") or {}).get("per_category"):
+        timing.append(f"{plan['minutes_at_rate']} min at the categories' limits (the slowest category's items)")
+    elif plan["minutes_at_rate"] is not None:
         timing.append(f"{plan['minutes_at_rate']} min at {plan['requests_per_minute']:g} calls/min")
     if plan["days_at_daily_quota"] is not None:
         timing.append(f"{plan['days_at_daily_quota']} day(s) at the daily quota of {plan['requests_per_day']} calls")
@@ -151,6 +161,7 @@ def format_plan(plan: dict) -> str:
         f"  uploads          {plan.get('uploads', 0)} files, {plan.get('upload_bytes', 0) / 1e6:.1f} MB to the Assets API "
         "(at most: assets of earlier runs are reused)",
         f"  time             {'; '.join(timing) or 'set calls.requests_per_minute / requests_per_day to estimate'}",
+    ] + _limit_lines(plan.get("limits") or {}) + [
         f"  rejected rows    {sum(plan['dead_letters_by_reason'].values())}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in plan["dead_letters_by_reason"].items()) + ")"
            if plan["dead_letters_by_reason"] else ""),
@@ -244,6 +255,8 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
                   "truncated": metrics.get("usage_truncated", 0)},
         "http_429_by_dimension": {name.split(".", 1)[1]: n for name, n in sorted(metrics.items())
                                   if name.startswith("http_429.")},
+        "limits": limits_in_force(config),
+        "by_category": _by_category(config, metrics, timeline),
         "items_embedded": dict(sorted(embedded.items())),
         "segments_written": segment_rows,
         "calls": metrics.get("calls", 0),
@@ -259,6 +272,9 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "items_deduplicated": metrics.get("calls_saved_by_dedup", 0),
         "deferred": len(deferred),
         "deferred_by_reason": dict(sorted(collections.Counter(r["reason"] for r in deferred).items())),
+        # Categories whose quota ran out: only their items were deferred, the others went on.
+        "quota_spent_categories": {m: n for m, n in sorted(collections.Counter(
+            r["modality"] for r in deferred if (r.get("detail") or "").endswith(" quota")).items())},
         "quota_resets_at": max(resets) if resets else None,
         "segment_rows_dropped": (finalized or {}).get("segment_rows_dropped", 0),
         "segment_bytes_rewritten": (finalized or {}).get("segment_bytes_rewritten", 0),
@@ -290,6 +306,52 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
     except Exception as exc:
         _LOGGER.warning("could not write the run report %s: %s", summary["report_file"], exc, exc_info=True)
     return summary
+
+
+def _by_category(config, metrics: Dict[str, object], timeline) -> Dict[str, dict]:
+    """Per rate-limit category: answers (2xx or 429) that took from it, its 429s, and its calls per minute over
+    the calling span as a share of the limit in force (None when no limit was set)."""
+    limits = limits_in_force(config)
+    span = (timeline[-1][0] - timeline[0][0] + 1) if timeline else 0
+    out = {}
+    for name in sorted(metrics):
+        if not name.startswith("category_calls."):
+            continue
+        category = name.split(".", 1)[1]
+        calls = int(metrics[name])
+        limit = (limits.get(category) or limits.get("all") or {}).get("requests_per_minute")
+        per_minute = calls * 60.0 / span if span else None
+        out[category] = {"calls": calls, "http_429": int(metrics.get(f"category_429.{category}", 0)),
+                         "limit_per_minute": limit,
+                         "share_of_limit": round(per_minute / limit, 3) if limit and per_minute is not None else None}
+    return out
+
+
+def _limit_lines(limits: dict) -> List[str]:
+    """The per-category limits in force (nothing when one limit paces every category)."""
+    if not limits.get("per_category"):
+        return []
+
+    def one(entry: dict) -> str:
+        parts = [f"{entry['requests_per_minute']:g}/min" if entry.get("requests_per_minute") else "learned"]
+        if entry.get("requests_per_day"):
+            parts.append(f"{entry['requests_per_day']}/day")
+        if entry.get("media_minutes_per_hour"):
+            parts.append(f"{entry['media_minutes_per_hour']:g} media min/h")
+        return " ".join(parts)
+
+    return ["  limits           " + "; ".join(f"{c} {one(e)}" for c, e in limits.items()
+                                              if c not in ("per_category", "assets"))]
+
+
+def _category_lines(summary: dict) -> List[str]:
+    rows = summary.get("by_category") or {}
+    if not rows or not (summary.get("limits") or {}).get("per_category"):
+        return []
+    return ["  categories       " + "; ".join(
+        f"{c} {r['calls']} calls, {r['http_429']} x 429"
+        + (f", {r['share_of_limit']:.0%} of {r['limit_per_minute']:g}/min" if r.get("share_of_limit") is not None
+           else "") for c, r in rows.items())]
 
 
 def _call_latency(distribution: dict, latency: dict) -> dict:
@@ -344,11 +406,15 @@ def format_summary(summary: dict) -> str:
         f"  calls            {summary['calls']} ({summary['items_per_call']} items per call), "
         f"{summary['retries']} retries, {summary['http_429']} x 429, {summary.get('seconds_throttled_wall', 0)} s waiting on the limit "
         f"({summary['seconds_throttled']} thread-s)",
+    ] + _category_lines(summary) + [
         f"  skipped          {summary['items_already_done']} already done, {summary['items_deduplicated']} "
         f"deduplicated (reused vectors instead of calls)",
         f"  deferred         {summary['deferred']}"
         + (f" ({', '.join(f'{k} {v}' for k, v in summary['deferred_by_reason'].items())}; quota resets at "
-           f"{summary['quota_resets_at'] or 'unknown'}; run again to finish)" if summary["deferred"] else ""),
+           f"{summary['quota_resets_at'] or 'unknown'}; run again to finish)" if summary["deferred"] else "")
+        + ("; quota spent only in " + ", ".join(f"{c} ({n} items)" for c, n in
+                                                summary["quota_spent_categories"].items()) + ", the rest went on"
+           if summary.get("quota_spent_categories") else ""),
         f"  dead letters     {summary['dead_letters']}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in summary["dead_letters_by_reason"].items()) + ")"
            if summary["dead_letters"] else "")

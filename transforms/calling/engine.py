@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tu
 
 from embed_client import API_KEY_ENV, EmbedClient, errors
 from embed_client.pacing import Pacer
+from embed_client.pacing.categories import CategoryPacers, named_category
 from embed_client.pacing.local import MediaMinutesBudget
 from embed_client.retry import call_with_retries
 from transforms.records import Call, DeadLetter, Deferred, Item, Outcome, item_row
@@ -66,6 +67,8 @@ class CallStats:
     latencies_ms: List[int] = dataclasses.field(default_factory=list)
     # Whole UTC second -> [calls answered, of which 429], for the run report's chart.
     timeline: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
+    # Rate-limit category -> [answers that took from it, of which 429], for the summary's share of each limit.
+    by_category: Dict[str, List[int]] = dataclasses.field(default_factory=dict)
 
     def add_usage(self, usage) -> None:
         if usage is None:
@@ -81,6 +84,16 @@ class CallStats:
         self.rate_limited += other.rate_limited
         self.throttled_sec += other.throttled_sec
         self.limited_dimensions.extend(other.limited_dimensions)
+        for category, (answers, limited) in other.by_category.items():
+            entry = self.by_category.setdefault(category, [0, 0])
+            entry[0] += answers
+            entry[1] += limited
+
+    def count_category(self, category: str, limited: bool) -> None:
+        """An answer for a category: calls (2xx or 429) and 429s, for the per-category summary."""
+        entry = self.by_category.setdefault(category, [0, 0])
+        entry[0] += 1
+        entry[1] += int(limited)
 
     def mark(self, rate_limited: bool) -> None:
         bucket = self.timeline.setdefault(int(time.time()), [0, 0])
@@ -106,6 +119,8 @@ class QuotaState:
         self.outage_after = outage_after
         self.service_failures = 0
         self.last_service_error: Optional[str] = None
+        # Categories whose (daily) quota is spent: category -> when it resets (None: not said).
+        self.stopped_categories: Dict[str, Optional[float]] = {}
 
     def service_result(self, failed: bool, error: Optional[str] = None) -> None:
         """Counts an attempt's outcome; past `outage_after` failures in a row, calling stops for this run."""
@@ -142,20 +157,46 @@ class QuotaState:
                                 iso_utc(resets_at) or "an unknown time")
                 self.stopped, self.resets_at = reason, resets_at
 
-    def spent_by(self, exc: errors.RateLimitError, deadline_sec: float) -> bool:
-        """A 429 whose reset lies beyond what a call may wait: the quota is spent (calling stops), not the items."""
+    def spent_by(self, exc: errors.RateLimitError, deadline_sec: float, category: Optional[str] = None) -> bool:
+        """A 429 whose reset lies beyond what a call may wait: the quota is spent, not the items. With
+        `category` (the one the 429 names, or the call's only one when paced per category) only that category
+        stops; otherwise calling stops."""
         if exc.is_retryable and exc.wait_seconds is not None and exc.wait_seconds <= deadline_sec:
             return False
         wait = exc.wait_seconds
         resets_at = exc.rate_limit.reset_at or (None if wait is None else exc.rate_limit.received_at + wait)
-        self.stop("quota_exhausted", resets_at)
+        if category is not None:
+            self.stop_category(category, resets_at)
+        else:
+            self.stop("quota_exhausted", resets_at)
         return True
+
+    def stop_category(self, category: str, resets_at: Optional[float]) -> None:
+        """One category's quota is spent (a daily limit): only its items are deferred, the others go on."""
+        with self._lock:
+            if category not in self.stopped_categories:
+                from transforms.records import iso_utc
+
+                _LOGGER.warning("the API quota of the %s category is spent (resets at %s); its items are deferred to "
+                                "the next run, the other categories go on", category,
+                                iso_utc(resets_at) or "an unknown time")
+                self.stopped_categories[category] = resets_at
+
+    def category_stopped(self, category: str) -> bool:
+        return category in self.stopped_categories
 
     def deferred(self, items: List[Item]) -> List[Deferred]:
         """The items of a call not made, for the next run."""
-        reason, resets_at = self.stopped or "quota_exhausted", self.resets_at
-        return [Deferred(i.id, i.source, i.row_number, i.modality, reason, resets_at)
-                for item in items for i in item.with_copies()]
+        out = []
+        for item in items:
+            if not self.stopped and item.modality in self.stopped_categories:
+                reason, resets_at = "quota_exhausted", self.stopped_categories[item.modality]
+                detail: Optional[str] = f"{item.modality} quota"
+            else:
+                reason, resets_at, detail = self.stopped or "quota_exhausted", self.resets_at, None
+            out += [Deferred(i.id, i.source, i.row_number, i.modality, reason, resets_at, detail=detail)
+                    for i in item.with_copies()]
+        return out
 
 
 class WaitMeter:
@@ -194,10 +235,11 @@ class WorkerState:
     """What every caller of one process shares for a run: the pace, the quota, the wait meter and the
     media-minutes budget (None when not configured). transforms.calling.worker_state hands these out per process."""
 
-    pacer: Pacer
+    pacer: CategoryPacers
     quota: QuotaState
     meter: WaitMeter = dataclasses.field(default_factory=WaitMeter)
-    media: Optional[MediaMinutesBudget] = None
+    # One budget for all audio/video, or per category ({"audio": ..., "video": ...}) when paced per category.
+    media: Union[None, MediaMinutesBudget, Dict[str, MediaMinutesBudget]] = None
     _uploader: Optional["Uploader"] = None
     _uploader_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -215,8 +257,14 @@ class WorkerState:
     def for_settings(cls, settings: CallSettings, pacer: Pacer) -> "WorkerState":
         """A fresh state with this process's share of the run's call budget and media minutes."""
         budget = None if settings.max_calls is None else settings.max_calls // settings.max_workers
-        media = None if settings.media_minutes_per_hour is None else \
-            MediaMinutesBudget(settings.media_minutes_per_hour / settings.max_workers)
+        media: Union[None, MediaMinutesBudget, Dict[str, MediaMinutesBudget]] = None
+        if settings.per_category:
+            media = {c: MediaMinutesBudget(settings.category_media_minutes(c) / settings.max_workers)
+                     for c in ("audio", "video") if settings.category_media_minutes(c) is not None}
+        elif settings.media_minutes_per_hour is not None:
+            media = MediaMinutesBudget(settings.media_minutes_per_hour / settings.max_workers)
+        if not isinstance(pacer, CategoryPacers):
+            pacer = CategoryPacers.single(pacer)
         return cls(pacer, QuotaState(budget, settings.outage_after_failures), WaitMeter(), media)
 
 
@@ -232,25 +280,35 @@ def read_file(path: str) -> Tuple[str, bytes, str]:
     return name, data, guess_content_type(name)
 
 
-def _per_minute_limit(info: errors.RateLimitInfo) -> Optional[float]:
-    """The limit a 429 states, when its window resets within a minute (so it is the per-minute one)."""
-    wait = info.wait_seconds()
-    if info.limit and info.reset_at is not None and wait is not None and wait <= 61:
-        return float(info.limit)
-    return None
+def call_categories(items: List[Item]) -> Tuple[str, ...]:
+    """The rate-limit categories a call touches: one per modality it carries (a packed v1 call takes a turn
+    from each; the platform does not say how it counts them, so the job assumes the strictest reading)."""
+    return tuple(dict.fromkeys(i.modality for i in items))
 
 
 _SERVICE_FAILURES = (errors.ConnectionFailedError, errors.EmbedTimeoutError, errors.ServerError,
                      errors.MalformedResponseError)
 
 
+# A POST to an embed route names no resource that could be missing (an unknown asset id is a 400), so a 404 or
+# 405 there says the endpoint is not where the config points: the service's (or the config's) fault, never the row's.
+_ENDPOINT_MISSING_STATUSES = (404, 405)
+
+
+def endpoint_missing(exc: errors.EmbedError) -> bool:
+    """A 404/405 answer to an embed call: no such endpoint at the base URL."""
+    return isinstance(exc, errors.BadRequestError) and exc.status in _ENDPOINT_MISSING_STATUSES
+
+
 def is_service_failure(exc: errors.EmbedError, paid: bool) -> bool:
     """Fails every item alike: unreachable, hanging, 5xx, lying, or (for an embed call) no such endpoint."""
-    return isinstance(exc, _SERVICE_FAILURES) or (paid and isinstance(exc, errors.NotFoundError))
+    return isinstance(exc, _SERVICE_FAILURES) or (paid and endpoint_missing(exc))
 
 
-def error_code(exc: errors.EmbedError) -> str:
-    """The dead-letter code of a failed call."""
+def error_code(exc: errors.EmbedError, paid: bool = False) -> str:
+    """The dead-letter code of a failed call; `paid`: an embed call, whose 404/405 is the endpoint's."""
+    if paid and endpoint_missing(exc):
+        return "endpoint_not_found"  # transient (transforms.records.TRANSIENT_CODES): the next run tries again
     if exc.code:
         return exc.code
     return {errors.EmbedTimeoutError: "timeout", errors.ConnectionFailedError: "connection_failed",
@@ -268,17 +326,23 @@ class Caller:
                  read: Callable[[str], Tuple[str, bytes, str]] = read_file):
         self.settings = settings
         self.client = client
-        self.pacer = pacer
+        # Per category (text, image, audio, video); a plain Pacer paces every category as one.
+        self.pacer = pacer if isinstance(pacer, CategoryPacers) else CategoryPacers.single(pacer)
         self.quota = quota or QuotaState(settings.max_calls, settings.outage_after_failures)
         self.meter = meter or WaitMeter()
         self.policy = settings.retry_policy()
         self.dims = settings.dims
+        self._local = threading.local()  # per pool thread: whether the current call's first turn is paid for
         self._read = read
         self._waits_lock = threading.Lock()  # request(): an upload's chunk threads share one call's stats
 
-    def run(self, call: Call) -> CallResult:
+    def run(self, call: Call, prepaid: bool = False) -> CallResult:
+        """`prepaid`: the scheduler already took this call's turn in its categories (its first try does not
+        wait for the pacers again)."""
         stats = CallStats()
+        self._local.prepaid = prepaid
         records = self._run(call.items, stats)
+        self._local.prepaid = False
         # A call's dead letter carries what was sent: its content key (a later run re-tries it only if that
         # changed) and the manifest fields (to fix or re-drive it).
         by_key = {(i.id, i.source, i.row_number, i.modality): i for item in call.items for i in item.with_copies()}
@@ -295,6 +359,11 @@ class Caller:
     def _run(self, items: List[Item], stats: CallStats) -> List[CallRecord]:
         if self.quota.stopped:
             return self._deferred(items)
+        spent = [i for i in items if self.quota.category_stopped(i.modality)]
+        if spent:  # a category whose quota is spent: its items wait for the next run, the call-mates go on
+            rest = [i for i in items if i not in spent]
+            return self._deferred(spent) + (self._run(rest, stats) if rest else [])
+        categories = call_categories(items)
         try:
             request = self._build(items)
         except errors.BadRequestError as exc:
@@ -306,14 +375,20 @@ class Caller:
         counter = Attempts()
         try:
             response = self._send_paced(lambda: self._checked(items, self._send(request)), len(items), stats,
-                                        counter)
+                                        counter, categories=categories)
         except NotCalled:
             return self._deferred(items)
         except errors.RateLimitError as exc:
-            if self._quota_spent(exc):
-                return self._deferred(items)
+            if self._quota_spent(exc, categories):
+                if self.quota.stopped or not any(self.quota.category_stopped(i.modality) for i in items):
+                    return self._deferred(items)
+                # Only a category of this call is spent: its items are deferred, the call-mates go on.
+                return self._run(items, stats)
             return [d for item in items for d in self._dead(item, exc, counter.count)]
         except errors.BadRequestError as exc:
+            if endpoint_missing(exc):
+                # Not the items' fault: no split (every part would get the same answer), a transient letter each.
+                return [d for item in items for d in self._dead(item, exc, counter.count, paid=True)]
             if len(items) > 1:
                 # One bad item must not sink its call-mates: retry each alone.
                 stats.split_calls += 1
@@ -324,10 +399,13 @@ class Caller:
         return self._map(items, response, counter.count, stats)
 
     def attempt(self, send: Callable[[], object], items_in_call: int, stats: CallStats, counter: Attempts,
-                paid: bool = True):
-        """One try: wait for a turn at the limit, take the budget (paid calls only), send, and tell the
-        pacer and the quota how it went. Raises NotCalled when the budget is spent."""
-        stats.throttled_sec += self.meter.wait(self.pacer.acquire)
+                paid: bool = True, categories: Tuple[str, ...] = ()):
+        """One try: wait for a turn in every rate-limit category the call touches, take the budget (paid calls
+        only), send, and tell the pacers and the quota how it went. Raises NotCalled when the budget is spent."""
+        if getattr(self._local, "prepaid", False):
+            self._local.prepaid = False  # the scheduler took this turn; retries and split parts take their own
+        else:
+            stats.throttled_sec += self.meter.wait(lambda: self.pacer.acquire(categories))
         if paid and not self.quota.take_call():
             raise NotCalled()
         counter.count += 1
@@ -341,23 +419,29 @@ class Caller:
             response = send()
         except errors.EmbedError as exc:
             # The service's failure, not the item's: enough in a row and the run stops calling.
-            self.quota.service_result(is_service_failure(exc, paid), f"{error_code(exc)}: {exc.message}")
+            self.quota.service_result(is_service_failure(exc, paid), f"{error_code(exc, paid)}: {exc.message}")
             if isinstance(exc, errors.RateLimitError):
                 stats.mark(True)
                 stats.rate_limited += 1
                 dimension = getattr(exc.rate_limit, "dimensions", None)
                 if dimension:
                     stats.limited_dimensions.append(dimension)
-                self.pacer.on_rate_limited(None if exc.is_quota_exhausted else exc.wait_seconds,
-                                            _per_minute_limit(exc.rate_limit))
+                named = named_category(exc.rate_limit)
+                for category in ([named] if named else categories):
+                    stats.count_category(category, limited=True)
+                self.pacer.on_rate_limited(categories, exc.rate_limit,
+                                           None if exc.is_quota_exhausted else exc.wait_seconds)
             raise
         stats.latencies_ms.append(int((time.monotonic() - sent) * 1000))
         stats.mark(False)
+        for category in categories:
+            stats.count_category(category, limited=False)
         self.quota.service_result(False)
-        self.pacer.on_success()
+        self.pacer.on_success(categories, getattr(response, "rate_limit", None))
         return response
 
-    def _send_paced(self, send, items_in_call: int, stats: CallStats, counter: Attempts, paid: bool = True):
+    def _send_paced(self, send, items_in_call: int, stats: CallStats, counter: Attempts, paid: bool = True,
+                    categories: Tuple[str, ...] = ()):
         """`attempt`, retried by the policy; a 401/403 stops the job."""
 
         def on_retry(exc, seconds):
@@ -365,7 +449,8 @@ class Caller:
             stats.throttled_sec += seconds
 
         try:
-            return call_with_retries(lambda: self.attempt(send, items_in_call, stats, counter, paid), self.policy,
+            return call_with_retries(lambda: self.attempt(send, items_in_call, stats, counter, paid, categories),
+                                     self.policy,
                                      on_retry=on_retry)
         except errors.AuthError as exc:
             raise ApiKeyRejected(f"The API refused the key ({exc}). Check {API_KEY_ENV} or the key file; "
@@ -383,8 +468,13 @@ class Caller:
                 with self._waits_lock:
                     stats.add_waits(part)
 
-    def _quota_spent(self, exc: errors.RateLimitError) -> bool:
-        return self.quota.spent_by(exc, self.policy.deadline_sec)
+    def _quota_spent(self, exc: errors.RateLimitError, categories: Tuple[str, ...] = ()) -> bool:
+        """Whether a 429 says a quota is spent: the category it names, or (paced per category) the call's only
+        category, stops; else every call stops."""
+        category = named_category(exc.rate_limit)
+        if category is None and not self.pacer.is_single and len(categories) == 1:
+            category = categories[0]
+        return self.quota.spent_by(exc, self.policy.deadline_sec, category)
 
     def _checked(self, items: List[Item], response):
         self._check(items, response)
@@ -443,9 +533,12 @@ class Caller:
         return out
 
     @staticmethod
-    def _dead(item: Item, exc: errors.EmbedError, attempts: int) -> List[DeadLetter]:
-        code = error_code(exc)
+    def _dead(item: Item, exc: errors.EmbedError, attempts: int, paid: bool = False) -> List[DeadLetter]:
+        code = error_code(exc, paid)
+        message = exc.message if code != "endpoint_not_found" else (
+            f"the endpoint itself answered {exc.status} ({exc.message}): check api.base_url; the row is not at "
+            "fault and the next run tries it again")
         return [DeadLetter(each.id, each.source, each.row_number, each.modality, "call", code,
-                           f"{each.source} row {each.row_number}: {exc.message}", exc.status,
+                           f"{each.source} row {each.row_number}: {message}", exc.status,
                            getattr(exc, "attempts", attempts) or attempts)
                 for each in item.with_copies()]

@@ -51,6 +51,10 @@ class CallMetrics:
             Metrics.counter(NAMESPACE, f"usage_tokens.{kind}").inc(tokens)
         if stats.truncated:
             Metrics.counter(NAMESPACE, "usage_truncated").inc(stats.truncated)
+        for category, (calls, limited) in stats.by_category.items():
+            Metrics.counter(NAMESPACE, f"category_calls.{category}").inc(calls)
+            if limited:
+                Metrics.counter(NAMESPACE, f"category_429.{category}").inc(limited)
         for dimension in stats.limited_dimensions:
             Metrics.counter(NAMESPACE, f"http_429.{dimension}").inc()
         for n in stats.items_per_call:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from apache_beam.io.filesystems import FileSystems
 
 from embed_client import errors
-from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled
+from transforms.calling.engine import Attempts, Caller, CallStats, NotCalled, endpoint_missing, error_code
 from transforms.calling.upload import AssetFailed, AssetNotReady, Uploader
 from transforms.models import model
 from transforms.records import DeadLetter, Deferred, Item, Outcome, item_row
@@ -181,22 +181,33 @@ class _MediaPaced:
                 return self._deferred([item])
             return self._dead(item, exc, exc.attempts or 1)
         except errors.EmbedError as exc:
-            return self._dead(item, exc, exc.attempts or 1)
+            # The uploader handles the 404s that are about an asset or session (gone: uploaded again); one that
+            # reaches here answered a create, so it is the endpoint's, as on an embed call: transient, and one
+            # more failure toward an outage (its attempts counted the rest).
+            if endpoint_missing(exc):
+                self.quota.service_result(True, error_code(exc, paid=True))
+            return self._dead(item, exc, exc.attempts or 1, paid=True)
         except OSError as exc:
             return [DeadLetter(i.id, i.source, i.row_number, i.modality, "upload", "unreadable_file",
                                f"{i.source} row {i.row_number}: {i.file_path} cannot be read ({exc})")
                     for i in item.with_copies()]
         return dataclasses.replace(item, asset_id=asset_id, file_path=None)
 
+    def _media_budget(self, item: Item):
+        """The media-minutes budget of the item's category (one for all audio/video unless paced per category)."""
+        return self.media.get(item.modality) if isinstance(self.media, dict) else self.media
+
     def _pace_media(self, item: Item, stats: CallStats) -> None:
-        if self.media is not None:
+        budget = self._media_budget(item)
+        if budget is not None:
             minutes = clip_minutes(item)
             if minutes is not None:
-                stats.throttled_sec += self.media.acquire(minutes)
+                stats.throttled_sec += budget.acquire(minutes)
 
     def _charge_media(self, item: Item, data) -> None:
-        if self.media is not None and item.modality in ("audio", "video") and clip_minutes(item) is None:
-            self.media.charge(data_minutes(data))
+        budget = self._media_budget(item)
+        if budget is not None and item.modality in ("audio", "video") and clip_minutes(item) is None:
+            budget.charge(data_minutes(data))
 
 
 class SyncV2Caller(_MediaPaced, Caller):
@@ -358,15 +369,16 @@ class TaskCaller(_MediaPaced, Caller):
         counter = Attempts()
         self.journal.intend(item, self._clock())
         try:
-            created = self._send_paced(lambda: self._created(self.client.tasks.send_create(body)), 1, stats, counter)
+            created = self._send_paced(lambda: self._created(self.client.tasks.send_create(body)), 1, stats, counter,
+                                       categories=(item.modality,))
         except NotCalled:
             return self._deferred(items)
         except errors.RateLimitError as exc:
-            if self._quota_spent(exc):
+            if self._quota_spent(exc, (item.modality,)):
                 return self._deferred(items)
             return self._dead(item, exc, counter.count)
         except errors.EmbedError as exc:
-            return self._dead(item, exc, counter.count)
+            return self._dead(item, exc, counter.count, paid=True)
         created_at = self._clock()
         # Before the first poll: a kill from here on costs nothing, the next run polls this id.
         self.journal.record(item, created.id, created_at)
@@ -458,11 +470,13 @@ class TaskCaller(_MediaPaced, Caller):
                 return self._pending(item, task_id, self.quota.stopped, self.quota.resets_at)
             counter = Attempts()
             try:
+                # Polls take from no category (the platform's categories list the POSTs only): with one
+                # bucket for every category they are paced by it, as they always were.
                 task = self._send_paced(lambda: self.client.tasks.retrieve(task_id), 1, stats, counter, paid=False)
             except errors.NotFoundError:
                 raise _TaskGone()
             except errors.RateLimitError as exc:
-                if self._quota_spent(exc):
+                if self._quota_spent(exc, (item.modality,)):
                     return self._pending(item, task_id, "quota_exhausted", self.quota.resets_at)
                 return self._pending(item, task_id, "task_pending", None)
             except errors.EmbedError as exc:

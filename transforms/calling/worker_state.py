@@ -15,9 +15,11 @@ import threading
 
 from apache_beam.utils import shared
 
-from embed_client.pacing import Pacer, make_pacer
+from embed_client.pacing import make_pacer
+from embed_client.pacing.categories import CategoryPacers
+from embed_client.pacing.redis_gcra import RedisTokenBucket
 from transforms.calling.engine import QuotaState, WaitMeter, WorkerState
-from transforms.settings import CallSettings
+from transforms.settings import RATE_LIMIT_CATEGORIES, CallSettings
 
 __all__ = ["QuotaState", "WaitMeter", "WorkerState", "acquire_worker_state", "process_pacer"]
 
@@ -33,21 +35,43 @@ def pacer_key(settings: CallSettings) -> str:
     """One pacer per process, endpoint and limit, across runs (the account's limit outlives a run)."""
     return "tl-embed/pacer/" + json.dumps([settings.base_url, settings.requests_per_minute, settings.max_workers,
                                             settings.rate_limit_backend, settings.redis_url,
-                                            settings.rate_limit_key])
+                                            settings.rate_limit_key,
+                                            [[c.category, c.requests_per_minute] for c in settings.category_limits]])
 
 
 def state_key(settings: CallSettings) -> str:
     """One quota, call budget, wait meter and media budget per process, run and endpoint."""
     return "tl-embed/state/" + json.dumps([settings.run_id, settings.base_url, settings.max_calls,
                                            settings.max_workers, settings.outage_after_failures,
-                                           settings.media_minutes_per_hour]) + pacer_key(settings)
+                                           settings.media_minutes_per_hour,
+                                           [[c.category, c.media_minutes_per_hour] for c in settings.category_limits]]
+                                          ) + pacer_key(settings)
 
 
-def process_pacer(settings: CallSettings) -> Pacer:
-    """This process's pacer for `settings`; it lives while someone (a WorkerState) holds it."""
-    return _NamedShared(pacer_key(settings)).acquire(lambda: make_pacer(
-        settings.requests_per_minute, backend=settings.rate_limit_backend, redis_url=settings.redis_url,
-        max_workers=settings.max_workers, key=settings.rate_limit_key))
+def _make_pacers(settings: CallSettings) -> CategoryPacers:
+    """One bucket for every category (no rate_limit.<category>.* set: as it always was), or one per category,
+    at its own rate or calls.requests_per_minute; with Redis, one shared key per category (`KEY:text`, ...)."""
+
+    def bucket(rate, key):
+        pacer = make_pacer(rate, backend=settings.rate_limit_backend, redis_url=settings.redis_url,
+                           max_workers=settings.max_workers, key=key)
+        return pacer
+
+    if not settings.per_category:
+        pacer = bucket(settings.requests_per_minute, settings.rate_limit_key)
+        return CategoryPacers.single(pacer, _share(pacer, settings))
+    pacers = {c: bucket(settings.category_rate(c), f"{settings.rate_limit_key}:{c}") for c in RATE_LIMIT_CATEGORIES}
+    return CategoryPacers(pacers, _share(pacers["text"], settings))
+
+
+def _share(pacer, settings: CallSettings) -> float:
+    """What a stated (account-wide) limit is divided by for this process: its share, unless Redis shares it."""
+    return 1.0 if isinstance(pacer, RedisTokenBucket) else float(settings.max_workers)
+
+
+def process_pacer(settings: CallSettings) -> CategoryPacers:
+    """This process's pacers for `settings`; they live while someone (a WorkerState) holds them."""
+    return _NamedShared(pacer_key(settings)).acquire(lambda: _make_pacers(settings))
 
 
 # States of the last runs (and endpoints) this process called for, held between bundles.

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 import uuid
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam import coders
@@ -29,7 +29,7 @@ from apache_beam.transforms import trigger, window
 
 from embed_client.secrets import redact_url
 from transforms.records import DEAD_LETTERS, DEFERRED, DeadLetter, Deferred, ManifestRow, Outcome, failure_kind
-from transforms.settings import DEFAULTS, CallSettings, EmbeddingSettings, settings_from
+from transforms.settings import DEFAULTS, CallSettings, CategoryLimit, EmbeddingSettings, settings_from
 from transforms.stages.call import CreateEmbeddings
 from transforms.stages.pack import DEFAULT_MAX_WAITING, CallPacker, RouteAndPack
 from transforms.stages.read import map_columns
@@ -128,6 +128,10 @@ class TwelveLabsOptions:
     assets_requests_per_minute: Optional[float] = DEFAULTS["assets_requests_per_minute"]
     asset_ready_timeout_sec: float = DEFAULTS["asset_ready_timeout_sec"]
     asset_poll_sec: float = DEFAULTS["asset_poll_sec"]
+    # Per rate-limit category (text, image, audio, video): e.g. (CategoryLimit("audio", 60),). Empty: one
+    # bucket for every category at requests_per_minute.
+    category_limits: Tuple[CategoryLimit, ...] = ()
+    pack_waits_for_every_category: bool = DEFAULTS["pack_waits_for_every_category"]
 
     def call_settings(self, run_id: str) -> CallSettings:
         return settings_from(self, base_url=self.base_url, run_id=run_id, embedding=self.embedding)

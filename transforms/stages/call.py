@@ -12,7 +12,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.calling.callers import make_caller
-from transforms.calling.engine import Caller, CallResult, WorkerState
+from transforms.calling.engine import Caller, CallResult, CallStats, WorkerState
+from transforms.calling.schedule import CategoryScheduler, ScheduledPool
 from transforms.calling.metrics import CallMetrics
 from transforms.calling.worker_state import acquire_worker_state
 from transforms.records import DEAD_LETTERS, DEFERRED, ROUTES, Call, DeadLetter, Deferred, Outcome
@@ -22,6 +23,9 @@ from transforms.stages.timeline import TIMELINE, CallTimes
 __all__ = ["CreateEmbeddings"]
 
 KnownTasks = Dict[str, Tuple[str, float]]
+
+# Paced per category: how many calls may wait per pool slot (the look-ahead past a slow category's calls).
+_BACKLOG_PER_SLOT = 8
 
 # What the calling DoFn emits, as Beam (2.78+) reads it from the return annotation: Outcomes on the main output,
 # and a tagged output each for the rest. Records leave wrapped in a WindowedValue (the call's own window);
@@ -51,19 +55,46 @@ class _CreateEmbeddingsFn(beam.DoFn):
         self._in_flight = s.max_tasks_in_flight if self._kind == "task" else s.max_in_flight
         self._pool = concurrent.futures.ThreadPoolExecutor(self._in_flight, thread_name_prefix=f"embed-{self._kind}")
         self._metrics = CallMetrics()
+        # Paced per category: calls wait in a scheduler fed to the pool by its own thread, not in pool threads,
+        # so an empty bucket holds up only its own category. One bucket for all: calls go straight to the pool.
+        self._scheduled: Optional[ScheduledPool] = None
+        if not self._state.pacer.is_single:
+            scheduler = CategoryScheduler(self._state.pacer, self._state.quota,
+                                          split_packed=not s.pack_waits_for_every_category)
+            self._scheduled = ScheduledPool(scheduler, self._pool, self._policy.run, self._in_flight)
 
     def start_bundle(self) -> None:
         self._pending: Deque[concurrent.futures.Future] = collections.deque()
 
     def process(self, call: Call, window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam) -> Iterable[CallOutput]:
+        if self._scheduled is not None:
+            self._scheduled.add(call, (window, timestamp))
+            yield from self._collect(_BACKLOG_PER_SLOT * self._in_flight)
+            return
         future = self._pool.submit(self._policy.run, call)
         # A call's records leave in its own window, whichever later element or bundle end drains them.
         future.window, future.timestamp = window, timestamp
         self._pending.append(future)
         yield from self._drain(self._in_flight)
 
+    def _collect(self, keep: int) -> Iterable[CallOutput]:
+        """Per-category pacing: yields finished calls' records, blocking while more than `keep` calls wait
+        or run."""
+        while True:
+            done, more, waited = self._scheduled.collect(keep)
+            if waited:  # a slot was free and only turns were awaited: throttled, as the pacers' waits are
+                self._metrics.call(CallStats(throttled_sec=waited))
+                self._metrics.wall_wait(waited)
+            for future in done:
+                window, timestamp = future.tag
+                yield from self._emit(future.result(), window, timestamp)  # ApiKeyRejected fails the job
+            if not more:
+                return
+
     def finish_bundle(self) -> Iterable[CallOutput]:
+        if self._scheduled is not None:
+            yield from self._collect(0)
         yield from self._drain(0)
 
     def _drain(self, keep: int) -> Iterable[CallOutput]:
@@ -104,6 +135,9 @@ class _CreateEmbeddingsFn(beam.DoFn):
             yield TaggedOutput(TIMELINE, WindowedValue(times, timestamp, [window]))
 
     def teardown(self) -> None:
+        scheduled = getattr(self, "_scheduled", None)
+        if scheduled is not None:
+            scheduled.stop()
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
