@@ -17,3 +17,11 @@ def moto_s3():
     with MotoS3() as server:
         yield server
 
+
+@pytest.fixture
+def s3_bucket(moto_s3):
+    """A new bucket on the session's moto server, with Beam's filesystems pointed at the server."""
+    from transforms.store.object_store import apply_filesystem_options
+
+    apply_filesystem_options(moto_s3.beam_args)
+    return moto_s3.new_bucket()

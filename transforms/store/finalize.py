@@ -78,11 +78,14 @@ def _finalized_runs(output: str) -> Set[str]:
 
 
 def _mark_finalized(output: str, run_ids: Sequence[str]) -> None:
+    """The mark holds a line of JSON, never nothing: Beam's S3 writer cannot upload an empty object (its
+    multipart upload of no parts is refused as MalformedXML, as real S3 refuses it)."""
     for run_id in run_ids:
         folder = FileSystems.join(output, RUNS_DIR, run_id)
         mkdirs(folder)
+        mark = {"run_id": run_id, "finalized_at": round(time.time(), 3)}
         with FileSystems.create(FileSystems.join(folder, FINALIZED_MARK), compression_type="uncompressed") as f:
-            f.write(b"")
+            f.write((json.dumps(mark) + "\n").encode("utf-8"))
 
 
 def _key_column(table: pa.Table) -> pa.Array:

@@ -19,6 +19,8 @@ from typing import Callable, Iterator, List
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.store.object_store import is_object_store, share_s3_clients
+
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "ASSETS_DIR", "TMP_SUFFIX",
            "READER_ROW_GROUP", "SUMMARY_FILE", "REPORT_FILE", "RUNS_INDEX_FILE", "FINALIZE_COUNTS_FILE",
            "FINALIZED_MARK", "CALLS_PATTERN", "calls_piece_name", "run_folder", "commit", "list_files", "list_segment_pieces", "mkdirs", "piece_name", "read_jsonl",
@@ -38,10 +40,14 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 RUNS_INDEX_FILE = "index.html"          # OUTPUT/runs/index.html, every run's row
 FINALIZE_COUNTS_FILE = "finalize.json"  # what the job's finalize step did
-FINALIZED_MARK = "finalized"            # an empty file: the run's output is finalized
+FINALIZED_MARK = "finalized"            # a line of JSON: the run's output is finalized (never empty)
 CALLS_PATTERN = "calls-*.jsonl"         # the call timeline's pieces (transforms.stages.timeline)
 # Row groups sized for readers: search and readers stream a row group at a time.
 READER_ROW_GROUP = 8192
+
+# Every process that writes the output (the launcher and each worker) imports this module: its S3 commits
+# reuse one client instead of building one an operation (transforms.store.object_store).
+share_s3_clients()
 
 
 def calls_piece_name(worker: str, sequence: int) -> str:
@@ -57,8 +63,14 @@ def piece_name(run_id: str, worker: str, sequence: int, suffix: str) -> str:
 
 
 def commit(directory: str, name: str, write: Callable) -> str:
-    """Writes through `write(stream)` to a temporary name, then renames: the file is whole or absent."""
+    """Writes through `write(stream)` to a temporary name, then renames: the file is whole or absent.
+    On an object store an upload is already whole or absent and a rename is a copy plus a delete: the final
+    name is written directly (one upload instead of three requests more)."""
     final = FileSystems.join(directory, name)
+    if is_object_store(final):
+        with FileSystems.create(final, compression_type="uncompressed") as stream:
+            write(stream)
+        return final
     temp = final + TMP_SUFFIX
     with FileSystems.create(temp, compression_type="uncompressed") as stream:
         write(stream)
@@ -74,7 +86,12 @@ def mkdirs(path: str) -> None:
 
 
 def replace(path: str, write: Callable) -> None:
-    """Replaces a file through a temporary one, so a reader sees the old or the new file, never half."""
+    """Replaces a file through a temporary one, so a reader sees the old or the new file, never half (an
+    object store's upload replaces the object whole: written directly there)."""
+    if is_object_store(path):
+        with FileSystems.create(path, compression_type="uncompressed") as f:
+            write(f)
+        return
     temp = path + TMP_SUFFIX
     with FileSystems.create(temp, compression_type="uncompressed") as f:
         write(f)
