@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -349,6 +350,8 @@ def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
 # rewrites one such file, not more (about 930 rows of 512-d vectors; 1,850 of 256-d).
 COMPACT_BYTES = 2 << 20
 COMPACT_ROWS: Optional[int] = None  # a fixed number of rows instead (tests)
+# Merged files uploaded at once on an object store (each about COMPACT_BYTES, held until uploaded).
+PARALLEL_UPLOADS = 4
 
 
 def compact_rows(dims: int) -> int:
@@ -363,7 +366,8 @@ _COMPACT_NUMBER = re.compile(r"-compact-(\d{5})\.parquet$")
 def _compact_run_pieces(folder: str, run_id: str) -> int:
     """Merges this run's pieces; returns how many files it replaced. A crash midway leaves
     duplicate rows, which the next run's dedupe step removes."""
-    pieces = [p for p in list_segment_pieces(folder) if f"part-{run_id}-" in p and "-compact-" not in p]
+    listed = list_segment_pieces(folder)
+    pieces = [p for p in listed if f"part-{run_id}-" in p and "-compact-" not in p]
     if not pieces:
         return 0
     if len(pieces) == 1:
@@ -374,8 +378,14 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
     group: List = []
     rows = 0
     # After the run's compacted files, if an interrupted merge left some: never over one of them.
-    done = [p for p in list_segment_pieces(folder) if f"part-{run_id}-compact-" in p]
+    done = [p for p in listed if f"part-{run_id}-compact-" in p]
     written = max((int(m.group(1)) for m in map(_COMPACT_NUMBER.search, done) if m), default=0)
+    # On an object store each merged file is an upload that waits on the network: a few go at once.
+    uploads = ThreadPoolExecutor(PARALLEL_UPLOADS, thread_name_prefix="compact") if is_object_store(folder) else None
+    pending: List = []
+
+    def write(path: str, table: pa.Table) -> None:
+        _rewrite(path, lambda stream: write_parquet(table, stream))
 
     def flush() -> None:
         nonlocal group, rows, written
@@ -384,19 +394,30 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
         written += 1
         table = pa.concat_tables(group)
         path = FileSystems.join(folder, f"part-{run_id}-compact-{written:05d}.parquet")
-        _rewrite(path, lambda stream: write_parquet(table, stream))
+        if uploads is None:
+            write(path, table)
+        else:
+            if len(pending) >= PARALLEL_UPLOADS:
+                pending.pop(0).result()  # at most PARALLEL_UPLOADS merged files held at once
+            pending.append(uploads.submit(write, path, table))
         group, rows = [], 0
 
-    for table in read_tables(pieces):
-        limit = compact_rows(table.schema.field("embedding").type.list_size)
-        while table.num_rows:
-            take = min(limit - rows, table.num_rows)
-            group.append(table.slice(0, take))
-            rows += take
-            table = table.slice(take)
-            if rows >= limit:
-                flush()
-    flush()
+    try:
+        for table in read_tables(pieces):
+            limit = compact_rows(table.schema.field("embedding").type.list_size)
+            while table.num_rows:
+                take = min(limit - rows, table.num_rows)
+                group.append(table.slice(0, take))
+                rows += take
+                table = table.slice(take)
+                if rows >= limit:
+                    flush()
+        flush()
+        for upload in pending:
+            upload.result()  # every merged file is whole before a piece is deleted
+    finally:
+        if uploads is not None:
+            uploads.shutdown()
     FileSystems.delete(pieces)
     return len(pieces)
 

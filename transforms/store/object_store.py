@@ -89,5 +89,51 @@ def share_s3_clients() -> bool:
         self._download_pos = 0
 
     boto3_client.Client.__init__ = __init__
+    _upload_small_objects_in_one_request()
     _installed = True
     return True
+
+
+def _upload_small_objects_in_one_request() -> None:
+    """Beam's S3 writer starts a multipart upload when a file is opened and completes it when it is closed:
+    three requests for the smallest file, and none at all for an empty one (S3 refuses a multipart upload
+    of no parts: MalformedXML). Here the multipart upload starts only once a 5 MB part is buffered; a file
+    closed before that is one `put_object`, empty or not."""
+    from apache_beam.io.aws import s3io
+    from apache_beam.io.aws.clients.s3 import messages
+
+    uploader = s3io.S3Uploader
+    original_put, original_finish = uploader.put, uploader.finish
+    part_bytes = 5 * 1024 * 1024  # Beam's MIN_WRITE_SIZE: the size at which it sends a part
+
+    def __init__(self, client, path, mime_type="application/octet-stream"):
+        self._client = client
+        self._path = path
+        self._bucket, self._name = s3io.parse_s3_path(path)
+        self._mime_type = mime_type
+        self.part_number = 1
+        self.buffer = b""
+        self.last_error = None
+        self.upload_id = None
+        self.parts = []
+
+    def put(self, data):
+        if self.upload_id is None and len(self.buffer) + memoryview(data).nbytes >= part_bytes:
+            self._start_upload()
+        original_put(self, data)
+
+    def finish(self):
+        if self.upload_id is not None:
+            original_finish(self)
+            return
+        try:
+            self._client.client.put_object(Bucket=self._bucket, Key=self._name, Body=self.buffer,
+                                           ContentType=self._mime_type)
+        except Exception as exc:
+            raise messages.S3ClientError(str(exc), boto3_client_error_code(exc)) from exc
+
+    uploader.__init__, uploader.put, uploader.finish = __init__, put, finish
+
+
+def boto3_client_error_code(exc: BaseException):
+    return getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
