@@ -42,8 +42,10 @@ def _config(tmp_path, moto, bucket, base_url, manifests=None, key_file=None, nam
     return str(path)
 
 
-def _env(moto, key=True):
+def _env(moto, key=True, tmp=None):
     env = dict(os.environ, PYTHONPATH=ROOT, **moto.env)
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)  # the journals of an output in a bucket live under it (transforms.stages.write)
     env.pop("TWELVE_LABS_API_KEY", None)
     if key:
         env["TWELVE_LABS_API_KEY"] = TEST_KEY
@@ -73,7 +75,7 @@ def test_a_job_on_s3_runs_reruns_adds_and_searches_through_the_cli(tmp_path, mot
     bucket = moto_s3.new_bucket()
     moto_s3.write(bucket, "manifests/a.jsonl", (_rows(0, 40) + _BAD).encode())
     moto_s3.write(bucket, "secrets/tl.key", TEST_KEY.encode())
-    env = _env(moto_s3, key=False)
+    env = _env(moto_s3, key=False, tmp=tmp_path)
     with Emulator(EmulatorConfig()) as emu:
         config = _config(tmp_path, moto_s3, bucket, emu.base_url, key_file=f"s3://{bucket}/secrets/tl.key")
         first = _cli(["--config", config], env)
@@ -116,7 +118,7 @@ def test_a_key_file_missing_from_the_bucket_is_exit_2_before_any_call(tmp_path, 
     moto_s3.write(bucket, "manifests/a.jsonl", _rows(0, 5).encode())
     with Emulator(EmulatorConfig()) as emu:
         config = _config(tmp_path, moto_s3, bucket, emu.base_url, key_file=f"s3://{bucket}/secrets/missing.key")
-        out = _cli(["--config", config], _env(moto_s3, key=False))
+        out = _cli(["--config", config], _env(moto_s3, key=False, tmp=tmp_path))
         requests = emu.stats()["requests"]
     assert out.returncode == 2 and requests == 0, out.stderr[-3000:]
     (error,) = [line for line in out.stderr.splitlines() if line.startswith("error:")]
@@ -220,7 +222,7 @@ def test_two_overlapping_cli_runs_on_s3_one_claim_slowed_never_both_proceed(tmp_
     B goes on, A stops with exit 6 before any call (before this fix A went on too, by its earlier start)."""
     bucket = moto_s3.new_bucket()
     moto_s3.write(bucket, "manifests/a.jsonl", _rows(0, 40).encode())
-    env = _env(moto_s3)
+    env = _env(moto_s3, tmp=tmp_path)
     claiming, go = str(tmp_path / "claiming"), str(tmp_path / "go")
     with Emulator(EmulatorConfig(latency_ms=300)) as emu:
         config = _config(tmp_path, moto_s3, bucket, emu.base_url, max_in_flight=2)  # B calls for about 6 s
@@ -252,7 +254,7 @@ def test_a_killed_run_on_s3_is_resumed_re_paying_at_most_the_calls_in_flight(tmp
     commits the journal. flush_sec 0: a piece a call; the rerun merges the killed run's pieces."""
     bucket = moto_s3.new_bucket()
     moto_s3.write(bucket, "manifests/a.jsonl", _rows(0, 60).encode())
-    env = _env(moto_s3)
+    env = _env(moto_s3, tmp=tmp_path)
     with Emulator(EmulatorConfig(latency_ms=150)) as emu:
         config = _config(tmp_path, moto_s3, bucket, emu.base_url)
         if flush_sec is not None:

@@ -358,6 +358,11 @@ def recover_journals(output: str) -> int:
                     _commit(target, name, lambda stream: stream.write(whole))
                     recovered += whole.count(b"\n")
             os.remove(journal)
+        if _local_dir(target) is None:
+            try:  # no writer runs now (the output's lock is held): an empty folder goes
+                os.rmdir(_journal_dir(target))
+            except OSError:
+                pass  # none there, or not empty
     return recovered
 
 
