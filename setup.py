@@ -3,6 +3,8 @@ import setuptools
 
 MEDIA = ["Pillow>=10", "soundfile>=0.12", "av>=14"]
 DASK = ["dask>=2024.4.2", "distributed>=2024.4.2"]
+# Outputs and manifests on S3 (or an S3-compatible store): Beam's s3:// filesystem (boto3).
+AWS = ["apache-beam[aws]>=2.77.0,<2.79"]
 
 setuptools.setup(
     name="tl-embed-pipeline",
@@ -31,16 +33,19 @@ setuptools.setup(
     #   reachable server, each worker paces to its share of the limit.
     # `dask`: the job on a Dask cluster (--runner dask, pipeline/dask_runner.py); the versions Beam's own
     #   [dask] extra asks for.
-    # `test`: the suite also reads the output with DuckDB, Polars and pandas, as users do, and runs Dask;
-    # pytest-xdist runs it on every core.
+    # `aws`: s3:// manifests and outputs (Beam's S3 filesystem and boto3); workers need it too.
+    # `test`: the suite also reads the output with DuckDB, Polars and pandas, as users do, and runs Dask; it
+    #   runs the whole job against a real S3 API on loopback (moto's server) through the `aws` extra;
+    #   pytest-xdist runs it on every core.
     # ./run.sh installs [emulator,redis]; ./run.sh test installs [emulator,redis,dask,test].
     extras_require={
         "media": MEDIA,
         "emulator": ["python-multipart>=0.0.20"] + MEDIA,
         "redis": ["redis>=5"],
         "dask": DASK,
+        "aws": AWS,
         "test": ["pytest>=8", "pytest-xdist>=3.5", "twelvelabs==1.3.6", "import-linter>=2.1", "duckdb>=1.1", "polars>=1.0",
-                 "pandas>=2.0", "hypothesis>=6.100"]
-        + DASK,
+                 "pandas>=2.0", "hypothesis>=6.100", "moto[server]>=5.0"]
+        + DASK + AWS,
     },
 )

@@ -51,8 +51,9 @@ def run_pipeline(manifest: str, base_url: str, rpm, output: str, max_in_flight: 
     from pipeline.config import JobConfig
     from pipeline.run import run_job
 
+    beam_args = ["--runner=DirectRunner"] + list(settings.pop("beam_args", None) or [])
     config = JobConfig(manifests=[manifest], output=output, base_url=base_url, requests_per_minute=rpm,
-                       max_in_flight=max_in_flight, pack=True, beam_args=["--runner=DirectRunner"], **settings)
+                       max_in_flight=max_in_flight, pack=True, beam_args=beam_args, **settings)
     summary = run_job(config, base_url=base_url)
     if extra is not None:
         extra.update({key: summary.get(key) for key in SUMMARY_KEYS})
@@ -108,6 +109,8 @@ def main(argv=None) -> int:
                         help="pipeline: rate_limit.CATEGORY.requests_per_minute (repeatable)")
     parser.add_argument("--pack-waits", action="store_true",
                         help="pipeline: calls.pack_waits_for_every_category (packing tied to every category)")
+    parser.add_argument("--beam-arg", action="append", dest="beam_args",
+                        help="pipeline: one more Beam flag (the S3 endpoint of an output in a bucket); repeatable")
     parser.add_argument("--file", help="upload arms: the file to upload")
     parser.add_argument("--parallel", type=int, default=4,
                         help="upload-job: max_parallel_chunks; upload-sdk: max_workers")
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
         from bench import peers
 
     settings = {name: getattr(args, name) for name in ("api_version", "task_poll_sec", "max_tasks_in_flight", "flush_sec",
-                                                       "model")
+                                                       "model", "beam_args")
                 if getattr(args, name) is not None}
     for given in args.category_rpm:
         category, _, rate = given.partition("=")

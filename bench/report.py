@@ -309,3 +309,31 @@ def upload_kill_table(title: str, rows: List[dict]) -> str:
                            "-" if target is None else f"{target / _MIB:.0f}", str(r["sessions"]),
                            "-" if target is None else ("yes" if excess <= target else "NO")), widths))
     return "\n".join(lines)
+
+
+def derive_objstore(result: dict, rpm: float) -> dict:
+    """`derive_durable`'s numbers, plus calls/s over the calls' span against the limit and finalize's time."""
+    derive_durable(result)
+    active = result.get("active_sec")
+    result.update(limit_ratio=result["calls_per_sec"] / (rpm / 60.0),
+                  active_calls_per_sec=result["calls"] / active if active else None,
+                  finalize_sec=(result.get("finalize") or {}).get("sec", 0.0))
+    result["active_limit_ratio"] = (result["active_calls_per_sec"] / (rpm / 60.0)
+                                    if result["active_calls_per_sec"] else None)
+    return result
+
+
+OBJSTORE_COLUMNS = ("arm", "items", "wall s", "calls/s", "start-up s", "calls s", "calls' calls/s",
+                    "of limit", "finalize s", "CPU s/1k")
+
+
+def objstore_table(title: str, rows: List[dict]) -> str:
+    widths = (26, 6, 7, 8, 10, 8, 14, 8, 10, 9)
+    lines = [title, "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(OBJSTORE_COLUMNS, widths)))]
+    for r in rows:
+        cells = (r["label"], str(r["items"]), _fmt(r["wall_sec"], ".1f"), _fmt(r["calls_per_sec"], ".2f"),
+                 _fmt(r.get("startup_sec"), ".1f"), _fmt(r.get("active_sec"), ".1f"),
+                 _fmt(r.get("active_calls_per_sec"), ".2f"), _fmt(r.get("active_limit_ratio"), ".3f"),
+                 _fmt(r["finalize_sec"], ".2f"), _fmt(r["cpu_per_1k"], ".2f"))
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    return "\n".join(lines)

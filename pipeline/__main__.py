@@ -5,8 +5,10 @@ import sys
 
 
 def _quiet_known_noise(record: logging.LogRecord) -> bool:
-    # Beam warns about optional GCP libraries at import on every run; it says nothing about this job.
-    return "apitools not found" not in record.getMessage()
+    # Beam warns about optional GCP libraries at import on every run, and its S3 and GCS filesystems log every
+    # listing on the root logger: neither says anything about this job.
+    message = record.getMessage()
+    return "apitools not found" not in message and not message.startswith("Finished listing ")
 
 
 class _ScrubSecrets(logging.Filter):

@@ -118,12 +118,32 @@ def _side_input_maps(side_specs, side_values):
             for (view_class, view_options), values in zip(side_specs, side_values or [])]
 
 
-def _run_stage(part, input_key, steps, exported, side_specs, side_values=None):
+_applied_options: t.Optional[dict] = None
+
+
+def _apply_filesystem_options(options: t.Optional[dict]) -> None:
+    """The job's filesystem flags (an S3 endpoint, a GCS project) in this Dask worker process, once: Beam's
+    own workers get them from their harness, a Dask worker from nothing but this."""
+    global _applied_options
+    if options is None or options == _applied_options:
+        return
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.store.object_store import share_s3_clients
+
+    share_s3_clients()
+    FileSystems.set_options(PipelineOptions.from_dictionary(options))
+    _applied_options = options
+
+
+def _run_stage(part, input_key, steps, exported, side_specs, side_values=None, filesystem_options=None):
     """One Beam bundle of a fused stage: the partition's elements through the stage's DoFns, each freshly
     unpickled, set up, started, fed, finished and torn down, with its own metrics container.
 
     Returns ((step label, tag), WindowedValue) for the outputs read outside the stage (finish_bundle's
     included), and one (_METRICS, MetricUpdates) per step."""
+    _apply_filesystem_options(filesystem_options)
     out: list = []
     stage = _Stage()
     children = collections.defaultdict(list)
@@ -244,7 +264,9 @@ class _GraphBuilder:
     while the bundle still runs. A stage starts at a ParDo fed by a Create, a GroupByKey, a Flatten or a
     Reshuffle, or one with side inputs. Each stage's metrics bag is computed, so every stage runs."""
 
-    def __init__(self, npartitions: t.Optional[int], partition_size: t.Optional[int], group_partitions: int):
+    def __init__(self, npartitions: t.Optional[int], partition_size: t.Optional[int], group_partitions: int,
+                 filesystem_options: t.Optional[dict] = None):
+        self.filesystem_options = filesystem_options
         self.npartitions = npartitions
         self.partition_size = partition_size
         self.group_partitions = group_partitions
@@ -347,7 +369,7 @@ class _GraphBuilder:
         mine = frozenset(key for key in exported if key[0] in labels)
         source = self.bags[main.producer.full_label]
         bag = source.map_partitions(_run_stage, _key(main), steps, mine, side_specs, side_values=side_values,
-                                    token=_name(root.full_label))
+                                    filesystem_options=self.filesystem_options, token=_name(root.full_label))
         for label in labels:
             self.bags[label] = bag
         self.metrics.append(bag.map_partitions(_metrics_of, token="beam-metrics"))
@@ -469,7 +491,9 @@ class DaskRunner(beam_dask.DaskRunner):
         try:
             threads = sum(client.nthreads().values()) or 1
             pipeline.replace_all(dask_overrides())
-            builder = _GraphBuilder(npartitions, partition_size, npartitions or 2 * threads)
+            # Every flag the job was given (the filesystems pick theirs): the workers apply them before a step.
+            flags = options.get_all_options(drop_default=True, retain_unknown_options=True)
+            builder = _GraphBuilder(npartitions, partition_size, npartitions or 2 * threads, flags)
             builder.build(pipeline)
             futures = client.compute(builder.metrics)
         except BaseException:

@@ -30,6 +30,7 @@ from transforms.store.assets import AssetBook, AssetJournal, uploaded_by
 from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files,
                                      list_segment_pieces, read_jsonl)
 from transforms.store.lock import OutputLock
+from transforms.store.object_store import apply_filesystem_options
 
 __all__ = ["run_job", "embedded_backend"]
 
@@ -155,15 +156,26 @@ def call_settings(config: JobConfig, base_url: str, run_id: str = "") -> CallSet
 
 def _check_key_up_front(settings: CallSettings) -> None:
     """A key that cannot be sent stops the job before any call; a key only the workers have is theirs."""
-    from transforms.settings import ApiKeyRejected, resolve_api_key
+    from transforms.settings import ApiKeyRejected, redact_url, resolve_api_key
 
     try:
         resolve_api_key(settings)
     except ApiKeyRejected as exc:
         if not str(exc).startswith("No API key"):
             raise
-    except Exception:  # a key file the launcher cannot read may still be readable on the workers
-        pass
+    except Exception as exc:
+        # A local key file the launcher cannot read may still be on the workers' disks; a key file in a bucket
+        # is the same file for the launcher and every worker: unreadable here, it is unreadable there.
+        if settings.key_file and "://" in settings.key_file and not settings.key_file.startswith("file://"):
+            raise ConfigError(f"api.key_file {redact_url(settings.key_file)} cannot be read ({type(exc).__name__}"
+                              f"{': no such file' if _missing(exc) else ''}); name a file the job can read, "
+                              "or set TWELVE_LABS_API_KEY") from None
+
+
+def _missing(exc: BaseException) -> bool:
+    """True when Beam's error says the file is not there (its wording differs by filesystem)."""
+    text = f"{exc} {getattr(exc, 'exception_details', '')}".lower()
+    return isinstance(exc, FileNotFoundError) or any(w in text for w in ("not found", "no such", "404", "nosuchkey"))
 
 
 def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = False) -> dict:
@@ -171,6 +183,9 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
 
     With `progress`, a progress line is printed to stderr while the job runs in this process.
     """
+    # The filesystem flags (S3 endpoint and keys, GCS project, ...) before the first path is touched: Beam
+    # gives them to its filesystems only when the pipeline is built, after the lock, recovery and the index.
+    apply_filesystem_options(config.beam_args)
     call_settings(config, "http://settings.check/v1.3")  # every setting checked before anything runs
     return_freed_memory()  # the local runner's workers are this process
     if config.samples:

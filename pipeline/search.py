@@ -22,6 +22,7 @@ from embed_client import EmbedClient
 from pipeline.config import load_config
 from transforms.settings import make_client
 from transforms.store.layout import SEGMENT_DIR
+from transforms.store.object_store import apply_filesystem_options
 
 __all__ = ["NoSegments", "batch_vectors", "nearest", "search_main"]
 
@@ -40,13 +41,25 @@ def _segment_files(output: str) -> List[str]:
     pattern = FileSystems.join(output, SEGMENT_DIR, "*.parquet")
     try:
         found = FileSystems.match([pattern])[0].metadata_list
-    except Exception:
-        found = []
+    except Exception as exc:
+        # Not "no files": a bucket that cannot be reached, missing credentials, a filesystem not installed.
+        raise NoSegments(f"cannot list {FileSystems.join(output, SEGMENT_DIR)}: {_first_cause(exc)}") from None
     files = sorted(m.path for m in found)
     if not files:
         raise NoSegments(f"no segment files under {FileSystems.join(output, SEGMENT_DIR)}: run the job first, or "
                          "pass --output with the job's output folder")
     return files
+
+
+def _first_cause(exc: BaseException) -> str:
+    """Beam's BeamIOError wraps the real error in a dict by pattern: the innermost one, on one line."""
+    for _ in range(4):  # BeamIOError({pattern: BeamIOError({prefix: the store's error})})
+        details = getattr(exc, "exception_details", None)
+        if not isinstance(details, dict) or not details:
+            break
+        exc = next(iter(details.values()))
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def _batches(path: str, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
@@ -152,7 +165,12 @@ def search_main(argv: Sequence[str]) -> int:
     parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     parser.add_argument("--modality", choices=["text", "image", "audio", "video"],
                         help="only rows of this modality")
-    args = parser.parse_args(list(argv))
+    # Beam flags (the S3 endpoint and keys, a GCS project, ...) are left for the filesystems, as in the job.
+    args, beam_flags = parser.parse_known_args(list(argv))
+    unknown = [a for i, a in enumerate(beam_flags) if not a.startswith("--") and not (
+        i and beam_flags[i - 1].startswith("--") and "=" not in beam_flags[i - 1])]  # a flag's value
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.k < 1:
         parser.error(f"-k must be at least 1, got {args.k}")
     from transforms.settings import ConfigError
@@ -162,6 +180,7 @@ def search_main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}")
     output = args.output or config.output
+    apply_filesystem_options(list(config.beam_args) + beam_flags)
     try:
         _segment_files(output)  # before the query is embedded: a wrong folder costs no call
     except NoSegments as exc:

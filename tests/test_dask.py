@@ -540,3 +540,30 @@ def test_workers_finalize_and_the_launcher_reports_through_its_own_path_to_the_o
     print(f"\nlauncher via {launcher_view.name}/, workers via {worker_view.name}/ (removed after the job): "
           f"run 1 {first['status']}, {first['segments_written']} segment rows, {first['calls']} calls; "
           f"run 2 {second['status']}, {second['items_already_done']} already done, {second['calls']} calls")
+
+
+def test_job_on_dask_writes_its_output_to_s3(dask_cluster, tmp_path, moto_s3):
+    """The output in a bucket (moto's S3 on loopback): the Dask workers get the job's S3 flags with each stage
+    (a Dask worker has no Beam harness to give them), write and finalize there; a rerun calls nothing."""
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    cluster, client = dask_cluster
+    bucket = moto_s3.new_bucket()
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"d{i}", "text": f"dask caption {i}"}) + "\n" for i in range(30)))
+    output = f"s3://{bucket}/out"
+    beam_args = _dask_args(cluster) + moto_s3.beam_args
+    with Emulator(EmulatorConfig()) as emulator:
+        first = run(make_config(output, [str(manifest)], beam_args=beam_args, pack=False), emulator.base_url)
+        second = run(make_config(output, [str(manifest)], beam_args=beam_args, pack=False), emulator.base_url)
+        served = emulator.stats()
+    ids = []
+    for key in moto_s3.keys(bucket, "out/segments/"):
+        ids += pq.read_table(io.BytesIO(moto_s3.read(bucket, key)), columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(f"d{i}" for i in range(30))
+    assert first["calls"] == 30 == served["requests"] and second["calls"] == 0
+    assert second["items_already_done"] == 30
+    assert "out/summary.json" in moto_s3.keys(bucket, "out/")

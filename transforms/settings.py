@@ -62,8 +62,8 @@ SETTINGS: Tuple[Setting, ...] = (
             optional=True),
     Setting("output.path", "output", "path", "output", "output folder (local or any FileSystems URL)"),
     Setting("output.flush_sec", "flush_sec", "float", None, "commit a piece at least this often (unset: 5 s plus a "
-            "journal of every result on local outputs, a piece per call's results on object stores; 0: a piece "
-            "per call's results everywhere)", low=0, optional=True),
+            "journal of every result, beside a local output or on the worker's disk for an object store; 0: a "
+            "piece per call's results, no journal)", low=0, optional=True),
     Setting("output.rows_per_piece", "rows_per_piece", "int", 4096, "commit a piece when it holds this many "
             "items", low=1),
     Setting("api.base_url", "base_url", "str", "embedded", "API base URL ending in /v1.3, or `embedded` for the "

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 import uuid
 from typing import Iterable, List, Optional
@@ -115,15 +118,30 @@ def _local_dir(path: str) -> Optional[str]:
     return None if "://" in path else path
 
 
+# Object stores cannot append: the journals of an output there are kept on this machine's disk, in a folder
+# named after the output folder, and shipped as pieces every flush_sec; the next run on this machine commits
+# what a killed run left in them.
+JOURNAL_ROOT = os.path.join(tempfile.gettempdir(), "tl-embed-journals")
+
+
+def _journal_dir(path: str) -> str:
+    """Where the journals of the output folder `path` live: the folder itself on a local disk, else a folder
+    of JOURNAL_ROOT named after it."""
+    local = _local_dir(path)
+    if local is not None:
+        return local
+    return os.path.join(JOURNAL_ROOT, hashlib.sha1(path.rstrip("/").encode("utf-8")).hexdigest()[:20])
+
+
 class _PieceWriterFn(beam.DoFn):
     """Buffers records and commits a piece every `rows_per_piece` records or `flush_sec` seconds.
 
-    On a local output every record is also appended to a journal as it arrives (one small write, no new
-    file), so a job killed between pieces loses nothing it paid for: the next run turns leftover journals
-    into pieces (`recover_journals`) before it reads what is done. Object stores cannot append: there
-    a kill loses up to `flush_sec` of results (0 commits each call's results as its own piece). With
-    `flush_sec` None (the default) a local output gets 5 s pieces plus the journal and an object store a
-    piece per call: either way a kill loses nothing that was paid for."""
+    Every record is also appended to a journal as it arrives (one small write, no new file), so a job killed
+    between pieces loses nothing it paid for: the next run turns leftover journals into pieces
+    (`recover_journals`) before it reads what is done. The journal sits beside the pieces on a local output;
+    an object store cannot append, so there it sits on the worker's own disk (`_journal_dir`): a killed job
+    rerun on the same machine loses nothing, a lost worker machine loses at most `flush_sec` of results.
+    `flush_sec` None (the default) is 5 s; 0 commits each call's results as its own piece, with no journal."""
 
     suffix = ""
 
@@ -141,10 +159,11 @@ class _PieceWriterFn(beam.DoFn):
         self._worker = uuid.uuid4().hex[:8]
         self._sequence = 0
         self._journal = None
-        local = _local_dir(self._dir)
-        if self._flush_sec is None:  # durable by default, cheaply where the filesystem allows appends
-            self._flush_sec = DEFAULT_FLUSH_SEC if local is not None else 0.0
-        self._journal_dir = local if self._flush_sec > 0 else None
+        if self._flush_sec is None:  # durable by default, cheaply: a journal and a piece every few seconds
+            self._flush_sec = DEFAULT_FLUSH_SEC
+        self._journal_dir = _journal_dir(self._dir) if self._flush_sec > 0 else None
+        if self._journal_dir is not None and _local_dir(self._dir) is None:
+            os.makedirs(self._journal_dir, exist_ok=True)
 
     def start_bundle(self):
         self._buffer = []
@@ -173,8 +192,6 @@ class _PieceWriterFn(beam.DoFn):
         return path
 
     def _append_journal(self, record) -> None:
-        import os
-
         if self._journal is None:
             name = f"part-{self._run_id}-{self._worker}-{self._sequence + 1:05d}{self.suffix}{JOURNAL_SUFFIX}"
             self._journal_path = os.path.join(self._journal_dir, name)
@@ -184,8 +201,6 @@ class _PieceWriterFn(beam.DoFn):
         self._journal.flush()  # in the OS's hands: a killed process loses nothing
 
     def _drop_journal(self) -> None:
-        import os
-
         if self._journal is not None:
             self.close_journal(self._journal)
             self._journal.close()
@@ -312,20 +327,18 @@ class WriteDeferred(_WriteJsonl):
 
 
 def recover_journals(output: str) -> int:
-    """Turns journals a killed run left (local outputs only) into committed pieces; returns records recovered.
+    """Turns journals a killed run left (beside a local output, or on this machine for an object store) into
+    committed pieces; returns records recovered.
 
     Runs before a run reads what is done, under the output's lock, so what the killed run paid for counts."""
     import glob
-    import os
 
-    root = _local_dir(output)
-    if root is None:
-        return 0
     recovered = 0
     for folder in (SEGMENT_DIR, DEAD_LETTER_DIR, DEFERRED_DIR):
-        for journal in sorted(glob.glob(os.path.join(root, folder, "*" + JOURNAL_SUFFIX))):
-            final = journal[: -len(JOURNAL_SUFFIX)]
-            if final.endswith(".parquet"):
+        target = FileSystems.join(output, folder)
+        for journal in sorted(glob.glob(os.path.join(_journal_dir(target), "*" + JOURNAL_SUFFIX))):
+            name = os.path.basename(journal)[: -len(JOURNAL_SUFFIX)]
+            if name.endswith(".parquet"):
                 batches = []
                 try:
                     with pa.ipc.open_stream(pa.OSFile(journal, "rb")) as reader:
@@ -335,17 +348,21 @@ def recover_journals(output: str) -> int:
                     pass  # a torn last batch: everything before it is whole
                 if batches:
                     table = pa.Table.from_batches(batches)
-                    _commit(os.path.dirname(final), os.path.basename(final),
-                            lambda stream: write_parquet(table, stream))
+                    _commit(target, name, lambda stream: write_parquet(table, stream))
                     recovered += table.num_rows
             else:
                 with open(journal, "rb") as f:
                     data = f.read()
                 whole = data[: data.rfind(b"\n") + 1]  # a torn last line is dropped
                 if whole:
-                    _commit(os.path.dirname(final), os.path.basename(final), lambda stream: stream.write(whole))
+                    _commit(target, name, lambda stream: stream.write(whole))
                     recovered += whole.count(b"\n")
             os.remove(journal)
+        if _local_dir(target) is None:
+            try:  # no writer runs now (the output's lock is held): an empty folder goes
+                os.rmdir(_journal_dir(target))
+            except OSError:
+                pass  # none there, or not empty
     return recovered
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -38,9 +39,11 @@ from transforms.store.layout import (
     list_segment_pieces,
     mkdirs,
     read_jsonl,
+    read_tables,
     replace,
     write_parquet,
 )
+from transforms.store.object_store import is_object_store
 from transforms.store.saved_prefix import settle_prefixes
 
 __all__ = ["FinalizeRun", "finalize_output", "read_finalize_counts", "settle_earlier_runs"]
@@ -52,6 +55,8 @@ _rewrite = replace
 
 
 def _remove_stale_temps(folder: str) -> None:
+    if is_object_store(folder):
+        return  # nothing is written under a temporary name there (layout.commit): a listing saved
     try:
         stale = [m.path for m in FileSystems.match([FileSystems.join(folder, "*.tmp")])[0].metadata_list]
     except Exception:
@@ -78,11 +83,14 @@ def _finalized_runs(output: str) -> Set[str]:
 
 
 def _mark_finalized(output: str, run_ids: Sequence[str]) -> None:
+    """The mark holds a line of JSON, never nothing: Beam's S3 writer cannot upload an empty object (its
+    multipart upload of no parts is refused as MalformedXML, as real S3 refuses it)."""
     for run_id in run_ids:
         folder = FileSystems.join(output, RUNS_DIR, run_id)
         mkdirs(folder)
+        mark = {"run_id": run_id, "finalized_at": round(time.time(), 3)}
         with FileSystems.create(FileSystems.join(folder, FINALIZED_MARK), compression_type="uncompressed") as f:
-            f.write(b"")
+            f.write((json.dumps(mark) + "\n").encode("utf-8"))
 
 
 def _key_column(table: pa.Table) -> pa.Array:
@@ -132,9 +140,7 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str], np.
     older = [p for p in pieces if p not in pending]
     # Pass 1: the (id, modality) and id fingerprints of every pending row, 16 bytes a row.
     item_parts, id_parts = [], []
-    for path in pending:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            table = pq.read_table(f, columns=["id", "modality"])
+    for table in read_tables(pending, ["id", "modality"]):
         item_fps, id_fps = _row_fps(table)
         item_parts.append(item_fps)
         id_parts.append(id_fps)
@@ -192,12 +198,8 @@ def _dedupe_segments(output: str, run_id: str) -> Tuple[int, int, List[str], np.
         hit = find_entries(output, supersede, gone_id_fps)
         removed = hit.key_fp
         by_name = {_name(path): path for path in older}
-        for name in hit.file_names():
-            path = by_name.get(name)
-            if path is None:
-                continue
-            with FileSystems.open(path, compression_type="uncompressed") as f:
-                table = pq.read_table(f, columns=["id", "modality"])
+        hit_paths = [by_name[name] for name in hit.file_names() if name in by_name]
+        for path, table in zip(hit_paths, read_tables(hit_paths, ["id", "modality"])):
             item_fps, id_fps = _row_fps(table)
             positions = np.flatnonzero(member(item_fps, supersede) | member(id_fps, gone_id_fps))
             if len(positions):
@@ -233,11 +235,9 @@ def _index_pending_runs(output: str, run_id: str, runs: Sequence[str], removed: 
     folder = FileSystems.join(output, SEGMENT_DIR)
 
     def parts():  # a segment file at a time: the delta is written as they come
-        for path in list_segment_pieces(folder):
-            if _piece_run(path) in runs:
-                with FileSystems.open(path, compression_type="uncompressed") as f:
-                    table = pq.read_table(f, columns=["id", "modality", "content_hash"])
-                yield index_entries_of(table, _name(path))
+        paths = [path for path in list_segment_pieces(folder) if _piece_run(path) in runs]
+        for path, table in zip(paths, read_tables(paths, ["id", "modality", "content_hash"])):
+            yield index_entries_of(table, _name(path))
 
     _, added = write_index_parts(output, run_id, parts(), removed)
     compact_index(output, run_id)
@@ -311,13 +311,18 @@ def settle_earlier_runs(output: str, run_id: str) -> Dict[str, int]:
         return {}
     latest = pending[-1]
     dropped, rewritten, runs, removed, changed_ids = _dedupe_segments(output, latest)
+    # Their small pieces are merged as a finished run's are (a killed run leaves one every flush_sec, or one
+    # a call), before they are indexed: the index names the files that hold each item.
+    segment_dir = FileSystems.join(output, SEGMENT_DIR)
+    compacted = sum(_compact_run_pieces(segment_dir, run) for run in runs)
     # A run that did not finish may not have met all its rows: none of them is listed as saved.
     _update_saved_rows(output, latest, changed_ids, finished=False)
     added = _index_pending_runs(output, latest, runs, removed)
     _mark_finalized(output, runs)
-    _LOGGER.info("settled %d earlier unfinished run(s): %d items indexed, %d segment rows dropped",
-                 len(runs), added, dropped)
-    return {"runs": len(runs), "items_indexed": added, "segment_rows_dropped": dropped}
+    _LOGGER.info("settled %d earlier unfinished run(s): %d items indexed, %d segment rows dropped, %d pieces "
+                 "merged", len(runs), added, dropped, compacted)
+    return {"runs": len(runs), "items_indexed": added, "segment_rows_dropped": dropped,
+            "pieces_compacted": compacted}
 
 
 def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
@@ -345,6 +350,8 @@ def _replace_earlier_jsonl(folder: str, run_id: str, sources: Set[str]) -> None:
 # rewrites one such file, not more (about 930 rows of 512-d vectors; 1,850 of 256-d).
 COMPACT_BYTES = 2 << 20
 COMPACT_ROWS: Optional[int] = None  # a fixed number of rows instead (tests)
+# Merged files uploaded at once on an object store (each about COMPACT_BYTES, held until uploaded).
+PARALLEL_UPLOADS = 4
 
 
 def compact_rows(dims: int) -> int:
@@ -353,10 +360,14 @@ def compact_rows(dims: int) -> int:
     return max(256, COMPACT_BYTES // (dims * 4 + 240))  # the vector, and about 240 bytes of other columns
 
 
+_COMPACT_NUMBER = re.compile(r"-compact-(\d{5})\.parquet$")
+
+
 def _compact_run_pieces(folder: str, run_id: str) -> int:
     """Merges this run's pieces; returns how many files it replaced. A crash midway leaves
     duplicate rows, which the next run's dedupe step removes."""
-    pieces = [p for p in list_segment_pieces(folder) if f"part-{run_id}-" in p and "-compact-" not in p]
+    listed = list_segment_pieces(folder)
+    pieces = [p for p in listed if f"part-{run_id}-" in p and "-compact-" not in p]
     if not pieces:
         return 0
     if len(pieces) == 1:
@@ -366,7 +377,15 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
                 return 0
     group: List = []
     rows = 0
-    written = 0
+    # After the run's compacted files, if an interrupted merge left some: never over one of them.
+    done = [p for p in listed if f"part-{run_id}-compact-" in p]
+    written = max((int(m.group(1)) for m in map(_COMPACT_NUMBER.search, done) if m), default=0)
+    # On an object store each merged file is an upload that waits on the network: a few go at once.
+    uploads = ThreadPoolExecutor(PARALLEL_UPLOADS, thread_name_prefix="compact") if is_object_store(folder) else None
+    pending: List = []
+
+    def write(path: str, table: pa.Table) -> None:
+        _rewrite(path, lambda stream: write_parquet(table, stream))
 
     def flush() -> None:
         nonlocal group, rows, written
@@ -375,21 +394,30 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
         written += 1
         table = pa.concat_tables(group)
         path = FileSystems.join(folder, f"part-{run_id}-compact-{written:05d}.parquet")
-        _rewrite(path, lambda stream: write_parquet(table, stream))
+        if uploads is None:
+            write(path, table)
+        else:
+            if len(pending) >= PARALLEL_UPLOADS:
+                pending.pop(0).result()  # at most PARALLEL_UPLOADS merged files held at once
+            pending.append(uploads.submit(write, path, table))
         group, rows = [], 0
 
-    for path in pieces:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            table = pq.read_table(f)
-        limit = compact_rows(table.schema.field("embedding").type.list_size)
-        while table.num_rows:
-            take = min(limit - rows, table.num_rows)
-            group.append(table.slice(0, take))
-            rows += take
-            table = table.slice(take)
-            if rows >= limit:
-                flush()
-    flush()
+    try:
+        for table in read_tables(pieces):
+            limit = compact_rows(table.schema.field("embedding").type.list_size)
+            while table.num_rows:
+                take = min(limit - rows, table.num_rows)
+                group.append(table.slice(0, take))
+                rows += take
+                table = table.slice(take)
+                if rows >= limit:
+                    flush()
+        flush()
+        for upload in pending:
+            upload.result()  # every merged file is whole before a piece is deleted
+    finally:
+        if uploads is not None:
+            uploads.shutdown()
     FileSystems.delete(pieces)
     return len(pieces)
 
