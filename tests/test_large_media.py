@@ -262,3 +262,36 @@ def test_sigkill_during_a_multipart_upload_then_rerun_sends_only_what_was_missin
         summary = json.load(f)
     assert summary["assets"]["resumed"] == 1 and summary["assets"]["uploaded"] == 0
     assert len(read_segments(output)) > 0
+
+
+def test_files_in_a_bucket_go_up_once_by_multipart_and_direct_upload_with_the_vectors_of_their_bytes(
+        tmp_path, media, s3_bucket, moto_s3):
+    """Media kept in a bucket (a real S3 API on loopback), as catalogs keep it: each file read through Beam's
+    S3 filesystem, sent once (the audio by multipart, the video by direct upload), embedded exactly."""
+    for name in ("clip.mp4", "speech.wav"):
+        moto_s3.write(s3_bucket, f"catalog/{name}", (media / name).read_bytes())
+    rows = [{"id": "v", "video_file": f"s3://{s3_bucket}/catalog/clip.mp4"},
+            {"id": "a", "audio_file": f"s3://{s3_bucket}/catalog/speech.wav"},
+            {"id": "gone", "video_file": f"s3://{s3_bucket}/catalog/nope.mp4"}]
+    output = str(tmp_path / "out")
+    manifest = _manifest(tmp_path, rows)
+    video_bytes = os.path.getsize(media / "clip.mp4")
+    audio_bytes = os.path.getsize(media / "speech.wav")
+    assert video_bytes < audio_bytes
+    config = _config(output, manifest, direct_upload_max_bytes=video_bytes,  # the video direct, the audio in chunks
+                     beam_args=["--runner=DirectRunner"] + moto_s3.beam_args)
+    with _emulator() as emu:
+        summary = run(config, emu.base_url)
+        assets = emu.stats()["assets"]
+        client = EmbedClient(api_key=TEST_KEY, base_url=emu.base_url)
+        grouped = _by_item(read_segments(output))
+        assert_v2_rows(grouped[("v", "video")], _expected_rows(client, media / "clip.mp4", "video"))
+        assert_v2_rows(grouped[("a", "audio")], _expected_rows(client, media / "speech.wav", "audio"))
+    assert assets["created"]["multipart"] == 1 and assets["created"]["direct"] == 1
+    assert assets["chunk_bytes_accepted"] == audio_bytes and assets["chunk_puts_refused"] == 0
+    assert summary["assets"]["uploaded"] == 2 and summary["assets"]["bytes_uploaded"] == video_bytes + audio_bytes
+    assert {l["id"]: l["code"] for l in read_dead_letters(output)} == {"gone": "missing_file"}
+    with _emulator() as emu:  # a rerun reads nothing from the bucket again: nothing uploaded, nothing called
+        again = run(config, emu.base_url)
+        stats = emu.stats()
+    assert stats["requests"] == 0 and stats["assets"]["requests"] == 0 and again["assets"]["uploaded"] == 0
