@@ -86,6 +86,24 @@ def loopback_http():
     session.close()
 
 
+def started_emulators(**defaults):
+    """Body of a `make_emulator` fixture: `make(**knobs)` starts an emulator (these defaults under the knobs);
+    every one started is stopped at the end. A module's fixture: `yield from started_emulators(...)`."""
+    from embed_emulator import Emulator, EmulatorConfig
+
+    started = []
+
+    def make(**knobs):
+        started.append(Emulator(EmulatorConfig(**{**defaults, **knobs})).start())
+        return started[-1]
+
+    try:
+        yield make
+    finally:
+        for running in started:
+            running.stop()
+
+
 class StaticFiles:
     """Serves a folder over HTTP on 127.0.0.1, for image_url/audio_url inputs."""
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from embed_emulator import Emulator, EmulatorConfig, item_key, rules, serve, synth, vectors
 from embed_emulator.limits import RateLimiter
-from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
+from tests.helpers import loopback_http, started_emulators  # noqa: F401 (loopback_http: the `http` fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = [("marengo3.0", 512), ("marengo2.7", 1024)]
@@ -62,15 +62,7 @@ def emulator():
 
 @pytest.fixture
 def make_emulator():
-    started = []
-
-    def make(**knobs) -> Emulator:
-        started.append(Emulator(EmulatorConfig(**knobs)).start())
-        return started[-1]
-
-    yield make
-    for running in started:
-        running.stop()
+    yield from started_emulators()
 
 
 class _MediaServer(ThreadingHTTPServer):

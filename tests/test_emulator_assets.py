@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from embed_emulator import Emulator, EmulatorConfig, synth
-from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
+from tests.helpers import loopback_http, started_emulators  # noqa: F401 (loopback_http: the `http` fixture)
 
 PNG = synth.png_bytes(seed=1)
 MP4 = synth.mp4_bytes(6.0, seed=5)      # about 67 KB: 9 chunks of 8 KiB
@@ -41,17 +41,7 @@ def emulator():
 
 @pytest.fixture
 def make_emulator():
-    started = []
-
-    def make(**knobs) -> Emulator:
-        knobs.setdefault("asset_processing_sec", 0.05)
-        knobs.setdefault("asset_chunk_size", CHUNK)
-        started.append(Emulator(EmulatorConfig(**knobs)).start())
-        return started[-1]
-
-    yield make
-    for running in started:
-        running.stop()
+    yield from started_emulators(asset_processing_sec=0.05, asset_chunk_size=CHUNK)
 
 
 class _Files(BaseHTTPRequestHandler):

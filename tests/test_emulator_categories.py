@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
-from embed_emulator import Emulator, EmulatorConfig, synth
+from embed_emulator import EmulatorConfig, synth
 from embed_emulator.__main__ import _parser, config_from_args
 from embed_emulator.categories import CategoryLimiter
+from tests.helpers import loopback_http, started_emulators  # noqa: F401 (loopback_http: the `http` fixture)
 
 KEY = {"x-api-key": "k"}
 PNG = synth.png_bytes(seed=1)
@@ -21,24 +21,8 @@ def _b64(data: bytes) -> str:
 
 
 @pytest.fixture
-def http():
-    session = requests.Session()
-    session.trust_env = False
-    yield session
-    session.close()
-
-
-@pytest.fixture
 def make_emulator():
-    started = []
-
-    def make(**knobs) -> Emulator:
-        started.append(Emulator(EmulatorConfig(**knobs)).start())
-        return started[-1]
-
-    yield make
-    for running in started:
-        running.stop()
+    yield from started_emulators()
 
 
 def _v2(http, emu, kind, **extra):

@@ -15,7 +15,7 @@ import requests
 
 from embed_emulator import Emulator, EmulatorConfig, synth, vectors, video
 from embed_emulator.stats import item_key, v2_key
-from tests.helpers import loopback_http  # noqa: F401 (the `http` fixture)
+from tests.helpers import loopback_http, started_emulators  # noqa: F401 (loopback_http: the `http` fixture)
 
 MP4_12 = synth.mp4_bytes(12.0, seed=3)
 MP4_6 = synth.mp4_bytes(6.0, seed=5)
@@ -45,16 +45,7 @@ def emulator():
 
 @pytest.fixture
 def make_emulator():
-    started = []
-
-    def make(**knobs) -> Emulator:
-        knobs.setdefault("task_ready_after_sec", 0.2)
-        started.append(Emulator(EmulatorConfig(**knobs)).start())
-        return started[-1]
-
-    yield make
-    for running in started:
-        running.stop()
+    yield from started_emulators(task_ready_after_sec=0.2)
 
 
 class _Files(BaseHTTPRequestHandler):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from embed_emulator import Emulator, EmulatorConfig
+from tests.capture_server import CaptureServer, json_response
 from tests.helpers import TEST_KEY, assert_exactly_once, read_dead_letters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,47 +260,14 @@ def test_permanent_failures_report_once_transient_ones_retry_and_re_drive_on_dem
     assert "long" not in {l["id"] for l in read_dead_letters(output)}
 
 
-class _NoEmbedRoute:
-    """A loopback server whose embed route answers 404 `resource_not_exist`, as a base URL missing a path does."""
-
-    def __init__(self, status=404):
-        import http.server
-        import threading
-
-        hits = self.hits = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hits.append(self.path)
-                body = json.dumps({"code": "resource_not_exist", "message": "The requested resource does not "
-                                   "exist."}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1.3"
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_404_on_the_embed_route_is_never_the_rows_fault_and_a_rerun_embeds_them_once_each(tmp_path, status=404):
     """Issue 24 item 4: the endpoint's 404/405 defers or marks transient every row hit, never permanent."""
     manifest, output = _manifest(tmp_path, rows=200), str(tmp_path / "out")
-    with _NoEmbedRoute(status) as base:
-        out = _cli(_config(tmp_path, manifest, base, output, pack=True))
+    # A base URL whose embed route does not exist, as one missing a path part answers.
+    no_route = json_response(status, {"code": "resource_not_exist",
+                                      "message": "The requested resource does not exist."})
+    with CaptureServer(lambda request: no_route) as server:
+        out = _cli(_config(tmp_path, manifest, server.base_url, output, pack=True))
     assert out.returncode == 5, out.stdout[-2000:] + out.stderr[-2000:]
     summary = _summary(output)
     assert summary["status"] == "stopped_service_unavailable"
