@@ -253,8 +253,8 @@ def test_category_limits_in_the_config_show_in_the_dry_run_and_a_mistake_is_one_
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": f"r{i}", "text": f"caption {i}"}) + "\n" for i in range(120)))
     config = {"model": "marengo3.0", "manifests": [str(manifest)], "output": {"path": str(tmp_path / "out")},
-              "api": {"base_url": "embedded"}, "calls": {"requests_per_minute": 300},
-              "rate_limit": {"text": {"requests_per_minute": 60, "requests_per_day": 1000},
+              "api": {"base_url": "embedded"}, "calls": {"requests_per_minute": 300, "requests_per_day": 10},
+              "rate_limit": {"text": {"requests_per_minute": 60, "requests_per_day": 50},
                              "audio": {"media_minutes_per_hour": 30}},
               "beam": {"args": ["--runner=DirectRunner"]}}
 
@@ -273,8 +273,12 @@ def test_category_limits_in_the_config_show_in_the_dry_run_and_a_mistake_is_one_
     assert plan.returncode == 0, plan.stderr[-2000:]
     plan = json.loads(plan.stdout)
     assert plan["limits"]["per_category"] and plan["limits"]["text"] == {"requests_per_minute": 60,
-                                                                           "requests_per_day": 1000}
+                                                                           "requests_per_day": 50}
     assert plan["limits"]["image"]["requests_per_minute"] == 300  # the one number for the rest
+    assert plan["limits"]["image"]["requests_per_day"] == 10      # and the one daily quota too
+    # The days estimate takes each category's own daily quota, as calls.requests_per_day alone does for one
+    # bucket: 120 texts at text's 50/day are 3 days (not 12 at the 10/day the other categories have).
+    assert plan["days_at_daily_quota"] == 3 and plan["days_by_category"] == {"text": 3}
     assert plan["limits"]["audio"]["media_minutes_per_hour"] == 30
     assert plan["minutes_at_rate"] == 2.0  # 120 texts at text's own 60/min, not at 300/min
 

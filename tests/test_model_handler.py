@@ -181,6 +181,43 @@ def test_v2_sync_calls_and_tasks_with_segments_output(media):
     assert tasks["created"] == 1 and tasks["ready"] == 1
 
 
+def test_an_empty_category_bucket_holds_up_only_its_own_category(media):
+    """Per-category limits, one thread: an audio whose bucket is empty (20/min, its turn taken: 3 s away) must
+    not hold the thread while a text of the same batch, whose bucket is full, could go. A thread blocking on
+    the audio's bucket would finish the text after the audio, 3 s in."""
+    import time
+
+    from transforms.settings import CategoryLimit
+
+    folder, _ = media
+    examples = [{"id": "audio", "audio_file": os.path.join(folder, "a.wav")}, {"id": "text", "text": "hello"}]
+    with Emulator(EmulatorConfig()) as emu:
+        handler = TwelveLabsEmbeddingModelHandler(TwelveLabsOptions(
+            base_url=emu.base_url, api_version="v2", max_in_flight=1,
+            category_limits=(CategoryLimit("audio", 20), CategoryLimit("text", 600))))
+        model = handler.load_model()
+        finished = {}
+        caller = model.callers["v2"]
+        run = caller.run
+
+        def timed(call, *args, **kwargs):
+            result = run(call, *args, **kwargs)
+            finished[call.items[0].modality] = time.monotonic() - began
+            return result
+
+        caller.run = timed
+        try:
+            model.pacer.reserve(["audio"])  # the audio bucket's one turn is spent: the next is 3 s away
+            began = time.monotonic()
+            audio, text = [r.inference for r in handler.run_inference(examples, model)]
+        finally:
+            model.close()
+    assert len(text[0]) == 512 and len(audio[0]) == 512
+    assert finished["text"] < 1.0, finished       # at once, not after the audio's wait
+    assert finished["audio"] >= 2.5, finished     # the audio's bucket was really empty
+    assert finished["text"] < finished["audio"] - 2.0
+
+
 def test_a_spent_quota_defers_then_calls_again_after_the_reset():
     """The job stops for the run on a spent quota; a RunInference step may run for days: it calls again later."""
     with Emulator(EmulatorConfig(requests_per_day=2)) as emu:  # the day resets at UTC midnight

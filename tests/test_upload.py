@@ -202,3 +202,37 @@ def test_cleanup_keeps_and_reports_an_asset_the_platform_refuses_to_delete(tmp_p
         assert (later.deleted, later.kept) == ([asset_id], []) and emu.stats()["assets"]["deleted"] == 1
     line = _assets_line({"assets": _assets_summary({"assets_uploaded": 2}, len(kept.deleted), len(kept.kept))})
     assert line[0].endswith("1 deleted, 1 kept (delete refused or failed)")
+
+
+def test_a_404_on_the_asset_create_is_transient_and_the_rerun_uploads_and_embeds_it(tmp_path, wav):
+    """A base URL whose asset create answers 404 (`resource_not_exist`): the endpoint's failure, never the row's.
+    The row ends as a transient `endpoint_not_found` dead letter (a permanent one would be a "known dead
+    letter" the next run skips), and the rerun against a working API uploads it once and embeds it."""
+    import json
+
+    from tests.helpers import make_config, read_dead_letters, read_segments, run
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio_file": str(wav)}) + "\n")
+    output = str(tmp_path / "out")
+
+    def missing(request):
+        return json_response(404, {"code": "resource_not_exist", "message": "The requested resource does not exist."})
+
+    settings = dict(asset_upload="always", direct_upload_max_bytes=10 ** 9, asset_poll_sec=0.02, max_attempts=2)
+    with CaptureServer(missing) as server:
+        first = run(make_config(output, [str(manifest)], **settings), server.base_url)
+        sent = [(r.method, r.path.split("?", 1)[0]) for r in server.requests]
+    assert ("POST", "/v1.3/assets") in sent and not any(path.startswith("/v1.3/embed") for _, path in sent)
+    letters = read_dead_letters(output)
+    assert [(l["id"], l["kind"], l["code"], l["http_status"]) for l in letters] == [
+        ("a", "transient", "endpoint_not_found", 404)]
+    assert "check api.base_url" in letters[0]["message"]
+    assert first.get("dead_letters_permanent", 0) == 0
+    with Emulator(EmulatorConfig(asset_processing_sec=0.05)) as emu:
+        again = run(make_config(output, [str(manifest)], **settings), emu.base_url)
+        stats = emu.stats()
+    assert stats["assets"]["created"]["direct"] == 1 and stats["calls_ok"] == 1
+    assert again["assets"]["uploaded"] == 1 and again["status"] == "done"
+    table = read_segments(output)
+    assert set(table.column("id").to_pylist()) == {"a"} and set(table.column("modality").to_pylist()) == {"audio"}

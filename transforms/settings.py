@@ -46,10 +46,12 @@ RATE_LIMIT_CATEGORIES = ("text", "image", "audio", "video")
 _CATEGORY_LIMITS = (
     ("requests_per_minute", "float", 0.001, "the account's {category} embeddings per minute, shared by all workers "
      "(unset: calls.requests_per_minute, one bucket per category; none set: one bucket for all)"),
-    ("requests_per_day", "int", 1, "the account's {category} embeddings per day (--dry-run's estimate)"),
+    ("requests_per_day", "int", 1, "the account's {category} embeddings per day (--dry-run's days estimate; else "
+     "calls.requests_per_day)"),
     ("media_minutes_per_hour", "float", 0.001, "{category} minutes per hour, shared by all workers (unset: "
      "calls.media_minutes_per_hour, v2)"),
-    ("media_minutes_per_day", "float", 0.001, "{category} minutes per day (--dry-run's estimate)"),
+    ("media_minutes_per_day", "float", 0.001, "{category} minutes per day (shown with the limits in force; "
+     "nothing is paced or estimated from it)"),
 )
 
 SETTINGS: Tuple[Setting, ...] = (
@@ -78,7 +80,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("calls.requests_per_minute", "requests_per_minute", "float", None, "the account's limit, shared by "
             "all workers (unset: learned from the first 429 that states it)", low=0.001, optional=True),
     Setting("calls.requests_per_day", "requests_per_day", "int", None, "the account's daily quota (for "
-            "--dry-run's estimate)", low=1, optional=True),
+            "--dry-run's days estimate; with rate_limit.<category>.*, each category's unless it sets its own)",
+            low=1, optional=True),
     Setting("calls.max_calls", "max_calls", "int", None, "a budget of calls for this run; the rest is deferred",
             low=0, optional=True),
     Setting("calls.worker_processes", "max_workers", "int", 1, "worker processes sharing the limit: each paces "
@@ -377,8 +380,9 @@ def limits_in_force(source: Any) -> Dict[str, Any]:
     out: Dict[str, Any] = {"per_category": True}
     for category in RATE_LIMIT_CATEGORIES:
         limit = own.get(category, CategoryLimit(category))
+        rpd = getattr(source, "requests_per_day", None) if limit.requests_per_day is None else limit.requests_per_day
         entry = {"requests_per_minute": rpm if limit.requests_per_minute is None else limit.requests_per_minute,
-                 "requests_per_day": limit.requests_per_day}
+                 "requests_per_day": rpd}
         if category in ("audio", "video"):
             entry["media_minutes_per_hour"] = media if limit.media_minutes_per_hour is None else \
                 limit.media_minutes_per_hour

@@ -5,9 +5,9 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
-__all__ = ["MediaMinutesBudget", "TokenBucket"]
+__all__ = ["MediaMinutesBudget", "TokenBucket", "cut_unstated", "observed_limit", "recovered"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,6 +34,42 @@ LEARNED_RATE_MARGIN = 0.95
 # Calls are paced this much under the rate: a burst token plus late threads catching up would
 # otherwise put rate + 1 calls into some minute of a sliding-window limit (seen as one 429 in 1000).
 PACE_MARGIN = 0.99
+
+
+# ---- how the pace learns, shared with the Redis bucket (embed_client.pacing.redis_gcra) ----------------
+# Paces are fractions of the configured rate; these functions hold no state, so a bucket kept in Redis
+# decides exactly as the local one does.
+
+def observed_limit(successes_last_minute: int, watched_sec: float, sending_per_minute: float) -> Optional[float]:
+    """The calls that got through in the last 60 s, when that reads as a per-minute limit: watched for at
+    least OBSERVE_MIN_SEC, at least 10 calls, and well under what we were sending (not a passing burst 429)."""
+    observed = float(successes_last_minute)
+    if watched_sec < OBSERVE_MIN_SEC or observed < 10:
+        return None
+    if not OBSERVED_SHARE_MIN * sending_per_minute <= observed < sending_per_minute:
+        return None
+    return observed
+
+
+def cut_unstated(fraction: float, observed_per_minute: Optional[float],
+                 configured_rate: float) -> Tuple[float, float]:
+    """A 429 that states no limit: (new fraction, new ceiling). What got through in the last minute, when
+    it reads as the limit, is held just under; otherwise cut by BACKOFF_FACTOR, to climb back fast to
+    CEILING_MARGIN of the pace that drew the 429."""
+    if observed_per_minute is not None:
+        held = max(MIN_RATE_FRACTION, observed_per_minute * CEILING_MARGIN / configured_rate)
+        return held, held
+    return (max(MIN_RATE_FRACTION, fraction * BACKOFF_FACTOR),
+            max(MIN_RATE_FRACTION, fraction * CEILING_MARGIN))
+
+
+def recovered(fraction: float, ceiling: float, configured_rate: Optional[float]) -> Tuple[float, float]:
+    """A success: (new fraction, new ceiling). Fast back to the ceiling; above it, a step per call that adds
+    up to PROBE_PER_MINUTE of the rate a minute, the ceiling following."""
+    per_minute = max(1.0, (configured_rate or 1.0) * fraction)
+    step = RECOVERY_STEP if fraction < ceiling else PROBE_PER_MINUTE / per_minute
+    fraction = min(1.0, fraction + step)
+    return fraction, max(ceiling, fraction)
 
 
 class TokenBucket:
@@ -132,14 +168,8 @@ class TokenBucket:
                 now = self._clock()
                 # The calls in flight when the limit is crossed all come back 429 together: one event, one cut.
                 if now - self._last_cut >= max(CUT_QUIET_SEC, retry_after_sec or 0.0):
-                    observed = self._observed_per_minute(now)
-                    if observed is not None:
-                        # What the server let through in the last minute is its limit: hold just under it.
-                        self._ceiling = self._fraction = max(MIN_RATE_FRACTION,
-                                                             observed * CEILING_MARGIN / self.configured_rate)
-                    else:
-                        self._ceiling = max(MIN_RATE_FRACTION, self._fraction * CEILING_MARGIN)
-                        self._fraction = max(MIN_RATE_FRACTION, self._fraction * BACKOFF_FACTOR)
+                    self._fraction, self._ceiling = cut_unstated(self._fraction, self._observed_per_minute(now),
+                                                                 self.configured_rate)
                     self._last_cut = now
             if retry_after_sec:
                 self._paused_until = max(self._paused_until, self._clock() + retry_after_sec)
@@ -149,13 +179,9 @@ class TokenBucket:
         for at least OBSERVE_MIN_SEC and it is well under what we were sending (not a passing burst 429)."""
         while self._recent and self._recent[0] < now - 60.0:
             self._recent.popleft()
-        if not self._recent or now - self._watch_start < OBSERVE_MIN_SEC:
+        if not self._recent:
             return None
-        observed = float(len(self._recent))
-        sending = (self.configured_rate or 0.0) * self._fraction
-        if observed < 10 or not OBSERVED_SHARE_MIN * sending <= observed < sending:
-            return None
-        return observed
+        return observed_limit(len(self._recent), now - self._watch_start, (self.configured_rate or 0.0) * self._fraction)
 
     def on_success(self) -> None:
         if self.configured_rate is not None:
@@ -166,12 +192,7 @@ class TokenBucket:
                 self._recent.append(now)
         if self._fraction < 1.0:
             with self._lock:
-                # Fast back to the ceiling; above it, a step per call that adds up to 1% of the rate a minute.
-                per_minute = max(1.0, (self.configured_rate or 1.0) * self._fraction)
-                step = RECOVERY_STEP if self._fraction < self._ceiling else PROBE_PER_MINUTE / per_minute
-                self._fraction = min(1.0, self._fraction + step)
-                if self._fraction > self._ceiling:
-                    self._ceiling = self._fraction
+                self._fraction, self._ceiling = recovered(self._fraction, self._ceiling, self.configured_rate)
 
 
 class MediaMinutesBudget:

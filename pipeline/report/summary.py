@@ -111,6 +111,14 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
         minutes = None if not needs or any(not rate for _, rate in needs) else max(n / rate for n, rate in needs)
     # The daily quota and this run's call budget are different limits: each gets its own estimate.
     days = (-(-calls // rpd) if calls else 0) if rpd else None
+    days_by_category = None
+    if limits["per_category"]:
+        # A daily quota per category (its own requests_per_day, else calls.requests_per_day): each category's
+        # items take its turns (a packed call one in each), so the run takes as many days as the slowest needs.
+        days_by_category = {m: -(-metrics.get(f"items_{m}", 0) // limits[m]["requests_per_day"])
+                            for m in MODALITIES if m in limits and limits[m].get("requests_per_day")
+                            and metrics.get(f"items_{m}", 0)}
+        days = max(days_by_category.values()) if days_by_category else None
     runs = (-(-calls // max(1, config.max_calls)) if calls else 0) if config.max_calls is not None else None
     plan = {
         "run_id": run_id,
@@ -133,6 +141,7 @@ def plan_summary(config, result, run_id: str, manifests: List[str]) -> dict:
         "limits": limits_in_force(config),
         "minutes_at_rate": None if minutes is None else round(minutes, 1),
         "days_at_daily_quota": days,
+        "days_by_category": days_by_category,
         "max_calls": config.max_calls,
         "runs_at_call_budget": runs,
     }
@@ -146,7 +155,10 @@ def format_plan(plan: dict) -> str:
         timing.append(f"{plan['minutes_at_rate']} min at the categories' limits (the slowest category's items)")
     elif plan["minutes_at_rate"] is not None:
         timing.append(f"{plan['minutes_at_rate']} min at {plan['requests_per_minute']:g} calls/min")
-    if plan["days_at_daily_quota"] is not None:
+    if plan["days_at_daily_quota"] is not None and plan.get("days_by_category"):
+        timing.append(f"{plan['days_at_daily_quota']} day(s) at the categories' daily quotas ("
+                      + ", ".join(f"{m} {n}" for m, n in plan["days_by_category"].items()) + ")")
+    elif plan["days_at_daily_quota"] is not None:
         timing.append(f"{plan['days_at_daily_quota']} day(s) at the daily quota of {plan['requests_per_day']} calls")
     if plan.get("runs_at_call_budget") is not None:
         timing.append(f"{plan['runs_at_call_budget']} run(s) at the budget of {plan['max_calls']} calls a run")

@@ -12,7 +12,9 @@
 
 Unlike a `RemoteModelHandler` (one request per batch, retried whole), each batch is validated, packed (v1: up
 to one text, image and audio per call), deduplicated, and its calls run concurrently on a bounded pool of
-`max_in_flight` threads shared by the process, paced by the process's token bucket, with the job's retries,
+`max_in_flight` threads shared by the process, paced by the process's token buckets (with a bucket per
+rate-limit category, calls wait in a `CategoryScheduler`, not in pool threads, so an empty bucket holds up
+only its own category, as in the job), with the job's retries,
 400 splitting and error mapping (`transforms.calling.engine`). An example that cannot be
 embedded gets an `EmbeddingError` as its inference; nothing raises for one bad example. A refused key
 (401/403) raises `ApiKeyRejected`: every other call would fail the same way.
@@ -30,8 +32,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.calling.callers import make_caller
-from transforms.calling.engine import Caller
+from transforms.calling.engine import Caller, CallStats
 from transforms.calling.metrics import CallMetrics
+from transforms.calling.schedule import CategoryScheduler, ScheduledPool
 from transforms.calling.worker_state import acquire_worker_state
 from transforms.progress import NAMESPACE
 from transforms.public.embed import TwelveLabsOptions
@@ -148,11 +151,8 @@ class TwelveLabsEmbeddingModel:
                 else:
                     per_example[index].append(record)
         calls = self._pack(self._dedup(items))
-        futures = {self._pool(call.items[0].route).submit(self.callers[call.items[0].route].run, call): call
-                   for call in calls}
         key_rejected: Optional[ApiKeyRejected] = None
-        for future in concurrent.futures.as_completed(futures):
-            call = futures[future]
+        for call, future in self._run_calls(calls):
             try:
                 records, call_stats = future.result()
             except ApiKeyRejected as exc:
@@ -175,6 +175,53 @@ class TwelveLabsEmbeddingModel:
         self.metrics.results(embedded=embedded, deferred=deferred)
         self.inference_errors.inc(failed)
         return per_example
+
+    def _run_calls(self, calls: List[Call]) -> Iterable[Any]:
+        """(call, finished future) for every call (or part of a packed call) of a batch, as they finish."""
+        if self.pacer.is_single:
+            futures = {self._pool(call.items[0].route).submit(self.callers[call.items[0].route].run, call): call
+                       for call in calls}
+            for future in concurrent.futures.as_completed(futures):
+                yield futures[future], future
+            return
+        # A bucket per category: calls wait in a scheduler until their categories have a turn, so a pool thread
+        # never blocks on one category's empty bucket while another's calls could go. One scheduler per batch
+        # and pool (its own thread only dispatches; the pools are the process's): a batch collects its own calls.
+        scheduled: List[ScheduledPool] = []
+        split = not self.settings.pack_waits_for_every_category
+        for tasks in (False, True):
+            group = [call for call in calls if (call.items[0].route == "task") == tasks]
+            if not group:
+                continue
+            slots = self.settings.max_tasks_in_flight if tasks else self.settings.max_in_flight
+            pool = ScheduledPool(CategoryScheduler(self.pacer, self.quota, split_packed=split),
+                                 self._pool("task" if tasks else "v2"), self._run_scheduled, slots)
+            scheduled.append(pool)
+            for call in group:
+                pool.add(call, None)
+        try:
+            for pool in scheduled:
+                more = True
+                while more:
+                    done, more, waited = pool.collect(0)
+                    if waited:  # a slot was free and only turns were awaited: throttled, as the pacers' waits are
+                        self.metrics.call(CallStats(throttled_sec=waited))
+                    for future in done:
+                        call, inner = future.result()
+                        yield call, inner
+        finally:
+            for pool in scheduled:
+                pool.stop()
+
+    def _run_scheduled(self, call: Call, prepaid: bool) -> Any:
+        """Runs a call the scheduler handed out (a packed call's ready part, maybe): (that call, a finished
+        future of its result), so the records and any error are mapped to the call that was really sent."""
+        inner: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            inner.set_result(self.callers[call.items[0].route].run(call, prepaid))
+        except BaseException as exc:  # re-raised by the batch's thread, as a pool future's would be
+            inner.set_exception(exc)
+        return call, inner
 
     def _reopen(self) -> None:
         """Lets a stopped quota call again once the quota has reset (or, when the API named no reset time,
