@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_known_noise)
         handler.addFilter(_ScrubSecrets())
-    for noisy in ("apache_beam", "urllib3"):
+    for noisy in ("apache_beam", "urllib3", "botocore"):  # botocore: "Found credentials in ..." on every run
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Beam logs a failed bundle's traceback and then raises it: the raise below is enough.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)

@@ -30,7 +30,7 @@ from transforms.store.assets import AssetBook, AssetJournal, uploaded_by
 from transforms.store.layout import (DEAD_LETTER_DIR, DEFERRED_DIR, RUNS_DIR, SEGMENT_DIR, list_files,
                                      list_segment_pieces, read_jsonl)
 from transforms.store.lock import OutputLock
-from transforms.store.object_store import apply_filesystem_options
+from transforms.store.object_store import StoreUnreachable, apply_filesystem_options, check_stores_reachable
 
 __all__ = ["run_job", "embedded_backend"]
 
@@ -185,8 +185,13 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
     """
     # The filesystem flags (S3 endpoint and keys, GCS project, ...) before the first path is touched: Beam
     # gives them to its filesystems only when the pipeline is built, after the lock, recovery and the index.
-    apply_filesystem_options(config.beam_args)
+    options = apply_filesystem_options(config.beam_args)
     call_settings(config, "http://settings.check/v1.3")  # every setting checked before anything runs
+    # A wrong endpoint or bucket is one line in seconds, not Beam's minutes of retries on the first listing.
+    try:
+        check_stores_reachable([*config.manifests, config.output, config.key_file or ""], options)
+    except StoreUnreachable as exc:
+        raise ConfigError(str(exc)) from None
     return_freed_memory()  # the local runner's workers are this process
     if config.samples:
         from pipeline.samples import ensure_samples

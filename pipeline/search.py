@@ -22,7 +22,7 @@ from embed_client import EmbedClient
 from pipeline.config import load_config
 from transforms.settings import make_client
 from transforms.store.layout import SEGMENT_DIR
-from transforms.store.object_store import apply_filesystem_options
+from transforms.store.object_store import StoreUnreachable, apply_filesystem_options, check_stores_reachable
 
 __all__ = ["NoSegments", "batch_vectors", "nearest", "search_main"]
 
@@ -180,7 +180,11 @@ def search_main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}")
     output = args.output or config.output
-    apply_filesystem_options(list(config.beam_args) + beam_flags)
+    try:
+        check_stores_reachable([output], apply_filesystem_options(list(config.beam_args) + beam_flags))
+    except StoreUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         _segment_files(output)  # before the query is embedded: a wrong folder costs no call
     except NoSegments as exc:

@@ -299,3 +299,49 @@ def test_s3_files_of_any_size_empty_included_are_written_whole(s3_bucket, moto_s
         assert moto_s3.read(s3_bucket, name) == data, name
     assert moto_s3.keys(s3_bucket) == sizes
     assert not moto_s3.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")  # none left open
+
+
+# Beam's S3 client retries a refused connection for about 8.5 minutes: well past this, so the test fails
+# (TimeoutExpired) if the launcher's bounded first touch is lost.
+_UNREACHABLE_BOUND_SEC = 30
+
+
+@pytest.mark.parametrize("command", ["job", "search"])
+def test_an_unreachable_s3_endpoint_is_one_line_and_exit_2_in_seconds_before_any_call(tmp_path, command):
+    """A wrong --s3_endpoint_url (a closed port on loopback): one `error:` line naming the bucket and the flag,
+    exit 2, within seconds, and no call to the API."""
+    pytest.importorskip("boto3", reason="apache-beam[aws] is a test dependency (setup.py extra `test`)")
+    from tests.moto_s3 import ACCESS_KEY, REGION, SECRET_KEY, _free_port
+
+    closed = f"http://127.0.0.1:{_free_port()}"  # bound then released: nothing listens there
+    env = dict(os.environ, PYTHONPATH=ROOT, TMPDIR=str(tmp_path), AWS_ACCESS_KEY_ID=ACCESS_KEY,
+               AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION=REGION, TWELVE_LABS_API_KEY=TEST_KEY)
+    with Emulator(EmulatorConfig()) as emu:
+        config = tmp_path / "job.yaml"
+        config.write_text(json.dumps({
+            "model": "marengo3.0", "manifests": ["s3://bkt/manifests/*.jsonl"], "output": {"path": "s3://bkt/out"},
+            "api": {"base_url": emu.base_url},
+            "beam": {"args": ["--runner=DirectRunner", f"--s3_endpoint_url={closed}", "--s3_region_name=us-east-1"]}}))
+        args = ["--config", str(config)] if command == "job" else ["search", "--config", str(config), "--text", "x"]
+        started = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=3 * _UNREACHABLE_BOUND_SEC)
+        elapsed = time.monotonic() - started
+        requests = emu.stats()["requests"]
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert elapsed < _UNREACHABLE_BOUND_SEC, elapsed
+    assert requests == 0
+    assert out.stderr.strip().splitlines() == [
+        f"error: s3://bkt cannot be reached: {closed} does not answer (EndpointConnectionError); check "
+        "--s3_endpoint_url in beam.args (or the network) and run again"], out.stderr[-3000:]
+    assert TEST_KEY not in out.stderr + out.stdout
+
+
+def test_a_bucket_missing_from_the_store_is_one_line_and_exit_2(tmp_path, moto_s3):
+    with Emulator(EmulatorConfig()) as emu:
+        config = _config(tmp_path, moto_s3, "no-such-bucket", emu.base_url)
+        out = _cli(["--config", config], _env(moto_s3, tmp=tmp_path))
+        requests = emu.stats()["requests"]
+    assert out.returncode == 2 and requests == 0, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == [
+        f"error: s3://no-such-bucket does not exist at {moto_s3.endpoint}; create the bucket or fix the path"]

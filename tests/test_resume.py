@@ -294,11 +294,18 @@ def test_small_pieces_of_a_run_are_compacted_when_it_finishes(tmp_path, monkeypa
     output = str(tmp_path / "out")
     with Emulator(EmulatorConfig()) as emu:
         summary = run(make_config(output, [manifest], flush_sec=0), emu.base_url)  # a piece per call
-    files = sorted(glob.glob(os.path.join(output, "segments", "*.parquet")))
-    assert [os.path.basename(f).split("-compact-")[1] for f in files] == ["00001.parquet", "00002.parquet",
-                                                                          "00003.parquet"]
-    assert [pq.read_metadata(f).num_rows for f in files] == [25, 25, 10]
-    assert summary["segments_written"] == 60 and summary["segment_files"] == files
+        files = sorted(glob.glob(os.path.join(output, "segments", "*.parquet")))
+        assert [os.path.basename(f).split("-compact-")[1] for f in files] == ["00001.parquet", "00002.parquet",
+                                                                              "00003.parquet"]
+        assert [pq.read_metadata(f).num_rows for f in files] == [25, 25, 10]
+        assert summary["segments_written"] == 60 and summary["segment_files"] == files
+        assert_exactly_once(output, 60)
+        # The key index took the merged files' entries as they were written (not read back): a rerun finds
+        # every item through it, and a changed row's old vectors are found in their merged file and dropped.
+        _write_manifest(tmp_path / "c.jsonl", [{"id": f"c{i}", "text": f"compact {i}" + (" changed" if i == 30
+                                                                                         else "")} for i in range(60)])
+        again = run(make_config(output, [manifest]), emu.base_url)
+        assert emu.stats()["requests"] == 61 and again["items_already_done"] == 59
     assert_exactly_once(output, 60)
 
 

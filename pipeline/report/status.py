@@ -23,7 +23,8 @@ STATUSES = (
            "ok"),
     Status("submitted", 0, "submitted: the job runs on its runner and finalizes its own output", "ok"),
     Status("failed", 1, "an unexpected failure (a bug): run again with --debug for the traceback", "bad"),
-    Status("usage_error", 2, "a usage or config error, or an unusable key: nothing was called", "bad"),
+    Status("usage_error", 2, "a usage or config error (a bucket that cannot be reached too), or an unusable key: "
+                             "nothing was called", "bad"),
     Status("finished_with_dead_letters", 3, "finished; some rows are dead letters (see dead_letters/)", "bad"),
     Status("deferred", 4, "deferred: some items wait for the quota, the call budget or their task; run again",
            "warn"),

@@ -17,6 +17,7 @@ from apache_beam import Flatten, Map, PTransform, combiners
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.store.key_index import (
+    IndexEntries,
     build_from_segments,
     compact_index,
     find_entries,
@@ -229,15 +230,19 @@ def _name(path: str) -> str:
     return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
-def _index_pending_runs(output: str, run_id: str, runs: Sequence[str], removed: np.ndarray) -> int:
+def _index_pending_runs(output: str, run_id: str, runs: Sequence[str], removed: np.ndarray,
+                        known: Optional[Dict[str, IndexEntries]] = None) -> int:
     """Adds what the settled runs saved (their files as they are now) to the key index, with the entries
-    this finalize removed; returns the entries added."""
+    this finalize removed; returns the entries added. `known`: entries of files just written (the merged
+    ones), by file name, so they are not read back (on S3, a round trip a file)."""
     folder = FileSystems.join(output, SEGMENT_DIR)
+    known = known or {}
 
     def parts():  # a segment file at a time: the delta is written as they come
         paths = [path for path in list_segment_pieces(folder) if _piece_run(path) in runs]
-        for path, table in zip(paths, read_tables(paths, ["id", "modality", "content_hash"])):
-            yield index_entries_of(table, _name(path))
+        unread = read_tables([p for p in paths if _name(p) not in known], ["id", "modality", "content_hash"])
+        for path in paths:
+            yield known[_name(path)] if _name(path) in known else index_entries_of(next(unread), _name(path))
 
     _, added = write_index_parts(output, run_id, parts(), removed)
     compact_index(output, run_id)
@@ -314,10 +319,11 @@ def settle_earlier_runs(output: str, run_id: str) -> Dict[str, int]:
     # Their small pieces are merged as a finished run's are (a killed run leaves one every flush_sec, or one
     # a call), before they are indexed: the index names the files that hold each item.
     segment_dir = FileSystems.join(output, SEGMENT_DIR)
-    compacted = sum(_compact_run_pieces(segment_dir, run) for run in runs)
+    known: Dict[str, IndexEntries] = {}
+    compacted = sum(_compact_run_pieces(segment_dir, run, known) for run in runs)
     # A run that did not finish may not have met all its rows: none of them is listed as saved.
     _update_saved_rows(output, latest, changed_ids, finished=False)
-    added = _index_pending_runs(output, latest, runs, removed)
+    added = _index_pending_runs(output, latest, runs, removed, known)
     _mark_finalized(output, runs)
     _LOGGER.info("settled %d earlier unfinished run(s): %d items indexed, %d segment rows dropped, %d pieces "
                  "merged", len(runs), added, dropped, compacted)
@@ -363,9 +369,10 @@ def compact_rows(dims: int) -> int:
 _COMPACT_NUMBER = re.compile(r"-compact-(\d{5})\.parquet$")
 
 
-def _compact_run_pieces(folder: str, run_id: str) -> int:
+def _compact_run_pieces(folder: str, run_id: str, entries: Optional[Dict[str, IndexEntries]] = None) -> int:
     """Merges this run's pieces; returns how many files it replaced. A crash midway leaves
-    duplicate rows, which the next run's dedupe step removes."""
+    duplicate rows, which the next run's dedupe step removes. `entries` receives the key index's entries
+    of each merged file, by name (the index need not read them back)."""
     listed = list_segment_pieces(folder)
     pieces = [p for p in listed if f"part-{run_id}-" in p and "-compact-" not in p]
     if not pieces:
@@ -386,6 +393,8 @@ def _compact_run_pieces(folder: str, run_id: str) -> int:
 
     def write(path: str, table: pa.Table) -> None:
         _rewrite(path, lambda stream: write_parquet(table, stream))
+        if entries is not None:
+            entries[_name(path)] = index_entries_of(table, _name(path))
 
     def flush() -> None:
         nonlocal group, rows, written
@@ -436,10 +445,11 @@ def _finalize(output: str, run_id: str, sources: Sequence[str]) -> Dict[str, int
         _remove_stale_temps(FileSystems.join(output, sub))
     ensure_index(output, run_id)
     dropped, rewritten, settled, removed, changed_ids = _dedupe_segments(output, run_id)
-    compacted = _compact_run_pieces(segment_dir, run_id)
+    known: Dict[str, IndexEntries] = {}
+    compacted = _compact_run_pieces(segment_dir, run_id, known)
     _update_saved_rows(output, run_id, changed_ids, finished=True)
     settle_prefixes(output, run_id, lambda fps: saved_rows_member(output, fps))
-    _index_pending_runs(output, run_id, settled, removed)
+    _index_pending_runs(output, run_id, settled, removed, known)
     for sub in (DEAD_LETTER_DIR, DEFERRED_DIR):
         _replace_earlier_jsonl(FileSystems.join(output, sub), run_id, set(sources))
     _mark_finalized(output, settled)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.store.object_store import is_object_store, share_s3_clients
+from transforms.store.object_store import is_object_store, read_whole, share_s3_clients
 
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "ASSETS_DIR", "TMP_SUFFIX",
            "READER_ROW_GROUP", "SUMMARY_FILE", "REPORT_FILE", "RUNS_INDEX_FILE", "FINALIZE_COUNTS_FILE",
@@ -154,11 +154,11 @@ def _read_table(path: str, columns: Optional[Sequence[str]]):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if is_object_store(path):
+        # One GET for the whole (small) piece: Parquet's footer-then-columns reads would each be a
+        # ranged request, a round trip apiece.
+        return pq.read_table(pa.BufferReader(read_whole(path)), columns=None if columns is None else list(columns))
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        if is_object_store(path):
-            # One GET for the whole (small) piece: Parquet's footer-then-columns reads would each be a
-            # ranged request, a round trip apiece.
-            return pq.read_table(pa.BufferReader(f.read()), columns=None if columns is None else list(columns))
         return pq.read_table(f, columns=None if columns is None else list(columns))
 
 
