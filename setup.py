@@ -45,7 +45,10 @@ setuptools.setup(
         "dask": DASK,
         "aws": AWS,
         "test": ["pytest>=8", "pytest-xdist>=3.5", "twelvelabs==1.3.6", "import-linter>=2.1", "duckdb>=1.1", "polars>=1.0",
-                 "pandas>=2.0", "hypothesis>=6.100", "moto[server]>=5.0"]
+                 "pandas>=2.0", "hypothesis>=6.100", "moto[server]>=5.0",
+                 # gs:// against a GCS API on loopback: Beam's GCS filesystem needs only google-cloud-storage
+                 # (apache-beam[gcp] pulls Vertex AI and backtracks for minutes against the lock).
+                 "google-cloud-storage>=2.10", "gcp-storage-emulator>=2024.8"]
         + DASK + AWS,
     },
 )
