@@ -57,6 +57,16 @@ CUT_COOLDOWN_SEC = CUT_QUIET_SEC
 # Every script takes the clock scale as its last ARGV: the server's time is multiplied by it (1 but in tests,
 # which run a bucket's minute in a few seconds).
 
+# Shared by the scripts that pause every worker: the pause only ever grows, and its key outlives it by ttl.
+_EXTEND_PAUSE = """
+local function extend_pause(key, now, seconds, ttl)
+  local paused = tonumber(redis.call('GET', key) or '0') or 0
+  local paused_until = math.max(paused, now + seconds)
+  redis.call('SET', key, string.format('%.6f', paused_until),
+             'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
+end
+"""
+
 # KEYS: tat, fraction, paused_until, learned rate. ARGV: rate per minute (0 = unlimited unless a limit was
 # learned), burst, ttl, clock scale. Returns {slot, now, fraction} as strings (a Lua number would be truncated to an integer reply).
 _RESERVE = """
@@ -86,7 +96,7 @@ return {string.format('%.6f', slot), string.format('%.6f', now), string.format('
 # limit as a fraction of the configured rate (0 = none stated), clock scale. A stated limit under the pace
 # sets the pace just under it and caps the recovery there (no cut, no sawtooth); one at or over the pace (a
 # burst) only pauses. Returns "fraction cap".
-_STATED = """
+_STATED = _EXTEND_PAUSE + """
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
 local min_fraction = tonumber(ARGV[1])
@@ -103,10 +113,7 @@ if stated > 0 and stated < fraction then
   redis.call('SET', KEYS[4], string.format('%.6f', cap), 'EX', ttl)
 end
 if retry_after > 0 then
-  local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-  local paused_until = math.max(paused, now + retry_after)
-  redis.call('SET', KEYS[2], string.format('%.6f', paused_until),
-             'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
+  extend_pause(KEYS[2], now, retry_after, ttl)
 end
 return string.format('%.6f %.6f', fraction, cap)
 """
@@ -115,7 +122,7 @@ return string.format('%.6f %.6f', fraction, cap)
 # clock scale.
 # For a bucket told no rate: a stated limit under what was learned (or the first one) becomes the shared pace.
 # Returns the learned rate.
-_LEARN = """
+_LEARN = _EXTEND_PAUSE + """
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
 local stated = tonumber(ARGV[1])
@@ -127,10 +134,7 @@ if stated > 0 and (rate <= 0 or stated < rate) then
   redis.call('SET', KEYS[1], string.format('%.6f', rate), 'EX', ttl)
 end
 if pause > 0 then
-  local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-  local paused_until = math.max(paused, now + pause)
-  redis.call('SET', KEYS[2], string.format('%.6f', paused_until),
-             'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
+  extend_pause(KEYS[2], now, pause, ttl)
 end
 return string.format('%.6f', rate)
 """
@@ -159,7 +163,7 @@ return {redis.call('GET', KEYS[4]) or '1', redis.call('GET', KEYS[5]) or '1', re
 # the cut unless one was made within the quiet period (the calls in flight when the limit is crossed all come
 # back 429 together, in every worker: one event, one cut). Returns {claimed (0/1), fraction, ceiling, cap,
 # learned rate, successes in the last 60 s, seconds since the first success}.
-_CLAIM_CUT = """
+_CLAIM_CUT = _EXTEND_PAUSE + """
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
 local quiet = tonumber(ARGV[1])
@@ -172,10 +176,7 @@ if now - cut_at >= quiet then
   redis.call('SET', KEYS[1], string.format('%.6f', now), 'EX', ttl)
 end
 if pause > 0 then
-  local paused = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
-  local paused_until = math.max(paused, now + pause)
-  redis.call('SET', KEYS[4], string.format('%.6f', paused_until),
-             'EX', string.format('%d', math.ceil(paused_until - now + ttl)))
+  extend_pause(KEYS[4], now, pause, ttl)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
 local watch = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
