@@ -94,7 +94,8 @@ for line in requires("tl-embed-pipeline"):
     if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
         continue
     pinned = [s for s in req.specifier if s.operator == "=="]
-    print(f"{req.name}{''.join(str(s) for s in pinned)}")
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""  # moto[server], apache-beam[aws]
+    print(f"{req.name}{extras}{''.join(str(s) for s in pinned)}")
 PY
 )"
   # shellcheck disable=SC2086
