@@ -9,8 +9,8 @@ VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 
 # What each install holds: the library plus the emulator (the embedded default) and redis; tests add the rest.
-MAIN_EXTRAS="emulator,redis"
-TEST_EXTRAS="emulator,redis,dask,test"
+MAIN_EXTRAS="emulator,redis,index"
+TEST_EXTRAS="emulator,redis,index,dask,test"
 # The exact versions the suite last passed with (README "Versions"). It is made for the Python it names in its
 # first lines; another Python installs from setup.py's ranges instead, with a warning.
 LOCK="$HERE/constraints.txt"

@@ -5,6 +5,10 @@ MEDIA = ["Pillow>=10", "soundfile>=0.12", "av>=14"]
 DASK = ["dask>=2024.4.2", "distributed>=2024.4.2"]
 # Outputs and manifests on S3 (or an S3-compatible store): Beam's s3:// filesystem (boto3).
 AWS = ["apache-beam[aws]>=2.77.0,<2.79"]
+# A LanceDB table of the output's segments kept in step with the Parquet (index.lancedb), queried by `search`.
+INDEX = ["lancedb>=0.40"]
+# Beam's RAG ingestion (apache_beam.ml.rag) into Qdrant, local `path=` mode or a server.
+RAG = ["qdrant-client>=1.12"]
 
 setuptools.setup(
     name="tl-embed-pipeline",
@@ -34,21 +38,25 @@ setuptools.setup(
     # `dask`: the job on a Dask cluster (--runner dask, pipeline/dask_runner.py); the versions Beam's own
     #   [dask] extra asks for.
     # `aws`: s3:// manifests and outputs (Beam's S3 filesystem and boto3); workers need it too.
+    # `index`: the LanceDB table beside the Parquet (index.lancedb in the config) and its use by `search`.
+    # `rag`: TwelveLabsEmbeddings over Beam's EmbeddableItem into VectorDatabaseWriteTransform's Qdrant sink.
     # `test`: the suite also reads the output with DuckDB, Polars and pandas, as users do, and runs Dask; it
     #   runs the whole job against a real S3 API on loopback (moto's server) through the `aws` extra;
     #   pytest-xdist runs it on every core.
-    # ./run.sh installs [emulator,redis]; ./run.sh test installs [emulator,redis,dask,test].
+    # ./run.sh installs [emulator,redis,index]; ./run.sh test installs [emulator,redis,index,dask,test].
     extras_require={
         "media": MEDIA,
         "emulator": ["python-multipart>=0.0.20"] + MEDIA,
         "redis": ["redis>=5"],
         "dask": DASK,
         "aws": AWS,
+        "index": INDEX,
+        "rag": RAG,
         "test": ["pytest>=8", "pytest-xdist>=3.5", "twelvelabs==1.3.6", "import-linter>=2.1", "duckdb>=1.1", "polars>=1.0",
                  "pandas>=2.0", "hypothesis>=6.100", "moto[server]>=5.0",
                  # gs:// against a GCS API on loopback: Beam's GCS filesystem needs only google-cloud-storage
                  # (apache-beam[gcp] pulls Vertex AI and backtracks for minutes against the lock).
                  "google-cloud-storage>=2.10", "gcp-storage-emulator>=2024.8"]
-        + DASK + AWS,
+        + DASK + AWS + INDEX + RAG,
     },
 )
