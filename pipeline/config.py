@@ -70,7 +70,7 @@ def load_config(path: str) -> JobConfig:
     root = os.path.dirname(os.path.abspath(path))
     fields = check_settings(raw, path)
     fields["manifests"] = [_resolve_path(m, root) for m in fields["manifests"]]
-    for name in ("output", "key_file", "samples"):
+    for name in ("output", "key_file", "samples", "index_path"):
         fields[name] = _resolve_path(fields[name], root)
     fields["beam_args"] = [_resolve_beam_arg(a, root) for a in fields["beam_args"]]
     fields["columns"] = check_columns(fields["columns"], f"{path}: columns")

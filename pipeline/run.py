@@ -189,9 +189,12 @@ def run_job(config: JobConfig, base_url: Optional[str] = None, progress: bool = 
     call_settings(config, "http://settings.check/v1.3")  # every setting checked before anything runs
     # A wrong endpoint or bucket is one line in seconds, not Beam's minutes of retries on the first listing.
     try:
-        check_stores_reachable([*config.manifests, config.output, config.key_file or ""], options)
+        check_stores_reachable([*config.manifests, config.output, config.key_file or "",
+                                config.index_path or ""], options)
     except StoreUnreachable as exc:
         raise ConfigError(str(exc)) from None
+    if config.index_lancedb and not config.dry_run:
+        _check_index_installed()
     return_freed_memory()  # the local runner's workers are this process
     if config.samples:
         from pipeline.samples import ensure_samples
@@ -251,10 +254,35 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
     # The job finalized its own output (on its workers); a runner that skipped the step leaves it to us.
     finalized = read_finalize_counts(config.output, run_id) or finalize_output(config.output, run_id, manifest_paths)
     finalized["segment_rows_dropped"] += settled.get("segment_rows_dropped", 0)
+    index = _sync_index(config) if config.index_lancedb else None
     finished = datetime.datetime.now(datetime.timezone.utc)
     return summary_mod.write_summary(config, result, run_id, manifest_paths, started, finished, finalized,
                                      known_failures=known_failures, assets_deleted=len(cleanup.deleted),
-                                     assets_delete_refused=len(cleanup.kept))
+                                     assets_delete_refused=len(cleanup.kept), vector_index=index)
+
+
+def _check_index_installed() -> None:
+    try:
+        import lancedb  # noqa: F401
+    except ImportError:
+        raise ConfigError("index.lancedb is on but LanceDB is not installed: pip install 'tl-embed-pipeline[index]' "
+                          "(./run.sh installs it), or set index.lancedb: false") from None
+
+
+def _sync_index(config: JobConfig) -> dict:
+    """The LanceDB table brought in step with the finalized Parquet, still under the output's lock. A failure
+    here loses nothing: the Parquet is whole, `search` scans it until a later run's sync succeeds."""
+    from transforms.store.vector_index import IndexSettings, index_uri, lance_storage_options, sync_index
+
+    settings = IndexSettings(True, config.index_path, config.index_ann_min_rows)
+    uri = index_uri(config.output, settings)
+    try:
+        done = sync_index(config.output, settings, lance_storage_options(uri, PipelineOptions(config.beam_args)))
+    except Exception as exc:  # the store refused, the disk is full: said, and the run's vectors stay saved
+        _LOGGER.warning("the LanceDB index at %s was not synced (%s: %s); search scans the Parquet until the next "
+                        "run syncs it", uri, type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+        return {"uri": uri, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return dict(done, uri=uri)
 
 
 def _delete_uploaded_assets(config: JobConfig, settings: CallSettings, run_id: str) -> Cleanup:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import heapq
+import json
 import os
 import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -24,12 +26,90 @@ from transforms.settings import make_client
 from transforms.store.layout import SEGMENT_DIR
 from transforms.store.object_store import StoreUnreachable, apply_filesystem_options, check_stores_reachable
 
-__all__ = ["NoSegments", "batch_vectors", "nearest", "search_main"]
+__all__ = ["Filters", "NoSegments", "batch_vectors", "indexed_nearest", "nearest", "search_main"]
 
 _BATCH_ROWS = 8192
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "local.yaml")
 _SHOWN_COLUMNS = ["id", "modality", "segment_index", "start_offset_sec", "end_offset_sec", "input_text",
                   "input_url", "input_file"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """What `search` keeps: rows whose columns equal each given value, and whose attributes hold each KEY=VALUE
+    (compared as text: a number 2021 matches "2021")."""
+    modality: Optional[str] = None
+    option: Optional[str] = None      # embedding_option (v2: visual, audio, transcription, ...)
+    scope: Optional[str] = None       # embedding_scope (v2: clip, asset)
+    model: Optional[str] = None       # model_name
+    attributes: Tuple[Tuple[str, str], ...] = ()
+
+    def equalities(self) -> List[Tuple[str, str]]:
+        return [(column, value) for column, value in (("modality", self.modality), ("embedding_option", self.option),
+                                                      ("embedding_scope", self.scope), ("model_name", self.model))
+                if value is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.equalities() or self.attributes)
+
+    def columns(self) -> List[str]:
+        return [column for column, _ in self.equalities()] + (["attributes"] if self.attributes else [])
+
+    def sql(self) -> Optional[str]:
+        """The same filter as a LanceDB (DataFusion) predicate; attributes as substrings, checked after."""
+        parts = [f"{column} = {_sql_text(value)}" for column, value in self.equalities()]
+        for key, value in self.attributes:
+            alternatives = [f"strpos(attributes, {_sql_text(p)}) > 0" for p in _attribute_patterns(key, value)]
+            parts.append("(" + " OR ".join(alternatives) + ")")
+        return " AND ".join(parts) or None
+
+    def mask(self, batch) -> Optional[np.ndarray]:
+        """Rows of a batch (holding `columns()`) that pass, or None when there is no filter."""
+        if not self:
+            return None
+        keep = np.ones(batch.num_rows, bool)
+        for column, value in self.equalities():
+            keep &= np.asarray(pc.equal(batch.column(column), value).fill_null(False))
+        if self.attributes:
+            texts = batch.column("attributes")
+            for key, value in self.attributes:
+                found = np.zeros(batch.num_rows, bool)
+                for pattern in _attribute_patterns(key, value):
+                    found |= np.asarray(pc.match_substring(texts, pattern).fill_null(False))
+                keep &= found
+            for row in np.flatnonzero(keep):  # a substring may sit inside a nested value: the JSON decides
+                keep[row] = self.attributes_match(texts[int(row)].as_py())
+        return keep
+
+    def attributes_match(self, text: Optional[str]) -> bool:
+        if not self.attributes:
+            return True
+        try:
+            attributes = json.loads(text or "{}")
+        except ValueError:
+            return False
+        return all(key in attributes and _as_text(attributes[key]) == value for key, value in self.attributes)
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _attribute_patterns(key: str, value: str) -> List[str]:
+    """How KEY=VALUE appears in the attributes column (json.dumps, sort_keys, ensure_ascii=False): as a string,
+    and as a number, true, false or null when VALUE reads as one."""
+    patterns = [f"{json.dumps(key, ensure_ascii=False)}: {json.dumps(value, ensure_ascii=False)}"]
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if parsed is not None and not isinstance(parsed, (str, list, dict)) or value == "null":
+        patterns.append(f"{json.dumps(key, ensure_ascii=False)}: {value}")
+    return patterns
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 class NoSegments(ValueError):
@@ -79,7 +159,8 @@ def batch_vectors(column: pa.Array) -> np.ndarray:
     return flat.to_numpy(zero_copy_only=False).reshape(-1, dims)
 
 
-def nearest(output: str, query: Sequence[float], k: int = 10, modality: Optional[str] = None) -> List[dict]:
+def nearest(output: str, query: Sequence[float], k: int = 10, modality: Optional[str] = None,
+            filters: Optional[Filters] = None) -> List[dict]:
     """The k rows of OUTPUT/segments with the highest cosine similarity to `query`.
 
     Exact: every vector is scored. Memory is one batch of vectors plus the k best, whatever the output's size."""
@@ -87,8 +168,11 @@ def nearest(output: str, query: Sequence[float], k: int = 10, modality: Optional
     q /= np.linalg.norm(q) or 1.0
     if k <= 0:
         return []
+    filters = filters or Filters()
+    if modality is not None:
+        filters = dataclasses.replace(filters, modality=modality)
     files = _segment_files(output)
-    columns = ["embedding"] + (["modality"] if modality is not None else [])
+    columns = ["embedding"] + filters.columns()
     best: List[Tuple[float, int, int]] = []  # (score, file index, row in file) min-heap of size k
     for file_index, path in enumerate(files):
         offset = 0
@@ -102,8 +186,8 @@ def nearest(output: str, query: Sequence[float], k: int = 10, modality: Optional
                                  f"{q.shape[0]}: use the model and dimension the output was made with")
             norms = np.linalg.norm(vectors, axis=1)
             scores = vectors @ q / np.where(norms == 0, 1.0, norms)
-            if modality is not None:
-                wanted = np.asarray(pc.equal(batch.column(1), modality).fill_null(False))
+            wanted = filters.mask(batch)
+            if wanted is not None:
                 scores = np.where(wanted, scores, -np.inf)
             top = np.argpartition(-scores, min(k, rows) - 1)[:k]
             for row in top:
@@ -116,6 +200,31 @@ def nearest(output: str, query: Sequence[float], k: int = 10, modality: Optional
                     heapq.heapreplace(best, entry)
             offset += rows
     return [dict(record, score=score) for score, record in _records(files, best)]
+
+
+def indexed_nearest(table, query: Sequence[float], k: int = 10, filters: Optional[Filters] = None) -> List[dict]:
+    """`nearest` through the output's LanceDB table (transforms.store.vector_index), its ANN index if it has one:
+    the same rows and scores, found without reading every vector."""
+    from transforms.store import ann
+
+    q = np.asarray(query, dtype=np.float32)
+    q /= np.linalg.norm(q) or 1.0
+    dims = table.schema.field("embedding").type.list_size
+    if dims != q.shape[0]:
+        raise SystemExit(f"error: the output holds {dims}-dim vectors, the query has {q.shape[0]}: use the model "
+                         "and dimension the output was made with")
+    filters = filters or Filters()
+    where = filters.sql()
+    asked = k
+    while True:
+        found = ann.ann_query(table, q, asked, where)
+        rows = [r for r in found.select(_SHOWN_COLUMNS + ["attributes", "_distance"]).to_pylist()
+                if filters.attributes_match(r["attributes"])]
+        # An attribute's substring can sit inside another value: ask for more until k pass or none are left.
+        if len(rows) >= k or found.num_rows < asked or asked >= 64 * k:
+            break
+        asked *= 4
+    return [dict({c: r[c] for c in _SHOWN_COLUMNS}, score=1.0 - float(r["_distance"])) for r in rows[:k]]
 
 
 def _records(files: Sequence[str], best: List[Tuple[float, int, int]]) -> List[Tuple[float, dict]]:
@@ -165,6 +274,13 @@ def search_main(argv: Sequence[str]) -> int:
     parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     parser.add_argument("--modality", choices=["text", "image", "audio", "video"],
                         help="only rows of this modality")
+    parser.add_argument("--option", help="only rows of this embedding_option (v2: visual, audio, transcription, ...)")
+    parser.add_argument("--scope", help="only rows of this embedding_scope (v2: clip, asset)")
+    parser.add_argument("--model", help="only rows made by this model_name")
+    parser.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE",
+                        help="only rows whose manifest attribute KEY equals VALUE (repeatable: all must hold)")
+    parser.add_argument("--exact", action="store_true",
+                        help="scan the Parquet even when a LanceDB index is there (to compare)")
     # Beam flags (the S3 endpoint and keys, a GCS project, ...) are left for the filesystems, as in the job.
     args, beam_flags = parser.parse_known_args(list(argv))
     unknown = [a for i, a in enumerate(beam_flags) if not a.startswith("--") and not (
@@ -173,6 +289,13 @@ def search_main(argv: Sequence[str]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.k < 1:
         parser.error(f"-k must be at least 1, got {args.k}")
+    pairs = []
+    for given in args.attribute:
+        key, sep, value = given.partition("=")
+        if not sep or not key:
+            parser.error(f"--attribute {given!r}: write KEY=VALUE, e.g. --attribute genre=jazz")
+        pairs.append((key, value))
+    filters = Filters(args.modality, args.option, args.scope, args.model, tuple(pairs))
     from transforms.settings import ConfigError
 
     try:
@@ -180,8 +303,9 @@ def search_main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}")
     output = args.output or config.output
+    options = apply_filesystem_options(list(config.beam_args) + beam_flags)
     try:
-        check_stores_reachable([output], apply_filesystem_options(list(config.beam_args) + beam_flags))
+        check_stores_reachable([output], options)
     except StoreUnreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -197,13 +321,31 @@ def search_main(argv: Sequence[str]) -> int:
         settings = call_settings(config, base_url)
         client = stack.enter_context(make_client(settings))
         vector = _query_vector(client, settings, args)
-    found = nearest(output, vector, args.k, args.modality)
+    found = _search(output, vector, args.k, filters, config, options, args.exact)
     for rank, record in enumerate(found, 1):
         print(_format(rank, record))
     if not found:  # said, not silent: an empty answer must not look like a crash or a wrong output
         kind = f"{args.modality} " if args.modality else ""
         print(f"no {kind}segments in {output} to compare the query with", file=sys.stderr)
     return 0
+
+
+def _search(output: str, vector: Sequence[float], k: int, filters: Filters, config, options, exact: bool) -> List[dict]:
+    """Through the LanceDB index when one matches the output as it is now, else the exact scan; says which."""
+    from transforms.store.vector_index import IndexSettings, index_state, index_uri, lance_storage_options
+
+    uri = index_uri(output, IndexSettings(path=config.index_path))
+    if exact:
+        reason = "--exact"
+    else:
+        state = index_state(output, uri, lance_storage_options(uri, options))
+        if state.usable:
+            print(f"search: LanceDB index at {uri} ({state.rows} rows, "
+                  f"{state.ann or 'no ANN index yet: exact search in LanceDB'})", file=sys.stderr)
+            return indexed_nearest(state.table, vector, k, filters)
+        reason = state.reason
+    print(f"search: exact scan of the Parquet in {FileSystems.join(output, SEGMENT_DIR)} ({reason})", file=sys.stderr)
+    return nearest(output, vector, k, filters=filters)
 
 
 def _query_vector(client: EmbedClient, settings, args) -> List[float]:

@@ -149,6 +149,13 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("calls.pack_waits_for_every_category", "pack_waits_for_every_category", "bool", False, "v1 with "
             "per-category limits: a packed call waits until every category it touches has a turn (true), or sends "
             "the items whose categories have one now and keeps the rest for later (false)"),
+    Setting("index.lancedb", "index_lancedb", "bool", False, "keep a LanceDB table of the output's segments in "
+            "step with the Parquet after every run (README \"A vector index beside the Parquet\"); `search` "
+            "queries it"),
+    Setting("index.path", "index_path", "path", None, "where the LanceDB table lives (unset: OUTPUT/lancedb; a "
+            "local folder or s3://)", optional=True),
+    Setting("index.ann_min_rows", "index_ann_min_rows", "int", 100_000, "build an ANN index once the table holds "
+            "this many rows (below it LanceDB's exact search is fast enough)", low=1),
     Setting("beam.args", "beam_args", "list", [], "flags for Beam (--runner=..., --setup_file=...)"),
     Setting("emulator", "emulator", "map", {}, "the embedded emulator's knobs (python -m embed_emulator --help)"),
 )

@@ -5,7 +5,7 @@ import collections
 import datetime
 import json
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -220,7 +220,7 @@ def _assets_line(summary: dict) -> List[str]:
 
 def write_summary(config, result, run_id: str, manifests: List[str], started: datetime.datetime,
                   finished: datetime.datetime, finalized: dict = None, known_failures: set = frozenset(),
-                  assets_deleted: int = 0, assets_delete_refused: int = 0) -> dict:
+                  assets_deleted: int = 0, assets_delete_refused: int = 0, vector_index: Optional[dict] = None) -> dict:
     metrics = collect_metrics(result)
     segment_files = _run_files(FileSystems.join(config.output, SEGMENT_DIR), run_id, ".parquet")
     dead_files = _run_files(FileSystems.join(config.output, DEAD_LETTER_DIR), run_id, ".jsonl")
@@ -292,6 +292,7 @@ def write_summary(config, result, run_id: str, manifests: List[str], started: da
         "segment_bytes_rewritten": (finalized or {}).get("segment_bytes_rewritten", 0),
         "pieces_compacted": (finalized or {}).get("pieces_compacted", 0),
         "finalize_seconds": (finalized or {}).get("finalize_seconds", 0.0),
+        "vector_index": vector_index,  # the LanceDB table's sync (index.lancedb), or None
         "dead_letters": sum(dead_by_code.values()),
         "dead_letters_by_reason": dict(sorted(dead_by_code.items())),
         "dead_letters_transient": dead_by_kind.get("transient", 0),
@@ -400,6 +401,18 @@ def _api_lines(summary: dict) -> List[str]:
     return lines
 
 
+def _index_lines(summary: dict) -> List[str]:
+    index = summary.get("vector_index")
+    if not index:
+        return []
+    if index.get("error"):
+        return [f"  index            not synced ({index['error']}); search scans the Parquet until the next run"]
+    ann = index.get("ann") or {}
+    return [f"  index            LanceDB {index.get('rows', 0)} rows (+{index.get('rows_added', 0)} "
+            f"-{index.get('rows_deleted', 0)}), {ann.get('summary') or ann.get('action') or 'no ANN index'}; "
+            f"{index.get('seconds', 0)} s: {index['uri']}"]
+
+
 def format_summary(summary: dict) -> str:
     if summary.get("dry_run"):
         return format_plan(summary)
@@ -437,6 +450,7 @@ def format_summary(summary: dict) -> str:
               if summary.get("dead_letters_carried") else "")
            if summary["dead_letters"] and summary.get("dead_letters_new", summary["dead_letters"]) <
            summary["dead_letters"] else ""),
+    ] + _index_lines(summary) + [
         f"  status           {summary['status']} (exit {summary['exit_code']}): {STATUS_TEXT[summary['status']]}",
         f"  output           {summary['output']}",
         f"  summary          {summary.get('summary_file', '')}",
