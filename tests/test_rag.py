@@ -4,6 +4,7 @@ import base64
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 
 import apache_beam as beam
@@ -97,8 +98,12 @@ def _same(got, expected):
     return np.allclose(np.asarray(got, dtype=np.float32), np.asarray(expected, dtype=np.float32), atol=1e-6)
 
 
-def test_texts_images_audio_and_video_land_in_qdrant_with_the_emulators_vectors(emulator, media, tmp_path):
+def test_texts_images_audio_and_video_land_in_qdrant_with_the_emulators_vectors(emulator, media, tmp_path,
+                                                                               monkeypatch):
     folder, url = media
+    scratch = tmp_path / "tmp"  # where the image bytes' temporary files go (the runner is in this process)
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     cat, wav, mp4 = (os.path.join(folder, n) for n in ("cat.png", "a.wav", "v.mp4"))
     bird_bytes = open(os.path.join(folder, "bird.png"), "rb").read()
     document = "The lighthouse keeper climbed the stairs. The lamp was lit at dusk. Ships passed safely."
@@ -120,6 +125,7 @@ def test_texts_images_audio_and_video_land_in_qdrant_with_the_emulators_vectors(
              .with_transform(TwelveLabsEmbeddings(options=options))
              | VectorDatabaseWriteTransform(config))
     points = _points(store)
+    assert not [name for name in os.listdir(scratch) if name.startswith("tl-rag-images-")]  # deleted after use
 
     client = _client(emulator)
     audio = client.create(MODEL, audio_file=wav).audio_embedding.segments
@@ -208,6 +214,7 @@ def _bad_and_good(folder):
             EmbeddableItem.from_image(os.path.join(folder, "missing.png"), id=uid("missing")),
             EmbeddableItem(content=Content(text="a caption", image=os.path.join(folder, "cat.png")), id=uid("both")),
             EmbeddableItem(content=Content(), id=uid("nothing")),
+            EmbeddableItem.from_image(b"not an image", id=uid("garbage")),
             EmbeddableItem(content=Content(), id=uid("tone"), metadata={"audio": os.path.join(folder, "a.wav")})]
 
 
@@ -224,9 +231,10 @@ def test_on_error_none_drops_the_items_that_cannot_be_embedded(emulator, media, 
     result.wait_until_finish()
     counters = {(c.key.metric.namespace, c.key.metric.name): c.committed
                 for c in result.metrics().query(MetricsFilter())["counters"]}
-    # The good text and the audio's three segments are written; blank, missing, ambiguous, empty are dropped.
+    # The good text and the audio's three segments are written; blank, missing, ambiguous, empty and
+    # not-an-image bytes are dropped.
     assert sorted(_points(store)) == sorted([uid("good")] + [segment_id(uid("tone"), i) for i in range(3)])
-    assert counters[("tl_embed", "rag_items_dropped")] == 4
+    assert counters[("tl_embed", "rag_items_dropped")] == 5
 
 
 def test_on_error_raise_fails_the_batch_and_mltransform_routes_it(emulator, media, tmp_path):
