@@ -150,6 +150,9 @@ class _ToEmbeddedItems:
         self.segment_ids = segment_ids
 
     def __call__(self, items: Sequence[EmbeddableItem], inferences: Sequence[Any]) -> List[List[EmbeddableItem]]:
+        inferences = [EmbeddingError("no_result", "the API returned no segment", "transient")
+                      if not isinstance(inference, EmbeddingError) and not inference.get("segments") else inference
+                      for inference in inferences]
         failures = [(item, inference) for item, inference in zip(items, inferences)
                     if isinstance(inference, EmbeddingError)]
         if failures and self.on_error == "raise":
@@ -168,7 +171,7 @@ class _ToEmbeddedItems:
 
     def _embedded(self, item: EmbeddableItem, inference: Dict[str, Any]) -> List[EmbeddableItem]:
         segments = inference["segments"]
-        if not segments or segments[0]["modality"] in ("text", "image"):
+        if segments[0]["modality"] in ("text", "image"):
             # A text or an image has one vector: the item keeps its id, index and metadata.
             return [dataclasses.replace(item, metadata=dict(item.metadata or {}),
                                         embedding=Embedding(dense_embedding=segments[0]["embedding"]))]
