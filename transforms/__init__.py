@@ -2,8 +2,9 @@
 from transforms.public.embed import DeadLetterRow, DeferredRow, EmbeddingRow, EmbedWithTwelveLabs, TwelveLabsOptions
 from transforms.public.mltransform import TwelveLabsImageEmbeddings, TwelveLabsTextEmbeddings
 from transforms.public.model_handler import EmbeddingError, TwelveLabsEmbeddingModelHandler
+from transforms.public.rag import TwelveLabsEmbeddings
 from transforms.settings import EmbeddingSettings
 
 __all__ = ["DeadLetterRow", "DeferredRow", "EmbedWithTwelveLabs", "EmbeddingError", "EmbeddingRow", "EmbeddingSettings",
-           "TwelveLabsEmbeddingModelHandler", "TwelveLabsImageEmbeddings", "TwelveLabsOptions",
+           "TwelveLabsEmbeddingModelHandler", "TwelveLabsEmbeddings", "TwelveLabsImageEmbeddings", "TwelveLabsOptions",
            "TwelveLabsTextEmbeddings"]
