@@ -9,6 +9,8 @@ AWS = ["apache-beam[aws]>=2.77.0,<2.79"]
 INDEX = ["lancedb>=0.40"]
 # Beam's RAG ingestion (apache_beam.ml.rag) into Qdrant, local `path=` mode or a server.
 RAG = ["qdrant-client>=1.12"]
+# The suite also writes Beam RAG items through Beam's Milvus sink into Milvus Lite (embedded, no server).
+MILVUS = ["pymilvus>=2.5", "milvus-lite>=2.4"]
 
 setuptools.setup(
     name="tl-embed-pipeline",
@@ -57,6 +59,6 @@ setuptools.setup(
                  # gs:// against a GCS API on loopback: Beam's GCS filesystem needs only google-cloud-storage
                  # (apache-beam[gcp] pulls Vertex AI and backtracks for minutes against the lock).
                  "google-cloud-storage>=2.10", "gcp-storage-emulator>=2024.8"]
-        + DASK + AWS + INDEX + RAG,
+        + DASK + AWS + INDEX + RAG + MILVUS,
     },
 )

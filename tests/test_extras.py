@@ -109,11 +109,14 @@ def test_the_metadata_lists_the_extras_and_keeps_them_out_of_the_core(requires):
     assert set(requires["media"]) == {"pillow", "soundfile", "av"}
     assert set(requires["emulator"]) == {"python-multipart", "pillow", "soundfile", "av"}
     assert requires["redis"] == ["redis"]
+    assert requires["index"] == ["lancedb"] and requires["rag"] == ["qdrant-client"]
+    assert not {"lancedb", "qdrant-client", "pymilvus"} & set(requires[""])
+    assert {"lancedb", "qdrant-client", "pymilvus", "milvus-lite"} <= set(requires["test"])
     assert {"dask", "distributed"} <= set(requires["dask"]) and "pytest" in requires["test"]
 
 
 def test_run_sh_installs_every_extra_the_job_and_the_tests_use():
     text = open(os.path.join(ROOT, "run.sh")).read()
-    assert re.search(r'^MAIN_EXTRAS="emulator,redis"$', text, re.M)
-    assert re.search(r'^TEST_EXTRAS="emulator,redis,dask,test"$', text, re.M)
+    assert re.search(r'^MAIN_EXTRAS="emulator,redis,index"$', text, re.M)
+    assert re.search(r'^TEST_EXTRAS="emulator,redis,index,dask,test"$', text, re.M)
     assert 'spec="$HERE[$MAIN_EXTRAS]"' in text and 'spec="$HERE[$TEST_EXTRAS]"' in text
