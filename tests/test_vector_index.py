@@ -268,3 +268,40 @@ def test_index_on_without_lancedb_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "index.lancedb is on but LanceDB is not installed" in out.stderr and "Traceback" not in out.stderr
     assert not os.path.exists(tmp_path / "out" / "segments")
+
+
+def test_an_output_in_a_bucket_keeps_its_table_in_the_bucket_and_search_uses_it(tmp_path, moto_s3):
+    """The table beside Parquet on S3 (moto's server): LanceDB gets the job's endpoint and keys."""
+    from embed_emulator import Emulator, EmulatorConfig
+
+    bucket = moto_s3.new_bucket()
+
+    def rows(start, stop):
+        return "".join(json.dumps({"id": f"r{i}", "text": f"caption number {i}"}) + "\n" for i in range(start, stop))
+
+    moto_s3.write(bucket, "manifests/a.jsonl", rows(0, 30).encode())
+    env = dict(_env(), **moto_s3.env, TMPDIR=str(tmp_path))
+    with Emulator(EmulatorConfig()) as emulator:
+        path = tmp_path / "job.yaml"
+        path.write_text(json.dumps({
+            "model": "marengo3.0", "manifests": [f"s3://{bucket}/manifests/*.jsonl"],
+            "output": {"path": f"s3://{bucket}/out"}, "api": {"base_url": emulator.base_url},
+            "calls": {"max_in_flight": 4}, "index": {"lancedb": True, "ann_min_rows": 10},
+            "beam": {"args": ["--runner=DirectRunner", *moto_s3.beam_args]}}))
+
+        def cli(*args):
+            return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env,
+                                  cwd=ROOT, timeout=300)
+
+        first = cli("--config", str(path))
+        assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+        moto_s3.write(bucket, "manifests/b.jsonl", rows(30, 40).encode())
+        second = cli("--config", str(path))
+        assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+        found = cli("search", "--config", str(path), "--text", "caption number 37", "-k", "3")
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert f"search: LanceDB index at s3://{bucket}/out/lancedb (40 rows" in found.stderr
+    assert found.stdout.splitlines()[0].split()[2] == "r37"
+    assert any(key.startswith("out/lancedb/segments.lance/") for key in moto_s3.keys(bucket, "out/lancedb/"))
+    summary = json.loads(moto_s3.read(bucket, "out/summary.json"))
+    assert (summary["vector_index"]["rows_added"], summary["vector_index"]["rows"]) == (10, 40)
