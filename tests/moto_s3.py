@@ -1,7 +1,6 @@
 """A real S3 HTTP API on loopback for the tests: moto's server, one per test session, a bucket per test."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -304,3 +304,18 @@ def test_an_output_in_a_bucket_keeps_its_table_in_the_bucket_and_search_uses_it(
     assert any(key.startswith("out/lancedb/segments.lance/") for key in moto_s3.keys(bucket, "out/lancedb/"))
     summary = json.loads(moto_s3.read(bucket, "out/summary.json"))
     assert (summary["vector_index"]["rows_added"], summary["vector_index"]["rows"]) == (10, 40)
+
+
+def test_the_readme_s_python_and_duckdb_query_returns_the_nearest_rows(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    output = str(tmp_path / "out")
+    _write_segments(output, "part-a.parquet", [f"a{i}" for i in range(2000)], seed=4)
+    vector_index.sync_index(output, SETTINGS)
+    query_vector = read_segments(output).column("embedding")[1234].as_py()
+    # The README's snippet ("A vector index beside the Parquet"), with modality text.
+    table = lancedb.connect(os.path.join(output, "lancedb")).open_table("segments")
+    hits = (table.search(query_vector, vector_column_name="embedding").distance_type("cosine")
+            .where("modality = 'text'", prefilter=True).limit(10).to_arrow())
+    rows = duckdb.sql("SELECT id, segment_index, start_offset_sec, 1 - _distance AS score FROM hits "
+                      "ORDER BY score DESC").fetchall()
+    assert len(rows) == 10 and rows[0][0] == "a1234" and rows[0][3] == pytest.approx(1.0, abs=1e-5)
