@@ -408,9 +408,14 @@ def _index_lines(summary: dict) -> List[str]:
     if index.get("error"):
         return [f"  index            not synced ({index['error']}); search scans the Parquet until the next run"]
     ann = index.get("ann") or {}
+    action = ann.get("action", "none")
+    what = {"none": "no ANN index yet (exact search in LanceDB)", "built": "ANN index built",
+            "rebuilt": "ANN index rebuilt", "optimized": "new rows added to the ANN index",
+            "current": "ANN index current"}.get(action, action)
+    if action != "none" and ann.get("index_type"):
+        what += f" ({ann['index_type']})"
     return [f"  index            LanceDB {index.get('rows', 0)} rows (+{index.get('rows_added', 0)} "
-            f"-{index.get('rows_deleted', 0)}), {ann.get('summary') or ann.get('action') or 'no ANN index'}; "
-            f"{index.get('seconds', 0)} s: {index['uri']}"]
+            f"-{index.get('rows_deleted', 0)}), {what}; {index.get('seconds', 0)} s: {index['uri']}"]
 
 
 def format_summary(summary: dict) -> str:
