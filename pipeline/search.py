@@ -334,7 +334,8 @@ def _search(output: str, vector: Sequence[float], k: int, filters: Filters, conf
     """Through the LanceDB index when one matches the output as it is now, else the exact scan; says which."""
     from transforms.store.vector_index import IndexSettings, index_state, index_uri, lance_storage_options
 
-    uri = index_uri(output, IndexSettings(path=config.index_path))
+    # The config's index.path belongs to the config's output; another --output has its own table beside it.
+    uri = index_uri(output, IndexSettings(path=config.index_path if output == config.output else None))
     if exact:
         reason = "--exact"
     else:
