@@ -111,3 +111,14 @@ def test_many_added_rows_rebuild(setup):
     assert update["action"] == "rebuilt"
     assert table.index_stats(ann.vector_index(table).name).num_unindexed_rows == 0
     assert ann.ann_query(table, added_vectors[5], 1).column("id").to_pylist() == [f"r{ROWS + 5}"]
+
+
+def test_table_without_filter_columns(tmp_path, monkeypatch):
+    """A table lacking a SCALAR_INDEXES column still gets its vector index."""
+    monkeypatch.setattr(ann, "ANN_MIN_ROWS", 1000)
+    rng = np.random.default_rng(3)
+    data, vectors, _ = _rows(rng, 3000, centers=rng.standard_normal((5, DIMS)).astype(np.float32))
+    table = lancedb.connect(str(tmp_path / "db")).create_table("segments", data.select(["id", "embedding"]))
+    assert ann.build_or_update_ann(table, DIMS)["action"] == "built"
+    assert [i.columns for i in table.list_indices()] == [[ann.VECTOR_COLUMN]]
+    assert ann.ann_query(table, vectors[42], 1).column("id").to_pylist() == ["r42"]
