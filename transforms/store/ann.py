@@ -29,16 +29,19 @@ __all__ = ["ANN_MIN_ROWS", "INDEX_TYPE", "NPROBES", "REFINE_FACTOR", "REBUILD_FR
 VECTOR_COLUMN = "embedding"
 METRIC = "cosine"
 # Below this size the exact search is fast enough: LanceDB's flat search costs about 1.5 us a row of 512-d on
-# 2 cores (1.45 s at 1,000,000 rows, 0.4 s at 200,000 under load, 36 ms at 20,000), so about 0.15 s here, and
+# 2 cores (1.45 s at 1,000,000 rows, 0.26 s at 200,000, 36 ms at 20,000), so about 0.15 s here, and
 # a small output pays no index build (IVF_SQ: about 30 s per 1,000,000 rows) nor its disk (a quarter more).
 ANN_MIN_ROWS = 100_000
 # IVF_SQ: partitions of about PARTITION_ROWS rows (LanceDB's default target for IVF), every vector kept as 8-bit
 # scalars (a quarter of its float32 bytes); a query scans the codes of NPROBES partitions, then re-ranks the
 # REFINE_FACTOR * k best candidates on their full float32 vectors, so the distances returned are exact.
-# Measured on emulator vectors (bench --scenario index, BENCHMARKS.md): IVF_SQ reached recall@10 0.98 without
-# re-ranking and 1.000 with refine 2, building in about 11 s per 200,000 rows on 2 cores; IVF_PQ (dims/16
-# sub-vectors) built 12x slower and reached 0.78 even with refine 10 (the emulator's vectors crowd together,
-# PQ codes blur them), IVF_RQ needed refine 10 for 0.97, IVF_HNSW_SQ built about 20x slower than IVF_SQ.
+# Measured on emulator vectors (bench --scenario index, BENCHMARKS.md "Vector index (issue 26)", 2 cores): at
+# 1,000,000 rows IVF_SQ built in 32 s (491 MB), recall@10 0.982 without re-ranking and 1.000 with refine 2, about
+# 75-90 ms a query (nearest() over the Parquet: 9.7 s); IVF_RQ built in 26 s (75 MB) and answered in about 30 ms
+# but needed refine 10 for 0.962; at 200,000 rows IVF_PQ (dims/16 sub-vectors) built 9x slower than IVF_SQ and
+# reached 0.774 even with refine 10 (the emulator's vectors crowd together, PQ codes blur them), and
+# IVF_HNSW_SQ built 23x slower and reached 0.971 at ef 400. Recall and time hardly moved with nprobes 10-40 on
+# these vectors; 20 (LanceDB's default) keeps a margin for outputs that spread more.
 INDEX_TYPE = "IVF_SQ"
 PARTITION_ROWS = 8192
 NPROBES = 20
@@ -48,7 +51,7 @@ EF = 100
 # A full rebuild when the rows added since the index was built exceed this fraction of the indexed rows.
 REBUILD_FRACTION = 0.5
 # Scalar indexes built beside the vector index: columns and their LanceDB index kind. A bitmap on modality took
-# the filtered query (where modality = 'image', 9% of the rows) from 32 to 19 ms at 200,000 rows.
+# the filtered query (where modality = 'image', 9% of the rows) from 95 to 36 ms at 1,000,000 rows.
 SCALAR_INDEXES = {"modality": "BITMAP"}
 INDEX_NAME = VECTOR_COLUMN + "_idx"
 
