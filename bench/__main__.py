@@ -55,6 +55,13 @@ Scenarios:
   durable       the cost of durability: text manifest (5000, --full 20000), no limit, no latency, the
                 default output.flush_sec (5 s, every result journaled) against flush_sec 0 (a Parquet
                 piece per call's results); two alternating rounds (--full: one).
+  index         the LanceDB table of an output's segments and its ANN index (issue 26; bench/index.py):
+                --rows N (default 1,000,000; 2 GB of 512-d vectors, several minutes) emulator vectors in
+                OUTPUT/segments Parquet, the table streamed from them, `transforms.store.ann` building the index:
+                recall@10 of 100 queries against the exact top 10, median query time against the project's
+                exact scan (`pipeline.search.nearest`, the peer) and LanceDB's flat search, the same filtered
+                (modality = 'image'), disk sizes, write and build times, then 1% more rows and the update.
+                --index-types T,T: also measure these index types (each built in turn) before the chosen one.
 
 Columns: items/s and calls/s over the arm's wall time (Beam start-up included); calls are the
 emulator's answered requests (429s excluded); "of limit" is calls/s over limit/60; 429s come from
@@ -91,7 +98,8 @@ from bench import upload as up
 from bench.manifests import (MediaServer, edited_manifest, head_manifest, mixed_manifest, text_manifest, v2_counts,
                              v2_manifest)
 
-SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable", "scale", "upload", "categories", "objstore")
+SCENARIOS = ("rate-limited", "overhead", "memory", "v2", "adaptive", "durable", "scale", "upload", "categories",
+             "objstore", "index")
 # (default, --full); None means no cap.
 SIZES = {"rate_items": (360, 3000), "rate_peer_items": (40, 600),
          "text_items": (5000, 20000), "mixed_items": (900, 3000), "overhead_peer_items": (1000, None),
@@ -148,6 +156,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: str):
         self.full, self.arms, self.peer_cap, self.workdir = args.full, args.arms, args.peer_cap, workdir
         self.scale_rows = args.scale_rows
+        self.index_rows, self.index_types = args.rows, args.index_types
         self.results: Dict[str, list] = {}
 
     def size(self, name: str) -> Optional[int]:
@@ -278,6 +287,14 @@ class Bench:
         from bench.categories import run_categories
 
         run_categories(self)
+
+    def index(self) -> None:
+        from bench.index import report as index_report, run_index
+
+        result = run_index(self.index_rows, self.workdir, self.index_types)
+        self.results.setdefault("index", []).append(result)
+        print(index_report(result))
+        print(flush=True)
 
     def adaptive(self) -> None:
         items = self.size("adaptive_items")
@@ -566,6 +583,10 @@ def main(argv=None) -> int:
     parser.add_argument("--scale-rows", type=lambda v: tuple(int(n) for n in v.split(",") if n.strip()),
                         help="scale: comma-separated manifest sizes (default 10000,30000; --full "
                              "10000,100000,300000); ratios are to the first")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="index: segment rows (default 1,000,000)")
+    parser.add_argument("--index-types", type=lambda v: tuple(t.strip().upper() for t in v.split(",") if t.strip()),
+                        default=(), help="index: also measure these (IVF_PQ, IVF_SQ, IVF_RQ, IVF_FLAT, IVF_HNSW_SQ, "
+                                         "IVF_HNSW_PQ), each built in turn before the chosen one")
     parser.add_argument("--json", help="also save the raw numbers here")
     parser.add_argument("--workdir", help="where generated manifests and media go (kept, and reused); "
                                           "default a temp folder removed at the end")

@@ -217,7 +217,7 @@ def indexed_nearest(table, query: Sequence[float], k: int = 10, filters: Optiona
     where = filters.sql()
     asked = k
     while True:
-        found = ann.ann_query(table, q, asked, where)
+        found = ann.ann_query(table, q, asked, where, columns=_SHOWN_COLUMNS + ["attributes"])
         rows = [r for r in found.select(_SHOWN_COLUMNS + ["attributes", "_distance"]).to_pylist()
                 if filters.attributes_match(r["attributes"])]
         # An attribute's substring can sit inside another value: ask for more until k pass or none are left.

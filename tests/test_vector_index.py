@@ -213,7 +213,7 @@ def test_the_cli_keeps_the_table_and_the_parquet_equal_through_a_rerun_and_a_kil
     first = assert_table_equals_parquet(output)
     assert first == 300 + 3 * 4  # each 23.5 s audio has 4 segments
     summary = json.load(open(os.path.join(output, "summary.json")))
-    assert summary["vector_index"]["rows_added"] == first
+    assert summary["vector_index"]["rows_added"] == first and summary["vector_index"]["ann"]["action"] == "built"
     assert f"index            LanceDB {first} rows (+{first} -0)" in fresh.stdout
     before = _rows(_table_of(uri))
 
@@ -314,7 +314,7 @@ def test_the_readme_s_python_and_duckdb_query_returns_the_nearest_rows(tmp_path)
     query_vector = read_segments(output).column("embedding")[1234].as_py()
     # The README's snippet ("A vector index beside the Parquet"), with modality text.
     table = lancedb.connect(os.path.join(output, "lancedb")).open_table("segments")
-    hits = (table.search(query_vector, vector_column_name="embedding").distance_type("cosine")
+    hits = (  # noqa: F841  (DuckDB reads the Arrow table by its Python name)table.search(query_vector, vector_column_name="embedding").distance_type("cosine")
             .where("modality = 'text'", prefilter=True).limit(10).to_arrow())
     rows = duckdb.sql("SELECT id, segment_index, start_offset_sec, 1 - _distance AS score FROM hits "
                       "ORDER BY score DESC").fetchall()

@@ -211,7 +211,7 @@ def sync_index(output: str, settings: IndexSettings, storage_options: Optional[M
     rows = table.count_rows()
     dims = table.schema.field("embedding").type.list_size
     changed = bool(added or deleted)
-    result["ann"] = ann.build_or_update_ann(table, dims, min_rows=settings.ann_min_rows, changed=changed)
+    result["ann"] = ann.build_or_update_ann(table, dims, min_rows=settings.ann_min_rows)
     if changed:
         table.optimize(cleanup_older_than=KEEP_OLD_VERSIONS)
     _write_mark(uri, table.version, versions, rows)
