@@ -358,6 +358,9 @@ def run_index(rows: int, workdir: str, index_types: Sequence[str] = (), keep: bo
         res["index_bytes"] = index_bytes
         table.optimize(cleanup_older_than=datetime.timedelta(0))  # drops the alternatives' index files
         res["table_indexed_bytes"] = folder_bytes(uri)
+        lance = os.path.join(uri, "segments.lance")
+        res["table_parts_bytes"] = {name: folder_bytes(os.path.join(lance, name)) for name in sorted(os.listdir(lance))
+                                    if os.path.isdir(os.path.join(lance, name))}
         main = measure(table, queries, truth, keys)
         res.update(ann_recall=main["recall"], ann_ms=main["median_ms"])
         filt = measure(table, queries, truth_image, keys, FILTER)
@@ -425,6 +428,8 @@ def report(res: dict) -> str:
         f"  LanceDB table write {res['table_write_sec']:.1f} s; table {res['table_bytes'] / mb:,.0f} MB, with "
         f"indexes {res['table_indexed_bytes'] / mb:,.0f} MB (index files {res['index_bytes'] / mb:,.0f} MB)",
         f"  index build (vector + scalar) {res['build']['seconds']:.1f} s",
+        "  table folders: " + ", ".join(f"{name} {size / mb:,.0f} MB"
+                                        for name, size in res["table_parts_bytes"].items()),
     ]
     u = res["update"]
     lines.append(f"  +{u['added']:,} rows, build_or_update_ann: {u['action']} in {u['seconds']:.1f} s; new rows "
