@@ -314,7 +314,8 @@ def test_the_readme_s_python_and_duckdb_query_returns_the_nearest_rows(tmp_path)
     query_vector = read_segments(output).column("embedding")[1234].as_py()
     # The README's snippet ("A vector index beside the Parquet"), with modality text.
     table = lancedb.connect(os.path.join(output, "lancedb")).open_table("segments")
-    hits = (  # noqa: F841  (DuckDB reads the Arrow table by its Python name)table.search(query_vector, vector_column_name="embedding").distance_type("cosine")
+    hits = (table.search(query_vector, vector_column_name="embedding").distance_type("cosine")  # noqa: F841
+            # (DuckDB's SQL below reads `hits` by its Python name)
             .where("modality = 'text'", prefilter=True).limit(10).to_arrow())
     rows = duckdb.sql("SELECT id, segment_index, start_offset_sec, 1 - _distance AS score FROM hits "
                       "ORDER BY score DESC").fetchall()
