@@ -165,10 +165,10 @@ def test_search_filters_agree_between_the_index_and_the_scan(tmp_path):
 
 # ---- through the CLI --------------------------------------------------------------------------------------------
 
-def _manifest(tmp_path, texts: int, edited=(), audio: int = 3):
+def _manifest(tmp_path, texts: int, edited=(), audio: int = 3, invalid=()):
     lines = []
     for i in range(texts):
-        text = f"catalog caption number {i}" + (" (edited)" if i in edited else "")
+        text = "   " if i in invalid else f"catalog caption number {i}" + (" (edited)" if i in edited else "")
         lines.append({"id": f"t{i}", "text": text, "genre": ["jazz", "rock", "folk"][i % 3]})
     for i in range(audio):
         path = tmp_path / f"a{i}.wav"
@@ -217,19 +217,21 @@ def test_the_cli_keeps_the_table_and_the_parquet_equal_through_a_rerun_and_a_kil
     assert f"index            LanceDB {first} rows (+{first} -0)" in fresh.stdout
     before = _rows(_table_of(uri))
 
-    # +1% rows and 2 rows edited: the table gains the new rows and swaps the edited ones.
-    _manifest(tmp_path, 303, edited=(5, 77))
+    # +1% rows, 2 rows edited, 1 turned invalid: the table gains the new rows, swaps the edited ones and loses
+    # the invalid one's, as the Parquet does.
+    _manifest(tmp_path, 303, edited=(5, 77), invalid=(11,))
     rerun = _cli("--config", config)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert rerun.returncode == 3, rerun.stdout[-2000:] + rerun.stderr[-2000:]  # the new dead letter
     summary = json.load(open(os.path.join(output, "summary.json")))
     assert summary["calls"] == 5  # 5 texts (v1 packs one text a call): only what changed is paid for
-    assert assert_table_equals_parquet(output) == first + 3
+    assert assert_table_equals_parquet(output) == first + 3 - 1
     now = _rows(_table_of(uri))
     changed = sorted(key[0] for key in before if before[key] != now.get(key))
-    assert changed == ["t5", "t77"]  # their new vectors replaced the old ones; nothing else moved
+    assert changed == ["t11", "t5", "t77"]  # new vectors for t5 and t77, none for t11; nothing else moved
+    assert not [key for key in now if key[0] == "t11"]
 
     # Killed while the sync adds rows: the Parquet is finalized, the table is behind, never ahead.
-    _manifest(tmp_path, 330, edited=(9,))
+    _manifest(tmp_path, 330, edited=(9,), invalid=(11,))
     killed = _cli("--config", config, script=_KILLED_IN_SYNC)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
     parquet, table = _rows(read_segments(output)), _rows(_table_of(uri))
@@ -243,7 +245,7 @@ def test_the_cli_keeps_the_table_and_the_parquet_equal_through_a_rerun_and_a_kil
     after = _cli("--config", config)
     assert after.returncode == 0, after.stdout[-2000:] + after.stderr[-2000:]
     assert json.load(open(os.path.join(output, "summary.json")))["calls"] == 0
-    assert assert_table_equals_parquet(output) == first + 30
+    assert assert_table_equals_parquet(output) == first + 30 - 1
 
     # search now goes through the index, with the same answer as the exact scan (filters: in-process tests above).
     flags = ["search", "--config", config, "--text", "catalog caption number 320", "-k", "5", "--attribute",
