@@ -29,6 +29,7 @@ from transforms.store.layout import (
     SEGMENT_DIR,
     commit,
     piece_name,
+    segment_schema,  # the segment files' columns live with the output's layout; re-exported here
     write_parquet,
     write_parquet_parts,
 )
@@ -44,31 +45,6 @@ DEFAULT_ROWS_PER_PIECE = 4096
 DEFAULT_FLUSH_SEC = 5.0
 # A piece's table is built and written this many outcomes at a time (a row group or more each).
 WRITE_PART = 1024
-
-
-def segment_schema(dims: int) -> pa.Schema:
-    return pa.schema([
-        ("id", pa.string()),
-        ("modality", pa.string()),
-        ("model_name", pa.string()),
-        ("segment_index", pa.int32()),
-        ("start_offset_sec", pa.float64()),
-        ("end_offset_sec", pa.float64()),
-        ("embedding", pa.list_(pa.float32(), dims)),
-        # v2: what a vector embeds (visual, audio, transcription, fused, text) and its scope (clip,
-        # asset); null on v1 and where the API gives none.
-        ("embedding_option", pa.string()),
-        ("embedding_scope", pa.string()),
-        ("input_url", pa.string()),
-        ("input_file", pa.string()),
-        ("input_text", pa.string()),
-        ("content_hash", pa.string()),
-        ("attributes", pa.string()),
-        ("source", pa.string()),
-        ("row_number", pa.int64()),
-        ("run_id", pa.string()),
-        ("run_time", pa.timestamp("ms", tz="UTC")),
-    ])
 
 
 def segments_table(outcomes: List[Outcome], dims: int, run_id: str, run_time: datetime.datetime) -> pa.Table:

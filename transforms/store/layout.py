@@ -25,7 +25,7 @@ from transforms.store.object_store import is_object_store, read_whole, share_s3_
 __all__ = ["DEAD_LETTER_DIR", "DEFERRED_DIR", "INDEX_DIR", "LOCKS_DIR", "RUNS_DIR", "SEGMENT_DIR", "TASKS_DIR", "ASSETS_DIR", "TMP_SUFFIX",
            "READER_ROW_GROUP", "SUMMARY_FILE", "REPORT_FILE", "RUNS_INDEX_FILE", "FINALIZE_COUNTS_FILE",
            "FINALIZED_MARK", "CALLS_PATTERN", "calls_piece_name", "run_folder", "commit", "list_files", "list_segment_pieces", "mkdirs", "piece_name", "read_jsonl",
-           "read_tables", "replace", "write_parquet", "write_parquet_parts"]
+           "read_tables", "replace", "segment_schema", "write_parquet", "write_parquet_parts"]
 
 SEGMENT_DIR = "segments"
 DEAD_LETTER_DIR = "dead_letters"
@@ -49,6 +49,34 @@ READER_ROW_GROUP = 8192
 # Every process that writes the output (the launcher and each worker) imports this module: its S3 commits
 # reuse one client instead of building one an operation (transforms.store.object_store).
 share_s3_clients()
+
+
+def segment_schema(dims: int):
+    """The columns of every segment file (and of the LanceDB table beside them, plus `_piece`)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()),
+        ("modality", pa.string()),
+        ("model_name", pa.string()),
+        ("segment_index", pa.int32()),
+        ("start_offset_sec", pa.float64()),
+        ("end_offset_sec", pa.float64()),
+        ("embedding", pa.list_(pa.float32(), dims)),
+        # v2: what a vector embeds (visual, audio, transcription, fused, text) and its scope (clip,
+        # asset); null on v1 and where the API gives none.
+        ("embedding_option", pa.string()),
+        ("embedding_scope", pa.string()),
+        ("input_url", pa.string()),
+        ("input_file", pa.string()),
+        ("input_text", pa.string()),
+        ("content_hash", pa.string()),
+        ("attributes", pa.string()),
+        ("source", pa.string()),
+        ("row_number", pa.int64()),
+        ("run_id", pa.string()),
+        ("run_time", pa.timestamp("ms", tz="UTC")),
+    ])
 
 
 def calls_piece_name(worker: str, sequence: int) -> str:

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.store.layout import SEGMENT_DIR, read_tables
+from transforms.store.layout import SEGMENT_DIR, read_tables, segment_schema
 
 __all__ = ["INDEX_FOLDER", "TABLE_NAME", "IndexSettings", "IndexState", "IndexUnavailable", "index_state",
            "index_uri", "lance_storage_options", "segment_versions", "sync_index"]
@@ -121,8 +121,8 @@ def _table_pieces(table) -> Dict[str, int]:
     return {v["values"].as_py(): v["counts"].as_py() for v in counts}
 
 
-def _index_schema(segment_schema: pa.Schema) -> pa.Schema:
-    return segment_schema.append(pa.field(PIECE_COLUMN, pa.string()))
+def _index_schema(segments: pa.Schema) -> pa.Schema:
+    return segments.append(pa.field(PIECE_COLUMN, pa.string()))
 
 
 def _as_index_rows(table: pa.Table, schema: pa.Schema, piece: str) -> pa.Table:
@@ -187,8 +187,9 @@ def sync_index(output: str, settings: IndexSettings, storage_options: Optional[M
     if names:
         folder = FileSystems.join(output, SEGMENT_DIR)
         paths = [FileSystems.join(folder, name) for name in names]
-        if table is None:
-            schema = _index_schema(_first_schema(paths))
+        if table is None:  # the job's columns today, whatever columns the oldest file has
+            dims = _first_schema(paths).field("embedding").type.list_size
+            schema = _index_schema(segment_schema(dims))
         else:
             schema = table.schema
         counted = [0]
@@ -251,7 +252,7 @@ def index_state(output: str, uri: Optional[str] = None,
     uri = uri or index_uri(output)
     mark = _read_mark(uri)
     if mark is None:
-        return IndexState(False, f"no index at {uri}")
+        return IndexState(False, f"no synced index at {uri}")
     if mark.get("files") != segment_versions(output):
         return IndexState(False, "the index is behind the Parquet (a run changed it since the last sync; the next "
                                  "run syncs it)")
