@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 __all__ = ["StoreUnreachable", "apply_filesystem_options", "check_stores_reachable", "is_object_store",
-           "read_whole", "share_s3_clients"]
+           "read_whole", "s3_client_kwargs", "share_s3_clients"]
 
 _LOGGER = logging.getLogger(__name__)
 # Stores whose uploads appear whole or not at all, and where a rename is a copy plus a delete: a commit writes
@@ -68,10 +68,8 @@ def check_stores_reachable(paths: Sequence[str], options: PipelineOptions) -> No
     import boto3
     from botocore import exceptions as errors
     from botocore.config import Config
-    from apache_beam.io.aws.clients import client_options
-    from apache_beam.options.pipeline_options import S3Options
 
-    kwargs = client_options.get_client_kwargs(options, S3Options)
+    kwargs = s3_client_kwargs(options)
     endpoint = kwargs.get("endpoint_url") or "AWS S3"
     config = Config(connect_timeout=_PROBE_CONNECT_SEC, read_timeout=_PROBE_READ_SEC,
                     retries={"max_attempts": _PROBE_ATTEMPTS, "mode": "standard"})
@@ -109,13 +107,42 @@ def read_whole(path: str) -> bytes:
         return f.read()
 
 
+def s3_client_kwargs(options) -> dict:
+    """boto3 client arguments from the job's S3 flags (PipelineOptions or a dict of them), as Beam's own S3
+    client builds them: Beam 2.78's `client_options` (the --aws_* defaults under the --s3_* flags, secrets
+    resolved), or on 2.77, which lacks it, the --s3_* flags as its client reads them."""
+    from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+    try:
+        from apache_beam.io.aws.clients import client_options
+    except ImportError:
+        client_options = None
+    if client_options is not None:
+        return client_options.get_client_kwargs(options, S3Options)
+    if isinstance(options, PipelineOptions):
+        values = options.view_as(S3Options).get_all_options()
+    else:
+        values = dict(options)
+    return {"aws_access_key_id": values.get("s3_access_key_id"),
+            "aws_secret_access_key": values.get("s3_secret_access_key"),
+            "aws_session_token": values.get("s3_session_token"), "region_name": values.get("s3_region_name"),
+            "endpoint_url": values.get("s3_endpoint_url"), "use_ssl": not values.get("s3_disable_ssl", False),
+            "verify": values.get("s3_verify")}
+
+
+def _api_version(options) -> Optional[str]:
+    from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+    if isinstance(options, PipelineOptions):
+        return options.view_as(S3Options).s3_api_version
+    return dict(options).get("s3_api_version")
+
+
 def _shared_client(options) -> object:
     import boto3
-    from apache_beam.io.aws.clients import client_options
-    from apache_beam.options.pipeline_options import S3Options
 
-    api_version = client_options.view_options(options, S3Options).s3_api_version
-    kwargs = client_options.get_client_kwargs(options, S3Options)
+    api_version = _api_version(options)
+    kwargs = s3_client_kwargs(options)
     # The pid: a forked worker must not use its parent's connections.
     key = (os.getpid(), api_version, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     with _clients_lock:

@@ -66,10 +66,9 @@ def lance_storage_options(uri: str, beam_options=None) -> Dict[str, str]:
     in the same bucket the Parquet does with the same credentials. Environment credentials work as they are."""
     if not uri.startswith("s3://") or beam_options is None:
         return {}
-    from apache_beam.io.aws.clients import client_options
-    from apache_beam.options.pipeline_options import S3Options
+    from transforms.store.object_store import s3_client_kwargs
 
-    kwargs = client_options.get_client_kwargs(beam_options, S3Options)
+    kwargs = s3_client_kwargs(beam_options)
     found = {"aws_endpoint": kwargs.get("endpoint_url"), "aws_access_key_id": kwargs.get("aws_access_key_id"),
              "aws_secret_access_key": kwargs.get("aws_secret_access_key"),
              "aws_session_token": kwargs.get("aws_session_token"), "aws_region": kwargs.get("region_name")}
