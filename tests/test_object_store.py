@@ -345,3 +345,29 @@ def test_a_bucket_missing_from_the_store_is_one_line_and_exit_2(tmp_path, moto_s
     assert out.returncode == 2 and requests == 0, out.stderr[-3000:]
     assert out.stderr.strip().splitlines() == [
         f"error: s3://no-such-bucket does not exist at {moto_s3.endpoint}; create the bucket or fix the path"]
+
+
+def test_s3_client_arguments_come_from_the_flags_with_or_without_beam_s_builder(monkeypatch):
+    """Beam 2.78 builds boto3's arguments in `client_options`; 2.77 has no such module, and the fallback reads
+    the --s3_* flags as 2.77's own client does. Both give the same endpoint, keys and region."""
+    pytest.importorskip("boto3")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.store.object_store import s3_client_kwargs
+
+    flags = ["--s3_endpoint_url=http://127.0.0.1:9", "--s3_region_name=eu-west-3", "--s3_access_key_id=AK",
+             "--s3_secret_access_key=SK"]
+    wanted = {"endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-3", "aws_access_key_id": "AK",
+              "aws_secret_access_key": "SK", "use_ssl": True}
+    found = s3_client_kwargs(PipelineOptions(flags))
+    assert {k: found[k] for k in wanted} == wanted
+    import apache_beam.io.aws.clients as clients
+
+    monkeypatch.setitem(sys.modules, "apache_beam.io.aws.clients.client_options", None)  # as on Beam 2.77
+    monkeypatch.delattr(clients, "client_options", raising=False)
+    with pytest.raises(ImportError):
+        from apache_beam.io.aws.clients import client_options  # noqa: F401
+    for options in (PipelineOptions(flags), {"s3_endpoint_url": "http://127.0.0.1:9", "s3_region_name": "eu-west-3",
+                                             "s3_access_key_id": "AK", "s3_secret_access_key": "SK"}):
+        found = s3_client_kwargs(options)
+        assert {k: found[k] for k in wanted} == wanted
