@@ -53,6 +53,7 @@ def _learn(url, key):
     return pacers.rates()
 
 
+@pytest.mark.serial  # the span of the slots is judged by the wall clock: 1.058 s for 0.99 under a neighbour's load
 def test_each_category_keeps_its_own_shared_bucket_across_processes(redis_server, pool):
     key = f"cat:{time.monotonic_ns()}"
     jobs = [pool.submit(_slots, redis_server.url, key, {"text": 50, "audio": 3}) for _ in range(2)]
