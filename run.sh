@@ -88,14 +88,14 @@ run_newest() {
 import sys
 from importlib.metadata import requires
 from pip._vendor.packaging.requirements import Requirement
-extras = sys.argv[1].split(",")
+wanted = sys.argv[1].split(",")
 for line in requires("tl-embed-pipeline"):
     req = Requirement(line)
-    if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
+    if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in wanted):
         continue
     pinned = [s for s in req.specifier if s.operator == "=="]
-    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""  # moto[server], apache-beam[aws]
-    print(f"{req.name}{extras}{''.join(str(s) for s in pinned)}")
+    own = f"[{','.join(sorted(req.extras))}]" if req.extras else ""  # moto[server], apache-beam[aws]
+    print(f"{req.name}{own}{''.join(str(s) for s in pinned)}")
 PY
 )"
   # shellcheck disable=SC2086

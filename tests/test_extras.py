@@ -120,3 +120,18 @@ def test_run_sh_installs_every_extra_the_job_and_the_tests_use():
     assert re.search(r'^MAIN_EXTRAS="emulator,redis,index"$', text, re.M)
     assert re.search(r'^TEST_EXTRAS="emulator,redis,index,dask,test"$', text, re.M)
     assert 'spec="$HERE[$MAIN_EXTRAS]"' in text and 'spec="$HERE[$TEST_EXTRAS]"' in text
+
+
+def test_run_sh_newest_asks_for_every_requirement_of_the_test_install():
+    """`./run.sh test --newest` names each requirement of the test install to pip by its name (with its own
+    extras, and the SDK's == pin). Stop 21's version reused one variable for both kinds of extras and named only
+    the core, so the newest venv had no pytest."""
+    text = open(os.path.join(ROOT, "run.sh")).read()
+    script = text.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    extras = re.search(r'^TEST_EXTRAS="([^"]+)"$', text, re.M).group(1)
+    out = subprocess.run([sys.executable, "-", extras], input=script, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    names = out.stdout.split()
+    for wanted in ("apache-beam", "pytest", "pytest-xdist", "twelvelabs==1.3.6", "moto[server]", "apache-beam[aws]",
+                   "dask", "redis", "av", "lancedb", "qdrant-client", "pymilvus"):
+        assert wanted in names, (wanted, names)
