@@ -57,6 +57,12 @@ CUT_COOLDOWN_SEC = CUT_QUIET_SEC
 # Every script takes the clock scale as its last ARGV: the server's time is multiplied by it (1 but in tests,
 # which run a bucket's minute in a few seconds).
 
+# Every script starts here: `now` is the Redis server's clock (one clock for every worker), scaled.
+_NOW = """
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
+"""
+
 # Shared by the scripts that pause every worker: the pause only ever grows, and its key outlives it by ttl.
 _EXTEND_PAUSE = """
 local function extend_pause(key, now, seconds, ttl)
@@ -69,9 +75,7 @@ end
 
 # KEYS: tat, fraction, paused_until, learned rate. ARGV: rate per minute (0 = unlimited unless a limit was
 # learned), burst, ttl, clock scale. Returns {slot, now, fraction} as strings (a Lua number would be truncated to an integer reply).
-_RESERVE = """
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
+_RESERVE = _NOW + """
 local rate = tonumber(ARGV[1])
 if rate <= 0 then
   rate = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
@@ -96,9 +100,7 @@ return {string.format('%.6f', slot), string.format('%.6f', now), string.format('
 # limit as a fraction of the configured rate (0 = none stated), clock scale. A stated limit under the pace
 # sets the pace just under it and caps the recovery there (no cut, no sawtooth); one at or over the pace (a
 # burst) only pauses. Returns "fraction cap".
-_STATED = _EXTEND_PAUSE + """
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
+_STATED = _NOW + _EXTEND_PAUSE + """
 local min_fraction = tonumber(ARGV[1])
 local retry_after = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -122,9 +124,7 @@ return string.format('%.6f %.6f', fraction, cap)
 # clock scale.
 # For a bucket told no rate: a stated limit under what was learned (or the first one) becomes the shared pace.
 # Returns the learned rate.
-_LEARN = _EXTEND_PAUSE + """
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
+_LEARN = _NOW + _EXTEND_PAUSE + """
 local stated = tonumber(ARGV[1])
 local pause = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -144,9 +144,7 @@ return string.format('%.6f', rate)
 # these scripts only count, claim and store atomically.
 # KEYS: successes, sequence, watch start, fraction, ceiling, cap, learned rate. ARGV: ttl, clock scale.
 # Counts one success; returns {fraction, ceiling, cap, learned rate}.
-_SUCCESS = """
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
+_SUCCESS = _NOW + """
 local ttl = tonumber(ARGV[1])
 local n = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ttl)
@@ -163,9 +161,7 @@ return {redis.call('GET', KEYS[4]) or '1', redis.call('GET', KEYS[5]) or '1', re
 # the cut unless one was made within the quiet period (the calls in flight when the limit is crossed all come
 # back 429 together, in every worker: one event, one cut). Returns {claimed (0/1), fraction, ceiling, cap,
 # learned rate, successes in the last 60 s, seconds since the first success}.
-_CLAIM_CUT = _EXTEND_PAUSE + """
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * tonumber(ARGV[#ARGV])
+_CLAIM_CUT = _NOW + _EXTEND_PAUSE + """
 local quiet = tonumber(ARGV[1])
 local pause = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
