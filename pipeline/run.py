@@ -262,11 +262,12 @@ def _run_locked(config: JobConfig, base_url: Optional[str], progress: bool, mani
 
 
 def _check_index_installed() -> None:
+    from transforms.store.vector_index import IndexUnavailable, require_lancedb
+
     try:
-        import lancedb  # noqa: F401
-    except ImportError:
-        raise ConfigError("index.lancedb is on but LanceDB is not installed: pip install 'tl-embed-pipeline[index]' "
-                          "(./run.sh installs it), or set index.lancedb: false") from None
+        require_lancedb()
+    except IndexUnavailable as exc:
+        raise ConfigError(f"{exc}, or set index.lancedb: false") from None
 
 
 def _sync_index(config: JobConfig) -> dict:

@@ -102,7 +102,8 @@ def scalar_config(kind: str):
     return {"BITMAP": Bitmap, "BTREE": BTree}[kind]()
 
 
-def build_or_update_ann(table, dims: int, index_type: str = INDEX_TYPE, min_rows: Optional[int] = None) -> dict:
+def build_or_update_ann(table, dims: int, index_type: str = INDEX_TYPE, min_rows: Optional[int] = None,
+                        cleanup_older_than=None) -> dict:
     """Build, refresh or leave the table's vector index; returns {"action", "rows", "seconds", ...}.
 
     action: "none" (fewer than ANN_MIN_ROWS rows and no index: exact search serves), "built" (first index,
@@ -125,9 +126,9 @@ def build_or_update_ann(table, dims: int, index_type: str = INDEX_TYPE, min_rows
         return dict(result, action="current", seconds=time.perf_counter() - started)
     if unindexed > REBUILD_FRACTION * indexed:
         _create(table, rows, dims, index_type)
-        table.optimize()  # the scalar indexes take the new rows too
+        table.optimize(cleanup_older_than=cleanup_older_than)  # the scalar indexes take the new rows too
         return dict(result, action="rebuilt", seconds=time.perf_counter() - started)
-    table.optimize()
+    table.optimize(cleanup_older_than=cleanup_older_than)
     return dict(result, action="optimized", seconds=time.perf_counter() - started)
 
 

@@ -27,10 +27,10 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.store.layout import SEGMENT_DIR, read_tables, segment_schema
+from transforms.store.layout import SEGMENT_DIR, read_tables, replace, segment_schema
 
 __all__ = ["INDEX_FOLDER", "TABLE_NAME", "IndexSettings", "IndexState", "IndexUnavailable", "index_state",
-           "index_uri", "lance_storage_options", "segment_versions", "sync_index"]
+           "index_uri", "lance_storage_options", "require_lancedb", "segment_versions", "sync_index"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def lance_storage_options(uri: str, beam_options=None) -> Dict[str, str]:
     return options
 
 
-def _lancedb():
+def require_lancedb():
+    """The lancedb module, or IndexUnavailable saying how to install it (the job checks before any call)."""
     try:
         import lancedb
     except ImportError:
@@ -151,7 +152,7 @@ def _batches(paths: Sequence[str], names: Sequence[str], versions: Mapping[str, 
 
 
 def _connect(uri: str, storage_options: Mapping[str, str]):
-    lancedb = _lancedb()
+    lancedb = require_lancedb()
     return lancedb.connect(uri, storage_options=dict(storage_options) or None)
 
 
@@ -211,8 +212,9 @@ def sync_index(output: str, settings: IndexSettings, storage_options: Optional[M
     rows = table.count_rows()
     dims = table.schema.field("embedding").type.list_size
     changed = bool(added or deleted)
-    result["ann"] = ann.build_or_update_ann(table, dims, min_rows=settings.ann_min_rows)
-    if changed:
+    result["ann"] = ann.build_or_update_ann(table, dims, min_rows=settings.ann_min_rows,
+                                            cleanup_older_than=KEEP_OLD_VERSIONS)
+    if changed and result["ann"]["action"] not in ("optimized", "rebuilt"):  # those optimized already
         table.optimize(cleanup_older_than=KEEP_OLD_VERSIONS)
     _write_mark(uri, table.version, versions, rows)
     result.update(rows=rows, table_version=table.version, seconds=round(time.monotonic() - started, 3))
@@ -220,8 +222,6 @@ def sync_index(output: str, settings: IndexSettings, storage_options: Optional[M
 
 
 def _write_mark(uri: str, version: int, versions: Mapping[str, str], rows: int) -> None:
-    from transforms.store.layout import replace
-
     mark = {"table_version": version, "rows": rows, "files": dict(sorted(versions.items())),
             "synced_at": round(time.time(), 3)}
     replace(FileSystems.join(uri, SYNC_MARK), lambda f: f.write(json.dumps(mark).encode("utf-8")))
